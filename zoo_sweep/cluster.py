@@ -1,0 +1,79 @@
+"""Connecting to Ray: a local cluster started for the sweep, or an existing one (``--address``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from . import UserError
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    address: str | None  # None: a local cluster this process started
+    cpus: float
+    gpus: float
+
+
+def check_reachable(address: str, timeout: float = 3.0) -> None:
+    """Fail fast with one clear line; ray.init would otherwise retry for a long time."""
+    if address in ("auto", "local"):  # Ray finds the cluster itself and fails fast when there is none
+        return
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    host, port = parsed.hostname, parsed.port
+    if not host or not port:
+        raise UserError(f"not a Ray address: {address!r} (use HOST:PORT, e.g. 10.0.0.1:6379, or auto)")
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot reach a Ray cluster at {address} ({e.strerror or e}); start one with "
+                        "`ray start --head` or leave out --address to run locally") from None
+
+
+def resolve_address(address: str | None) -> str | None:
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def connect(address: str | None = None, cpus: int | None = None, gpus: int = 0) -> ClusterInfo:
+    """Start or join a Ray cluster (idempotent within a process)."""
+    import ray
+
+    address = resolve_address(address)
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        opts = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                    configure_logging=True)
+        if address:
+            check_reachable(address)
+            try:
+                ray.init(address=address, **opts)
+            except Exception as e:
+                raise UserError(f"cannot join the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+        else:
+            have = _local_gpus()
+            if gpus > have:
+                raise UserError(f"asked for {gpus} GPU(s) but this machine has {have}; use --gpus {have} "
+                                "(0 runs on the CPU) or --address to use a cluster")
+            ray.init(num_cpus=cpus or os.cpu_count(), num_gpus=gpus, **opts)
+    res = ray.cluster_resources()
+    info = ClusterInfo(address, float(res.get("CPU", 0)), float(res.get("GPU", 0)))
+    if gpus > info.gpus:
+        raise UserError(f"asked for {gpus} GPU(s) but the cluster has {info.gpus:g}")
+    return info
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,336 @@
+"""The driver: runs a sweep's pending jobs stage by stage on Ray and records every result.
+
+    zoo       train missing embedded-zoo models (Ray tasks; the digits source only)
+    predict   one forward pass per model -> prediction records        (warm actors)
+    compare   all pairs from the records, vectorised                  (driver, seconds)
+    select    pick the pairs to transfer (pair policy)                (driver)
+    transfer  one job per (student, teacher, method, seed)            (warm actors)
+
+Resume is the default: done jobs are skipped, jobs left 'running' by a killed launcher run again, and
+failed ones are retried up to ``max_retries``. Only this process writes the store.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from . import UserError
+from .cluster import check_reachable, connect, resolve_address
+from .complementary import pairs_frame
+from .paths import Paths
+from .plan import Plan, make_plan, model_rows, select_transfers, write_plan
+from .predict import load_record, save_record
+from .spec import SweepSpec
+from .store import Store
+
+STAGES = ("predict", "compare", "transfer")
+
+
+@dataclass
+class LaunchOptions:
+    gpus: float = 0
+    cpus: int | None = None  # local cluster size; default: all cores
+    address: str | None = None  # existing Ray cluster (or $RAY_ADDRESS)
+    gpus_per_job: float = 1.0  # fractions put several small jobs on one GPU
+    cpus_per_job: int = 1
+    max_retries: int | None = None  # default: the spec's [run] max_retries
+    until: str = "transfer"  # last stage to run: "compare" measures only
+    progress: bool = True
+
+
+@dataclass
+class LaunchReport:
+    sweep: str
+    ran: dict[str, int] = field(default_factory=dict)  # jobs run now, per kind
+    reused: dict[str, int] = field(default_factory=dict)  # cached models / records / finished jobs
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (job id, last error line)
+    new_jobs: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def launch_sweep(spec: SweepSpec, store: Store, paths: Paths, opts: LaunchOptions | None = None,
+                 console: Console | None = None) -> LaunchReport:
+    opts = opts or LaunchOptions()
+    console = console or Console(stderr=True)
+    if opts.until not in STAGES:
+        raise UserError(f"--until must be one of {', '.join(STAGES)}")
+    plan = make_plan(spec, paths)  # every name, path and method is checked before anything is written
+    address = resolve_address(opts.address)
+    if address:
+        check_reachable(address)
+    run = _Run(plan, store, paths, opts, console, address)
+    try:
+        return run.execute()
+    finally:
+        run.close()
+
+
+class _Run:
+    def __init__(self, plan: Plan, store: Store, paths: Paths, opts: LaunchOptions, console: Console, address):
+        self.plan, self.store, self.paths, self.opts, self.console = plan, store, paths, opts, console
+        self.address = address
+        self.spec = plan.spec
+        self.report = LaunchReport(self.spec.name)
+        self.max_retries = opts.max_retries if opts.max_retries is not None else self.spec.run.max_retries
+        self._pool: _Pool | None = None
+        self.records: dict[str, dict] = {}  # predict job id -> record, loaded once per launch
+
+    # ------------------------------------------------------------------ stages
+    def execute(self) -> LaunchReport:
+        self.report.new_jobs = write_plan(self.store, self.plan)
+        self._requeue_stale()
+        self._build_zoo()
+        self._predict()
+        if self.opts.until == "predict":
+            return self.report
+        pairs_df = self._compare()
+        if self.opts.until == "compare" or pairs_df is None:
+            return self.report
+        self._select(pairs_df)
+        self._transfer()
+        return self.report
+
+    def _requeue_stale(self):
+        """Jobs a killed launcher left 'running' or 'interrupted' run again."""
+        stale = [j["id"] for j in self.store.sweep_jobs(self.spec.name) if j["state"] in ("running", "interrupted")]
+        self.store.set_state(stale, "pending")
+
+    def _build_zoo(self):
+        if self.spec.zoo.source != "digits":
+            return
+        from .digits_zoo import missing_recipes, recipes, save_trained
+        from .worker import build_zoo_model
+
+        d, z = self.spec.data, self.spec.zoo
+        wanted = {m.name for m in self.plan.models}
+        todo = [r for r in missing_recipes(z.recipe, self.paths.cache, d.image_size) if r.name in wanted]
+        self.report.reused["zoo models"] = len(wanted) - len(todo)
+        if not todo:
+            return
+        import ray
+
+        self._cluster()
+        task = ray.remote(num_cpus=self.opts.cpus_per_job)(build_zoo_model)
+        with self._progress() as prog:
+            bar = prog.add_task("zoo: train embedded models", total=len(todo))
+            refs = {task.remote(r, str(self.paths.cache), d.image_size, self.opts.cpus_per_job): r for r in todo}
+            while refs:
+                ready, _ = ray.wait(list(refs), num_returns=1)
+                r = refs.pop(ready[0])
+                state, info = ray.get(ready[0])
+                save_trained(r, self.paths.cache, d.image_size, state, info)
+                prog.advance(bar)
+        self.report.ran["zoo"] = len(todo)
+
+    def _predict(self):
+        jobs = self.store.sweep_jobs(self.spec.name, "predict")
+        todo = []
+        for j in jobs:
+            rec = load_record(self._record_path(j["id"])) if j["state"] == "done" else None
+            if rec is None:
+                todo.append(j)  # also a done job whose record file went missing or is unreadable
+            else:
+                self.records[j["id"]] = rec
+        self.report.reused["prediction records"] = len(jobs) - len(todo)
+        rows = {r["name"]: r for r in model_rows(self.plan)}
+
+        def on_result(job, res):
+            path = self._record_path(job["id"])
+            save_record(path, res["record"])  # the file first: a 'done' job always has its record
+            self.records[job["id"]] = res["record"]
+            name = json.loads(job["spec"])["model"]["name"]
+            self.store.finish_job(job["id"], "done", model_rows=[{**rows[name], "accuracy": res["accuracy"],
+                                                                  "record": str(path)}])
+
+        self._run_jobs("predict", todo, lambda job: {"batch_size": self.spec.run.predict_batch_size}, on_result)
+
+    def _compare(self):
+        job = next(j for j in self.store.sweep_jobs(self.spec.name, "compare"))
+        payload = json.loads(job["spec"])
+        if any(rid not in self.records for rid in payload["records"]):
+            self.console.print("[yellow]compare skipped: some predict jobs did not finish[/]")
+            return None
+        if job["state"] == "done":
+            self.report.reused["compare"] = 1
+            return self.store.query("select * from pairs where eval_set = :e", {"e": self.spec.data.eval})
+        t0 = time.time()
+        recs = [self.records[rid] for rid in payload["records"]]
+        from .data import load_image_set
+
+        labels = load_image_set(self.spec.data.eval, self.spec.data.image_size, self.paths.cache,
+                                self.spec.data.class_map).labels.numpy()
+        df = pairs_frame(payload["models"], np.stack([r["pred"] for r in recs]), labels,
+                         np.stack([r["p_max"] for r in recs]), self.plan.num_classes)
+        df.insert(0, "eval_set", self.spec.data.eval)
+        self.store.write_pairs(job["id"], df.to_dict("records"), [])
+        self.report.ran["compare"] = 1
+        self.console.print(f"compare: {len(df)} ordered pairs from {len(recs)} records in {time.time() - t0:.2f} s")
+        return df
+
+    def _select(self, pairs_df):
+        if self.plan.transfer_jobs is None:
+            rows = select_transfers(self.plan, pairs_df)
+            self.report.new_jobs += self.store.add_jobs(self.spec.name, rows)
+
+    def _transfer(self):
+        jobs = self.store.sweep_jobs(self.spec.name, "transfer")
+        todo = [j for j in jobs if j["state"] == "pending"
+                or (j["state"] == "failed" and j["attempts"] <= self.max_retries)]
+        self.report.reused["transfer jobs"] = sum(j["state"] == "done" for j in jobs)
+        rec_of = {json.loads(j["spec"])["model"]["name"]: self.records[j["id"]]
+                  for j in self.store.sweep_jobs(self.spec.name, "predict") if j["id"] in self.records}
+        labels = None
+
+        def inputs(job):
+            nonlocal labels
+            if labels is None:
+                from .data import load_image_set
+
+                labels = load_image_set(self.spec.data.eval, self.spec.data.image_size, self.paths.cache,
+                                        self.spec.data.class_map).labels.numpy()
+            p = json.loads(job["spec"])
+            return {"s0_correct": rec_of[p["student"]["name"]]["pred"] == labels,
+                    "teacher_correct": rec_of[p["teacher"]["name"]]["pred"] == labels}
+
+        def on_result(job, res):
+            p = json.loads(job["spec"])
+            if res["state"] != "done":
+                self.store.finish_job(job["id"], res["state"], error=res.get("error"))
+                return
+            key = {"job_id": job["id"], "eval_set": p["eval"], "student": p["student"]["name"],
+                   "teacher": p["teacher"]["name"], "method": p["method"], "seed": p["seed"]}
+            last = len(res["rows"])
+            rows = [{**key, **{k: _num(v) for k, v in r.items()}, "final": r["epoch"] == last} for r in res["rows"]]
+            self.store.finish_job(job["id"], "done", results=rows)
+
+        self._run_jobs("transfer", todo, inputs, on_result)
+
+    # ------------------------------------------------------------------ machinery
+    def _record_path(self, job_id: str):
+        return self.paths.records / f"{job_id}.npz"
+
+    def _cluster(self):
+        return connect(self.address, self.opts.cpus, int(self.opts.gpus) if self.opts.gpus >= 1 else 0)
+
+    def _run_jobs(self, kind: str, todo: list[dict], inputs: Callable, on_result: Callable):
+        if not todo:
+            return
+        if self._pool is None:
+            self._pool = _Pool(self._cluster(), self.opts, self.paths)
+        failed = []
+
+        def on_error(job, err: str, final: bool):
+            self.store.finish_job(job["id"], "failed" if final else "pending", error=err)
+            if final:
+                failed.append((job["id"], err.strip().splitlines()[-1] if err.strip() else err))
+
+        with self._progress() as prog:
+            bar = prog.add_task(f"{kind}: {self._pool.size} worker(s)", total=len(todo))
+            self._pool.run(todo, inputs, self.store.start_job,
+                           lambda job, res: (on_result(job, res), prog.advance(bar)),
+                           lambda job, err, final: (on_error(job, err, final), final and prog.advance(bar)),
+                           self.max_retries, self.store)
+        self.report.ran[kind] = len(todo)
+        self.report.failed.extend(failed)
+
+    def _progress(self) -> Progress:
+        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("eta"), TimeRemainingColumn(), console=self.console,
+                        disable=not self.opts.progress, transient=False)
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.close()
+
+
+class _Pool:
+    """Warm Ray actors fed with a ``ray.wait`` loop; two jobs in flight per actor so none idles."""
+
+    def __init__(self, cluster, opts: LaunchOptions, paths: Paths):
+        import ray
+
+        from .worker import Worker
+
+        if opts.gpus > 0:
+            per = dict(num_gpus=opts.gpus_per_job, num_cpus=opts.cpus_per_job)
+            size = max(1, int(opts.gpus / opts.gpus_per_job))
+        else:
+            per = dict(num_gpus=0, num_cpus=opts.cpus_per_job)
+            size = max(1, int(cluster.cpus // opts.cpus_per_job))
+        self.size = size
+        self._actor_cls = ray.remote(Worker).options(**per, max_concurrency=1)
+        self._args = (str(paths.home), opts.cpus_per_job)
+        self.actors = [self._actor_cls.remote(*self._args) for _ in range(size)]
+
+    def run(self, jobs: list[dict], inputs: Callable, on_start: Callable, on_done: Callable, on_error: Callable,
+            max_retries: int, store: Store):
+        import ray
+
+        queue = deque(jobs)
+        attempts = {j["id"]: j["attempts"] for j in jobs}
+        inflight: dict = {}  # object ref -> (job, actor index)
+        load = [0] * len(self.actors)
+        try:
+            while queue or inflight:
+                for i in range(len(self.actors)):
+                    while queue and load[i] < 2:
+                        job = queue.popleft()
+                        on_start(job["id"], f"actor{i}")
+                        attempts[job["id"]] += 1
+                        ref = self.actors[i].run.remote({**job, "spec": json.loads(job["spec"]),
+                                                         "inputs": inputs(job)})
+                        inflight[ref] = (job, i)
+                        load[i] += 1
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    job, i = inflight.pop(ref)
+                    load[i] -= 1
+                    try:
+                        on_done(job, ray.get(ref))
+                    except ray.exceptions.RayActorError as e:  # the worker process died: replace it
+                        self.actors[i] = self._actor_cls.remote(*self._args)
+                        self._retry(job, f"worker died: {e}", attempts, max_retries, queue, on_error)
+                    except ray.exceptions.RayTaskError as e:
+                        self._retry(job, _task_error(e), attempts, max_retries, queue, on_error)
+        except KeyboardInterrupt:
+            store.set_state([job["id"] for job, _ in inflight.values()], "interrupted")
+            raise
+
+    @staticmethod
+    def _retry(job, err, attempts, max_retries, queue, on_error):
+        final = attempts[job["id"]] > max_retries
+        on_error(job, err, final)
+        if not final:
+            queue.append(job)
+
+    def close(self):
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+
+
+def _task_error(e) -> str:
+    cause = getattr(e, "cause", None)
+    if cause is not None:
+        return f"{type(cause).__name__}: {cause}"
+    return str(e).strip().splitlines()[-1]
+
+
+def _num(v):
+    if isinstance(v, (np.floating, np.integer)):
+        v = v.item()
+    if isinstance(v, float) and v != v:
+        return None  # NaN (e.g. a transfer rate with no positive flips) is NULL in the store
+    return v

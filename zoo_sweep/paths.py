@@ -1,0 +1,31 @@
+"""Where files go: one results folder (default ``results/``, or ``$ZOO_SWEEP_HOME``) holds caches,
+prediction records, reports and exports; the store is separate (``--db`` / ``$ZOO_SWEEP_DB``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Paths:
+    home: Path
+
+    @classmethod
+    def default(cls, home: str | Path | None = None) -> "Paths":
+        return cls(Path(home or os.environ.get("ZOO_SWEEP_HOME") or "results").absolute())
+
+    @property
+    def cache(self) -> Path:  # decoded image sets and the embedded zoo's weights
+        return self.home / "cache"
+
+    @property
+    def records(self) -> Path:  # stage-1 prediction records, one file per (model, eval set)
+        return self.home / "records"
+
+    def report(self, sweep: str) -> Path:
+        return self.home / "reports" / sweep
+
+    def export(self, sweep: str | None = None) -> Path:
+        return self.home / "export" / (sweep or "all")

@@ -1,0 +1,106 @@
+"""The work a worker does for one job, and the warm worker that keeps imports, data and weights loaded.
+
+``Worker`` is a plain class: a notebook can call ``Worker(home).run(job)`` directly; the launcher wraps it
+in ``ray.remote`` so it lives on as an actor across jobs (one per GPU, GPU fraction or CPU slot), paying
+torch/timm import, data decoding and model loading once rather than per job. Workers never write the
+store: they return results to the driver.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+
+class Worker:
+    def __init__(self, home: str, threads: int | None = None):
+        import torch
+
+        from .paths import Paths
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.paths = Paths(Path(home))
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{self.device}"
+        self._sets: dict = {}
+        self._weights: OrderedDict = OrderedDict()  # model name -> state dict, least recently used first
+
+    def info(self) -> str:
+        return self.name
+
+    def image_set(self, ref: str, image_size: int, class_map: str | None):
+        from .data import load_image_set
+
+        key = (ref, image_size, class_map)
+        if key not in self._sets:
+            self._sets[key] = load_image_set(ref, image_size, self.paths.cache, class_map)
+        return self._sets[key]
+
+    def model(self, entry_dict: dict):
+        """A fresh model instance; weights come from a small in-memory cache after the first load."""
+        import copy
+
+        from .plan import entry_from_dict
+        from .zoo import create
+
+        entry = entry_from_dict(entry_dict)
+        if entry.name in self._weights:
+            self._weights.move_to_end(entry.name)
+            model = create(entry, pretrained=False)
+            model.load_state_dict(self._weights[entry.name])
+        else:
+            model = create(entry)
+            self._weights[entry.name] = copy.deepcopy(model.state_dict())
+            while len(self._weights) > 8:
+                self._weights.popitem(last=False)
+        return model.eval()
+
+    def run(self, job: dict) -> dict:
+        t0 = time.time()
+        out = getattr(self, f"_{job['kind']}")(job["spec"], job.get("inputs") or {})
+        out.update(worker=self.name, seconds=time.time() - t0)
+        return out
+
+    def _predict(self, spec: dict, inputs: dict) -> dict:
+        from .predict import accuracy, predict
+        from .zoo import data_config
+
+        images = self.image_set(spec["eval"], spec["image_size"], spec.get("class_map"))
+        model = self.model(spec["model"])
+        if model.num_classes != images.num_classes:
+            raise ValueError(f"{spec['model']['name']} has {model.num_classes} outputs but the eval set "
+                             f"has {images.num_classes} classes")
+        rec = predict(model, images, data_config(model), inputs.get("batch_size", 256), spec["topk"], self.device)
+        return {"state": "done", "record": rec, "accuracy": accuracy(rec, images.labels.numpy())}
+
+    def _transfer(self, spec: dict, inputs: dict) -> dict:
+        from .transfer.train import Diverged, TransferParams, run_transfer
+        from .zoo import data_config
+
+        ev = self.image_set(spec["eval"], spec["image_size"], spec.get("class_map"))
+        tr = self.image_set(spec["transfer"], spec["image_size"], spec.get("class_map"))
+        student, teacher = self.model(spec["student"]), self.model(spec["teacher"])
+        try:
+            rows = run_transfer(student, teacher, spec["method"], TransferParams.from_dict(spec["hp"]),
+                                spec["seed"], tr, ev, data_config(student), data_config(teacher),
+                                np.asarray(inputs["s0_correct"]), np.asarray(inputs["teacher_correct"]),
+                                self.device)
+        except Diverged as e:
+            return {"state": "diverged", "error": str(e)}
+        return {"state": "done", "rows": rows}
+
+
+def build_zoo_model(recipe, cache_dir: str, image_size: int, threads: int = 1):
+    """Train one embedded-zoo model (runs as a Ray task); returns (state_dict, info) to the driver."""
+    import torch
+
+    from .digits_zoo import train_recipe
+
+    torch.set_num_threads(threads)
+    return train_recipe(recipe, cache_dir, image_size)

@@ -1,0 +1,200 @@
+"""The zoo: which models a sweep covers, what family each belongs to, and how to instantiate it with weights.
+
+Two sources share one entry type (``ModelEntry``): the embedded digits zoo (timm architectures at tiny
+sizes, trained locally and cached, see ``digits_zoo``) and the timm registry (pretrained tags such as
+``resnet50.a1_in1k``, weights from the hub cache, a local weights folder or explicit checkpoints).
+Weights are never silently random: a model without weights fails with the ways to provide them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import UserError
+from .spec import ZooSpec
+
+FAMILIES = ("cnn", "transformer", "mlp")
+# timm architecture prefixes that are not convolutional; everything else is counted as a CNN.
+_TRANSFORMER_PREFIXES = (
+    "vit", "deit", "beit", "swin", "cait", "levit", "pit", "xcit", "eva", "convit", "crossvit", "tnt",
+    "twins", "coat", "efficientformer", "mvitv2", "pvt", "sequencer", "flexivit", "volo", "tiny_vit",
+    "fastvit", "nextvit", "hiera", "davit", "gcvit", "maxvit", "maxxvit", "coatnet", "samvit", "vitamin",
+    "mobilevit", "edgenext", "hgnet_vit", "focalnet", "inception_next_vit",
+)
+_MLP_PREFIXES = ("mixer", "resmlp", "gmlp", "cyclemlp", "poolformer", "convmlp", "mlp", "tiny_mixer", "tiny_resmlp",
+                 "tiny_gmlp")
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+def family_of(arch: str) -> str:
+    base = arch.split(".")[0].lower()
+    if base.startswith(_MLP_PREFIXES):
+        return "mlp"
+    if base.startswith(_TRANSFORMER_PREFIXES):
+        return "transformer"
+    return "cnn"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str  # unique within the zoo; a timm tag for the timm source
+    arch: str  # timm model name passed to create_model
+    family: str
+    weights: str | None  # a file path, "hub" (timm pretrained), or None (random: tests only)
+    kwargs: dict = field(default_factory=dict)  # create_model size overrides
+    data_cfg: dict = field(default_factory=dict)  # pretrained_cfg overlay: input_size, mean, std, crop_pct
+    num_classes: int | None = None
+    weights_key: str | None = None  # identifies the weights' content (recipe hash, or file name/size/mtime)
+
+    @property
+    def ident(self) -> dict:
+        """What determines this model's outputs: part of every job id that uses it."""
+        return {"name": self.name, "arch": self.arch, "kwargs": self.kwargs, "cfg": self.data_cfg,
+                "weights": self.weights_key or self.weights, "classes": self.num_classes}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def select_names(available: list[str], include: tuple[str, ...], exclude: tuple[str, ...]) -> list[str]:
+    """Names matching any include pattern and no exclude pattern; an unmatched pattern is an error."""
+    if not include:
+        chosen = list(available)
+    else:
+        chosen = []
+        for pat in include:
+            hits = [n for n in available if fnmatch.fnmatchcase(n, pat)]
+            if not hits:
+                close = difflib.get_close_matches(pat, available, n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise UserError(f"unknown model {pat!r}{hint}")
+            chosen.extend(h for h in hits if h not in chosen)
+    return [n for n in chosen if not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
+
+
+def resolve_zoo(spec: ZooSpec, cache_dir: str | Path, num_classes: int, image_size: int) -> list[ModelEntry]:
+    """The sweep's models, in a stable order. Nothing is downloaded or trained here."""
+    if spec.source == "digits":
+        from .digits_zoo import digits_entries
+
+        entries = digits_entries(spec.recipe, cache_dir, image_size)
+        names = select_names([e.name for e in entries], spec.models, spec.exclude)
+        entries = [e for e in entries if e.name in names]
+    else:
+        entries = _timm_entries(spec, num_classes)
+    if len(entries) < 2:
+        raise UserError(f"the zoo has {len(entries)} model(s) after filtering; a sweep needs at least two")
+    return entries
+
+
+def _timm_entries(spec: ZooSpec, num_classes: int) -> list[ModelEntry]:
+    import timm
+
+    # pretrained tags (resnet50.a1_in1k), bare architectures, and whatever the manifest names
+    available = sorted(set(timm.list_models(pretrained=True)) | set(timm.list_models()) | set(spec.checkpoints))
+    names = select_names(available, spec.models, spec.exclude)
+    k = spec.num_classes or num_classes
+    out = []
+    for n in names:
+        w = _find_weights(n, spec)
+        out.append(ModelEntry(name=n, arch=n, family=family_of(n), weights=w, num_classes=k, weights_key=_weights_key(w)))
+    return out
+
+
+def _weights_key(path: str | None) -> str | None:
+    if path is None or path == "hub":
+        return path
+    p = Path(path)
+    return f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" if p.exists() else p.name
+
+
+def _find_weights(name: str, spec: ZooSpec) -> str | None:
+    if name in spec.checkpoints:
+        return spec.checkpoints[name]
+    if spec.weights_dir:
+        for suf in WEIGHT_SUFFIXES:
+            p = Path(spec.weights_dir) / f"{name}{suf}"
+            if p.exists():
+                return str(p)
+    if spec.allow_random_weights:
+        return None
+    return "hub"
+
+
+def no_weights_message(name: str) -> str:
+    return (f"no weights for {name}: put them in the Hugging Face hub cache (HF_HOME), in weights_dir as "
+            f"{name}.safetensors, or list the file under [zoo.checkpoints]")
+
+
+def create(entry: ModelEntry, pretrained: bool = True):
+    """A timm model for the entry, with its weights loaded (eval mode)."""
+    import timm
+
+    from . import tiny_archs  # noqa: F401  (registers the embedded zoo's MLP entrypoints)
+
+    kwargs = dict(entry.kwargs)
+    if entry.num_classes is not None:
+        kwargs["num_classes"] = entry.num_classes
+    if entry.data_cfg:
+        kwargs["pretrained_cfg_overlay"] = dict(entry.data_cfg)
+    w = entry.weights if pretrained else None
+    if w == "hub":
+        try:
+            model = timm.create_model(entry.arch, pretrained=True, **kwargs)
+        except Exception as e:  # offline, no cache entry, or no such tag on the hub
+            raise UserError(f"{no_weights_message(entry.name)} ({type(e).__name__})") from None
+    else:
+        model = timm.create_model(entry.arch, pretrained=False, **kwargs)
+        if w:
+            if not Path(w).exists():
+                raise UserError(no_weights_message(entry.name) + f" (missing file {w})")
+            state = _load_state(w)
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as e:
+                first = str(e).strip().splitlines()[0]
+                raise UserError(f"weights {w} do not fit {entry.arch}: {first}") from None
+    return model.eval()
+
+
+def _load_state(path: str):
+    import torch
+
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    return state
+
+
+def data_config(model) -> dict:
+    """The model's eval-time data config, the same dict timm's own transforms are built from."""
+    import timm.data
+
+    cfg = timm.data.resolve_model_data_config(model)
+    return {k: cfg[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct")}
+
+
+def count_params(entry: ModelEntry) -> int:
+    """Parameter count without allocating weights (meta device)."""
+    import timm
+    import torch
+
+    from . import tiny_archs  # noqa: F401
+
+    kwargs = dict(entry.kwargs)
+    if entry.num_classes is not None:
+        kwargs["num_classes"] = entry.num_classes
+    with torch.device("meta"):
+        model = timm.create_model(entry.arch, pretrained=False, **kwargs)
+    return sum(p.numel() for p in model.parameters())
