@@ -20,8 +20,9 @@ from . import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Measure complementary knowledge across a model zoo and run knowledge-transfer sweeps on Ray.")
-out = Console()
-err = Console(stderr=True)
+# Not a terminal (CI, pipes): wide enough that tables and one-line errors are not wrapped.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 DEMO_SPEC = "jobs/digits-demo.toml"
 
 
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cmd.main(args=argv, prog_name="zoo-sweep", standalone_mode=False)
     except UserError as e:
-        err.print(f"error: {e}", markup=False, highlight=False)
+        err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         return 2
     except click.exceptions.Exit as e:
         return e.exit_code

@@ -49,6 +49,7 @@ def connect(address: str | None = None, cpus: int | None = None, gpus: int = 0) 
                     configure_logging=True)
         if address:
             check_reachable(address)
+            _send_token_if_available()
             try:
                 ray.init(address=address, **opts)
             except Exception as e:
@@ -64,6 +65,23 @@ def connect(address: str | None = None, cpus: int | None = None, gpus: int = 0) 
     if gpus > info.gpus:
         raise UserError(f"asked for {gpus} GPU(s) but the cluster has {info.gpus:g}")
     return info
+
+
+def _send_token_if_available() -> None:
+    """Ray clusters started by `ray start` require a token, but Ray 2.60 enables token mode for a client
+    only when it finds the cluster itself, never for an explicit --address. Sending the token to a cluster
+    without authentication is harmless, so send it whenever one is configured. It is never printed."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(path):
+        os.environ["RAY_AUTH_MODE"] = "token"
+        try:  # Ray caches its config at import; refresh it the way Ray's own token setup does
+            from ray._raylet import Config
+
+            Config.initialize("")
+        except Exception:
+            pass
 
 
 def _local_gpus() -> int:

@@ -35,9 +35,10 @@ def per_class_flips(correct: torch.Tensor, labels: torch.Tensor, num_classes: in
 
 def concentration(counts: torch.Tensor, top_p=TOP_P) -> dict[str, torch.Tensor]:
     """Entropy (natural log) of the per-class flip distribution and the top-p% class counts, per pair."""
+    counts = counts.double()
     total = counts.sum(dim=-1)
     p = counts / total.clamp_min(1).unsqueeze(-1)
-    entropy = -(p * torch.log(p.clamp_min(1e-300))).sum(dim=-1)
+    entropy = -torch.special.xlogy(p, p).sum(dim=-1)  # 0 log 0 = 0
     share = torch.sort(p, dim=-1, descending=True).values.cumsum(dim=-1)
     out = {"flip_entropy": entropy}
     for q in top_p:

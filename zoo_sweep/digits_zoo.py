@@ -79,12 +79,12 @@ RECIPES: dict[str, list[Recipe]] = {
     ],
     # 3 models for the test suite: seconds to build, still three families and distinct mistakes.
     "micro": [
-        _r("cnn_micro", "resnet10t", channels=(8, 16, 24, 32), stem_width=8, input_size=16, epochs=1,
-           train_fraction=0.3, seed=1),
+        _r("cnn_micro", "resnet10t", channels=(8, 16, 24, 32), stem_width=8, input_size=16, epochs=2,
+           lr=5e-3, seed=1),
         _r("vit_micro", "vit_tiny_patch16_224", patch_size=4, embed_dim=32, depth=1, num_heads=2,
-           input_size=16, epochs=1, train_fraction=0.3, seed=2, norm=HALF_NORM),
-        _r("mlp_micro", "tiny_mixer", patch_size=4, embed_dim=32, num_blocks=1, input_size=16, epochs=1,
-           train_fraction=0.3, seed=3),
+           input_size=16, epochs=5, lr=5e-3, seed=2, norm=HALF_NORM),
+        _r("mlp_micro", "tiny_mixer", patch_size=4, embed_dim=32, num_blocks=1, input_size=16, epochs=3,
+           lr=5e-3, seed=3),
     ],
 }
 

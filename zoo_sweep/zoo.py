@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,9 +144,14 @@ def create(entry: ModelEntry, pretrained: bool = True):
         kwargs["pretrained_cfg_overlay"] = dict(entry.data_cfg)
     w = entry.weights if pretrained else None
     if w == "hub":
+        cached = hub_cached_file(entry.arch)
+        if cached:  # straight from the local cache: no network round trip per model
+            kwargs["pretrained_cfg_overlay"] = {**kwargs.get("pretrained_cfg_overlay", {}), "file": cached}
+        elif os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+            raise UserError(no_weights_message(entry.name) + " (not in the hub cache, and HF_HUB_OFFLINE is set)")
         try:
             model = timm.create_model(entry.arch, pretrained=True, **kwargs)
-        except Exception as e:  # offline, no cache entry, or no such tag on the hub
+        except Exception as e:  # offline, or no such tag on the hub
             raise UserError(f"{no_weights_message(entry.name)} ({type(e).__name__})") from None
     else:
         model = timm.create_model(entry.arch, pretrained=False, **kwargs)
@@ -159,6 +165,25 @@ def create(entry: ModelEntry, pretrained: bool = True):
                 first = str(e).strip().splitlines()[0]
                 raise UserError(f"weights {w} do not fit {entry.arch}: {first}") from None
     return model.eval()
+
+
+def hub_cached_file(arch: str) -> str | None:
+    """The weights file of a timm tag in the local Hugging Face cache, if it is there."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(arch)
+    except Exception:
+        return None
+    if cfg is None or not cfg.hf_hub_id:
+        return None
+    repo, _, rev = cfg.hf_hub_id.partition("@")
+    for name in filter(None, (cfg.hf_hub_filename, "model.safetensors", "pytorch_model.bin")):
+        found = try_to_load_from_cache(repo, name, revision=rev or None)
+        if isinstance(found, str):
+            return found
+    return None
 
 
 def _load_state(path: str):

@@ -1,0 +1,81 @@
+"""Session fixtures: one real Ray cluster (started like a user's head node) and one micro sweep on it.
+
+The micro zoo is the embedded digits zoo's "micro" recipe set: three tiny timm models (CNN, transformer,
+MLP) trained for one epoch inside the session, so nothing is downloaded and nothing is faked.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+MICRO_SPEC = """
+name = "micro"
+[zoo]
+source = "digits"
+recipe = "micro"
+[data]
+eval = "digits:eval"
+transfer = "digits:transfer"
+image_size = 32
+[pairs]
+policy = "all"
+[transfer]
+methods = ["kl", "kl_dp"]
+epochs = 1
+batch_size = 256
+[run]
+max_retries = 1
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    """A real local Ray head (2 CPUs) that every test and CLI call joins with --address."""
+    port = _free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
+                    "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True, env=env)
+    yield f"127.0.0.1:{port}"
+    import ray
+
+    ray.shutdown()
+    subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def micro(tmp_path_factory, ray_address):
+    """The micro sweep, planned and launched once on the session cluster."""
+    from zoo_sweep.launch import LaunchOptions, launch_sweep
+    from zoo_sweep.paths import Paths
+    from zoo_sweep.spec import load_spec
+    from zoo_sweep.store import Store
+
+    root = tmp_path_factory.mktemp("micro")
+    spec_path = root / "micro.toml"
+    spec_path.write_text(MICRO_SPEC)
+    spec = load_spec(spec_path)
+    paths = Paths(root / "results")
+    store = Store(f"sqlite:///{root / 'zoo.db'}")
+    report = launch_sweep(spec, store, paths, LaunchOptions(address=ray_address, progress=False))
+    return {"spec": spec, "spec_path": spec_path, "paths": paths, "store": store, "report": report,
+            "db": store.url, "home": str(paths.home), "address": ray_address}
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "zoo-sweep"), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=ROOT)

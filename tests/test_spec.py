@@ -1,0 +1,39 @@
+"""Sweep specs: the shipped ones parse, and mistakes are reported by name before anything runs."""
+
+from pathlib import Path
+
+import pytest
+
+from zoo_sweep import UserError
+from zoo_sweep.spec import load_spec, parse_spec
+
+JOBS = Path(__file__).resolve().parents[1] / "jobs"
+
+
+@pytest.mark.parametrize("path", sorted(JOBS.glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_specs_parse(path):
+    spec = load_spec(path)
+    assert spec.name and spec.transfer.methods
+
+
+def test_digest_ignores_where_the_spec_came_from():
+    a = parse_spec({"name": "x"}, "a.toml")
+    b = parse_spec({"name": "x"}, "b.toml")
+    assert a.digest == b.digest
+    assert parse_spec({"name": "x", "transfer": {"epochs": 3}}).digest != a.digest
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"name": "x", "transfer": {"methods": ["kl", "bogus"]}}, "unknown method 'bogus'"),
+    ({"name": "x", "transfer": {"epoch": 3}}, "unknown key(s) epoch in [transfer]"),
+    ({"name": "x", "transfer": {"epochs": "3"}}, "epochs must be int"),
+    ({"name": "x", "transfer": {"alpha": 1.5}}, "alpha must lie in [0, 1]"),
+    ({"name": "x", "pairs": {"policy": "most"}}, "policy must be one of"),
+    ({"name": "x", "data": {"eval": "imagenet"}}, "must be 'digits:eval'"),
+    ({"name": "x", "zoo": {"source": "hub"}}, "source must be 'digits' or 'timm'"),
+    ({"name": "x", "extra": 1}, "unknown top-level key(s) extra"),
+])
+def test_spec_errors_name_the_problem(doc, message):
+    with pytest.raises(UserError) as e:
+        parse_spec(doc)
+    assert message in str(e.value)
