@@ -7,9 +7,11 @@ MLP) trained for one epoch inside the session, so nothing is downloaded and noth
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,17 +46,41 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def ray_address():
-    """A real local Ray head (2 CPUs) that every test and CLI call joins with --address."""
+def ray_address(tmp_path_factory):
+    """A real local Ray head (2 CPUs) that every test and CLI call joins with --address.
+
+    Started with --block in its own process group and stopped by signalling that group, so concurrent test
+    sessions on one machine never stop each other's clusters (`ray stop` would stop every one).
+    """
     port = _free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
-                    "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True, env=env)
+    log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")
+    head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.time() + 60
+    while not _listening(port):
+        if head.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"ray head did not start: see {log.name}")
+        time.sleep(0.2)
     yield f"127.0.0.1:{port}"
     import ray
 
     ray.shutdown()
-    subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True)
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+    log.close()
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="session")
