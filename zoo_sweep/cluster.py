@@ -59,7 +59,9 @@ def connect(address: str | None = None, cpus: int | None = None, gpus: int = 0) 
             if gpus > have:
                 raise UserError(f"asked for {gpus} GPU(s) but this machine has {have}; use --gpus {have} "
                                 "(0 runs on the CPU) or --address to use a cluster")
-            ray.init(num_cpus=cpus or os.cpu_count(), num_gpus=gpus, **opts)
+            # "local" always starts a fresh cluster; a bare ray.init() would join whatever cluster
+            # /tmp/ray/ray_current_cluster names, which may be stale or someone else's
+            ray.init(address="local", num_cpus=cpus or os.cpu_count(), num_gpus=gpus, **opts)
     res = ray.cluster_resources()
     info = ClusterInfo(address, float(res.get("CPU", 0)), float(res.get("GPU", 0)))
     if gpus > info.gpus:
