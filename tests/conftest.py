@@ -102,6 +102,47 @@ def micro(tmp_path_factory, ray_address):
             "db": store.url, "home": str(paths.home), "address": ray_address}
 
 
+def _pg_binary(name: str) -> str | None:
+    import glob
+    import shutil
+
+    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found if isinstance(found, str) else (found[-1] if found else None)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL server on loopback for the session (Debian's postgresql package; .ci/run
+    installs it). Skips, saying why, where the server or the psycopg driver is missing."""
+    import shutil
+    import tempfile
+
+    initdb, postgres = _pg_binary("initdb"), _pg_binary("postgres")
+    if not (initdb and postgres):
+        pytest.skip("PostgreSQL server not installed (apt-get install postgresql)")
+    pytest.importorskip("psycopg", reason="psycopg driver not installed (pip install 'psycopg[binary]')")
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # postgres refuses root
+    root = Path(tempfile.mkdtemp(prefix="zoo-pg-", dir="/tmp"))
+    if as_user:
+        shutil.chown(root, "postgres", "postgres")
+    data = root / "data"
+    subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "zoo"], check=True, capture_output=True)
+    port = _free_port()
+    server = subprocess.Popen([*as_user, postgres, "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
+                               "-k", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.time() + 30
+    while not _listening(port):
+        if server.poll() is not None or time.time() > deadline:
+            pytest.fail("PostgreSQL did not start")
+        time.sleep(0.2)
+    time.sleep(0.5)  # accepting connections a moment after the port opens
+    yield f"postgresql+psycopg://zoo@127.0.0.1:{port}/postgres"
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "zoo-sweep"), *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, cwd=ROOT)

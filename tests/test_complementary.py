@@ -85,3 +85,122 @@ def test_concentration_of_uniform_and_single_class_flips():
     assert c["flip_entropy"][1].item() == pytest.approx(0.0)
     assert c["top50_classes"].tolist() == [2, 1, 0]
     assert c["top2_classes"].tolist() == [1, 1, 0]
+
+
+# ---------------------------------------------------------------- zoo-scale formulations (issue 3)
+from zoo_sweep.complementary import (  # noqa: E402
+    DEFAULT_METRICS, class_concentration, concentration_from_hist, dominance_counts, same_wrong_counts)
+
+
+def _records(seed, m, n, k, ties=False, skew=False, confusers=True):
+    """Models right with different probabilities; wrong guesses concentrated on a few classes per sample."""
+    rng = np.random.default_rng(seed)
+    if skew:  # one class far larger than 256 samples (bf16 chunking) and many small ones
+        labels = np.concatenate([np.zeros(300, int), rng.integers(1, k, n - 300)])
+        rng.shuffle(labels)
+    else:
+        labels = rng.integers(0, k, n)
+    wrong_pool = rng.integers(0, k, (n, 3)) if confusers else None
+    right = rng.random((m, n)) < rng.uniform(0.3, 0.9, (m, 1))
+    if confusers:
+        guess = wrong_pool[np.arange(n)[None, :], rng.integers(0, 3, (m, n))]
+    else:
+        guess = rng.integers(0, k, (m, n))
+    preds = np.where(right, labels, guess)
+    pmax = rng.random((m, n)).astype(np.float32)
+    if ties:
+        pmax = np.round(pmax * 4) / 4  # five distinct values: many exact ties between models
+    return preds, labels, pmax.astype(np.float32)
+
+
+@pytest.mark.parametrize("case", [dict(seed=4, m=6, n=500, k=70),  # > 64 classes: histogram path
+                                  dict(seed=5, m=5, n=420, k=70, skew=True),  # a class of 300: chunked products
+                                  dict(seed=6, m=6, n=300, k=5, ties=True),  # ties in pmax: student wins
+                                  dict(seed=7, m=4, n=200, k=3, confusers=False)])
+def test_pair_matrices_match_brute_force_on_every_path(case):
+    preds, labels, pmax = _records(**case)
+    k = case["k"]
+    mats = pair_matrices(torch.as_tensor(preds), torch.as_tensor(labels), torch.as_tensor(pmax), k)
+    ref = brute_force(preds, labels, pmax, k)
+    for (s, t), r in ref.items():
+        for key, val in r.items():
+            assert float(mats[key][s, t]) == pytest.approx(val, abs=1e-9), (key, s, t)
+
+
+@pytest.mark.parametrize("dense_min", [2, 3, 1000])
+def test_same_wrong_counts_enumerated_and_dense_groups_agree(dense_min):
+    preds, labels, _ = _records(8, m=7, n=400, k=6)
+    wrong = preds != labels
+    sw = same_wrong_counts(torch.as_tensor(preds), torch.as_tensor(wrong), 6, dense_min=dense_min).numpy()
+    for s in range(7):
+        for t in range(7):
+            if s != t:
+                assert sw[s, t] == int((wrong[s] & wrong[t] & (preds[s] == preds[t])).sum())
+
+
+@pytest.mark.parametrize("buckets", [1, 2, 5, 64])
+@pytest.mark.parametrize("ties", [False, True])
+def test_dominance_counts_with_confidence_buckets(buckets, ties):
+    preds, labels, pmax = _records(9, m=6, n=400, k=4, ties=ties)
+    right = preds == labels
+    ge, gt = dominance_counts(torch.as_tensor(right), torch.as_tensor(pmax), buckets=buckets)
+    for s in range(6):
+        for t in range(6):
+            mask = right[s] & ~right[t]
+            assert ge[s, t] == int((mask & (pmax[s] >= pmax[t])).sum())
+            assert gt[s, t] == int((mask & (pmax[s] > pmax[t])).sum())
+
+
+def test_histogram_and_sorted_concentration_agree():
+    rng = np.random.default_rng(10)
+    counts = torch.as_tensor(rng.integers(0, 6, (40, 90)) * (rng.random((40, 90)) < 0.3))
+    counts[0] = 0  # a pair without flips
+    counts[1] = 0
+    counts[1, 7] = 5  # all flips in one class
+    hist = torch.stack([torch.bincount(c, minlength=6) for c in counts])
+    a, b = concentration(counts), concentration_from_hist(hist)
+    assert torch.allclose(a["flip_entropy"], b["flip_entropy"], atol=1e-12)
+    for q in (2, 5, 20, 50):
+        assert torch.equal(a[f"top{q}_classes"].long(), b[f"top{q}_classes"].long()), q
+
+
+def test_class_concentration_is_independent_of_chunking():
+    preds, labels, _ = _records(11, m=9, n=700, k=80)
+    right = torch.as_tensor(preds == labels)
+    whole = class_concentration(right, torch.as_tensor(labels), 80)
+    rows = class_concentration(right, torch.as_tensor(labels), 80, chunk_bytes=1)
+    for key in whole:
+        assert torch.equal(whole[key], rows[key]), key
+
+
+def test_metric_groups_can_be_left_out():
+    preds, labels, pmax = _records(12, m=4, n=100, k=5)
+    full = pair_matrices(torch.as_tensor(preds), torch.as_tensor(labels), torch.as_tensor(pmax), 5)
+    timings = {}
+    core = pair_matrices(torch.as_tensor(preds), torch.as_tensor(labels), torch.as_tensor(pmax), 5,
+                         metrics=(), timings=timings)
+    assert set(timings) == {"flips"}
+    for key in ("rho_pos", "rho_neg", "oracle_acc", "acc_gap"):
+        assert torch.equal(core[key], full[key])
+    for key in ("agreement", "ensemble_acc", "flip_entropy", "top50_classes"):
+        assert torch.isnan(core[key]).all()
+    df = pairs_frame(list("abcd"), preds, labels, pmax, 5, metrics=("agreement",))
+    assert df["ensemble_acc"].isna().all() and df["agreement"].notna().all()
+    assert set(DEFAULT_METRICS) == {"flips", "agreement", "ensemble", "classes"}
+    with pytest.raises(ValueError, match="unknown metric"):
+        pair_matrices(torch.as_tensor(preds), torch.as_tensor(labels), torch.as_tensor(pmax), 5, metrics=("nope",))
+
+
+def test_per_class_and_flip_count_helpers():
+    from zoo_sweep.complementary import flip_counts, per_class_flips
+
+    preds, labels, _ = _records(13, m=4, n=150, k=6)
+    right = torch.as_tensor(preds == labels)
+    pk = per_class_flips(right, torch.as_tensor(labels), 6, slice(1, 3)).numpy()
+    pos = flip_counts(right).numpy()
+    for s in (1, 2):
+        for t in range(4):
+            flips = ~right[s].numpy() & right[t].numpy()
+            assert pos[s, t] == flips.sum()
+            for k in range(6):
+                assert pk[s - 1, t, k] == (flips & (labels == k)).sum()

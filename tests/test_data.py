@@ -65,7 +65,8 @@ def test_image_folder_skips_corrupt_files(tmp_path):
         for i in range(3):
             Image.fromarray(np.full((40, 50, 3), 60 * i, np.uint8)).save(root / c / f"{i}.png")
     (root / "n02" / "broken.png").write_bytes(b"not an image")
-    s = load_image_set(f"imagefolder:{root}", 16, tmp_path / "cache")
+    with pytest.warns(UserWarning, match="1 unreadable image file"):
+        s = load_image_set(f"imagefolder:{root}", 16, tmp_path / "cache")
     assert len(s) == 6 and s.skipped == 1 and s.classes == ["n01", "n02"]
     assert s.images.shape == (6, 3, 16, 16)
 

@@ -13,7 +13,9 @@ JOBS = Path(__file__).resolve().parents[1] / "jobs"
 @pytest.mark.parametrize("path", sorted(JOBS.glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_specs_parse(path):
     spec = load_spec(path)
-    assert spec.name and spec.transfer.methods
+    assert spec.name
+    # every shipped spec transfers, except the measure-only flip studies ([transfer] methods = [], issue 3)
+    assert spec.transfer.methods or path.name.endswith("-flips.toml")
 
 
 def test_digest_ignores_where_the_spec_came_from():

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from . import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
                   help="Measure complementary knowledge across a model zoo and run knowledge-transfer sweeps on Ray.")
 # Not a terminal (CI, pipes): wide enough that tables and one-line errors are not wrapped.
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -69,7 +69,7 @@ def plan(ctx: typer.Context, spec: Path = typer.Argument(..., help="Sweep spec (
     from .spec import load_spec
 
     s = load_spec(spec)
-    p = make_plan(s, ctx.obj.paths())
+    p = make_plan(s, ctx.obj.paths(), dry_run=dry_run)
     _print_plan(p)
     if dry_run:
         out.print("dry run: nothing written")
@@ -86,13 +86,25 @@ def _print_plan(p) -> None:
 
     m = len(p.models)
     models = pd.DataFrame([{"model": e.name, "family": e.family, "params": p.params[e.name]} for e in p.models])
-    by_family = models.groupby("family").agg(models=("model", "count"), params=("params", "median")).reset_index()
-    out.print(_table(models if m <= 40 else by_family, f"{p.spec.name}: {m} models"))
+    if m <= 40:
+        out.print(_table(models, f"{p.spec.name}: {m} models"))
+    else:  # a zoo-scale plan: one line per family, not per model
+        by_family = models.groupby("family").agg(
+            models=("model", "count"), params_median_M=("params", "median"), params_min_M=("params", "min"),
+            params_max_M=("params", "max"), params_total_M=("params", "sum")).reset_index()
+        for c in by_family.columns[2:]:
+            by_family[c] = by_family[c] / 1e6
+        out.print(_table(by_family, f"{p.spec.name}: {m} models by family (parameters in millions)"))
+        n_f = models["family"].value_counts()
+        out.print("ordered pairs by family (student -> teacher): " + ", ".join(
+            f"{a}->{b} {n_f[a] * (n_f[b] - (a == b)):,}" for a in n_f.index for b in n_f.index))
     n_t = len(p.transfer_jobs) if p.transfer_jobs is not None else None
     t = p.spec.transfer
     per_pair = len(t.methods) * len(t.seeds)
-    out.print(f"ordered pairs measured: {m * (m - 1)}")
-    if n_t is None:
+    out.print(f"ordered pairs measured: {m * (m - 1):,}")
+    if not t.methods and not getattr(t, "multi_teacher", ()):
+        out.print("transfer: none (measure-only spec: \\[transfer] methods = [])")
+    elif n_t is None:
         out.print(f"transfer pairs: chosen after measurement by policy '{p.spec.pairs.policy}', at most "
                   f"{max_selected(p)} ({per_pair} job(s) each: methods {', '.join(t.methods)} x {len(t.seeds)} seed(s))")
     else:
@@ -108,7 +120,10 @@ def _estimate(p, n_transfer: int) -> str:
     from .data import count_images
 
     n_eval = count_images(p.spec.data.eval, p.spec.data.image_size, p.spec.data.class_map)
-    n_tr = count_images(p.spec.data.transfer, p.spec.data.image_size, p.spec.data.class_map)
+    n_tr = count_images(p.spec.data.transfer, p.spec.data.image_size, p.spec.data.class_map) if n_transfer else 0
+    if n_eval == 0:  # a dry run away from the data: nothing to count the images of
+        return (f"estimate: the eval set {p.spec.data.eval} is not reachable from here, so no compute estimate; "
+                f"{sum(p.params.values()) / 1e6:,.0f} M parameters in all, one forward pass each per eval image")
     mean_params = sum(p.params.values()) / len(p.params)
     sec_per_param_sample = 4e-10  # CPU forward, measured on the digits zoo; GPUs are ~50x faster
     pred = n_eval * sum(p.params.values()) * sec_per_param_sample
@@ -123,17 +138,25 @@ def _hours(sec: float) -> str:
 
 
 # ---------------------------------------------------------------------- launch / measure
-def _launch(ctx, spec, until, gpus, cpus, address, gpus_per_job, cpus_per_job, max_retries, progress):
-    from .launch import LaunchOptions, launch_sweep
+def _launch(ctx, spec, until, gpus, cpus, address, gpus_per_job, cpus_per_job, max_retries, progress,
+            only_failed=False, limit=None, shard=None):
+    from .launch import LaunchOptions, launch_sweep, parse_shard
     from .spec import load_spec
 
     s = load_spec(spec)
+    if limit is not None and limit < 0:
+        raise UserError("--limit must be >= 0")
     opts = LaunchOptions(gpus=gpus, cpus=cpus, address=address, gpus_per_job=gpus_per_job,
-                         cpus_per_job=cpus_per_job, max_retries=max_retries, until=until, progress=progress)
+                         cpus_per_job=cpus_per_job, max_retries=max_retries, until=until, progress=progress,
+                         only_failed=only_failed, limit=limit, shard=parse_shard(shard) if shard else None)
     if gpus < 0 or cpus_per_job < 1 or gpus_per_job <= 0:
         raise UserError("--gpus must be >= 0, --cpus-per-job >= 1 and --gpus-per-job > 0")
     t0 = time.time()
-    rep = launch_sweep(s, ctx.obj.store(), ctx.obj.paths(), opts, err)
+    try:
+        rep = launch_sweep(s, ctx.obj.store(), ctx.obj.paths(), opts, err)
+    except KeyboardInterrupt:
+        err.print("interrupted: jobs in flight are marked 'interrupted' and run again on the next launch")
+        raise typer.Exit(130)
     _print_launch(rep, time.time() - t0)
     return s, rep
 
@@ -154,15 +177,20 @@ _GPJ = typer.Option(1.0, "--gpus-per-job", help="GPU share per job; fractions ru
 _CPJ = typer.Option(1, "--cpus-per-job", help="CPU threads per job.")
 _RETRY = typer.Option(None, "--max-retries", help="Retries of a failing job (default: the spec's).")
 _PROG = typer.Option(True, "--progress/--no-progress", help="Live progress bars.")
+_FAILED = typer.Option(False, "--only-failed", help="Rerun only failed jobs, each with a fresh retry budget.")
+_LIMIT = typer.Option(None, "--limit", help="Run at most this many transfer jobs (predict and compare always complete).")
+_SHARD = typer.Option(None, "--shard", help="i/K: run only shard i of K (array jobs on a shared store).")
 
 
 @app.command()
 def launch(ctx: typer.Context, spec: Path = typer.Argument(..., help="Sweep spec (TOML)."),
            gpus: float = _GPUS, cpus: Optional[int] = _CPUS, address: Optional[str] = _ADDR,
            gpus_per_job: float = _GPJ, cpus_per_job: int = _CPJ, max_retries: Optional[int] = _RETRY,
-           progress: bool = _PROG):
+           progress: bool = _PROG, only_failed: bool = _FAILED, limit: Optional[int] = _LIMIT,
+           shard: Optional[str] = _SHARD):
     """Run the sweep's pending jobs on Ray (plans first if needed); finished jobs are skipped."""
-    _, rep = _launch(ctx, spec, "transfer", gpus, cpus, address, gpus_per_job, cpus_per_job, max_retries, progress)
+    _, rep = _launch(ctx, spec, "transfer", gpus, cpus, address, gpus_per_job, cpus_per_job, max_retries, progress,
+                     only_failed, limit, shard)
     raise typer.Exit(0 if rep.ok else 1)
 
 
@@ -170,30 +198,102 @@ def launch(ctx: typer.Context, spec: Path = typer.Argument(..., help="Sweep spec
 def measure(ctx: typer.Context, spec: Path = typer.Argument(..., help="Sweep spec (TOML)."),
             gpus: float = _GPUS, cpus: Optional[int] = _CPUS, address: Optional[str] = _ADDR,
             gpus_per_job: float = _GPJ, cpus_per_job: int = _CPJ, max_retries: Optional[int] = _RETRY,
-            progress: bool = _PROG):
+            progress: bool = _PROG, only_failed: bool = _FAILED, limit: Optional[int] = _LIMIT,
+            shard: Optional[str] = _SHARD):
     """Stages 1-2 only: predict every model once and compare all pairs (no transfer)."""
-    _, rep = _launch(ctx, spec, "compare", gpus, cpus, address, gpus_per_job, cpus_per_job, max_retries, progress)
+    _, rep = _launch(ctx, spec, "compare", gpus, cpus, address, gpus_per_job, cpus_per_job, max_retries, progress,
+                     only_failed, limit, shard)
     raise typer.Exit(0 if rep.ok else 1)
 
 
 # ---------------------------------------------------------------------- status / query / export / report
+def _sweep_name(store, sweep: str | None) -> str | None:
+    """A sweep name from a name or a spec path; None means every sweep."""
+    if sweep is None:
+        return None
+    if sweep.endswith(".toml"):
+        from .spec import load_spec
+
+        sweep = load_spec(sweep).name
+    if sweep not in store.sweep_names():
+        known = ", ".join(store.sweep_names()) or "none yet"
+        raise UserError(f"no sweep named {sweep!r} in the store (sweeps: {known})")
+    return sweep
+
+
 @app.command()
-def status(ctx: typer.Context, sweep: Optional[str] = typer.Argument(None, help="Sweep name (default: all).")):
-    """Job counts per stage and state, and the last error line of failed jobs."""
+def status(ctx: typer.Context, sweep: Optional[str] = typer.Argument(None, help="Sweep name or spec (default: all)."),
+           slowest: int = typer.Option(5, "--slowest", help="How many of the slowest finished jobs to list.")):
+    """Jobs per stage and state, the slowest jobs, and the last error line of failed ones."""
+    import pandas as pd
+
+    from .store import job_summary, jobs_of
+
     store = ctx.obj.store(create=False)
-    where = "where sj.sweep = :sweep" if sweep else ""
-    df = store.query(f"""select sj.sweep, j.kind, j.state, count(*) as jobs, round(sum(j.seconds), 1) as seconds
-                         from jobs j join sweep_jobs sj on sj.job_id = j.id {where}
-                         group by sj.sweep, j.kind, j.state order by sj.sweep, j.kind, j.state""",
-                     {"sweep": sweep} if sweep else None)
+    name = _sweep_name(store, sweep)
+    df = job_summary(store, name)
     if df.empty:
-        raise UserError(f"no sweep named {sweep!r} in the store" if sweep else "the store has no sweeps yet")
-    out.print(_table(df, "jobs"))
-    failed = store.query(f"""select j.id, j.kind, j.attempts, j.error from jobs j join sweep_jobs sj
-                             on sj.job_id = j.id {where} {'and' if sweep else 'where'} j.state in ('failed', 'diverged')""",
-                         {"sweep": sweep} if sweep else None)
-    for r in failed.itertuples():
-        out.print(f"[red]{r.kind} {r.id}[/] after {r.attempts} attempt(s): {(r.error or '').strip().splitlines()[-1:]}")
+        raise UserError("the store has no sweeps yet; run `zoo-sweep plan SPEC` or `zoo-sweep demo`")
+    out.print(_table(df, "jobs per stage and state"))
+    jobs = jobs_of(store, name)
+    jobs["seconds"] = pd.to_numeric(jobs["seconds"], errors="coerce")  # all-NULL columns come back as objects
+    jobs = jobs.drop_duplicates("id")  # a job shared by two sweeps is listed once
+    done = jobs[jobs["state"] == "done"].dropna(subset=["seconds"]).nlargest(slowest, "seconds")
+    if not done.empty:
+        out.print(_table(done[["id", "kind", "seconds", "worker"]], f"slowest {len(done)} finished jobs"))
+    for r in jobs[jobs["state"].isin(["failed", "diverged"])].itertuples():
+        last = (r.error or "").strip().splitlines()[-1:] or [""]
+        out.print(f"[red]{r.state}[/] {r.kind} {r.id} after {r.attempts} attempt(s): {last[0]}", highlight=False)
+
+
+@app.command()
+def reset(ctx: typer.Context, sweep: str = typer.Argument(..., help="Sweep name or spec."),
+          state: str = typer.Option("failed", "--state", help="Which jobs go back to pending: failed, diverged, "
+                                                               "cancelled or interrupted.")):
+    """Put a sweep's failed (or other) jobs back to pending with a fresh retry budget."""
+    from .store import reset_jobs
+
+    if state not in ("failed", "diverged", "cancelled", "interrupted"):
+        raise UserError("--state must be failed, diverged, cancelled or interrupted")
+    store = ctx.obj.store(create=False)
+    n = reset_jobs(store, _sweep_name(store, sweep), state, "pending")
+    out.print(f"{n} {state} job(s) are pending again; run `zoo-sweep launch SPEC`")
+
+
+@app.command()
+def cancel(ctx: typer.Context, sweep: str = typer.Argument(..., help="Sweep name or spec."),
+           kind: Optional[str] = typer.Option(None, "--kind", help="Only this stage: predict or transfer.")):
+    """Mark a sweep's pending (and failed) jobs cancelled: launch skips them until `reset --state cancelled`."""
+    from .store import reset_jobs
+
+    store = ctx.obj.store(create=False)
+    name = _sweep_name(store, sweep)
+    n = sum(reset_jobs(store, name, st, "cancelled", kind) for st in ("pending", "failed"))
+    out.print(f"{n} job(s) cancelled")
+
+
+@app.command()
+def tune(ctx: typer.Context, spec: Path = typer.Argument(..., help="Sweep spec (TOML)."),
+         method: str = typer.Option(..., "--method", help="Transfer method to tune, e.g. kl_dp."),
+         samples: int = typer.Option(8, "--samples", help="Configurations to try."),
+         pairs: int = typer.Option(4, "--pairs", help="Calibration pairs (stratified by accuracy gap x family)."),
+         objective: str = typer.Option("delta", "--objective", help="delta (mean transfer delta) or success."),
+         write: bool = typer.Option(False, "--write", help="Write the best configuration into the spec's [transfer]."),
+         cpus: Optional[int] = _CPUS, address: Optional[str] = _ADDR, progress: bool = _PROG):
+    """Ray Tune search of one method's hyper-parameters on a calibration subset of pairs."""
+    from .launch import LaunchOptions
+    from .spec import load_spec
+    from .tune import tune_method, write_back
+
+    s = load_spec(spec)
+    res = tune_method(s, ctx.obj.store(), ctx.obj.paths(), method, samples, pairs, objective,
+                      LaunchOptions(cpus=cpus, address=address, progress=progress))
+    out.print(_table(res.trials, f"{method}: {len(res.trials)} configuration(s) on {len(res.pairs)} pair(s), "
+                                 f"stored as sweep {res.sweep}"))
+    out.print(f"best: {json.dumps(res.best)}")
+    if write:
+        write_back(spec, res.best)
+        out.print(f"written into [transfer] of {spec}")
 
 
 @app.command()
@@ -222,7 +322,7 @@ def export(ctx: typer.Context, out_dir: Optional[Path] = typer.Option(None, "--o
 @app.command()
 def report(ctx: typer.Context, spec: Optional[Path] = typer.Argument(None, help="Sweep spec (default: the demo)."),
            out_dir: Optional[Path] = typer.Option(None, "--out", help="Default: results/reports/SWEEP")):
-    """Summary tables in the terminal and a report folder (CSV, Markdown, PNG plots)."""
+    """Tables in the terminal and a report folder: report.html (self-contained), PNG plots, CSV, Markdown."""
     from .spec import load_spec
 
     s = load_spec(spec or DEMO_SPEC)
@@ -230,17 +330,30 @@ def report(ctx: typer.Context, spec: Optional[Path] = typer.Argument(None, help=
 
 
 def _report(ctx, s, out_dir=None):
-    from .report import final_transfers, method_summary, models_table, write_report
+    from .plan import num_classes_of
+    from .report import make_report
 
     store = ctx.obj.store(create=False)
     target = out_dir or ctx.obj.paths().report(s.name)
-    files = write_report(store, s.name, s.data.eval, target)
-    out.print(_table(models_table(store, s.data.eval), f"models on {s.data.eval} (accuracy %)"))
-    summary = method_summary(final_transfers(store, s.name))
-    out.print(_table(summary, "transfer per method (percent; success = share of pairs with delta > 0, "
-                              "student_success = median over students)"))
-    out.print(f"report: {target} ({len(files)} files)")
-    return summary
+    try:
+        k = num_classes_of(s.data.eval, s.data.class_map)
+    except UserError:  # the eval images are not reachable from here: the report says K is unknown
+        k = None
+    rep = make_report(store, s.name, s.data.eval, target, num_classes=k)
+    for heading, items in rep.sections:
+        out.rule(heading)
+        for it in items:
+            if isinstance(it, str):
+                out.print(it)
+            elif hasattr(it, "view"):
+                out.print(_table(it.view, it.title) if len(it.view) else f"{it.title}: (none yet)")
+            elif it.path is None:
+                out.print(f"{it.title}: {it.caption}")
+    out.rule("findings")
+    for line in rep.findings:
+        out.print(f"- {line}")
+    out.print(f"report: {rep.html} ({len(rep.files)} files; SQL behind every table in the page)")
+    return next(t.data for t in rep.tables if t.key == "methods")
 
 
 @app.command()
@@ -255,23 +368,19 @@ def demo(ctx: typer.Context, spec: Path = typer.Option(Path(DEMO_SPEC), "--spec"
     raise typer.Exit(0 if rep.ok else 1)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import click
+from .submit import submit_app  # noqa: E402  (zoo-sweep submit slurm|ray)
 
-    cmd = typer.main.get_command(app)
+app.add_typer(submit_app, name="submit")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point. Click/typer handle usage errors and exit codes (SystemExit); a UserError
+    becomes one line on stderr and exit code 2."""
     try:
-        cmd.main(args=argv, prog_name="zoo-sweep", standalone_mode=False)
+        app(args=argv, prog_name="zoo-sweep")
     except UserError as e:
         err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         return 2
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        err.print("interrupted: in-flight jobs are marked 'interrupted' and run again on the next launch")
-        return 130
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def load_image_set(ref: str, image_size: int, cache_dir: str | Path, class_map: 
     if path.exists():
         try:
             d = torch.load(path, weights_only=False)
-            return ImageSet(**d)
+            return _warn_skipped(ImageSet(**d))
         except Exception:
             path.unlink(missing_ok=True)  # truncated by a killed run: decode again
     kind, _, arg = ref.partition(":")
@@ -80,6 +81,15 @@ def load_image_set(ref: str, image_size: int, cache_dir: str | Path, class_map: 
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(s.__dict__, tmp)
     tmp.replace(path)  # atomic: a reader never sees half a cache file
+    return _warn_skipped(s)
+
+
+def _warn_skipped(s: ImageSet) -> ImageSet:
+    """Unreadable files cost one sample each; say so once per process wherever the set is loaded (the
+    launcher's compare stage loads the eval set, so its output carries the line)."""
+    if s.skipped:
+        warnings.warn(f"{s.ref}: {s.skipped} unreadable image file(s) skipped; {len(s)} images used",
+                      UserWarning, stacklevel=3)
     return s
 
 

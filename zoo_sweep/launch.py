@@ -44,6 +44,26 @@ class LaunchOptions:
     max_retries: int | None = None  # default: the spec's [run] max_retries
     until: str = "transfer"  # last stage to run: "compare" measures only
     progress: bool = True
+    only_failed: bool = False  # rerun failed jobs only (with a fresh retry budget)
+    limit: int | None = None  # at most this many transfer jobs (earlier stages always complete: they feed it)
+    shard: tuple[int, int] | None = None  # (i, K): run only the jobs of shard i of K (array jobs)
+    wait_s: float = 6 * 3600  # sharded runs: how long to wait for other shards' predict jobs
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/K' -> (i, K) with 0 <= i < K."""
+    try:
+        i, k = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard must look like i/K (e.g. 0/4), got {text!r}") from None
+    if k < 1 or not 0 <= i < k:
+        raise UserError(f"--shard {text}: need K >= 1 and 0 <= i < K")
+    return i, k
+
+
+def in_shard(job_id: str, shard: tuple[int, int] | None) -> bool:
+    """Job ids are hashes, so taking them modulo K splits every stage evenly and disjointly."""
+    return shard is None or int(job_id.split("-", 1)[-1], 16) % shard[1] == shard[0]
 
 
 @dataclass
@@ -101,9 +121,11 @@ class _Run:
         self._transfer()
         return self.report
 
-    def _requeue_stale(self):
-        """Jobs a killed launcher left 'running' or 'interrupted' run again."""
-        stale = [j["id"] for j in self.store.sweep_jobs(self.spec.name) if j["state"] in ("running", "interrupted")]
+    def _requeue_stale(self, kind: str | None = None):
+        """Jobs a killed launcher left 'running' or 'interrupted' run again (this shard's only: other
+        shards may be running theirs right now)."""
+        stale = [j["id"] for j in self.store.sweep_jobs(self.spec.name, kind)
+                 if j["state"] in ("running", "interrupted") and in_shard(j["id"], self.opts.shard)]
         self.store.set_state(stale, "pending")
 
     def _build_zoo(self):
@@ -138,11 +160,15 @@ class _Run:
         todo = []
         for j in jobs:
             rec = load_record(self._record_path(j["id"])) if j["state"] == "done" else None
-            if rec is None:
-                todo.append(j)  # also a done job whose record file went missing or is unreadable
-            else:
+            if rec is not None:
                 self.records[j["id"]] = rec
+            elif j["state"] == "done":  # its record went missing or is unreadable: run it again
+                self.store.set_state([j["id"]], "pending")
+                todo.append({**j, "state": "pending"})
+            else:
+                todo.append(j)
         self.report.reused["prediction records"] = len(jobs) - len(todo)
+        todo = self._filter(todo, limit=None)
         rows = {r["name"]: r for r in model_rows(self.plan)}
 
         def on_result(job, res):
@@ -151,13 +177,15 @@ class _Run:
             self.records[job["id"]] = res["record"]
             name = json.loads(job["spec"])["model"]["name"]
             self.store.finish_job(job["id"], "done", model_rows=[{**rows[name], "accuracy": res["accuracy"],
-                                                                  "record": str(path)}])
+                                                                  "record": str(path)}], seconds=res["seconds"])
 
         self._run_jobs("predict", todo, lambda job: {"batch_size": self.spec.run.predict_batch_size}, on_result)
 
     def _compare(self):
         job = next(j for j in self.store.sweep_jobs(self.spec.name, "compare"))
         payload = json.loads(job["spec"])
+        if self.opts.shard is not None:
+            self._wait_for_records(payload["records"])
         if any(rid not in self.records for rid in payload["records"]):
             self.console.print("[yellow]compare skipped: some predict jobs did not finish[/]")
             return None
@@ -180,13 +208,19 @@ class _Run:
 
     def _select(self, pairs_df):
         if self.plan.transfer_jobs is None:
-            rows = select_transfers(self.plan, pairs_df)
+            history = None
+            if self.spec.pairs.policy == "predicted_gain":
+                ev = {"e": self.spec.data.eval}
+                method = self.spec.pairs.gain_method or self.spec.transfer.methods[0]
+                history = (self.store.query("select * from models where eval_set = :e", ev),
+                           self.store.query("select * from transfer_results where eval_set = :e and final", ev), method)
+            rows = select_transfers(self.plan, pairs_df, history)
             self.report.new_jobs += self.store.add_jobs(self.spec.name, rows)
 
     def _transfer(self):
+        self._requeue_stale("transfer")  # select may have just linked jobs another sweep's launcher left behind
         jobs = self.store.sweep_jobs(self.spec.name, "transfer")
-        todo = [j for j in jobs if j["state"] == "pending"
-                or (j["state"] == "failed" and j["attempts"] <= self.max_retries)]
+        todo = self._filter(jobs, limit=self.opts.limit)
         self.report.reused["transfer jobs"] = sum(j["state"] == "done" for j in jobs)
         rec_of = {json.loads(j["spec"])["model"]["name"]: self.records[j["id"]]
                   for j in self.store.sweep_jobs(self.spec.name, "predict") if j["id"] in self.records}
@@ -206,17 +240,52 @@ class _Run:
         def on_result(job, res):
             p = json.loads(job["spec"])
             if res["state"] != "done":
-                self.store.finish_job(job["id"], res["state"], error=res.get("error"))
+                self.store.finish_job(job["id"], res["state"], error=res.get("error"), seconds=res["seconds"])
                 return
             key = {"job_id": job["id"], "eval_set": p["eval"], "student": p["student"]["name"],
                    "teacher": p["teacher"]["name"], "method": p["method"], "seed": p["seed"]}
             last = len(res["rows"])
-            rows = [{**key, **{k: _num(v) for k, v in r.items()}, "final": r["epoch"] == last} for r in res["rows"]]
-            self.store.finish_job(job["id"], "done", results=rows)
+            # a row may name its own teacher: multi-teacher jobs report "a+b+c"
+            rows = [{**key, **{k: _num(v) for k, v in r.items()}, "teacher": r.get("teacher", key["teacher"]),
+                     "final": r["epoch"] == last} for r in res["rows"]]
+            self.store.finish_job(job["id"], "done", results=rows, seconds=res["seconds"])
 
         self._run_jobs("transfer", todo, inputs, on_result)
 
     # ------------------------------------------------------------------ machinery
+    def _filter(self, jobs: list[dict], limit: int | None) -> list[dict]:
+        """The jobs this launch runs: by state, then --only-failed, --shard and --limit."""
+        o = self.opts
+        if o.only_failed:
+            todo = [j for j in jobs if j["state"] == "failed"]
+        else:
+            todo = [j for j in jobs if j["state"] == "pending"
+                    or (j["state"] == "failed" and j["attempts"] <= self.max_retries)]
+        todo = [j for j in todo if in_shard(j["id"], o.shard)]
+        if limit is not None:
+            todo = todo[:limit]
+        if o.only_failed and todo:  # a fresh retry budget
+            self.store.set_state([j["id"] for j in todo], "pending", attempts=0)
+            todo = [{**j, "state": "pending", "attempts": 0} for j in todo]
+        return todo
+
+    def _wait_for_records(self, record_ids: list[str]) -> None:
+        """A shard compares once every shard's predict jobs are done (records live on the shared home)."""
+        deadline = time.time() + self.opts.wait_s
+        missing = [r for r in record_ids if r not in self.records]
+        while missing and time.time() < deadline:
+            states = {j["id"]: j["state"] for j in self.store.sweep_jobs(self.spec.name, "predict")}
+            for rid in missing:
+                if states.get(rid) == "done":
+                    rec = load_record(self._record_path(rid))
+                    if rec is not None:
+                        self.records[rid] = rec
+            missing = [r for r in record_ids if r not in self.records]
+            if missing and any(states.get(r) in ("failed", "diverged") for r in missing):
+                return
+            if missing:
+                time.sleep(5)
+
     def _record_path(self, job_id: str):
         return self.paths.records / f"{job_id}.npz"
 
@@ -229,18 +298,36 @@ class _Run:
         if self._pool is None:
             self._pool = _Pool(self._cluster(), self.opts, self.paths)
         failed = []
+        running = 0
 
-        def on_error(job, err: str, final: bool):
-            self.store.finish_job(job["id"], "failed" if final else "pending", error=err)
-            if final:
-                failed.append((job["id"], err.strip().splitlines()[-1] if err.strip() else err))
+        def describe():
+            return (f"{kind}: {self._pool.size} worker(s), {running} running"
+                    + (f", [red]{len(failed)} failed[/]" if failed else ""))
 
         with self._progress() as prog:
-            bar = prog.add_task(f"{kind}: {self._pool.size} worker(s)", total=len(todo))
-            self._pool.run(todo, inputs, self.store.start_job,
-                           lambda job, res: (on_result(job, res), prog.advance(bar)),
-                           lambda job, err, final: (on_error(job, err, final), final and prog.advance(bar)),
-                           self.max_retries, self.store)
+            bar = prog.add_task(describe(), total=len(todo))
+
+            def on_start(job_id, worker):
+                nonlocal running
+                self.store.start_job(job_id, worker)
+                running += 1
+                prog.update(bar, description=describe())
+
+            def on_done(job, res):
+                nonlocal running
+                on_result(job, res)
+                running -= 1
+                prog.update(bar, advance=1, description=describe())
+
+            def on_error(job, err: str, final: bool):
+                nonlocal running
+                self.store.finish_job(job["id"], "failed" if final else "pending", error=err)
+                running -= 1
+                if final:
+                    failed.append((job["id"], err.strip().splitlines()[-1] if err.strip() else err))
+                prog.update(bar, advance=1 if final else 0, description=describe())
+
+            self._pool.run(todo, inputs, on_start, on_done, on_error, self.max_retries, self.store)
         self.report.ran[kind] = len(todo)
         self.report.failed.extend(failed)
 
@@ -272,6 +359,7 @@ class _Pool:
         self._actor_cls = ray.remote(Worker).options(**per, max_concurrency=1)
         self._args = (str(paths.home), opts.cpus_per_job)
         self.actors = [self._actor_cls.remote(*self._args) for _ in range(size)]
+        self.names = ray.get([a.info.remote() for a in self.actors])  # host:pid:device, kept in jobs.worker
 
     def run(self, jobs: list[dict], inputs: Callable, on_start: Callable, on_done: Callable, on_error: Callable,
             max_retries: int, store: Store):
@@ -286,7 +374,7 @@ class _Pool:
                 for i in range(len(self.actors)):
                     while queue and load[i] < 2:
                         job = queue.popleft()
-                        on_start(job["id"], f"actor{i}")
+                        on_start(job["id"], self.names[i])
                         attempts[job["id"]] += 1
                         ref = self.actors[i].run.remote({**job, "spec": json.loads(job["spec"]),
                                                          "inputs": inputs(job)})
@@ -300,6 +388,7 @@ class _Pool:
                         on_done(job, ray.get(ref))
                     except ray.exceptions.RayActorError as e:  # the worker process died: replace it
                         self.actors[i] = self._actor_cls.remote(*self._args)
+                        self.names[i] = ray.get(self.actors[i].info.remote())
                         self._retry(job, f"worker died: {e}", attempts, max_retries, queue, on_error)
                     except ray.exceptions.RayTaskError as e:
                         self._retry(job, _task_error(e), attempts, max_retries, queue, on_error)

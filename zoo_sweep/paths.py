@@ -24,6 +24,10 @@ class Paths:
     def records(self) -> Path:  # stage-1 prediction records, one file per (model, eval set)
         return self.home / "records"
 
+    @property
+    def checkpoints(self) -> Path:  # per-epoch transfer checkpoints, one folder per job, removed when it ends
+        return self.cache / "transfer_ckpt"
+
     def report(self, sweep: str) -> Path:
         return self.home / "reports" / sweep
 

@@ -17,13 +17,50 @@ from pathlib import Path
 import pandas as pd
 
 from . import UserError
-from .data import image_set_key
+from .data import IMG_EXTENSIONS, _image_files, image_set_key
 from .paths import Paths
 from .select import all_pairs, needs_measurement, select_pairs
 from .spec import SweepSpec, content_id
-from .zoo import ModelEntry, count_params, resolve_zoo
+from .zoo import ModelEntry, check_heads, count_params, param_counts, resolve_zoo, select_names  # noqa: F401
 
 TRANSFER_HP = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "temperature", "alpha", "augment")
+
+
+def method_hp(t, method: str) -> dict:
+    """The hyper-parameters of one method's jobs: the common ones plus the method's own (Method.params), so a
+    changed CD weight re-runs CD jobs only."""
+    from .transfer.methods import METHODS
+
+    return {k: getattr(t, k) for k in TRANSFER_HP + METHODS[method].params}
+
+
+def check_transfer(spec: SweepSpec, models: list[ModelEntry], num_classes: int) -> None:
+    """Plan-time checks of [transfer] that need the zoo or the class count (spec.validate has the rest)."""
+    t = spec.transfer
+    where = f"the {num_classes} classes of {spec.data.eval}"
+    if t.top_k > num_classes:
+        raise UserError(f"[transfer] top_k = {t.top_k} is larger than {where}; use <= {num_classes} (0 = all)")
+    if "xekl_mcl" in t.methods and t.mcl_top_k > num_classes:
+        raise UserError(f"[transfer] mcl_top_k = {t.mcl_top_k} (the paper's ImageNet value) is larger than {where};"
+                        f" set mcl_top_k <= {num_classes} (0 = all)")
+    counts = {m.name: m.num_classes for m in models if m.num_classes is not None}
+    if len(set(counts.values())) > 1 or any(c != num_classes for c in counts.values()):
+        odd = ", ".join(f"{n} ({c})" for n, c in counts.items() if c != num_classes) or "some models"
+        raise UserError(f"students and teachers must share {where}; different class counts: {odd}")
+    names = {m.name for m in models}
+    for key in ("multi_students", "teachers"):
+        unknown = [n for n in getattr(t, key) if n not in names]
+        if unknown:
+            raise UserError(f"[transfer] {key} names {', '.join(unknown)}, not in the zoo "
+                            f"({', '.join(sorted(names))})")
+    for s in t.multi_students if t.multi_teacher else ():
+        if len(multi_teachers(t, [m.name for m in models], s)) < 2:
+            raise UserError(f"[transfer] multi-teacher transfer to {s} needs at least two teachers")
+
+
+def multi_teachers(t, names: list[str], student: str) -> list[str]:
+    """A multi-teacher student's teachers: the spec's list, or every other model of the zoo."""
+    return list(t.teachers) if t.teachers else [n for n in names if n != student]
 
 
 @dataclass
@@ -43,7 +80,9 @@ class Plan:
         return self.predict_jobs + [self.compare_job] + (self.transfer_jobs or [])
 
     def entry(self, name: str) -> ModelEntry:
-        return next(m for m in self.models if m.name == name)
+        if getattr(self, "_by_name", None) is None or len(self._by_name) != len(self.models):
+            self._by_name = {m.name: m for m in self.models}  # zoo-wide plans look names up millions of times
+        return self._by_name[name]
 
 
 def num_classes_of(ref: str, class_map: str | None) -> int:
@@ -57,7 +96,12 @@ def num_classes_of(ref: str, class_map: str | None) -> int:
     root = Path(arg)
     if not root.is_dir():
         raise UserError(f"image folder not found: {root}")
-    return sum(1 for p in root.iterdir() if p.is_dir())
+    k = sum(1 for p in root.iterdir() if p.is_dir())
+    if k == 0:
+        raise UserError(f"{root} has no class sub-folders (expected ROOT/CLASS/IMAGE files)")
+    if not any(True for _ in _image_files(root)):
+        raise UserError(f"no images under {root} (looked for {', '.join(sorted(set(IMG_EXTENSIONS)))})")
+    return k
 
 
 def _row(kind: str, ident: dict, payload: dict) -> dict:
@@ -65,13 +109,26 @@ def _row(kind: str, ident: dict, payload: dict) -> dict:
             "spec": json.dumps(payload, sort_keys=True, default=list)}
 
 
-def make_plan(spec: SweepSpec, paths: Paths) -> Plan:
+def make_plan(spec: SweepSpec, paths: Paths, dry_run: bool = False) -> Plan:
+    """The sweep's models and jobs. ``dry_run`` (plan --dry-run) lets an eval folder that is not reachable
+    from this machine count as the spec's [zoo] num_classes classes; a real plan or launch needs it."""
     d = spec.data
-    k = num_classes_of(d.eval, d.class_map)
+    try:
+        k = num_classes_of(d.eval, d.class_map)
+    except UserError:
+        if not (dry_run and spec.zoo.num_classes):
+            raise
+        k = spec.zoo.num_classes
     models = resolve_zoo(spec.zoo, paths.cache, k, d.image_size)
+    check_heads(models, k, d.eval)
+    if spec.pairs.policy == "explicit":  # unknown names fail here, with close-name suggestions
+        names = [m.name for m in models]
+        select_names(names, spec.pairs.students, ())
+        select_names(names, spec.pairs.teachers, ())
     eval_key = image_set_key(d.eval, d.image_size, d.class_map)
     transfer_key = image_set_key(d.transfer, d.image_size, d.class_map)
-    params = {m.name: count_params(m) for m in models}
+    params = param_counts(models, paths.cache)
+    check_transfer(spec, models, k)
 
     predict = []
     for m in models:
@@ -82,31 +139,50 @@ def make_plan(spec: SweepSpec, paths: Paths) -> Plan:
                    {"eval": d.eval, "eval_key": eval_key, "models": [m.name for m in models],
                     "records": [j["id"] for j in predict]})
     plan = Plan(spec, models, k, eval_key, transfer_key, predict, compare, None, params)
-    if not needs_measurement(spec.pairs):
+    if not spec.transfer.methods and not spec.transfer.multi_teacher:
+        plan.transfer_jobs = []  # measure-only (a flip study): no pair lists, even for 1.6M ordered pairs
+    elif not needs_measurement(spec.pairs):
         plan.transfer_jobs = transfer_jobs(plan, select_pairs(all_pairs([m.name for m in models]), {}, spec.pairs))
     return plan
 
 
 def transfer_jobs(plan: Plan, pairs: list[tuple[str, str]]) -> list[dict]:
     t, d = plan.spec.transfer, plan.spec.data
-    hp = {k: getattr(t, k) for k in TRANSFER_HP}
+    data = {"eval": d.eval, "transfer": d.transfer, "image_size": d.image_size, "class_map": d.class_map}
     rows = []
     for student, teacher in pairs:
         s, te = plan.entry(student), plan.entry(teacher)
         for method in t.methods:
+            hp = method_hp(t, method)
             for seed in t.seeds:
                 ident = {"student": s.ident, "teacher": te.ident, "method": method, "seed": seed, "hp": hp,
                          "eval": plan.eval_key, "transfer": plan.transfer_key}
                 rows.append(_row("transfer", ident, {
                     "student": s.to_dict(), "teacher": te.to_dict(), "method": method, "seed": seed, "hp": hp,
-                    "eval": d.eval, "transfer": d.transfer, "image_size": d.image_size, "class_map": d.class_map}))
+                    **data}))
+    # multi-teacher jobs (independent of the pair policy). The payload's "teacher" is the first teacher so
+    # the launcher's per-job inputs stay defined; "teachers" is what the worker uses, and its rows name
+    # every teacher ("a+b+c") and the mode as the method.
+    names = [m.name for m in plan.models]
+    for student in t.multi_students if t.multi_teacher else ():
+        s, tes = plan.entry(student), [plan.entry(n) for n in multi_teachers(t, names, student)]
+        hp = method_hp(t, t.multi_method)
+        for mode in t.multi_teacher:
+            for seed in t.seeds:
+                ident = {"student": s.ident, "teachers": [x.ident for x in tes], "mode": mode,
+                         "method": t.multi_method, "seed": seed, "hp": hp, "eval": plan.eval_key,
+                         "transfer": plan.transfer_key}
+                rows.append(_row("transfer", ident, {
+                    "student": s.to_dict(), "teacher": tes[0].to_dict(), "teachers": [x.to_dict() for x in tes],
+                    "method": mode, "multi_method": t.multi_method, "seed": seed, "hp": hp, **data}))
     return rows
 
 
-def select_transfers(plan: Plan, pairs_df: pd.DataFrame) -> list[dict]:
-    """Stage 3: the transfer jobs for the measured pairs, by the spec's pair policy."""
+def select_transfers(plan: Plan, pairs_df: pd.DataFrame, history=None) -> list[dict]:
+    """Stage 3: the transfer jobs for the measured pairs, by the spec's pair policy (``history``:
+    (models, transfer results, method) for the predicted_gain policy)."""
     families = {m.name: m.family for m in plan.models}
-    return transfer_jobs(plan, select_pairs(pairs_df, families, plan.spec.pairs))
+    return transfer_jobs(plan, select_pairs(pairs_df, families, plan.spec.pairs, history))
 
 
 def max_selected(plan: Plan) -> int:

@@ -7,7 +7,9 @@ passes, not N^2.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -44,25 +46,40 @@ def accuracy(record: dict[str, np.ndarray], labels) -> float:
     return float((record["pred"] == np.asarray(labels)).mean() * 100)
 
 
+def record_checksum(record: dict[str, np.ndarray]) -> str:
+    """sha256 over every field's name, dtype, shape and bytes: what a record file must still hold."""
+    h = hashlib.sha256()
+    for f in RECORD_FIELDS:
+        a = np.ascontiguousarray(record[f])
+        h.update(f"{f}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def record_bytes(record: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
-    np.savez_compressed(buf, **record)
+    np.savez_compressed(buf, **{f: record[f] for f in RECORD_FIELDS}, checksum=np.array(record_checksum(record)))
     return buf.getvalue()
 
 
 def save_record(path: str | Path, record: dict[str, np.ndarray]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
     tmp.write_bytes(record_bytes(record))
     tmp.replace(path)  # atomic: a killed run leaves no half record under the real name
 
 
 def load_record(path: str | Path) -> dict[str, np.ndarray] | None:
-    """The record, or None when it is missing or unreadable (then the predict job runs again)."""
+    """The record, or None when it is missing, unreadable, truncated or does not match its checksum (then the
+    predict job runs again). A record written without a checksum is not trusted either."""
     try:
-        with np.load(path) as z:
+        with np.load(path, allow_pickle=False) as z:
             rec = {f: z[f] for f in RECORD_FIELDS}
+            stored = str(z["checksum"])
     except Exception:
+        return None
+    n = len(rec["pred"])
+    if any(len(v) != n for v in rec.values()) or record_checksum(rec) != stored:
         return None
     return rec

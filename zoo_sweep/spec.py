@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from . import UserError
+from .transfer.params import TransferParams
 
-PAIR_POLICIES = ("all", "stratified")
+PAIR_POLICIES = ("all", "stratified", "top_ck", "explicit", "predicted_gain")
 
 
 @dataclass(frozen=True)
@@ -44,22 +45,23 @@ class PairSpec:
     policy: str = "all"
     per_bin: int = 2  # stratified: pairs drawn per (accuracy-gap bin x family combination)
     gap_bins: tuple[float, ...] = (-100.0, -5.0, 0.0, 5.0, 100.0)  # stratified: bin edges, points
-    max_pairs: int | None = None  # cap after the policy; None keeps all
+    max_pairs: int | None = None  # cap after the policy (top_ck: how many); None keeps all
     seed: int = 0
+    students: tuple[str, ...] = ()  # explicit: names or patterns (the paper's grid)
+    teachers: tuple[str, ...] = ()  # explicit: names or patterns
+    gain_method: str | None = None  # predicted_gain: whose finished results to learn from (default: first method)
 
 
 @dataclass(frozen=True)
-class TransferSpec:
+class TransferSpec(TransferParams):
+    """[transfer]: every job hyper-parameter of ``TransferParams`` (paper defaults), plus what a sweep adds."""
     methods: tuple[str, ...] = ("kl", "kl_dp")
-    epochs: int = 2
     seeds: tuple[int, ...] = (0,)
-    batch_size: int = 128
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    temperature: float = 1.0
-    alpha: float = 0.5  # xekl: weight of the KL term against cross-entropy
-    augment: bool = True
+    # multi-teacher jobs: each student in multi_students learns from all of `teachers` at once
+    multi_teacher: tuple[str, ...] = ()  # parallel, parallel_unsup, sequential_asc/_desc[_matched], soup
+    multi_students: tuple[str, ...] = ()
+    teachers: tuple[str, ...] = ()  # empty: every other model of the zoo
+    multi_method: str = "kl_dp"  # the single-teacher method of sequential stages and soup ingredients
 
 
 @dataclass(frozen=True)
@@ -167,13 +169,55 @@ def validate(spec: SweepSpec) -> None:
         raise UserError("[transfer] seeds must list at least one seed")
     if not 0.0 <= t.alpha <= 1.0:
         raise UserError(f"[transfer] alpha must lie in [0, 1], got {t.alpha}")
+    _validate_method_params(t)
     if t.temperature <= 0 or t.lr <= 0 or t.batch_size < 1:
         raise UserError("[transfer] temperature and lr must be > 0 and batch_size >= 1")
     if p.policy not in PAIR_POLICIES:
         raise UserError(f"[pairs] policy must be one of {', '.join(PAIR_POLICIES)}, got {p.policy!r}")
+    if p.policy in ("top_ck", "predicted_gain") and not p.max_pairs:
+        raise UserError(f"[pairs] policy '{p.policy}' needs max_pairs (how many pairs to pick)")
+    if p.policy == "explicit" and not (p.students and p.teachers):
+        raise UserError("[pairs] policy 'explicit' needs students = [...] and teachers = [...]")
+    if p.max_pairs is not None and p.max_pairs < 1:
+        raise UserError(f"[pairs] max_pairs must be >= 1, got {p.max_pairs}")
     if list(p.gap_bins) != sorted(p.gap_bins) or len(p.gap_bins) < 2:
         raise UserError("[pairs] gap_bins must be at least two increasing edges")
     for ref in (spec.data.eval, spec.data.transfer):
         kind = ref.split(":", 1)[0]
         if kind not in ("digits", "imagefolder") or ":" not in ref:
             raise UserError(f"data set {ref!r} must be 'digits:eval', 'digits:transfer' or 'imagefolder:PATH'")
+
+
+def _validate_method_params(t: TransferSpec) -> None:
+    """Method parameters and multi-teacher keys; the class-count checks need the data (plan time)."""
+    from .transfer.methods import METHODS
+    from .transfer.multi import MULTI_MODES
+
+    if not 0.0 <= t.mcl_alpha <= 1.0:
+        raise UserError(f"[transfer] mcl_alpha must lie in [0, 1], got {t.mcl_alpha}")
+    if not 0.0 < t.tau < 1.0:
+        raise UserError(f"[transfer] tau must lie in (0, 1), got {t.tau}")
+    if t.top_k < 0 or t.mcl_top_k < 0:
+        raise UserError("[transfer] top_k and mcl_top_k must be >= 0 (0 = all classes)")
+    if t.mcl_every < 1 or t.crd_dim < 1 or t.crd_negatives < 1:
+        raise UserError("[transfer] mcl_every, crd_dim and crd_negatives must be >= 1")
+    if t.mcl_lr <= 0 or t.crd_temperature <= 0:
+        raise UserError("[transfer] mcl_lr and crd_temperature must be > 0")
+    if min(t.cd_weight, t.cd_xe, t.crd_weight, t.crd_xe) < 0:
+        raise UserError("[transfer] cd_weight, cd_xe, crd_weight and crd_xe must be >= 0")
+    for m in t.methods:
+        if METHODS[m].multi:
+            raise UserError(f"{m!r} is a multi-teacher mode: list it under [transfer] multi_teacher")
+    for mode in t.multi_teacher:
+        if mode not in MULTI_MODES:
+            raise UserError(f"unknown multi-teacher mode {mode!r} in [transfer] multi_teacher; "
+                            f"known: {', '.join(MULTI_MODES)}")
+    base = METHODS.get(t.multi_method)
+    if base is None or base.multi:
+        known = ", ".join(n for n, m in METHODS.items() if not m.multi)
+        raise UserError(f"[transfer] multi_method must be a single-teacher method ({known}), got {t.multi_method!r}")
+    if t.multi_teacher and not t.multi_students:
+        raise UserError("[transfer] multi_teacher needs multi_students: the students that learn from all teachers")
+    clash = sorted(set(t.multi_students) & set(t.teachers))
+    if clash:
+        raise UserError(f"[transfer] teachers contains the student {', '.join(clash)}: a model cannot teach itself")

@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from . import UserError
 
 DEFAULT_DB = "sqlite:///results/zoo.db"
-JOB_STATES = ("pending", "running", "done", "failed", "diverged", "interrupted")
+JOB_STATES = ("pending", "running", "done", "failed", "diverged", "interrupted", "cancelled")
 
 metadata = sa.MetaData()
 
@@ -125,31 +125,34 @@ class Store:
                             f"{str(e.orig).strip().splitlines()[0]}") from None
 
     # ------------------------------------------------------------------ writes (driver only)
-    def _upsert(self, conn, table: sa.Table, rows: list[dict], update: bool = True) -> int:
+    def _upsert(self, conn, table: sa.Table, rows: list[dict], update: bool = True) -> None:
+        """Insert rows; on a key conflict update the given columns (or keep the old row)."""
         if not rows:
-            return 0
+            return
         keys = [c.name for c in table.primary_key.columns]
         dialect = self.engine.dialect.name
         if dialect in ("sqlite", "postgresql"):
             mod = __import__(f"sqlalchemy.dialects.{dialect}", fromlist=["insert"])
-            n = 0
-            for chunk in _chunks(rows, 500):
-                stmt = mod.insert(table).values(chunk)
-                cols = {c: stmt.excluded[c] for c in chunk[0] if c not in keys}
-                stmt = (stmt.on_conflict_do_update(index_elements=keys, set_=cols) if update and cols
-                        else stmt.on_conflict_do_nothing(index_elements=keys))
-                n += conn.execute(stmt).rowcount or 0
-            return n
-        n = 0  # other databases: portable, slower
-        for row in rows:
+            stmt = mod.insert(table)
+            cols = {c: stmt.excluded[c] for c in rows[0] if c not in keys}
+            stmt = (stmt.on_conflict_do_update(index_elements=keys, set_=cols) if update and cols
+                    else stmt.on_conflict_do_nothing(index_elements=keys))
+            for chunk in _chunks(rows, 50_000):
+                conn.execute(stmt, chunk)  # one prepared statement, executemany: no per-chunk SQL compile
+            return
+        for row in rows:  # other databases: portable, slower
             where = sa.and_(*[table.c[k] == row[k] for k in keys])
             if conn.execute(sa.select(sa.func.count()).select_from(table).where(where)).scalar():
                 if update:
                     conn.execute(table.update().where(where).values(**row))
             else:
                 conn.execute(table.insert().values(**row))
-                n += 1
-        return n
+
+    def _new_ids(self, conn, ids: list[str]) -> int:
+        existing = set()
+        for chunk in _chunks(ids, 500):
+            existing.update(conn.execute(sa.select(jobs.c.id).where(jobs.c.id.in_(chunk))).scalars())
+        return len(set(ids) - existing)
 
     def write_plan(self, spec_row: dict, model_rows: list[dict], job_rows: list[dict], sweep: str) -> int:
         """Record a sweep, its models and its jobs in one transaction; returns the number of new jobs."""
@@ -158,16 +161,18 @@ class Store:
             existing = conn.execute(sa.select(sweeps.c.created_at).where(sweeps.c.name == sweep)).scalar()
             self._upsert(conn, sweeps, [{**spec_row, "created_at": existing or now, "updated_at": now}])
             self._upsert(conn, models, model_rows, update=False)
-            new = self._upsert(conn, jobs, [{**j, "state": "pending", "attempts": 0, "created_at": now}
-                                            for j in job_rows], update=False)
+            new = self._new_ids(conn, [j["id"] for j in job_rows])
+            self._upsert(conn, jobs, [{**j, "state": "pending", "attempts": 0, "created_at": now}
+                                      for j in job_rows], update=False)
             self._upsert(conn, sweep_jobs, [{"sweep": sweep, "job_id": j["id"]} for j in job_rows], update=False)
         return new
 
     def add_jobs(self, sweep: str, job_rows: list[dict]) -> int:
         now = time.time()
         with self.engine.begin() as conn:
-            new = self._upsert(conn, jobs, [{**j, "state": "pending", "attempts": 0, "created_at": now}
-                                            for j in job_rows], update=False)
+            new = self._new_ids(conn, [j["id"] for j in job_rows])
+            self._upsert(conn, jobs, [{**j, "state": "pending", "attempts": 0, "created_at": now}
+                                      for j in job_rows], update=False)
             self._upsert(conn, sweep_jobs, [{"sweep": sweep, "job_id": j["id"]} for j in job_rows], update=False)
         return new
 
@@ -185,8 +190,10 @@ class Store:
                 state="running", worker=worker, started_at=time.time(), attempts=jobs.c.attempts + 1))
 
     def finish_job(self, job_id: str, state: str = "done", error: str | None = None,
-                   results: list[dict] | None = None, model_rows: list[dict] | None = None) -> None:
-        """A job's outcome and its result rows, atomically."""
+                   results: list[dict] | None = None, model_rows: list[dict] | None = None,
+                   seconds: float | None = None) -> None:
+        """A job's outcome and its result rows, atomically. ``seconds``: the worker's own run time (the
+        dispatch-to-finish time also counts the wait in the worker's queue)."""
         now = time.time()
         with self.engine.begin() as conn:
             started = conn.execute(sa.select(jobs.c.started_at).where(jobs.c.id == job_id)).scalar()
@@ -195,7 +202,8 @@ class Store:
             if model_rows:
                 self._upsert(conn, models, model_rows)
             conn.execute(jobs.update().where(jobs.c.id == job_id).values(
-                state=state, error=error, finished_at=now, seconds=(now - started) if started else None))
+                state=state, error=error, finished_at=now,
+                seconds=seconds if seconds is not None else (now - started) if started else None))
 
     def write_pairs(self, job_id: str, rows: list[dict], model_rows: list[dict]) -> None:
         with self.engine.begin() as conn:
@@ -247,6 +255,34 @@ class Store:
             self.table(name).to_parquet(p, index=False)
             paths.append(p)
         return paths
+
+
+def jobs_of(store: Store, sweep: str | None = None) -> pd.DataFrame:
+    """The jobs of one sweep (or of all), with their sweep."""
+    where = "where sj.sweep = :sweep" if sweep else ""
+    return store.query(f"""select sj.sweep, j.id, j.kind, j.state, j.attempts, j.error, j.worker, j.seconds
+                           from jobs j join sweep_jobs sj on sj.job_id = j.id {where}""",
+                       {"sweep": sweep} if sweep else None)
+
+
+def job_summary(store: Store, sweep: str | None = None) -> pd.DataFrame:
+    """Jobs per sweep, stage and state, with their total run time."""
+    where = "where sj.sweep = :sweep" if sweep else ""
+    return store.query(f"""select sj.sweep, j.kind as stage, j.state, count(*) as jobs,
+                                  round(sum(j.seconds), 1) as seconds
+                           from jobs j join sweep_jobs sj on sj.job_id = j.id {where}
+                           group by sj.sweep, j.kind, j.state order by sj.sweep, j.kind, j.state""",
+                       {"sweep": sweep} if sweep else None)
+
+
+def reset_jobs(store: Store, sweep: str, from_state: str, to_state: str, kind: str | None = None) -> int:
+    """Move a sweep's jobs between states (driver-side bookkeeping: reset, cancel); returns how many."""
+    ids = [j["id"] for j in store.sweep_jobs(sweep, kind) if j["state"] == from_state]
+    if to_state == "pending":
+        store.set_state(ids, to_state, attempts=0, error=None)
+    else:
+        store.set_state(ids, to_state)
+    return len(ids)
 
 
 def _sqlite_pragmas(dbapi_conn, _record):

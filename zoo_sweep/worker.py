@@ -67,6 +67,12 @@ class Worker:
         out.update(worker=self.name, seconds=time.time() - t0)
         return out
 
+    def _noop(self, spec: dict, _inputs: dict) -> dict:
+        """Does nothing (optionally sleeps): measures the scheduler's own per-job cost (bench/scheduler.py)."""
+        if spec.get("sleep"):
+            time.sleep(spec["sleep"])
+        return {"state": "done"}
+
     def _predict(self, spec: dict, inputs: dict) -> dict:
         from .predict import accuracy, predict
         from .zoo import data_config
@@ -85,15 +91,36 @@ class Worker:
 
         ev = self.image_set(spec["eval"], spec["image_size"], spec.get("class_map"))
         tr = self.image_set(spec["transfer"], spec["image_size"], spec.get("class_map"))
-        student, teacher = self.model(spec["student"]), self.model(spec["teacher"])
+        from .predict import predict
+        from .spec import content_id
+        from .transfer.multi import run_multi
+
+        # the payload determines the job, so its hash names the checkpoint folder across retries and launches
+        ckpt = self.paths.checkpoints / content_id(spec)
+        hp = TransferParams.from_dict(spec["hp"])
+        student = self.model(spec["student"])
+        s0_correct = np.asarray(inputs["s0_correct"])
         try:
-            rows = run_transfer(student, teacher, spec["method"], TransferParams.from_dict(spec["hp"]),
-                                spec["seed"], tr, ev, data_config(student), data_config(teacher),
-                                np.asarray(inputs["s0_correct"]), np.asarray(inputs["teacher_correct"]),
-                                self.device)
+            if "teachers" not in spec:
+                teacher = self.model(spec["teacher"])
+                rows = run_transfer(student, teacher, spec["method"], hp, spec["seed"], tr, ev, data_config(student),
+                                    data_config(teacher), s0_correct, np.asarray(inputs["teacher_correct"]),
+                                    self.device, ckpt_dir=ckpt)
+                return {"state": "done", "rows": rows}
+            # multi-teacher: the launcher sends the first teacher's correctness only, so each teacher is
+            # evaluated here (one pass each; sequential curricula need the accuracies too)
+            teachers = [self.model(e) for e in spec["teachers"]]
+            cfgs = [data_config(t) for t in teachers]
+            labels = ev.labels.numpy()
+            correct = [predict(t, ev, c, topk=1, device=self.device)["pred"] == labels for t, c in zip(teachers, cfgs)]
+            rows = run_multi(spec["method"], student, teachers, [c.mean() for c in correct], hp, spec["seed"], tr, ev,
+                             data_config(student), cfgs, s0_correct, correct, self.device,
+                             method=spec["multi_method"], ckpt_dir=ckpt)
         except Diverged as e:
             return {"state": "diverged", "error": str(e)}
-        return {"state": "done", "rows": rows}
+        # the row's own teacher name wins over the launcher's (the payload's first teacher)
+        name = "+".join(e["name"] for e in spec["teachers"])
+        return {"state": "done", "rows": [{**r, "teacher": name} for r in rows]}
 
 
 def build_zoo_model(recipe, cache_dir: str, image_size: int, threads: int = 1):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,24 +20,34 @@ from . import UserError
 from .spec import ZooSpec
 
 FAMILIES = ("cnn", "transformer", "mlp")
-# timm architecture prefixes that are not convolutional; everything else is counted as a CNN.
+# Families from the architecture name (timm's names; prefixes first, then substrings such as "vit" and
+# "former"). Hybrids with attention blocks (MaxViT, CoAtNet, FastViT, EfficientViT, ...) count as
+# transformers; ResNets with a few attention layers (BoTNet, HaloNet, LambdaNet) stay CNNs.
 _TRANSFORMER_PREFIXES = (
     "vit", "deit", "beit", "swin", "cait", "levit", "pit", "xcit", "eva", "convit", "crossvit", "tnt",
     "twins", "coat", "efficientformer", "mvitv2", "pvt", "sequencer", "flexivit", "volo", "tiny_vit",
     "fastvit", "nextvit", "hiera", "davit", "gcvit", "maxvit", "maxxvit", "coatnet", "samvit", "vitamin",
-    "mobilevit", "edgenext", "hgnet_vit", "focalnet", "inception_next_vit",
+    "mobilevit", "edgenext", "hgnet_vit", "focalnet", "inception_next_vit", "nest_", "efficientvim", "csatv2",
 )
+_TRANSFORMER_PARTS = ("vit", "former", "swin", "deit", "transformer")
 _MLP_PREFIXES = ("mixer", "resmlp", "gmlp", "cyclemlp", "poolformer", "convmlp", "mlp", "tiny_mixer", "tiny_resmlp",
-                 "tiny_gmlp")
+                 "tiny_gmlp", "gmixer")
+_MLP_PARTS = ("mixer",)  # not "mlp": convnext_large_mlp (an MLP head) and *_rmlp_* (relative-position MLPs)
+# names that look like a transformer or an MLP but are convolutional
+_CNN_LOOKALIKES = ("repvit", "convformer", "convmixer", "mambaout")
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
 def family_of(arch: str) -> str:
     base = arch.split(".")[0].lower()
+    if base.startswith(_CNN_LOOKALIKES):
+        return "cnn"
     if base.startswith(_MLP_PREFIXES):
         return "mlp"
-    if base.startswith(_TRANSFORMER_PREFIXES):
+    if base.startswith(_TRANSFORMER_PREFIXES) or any(p in base for p in _TRANSFORMER_PARTS):
         return "transformer"
+    if any(p in base for p in _MLP_PARTS):
+        return "mlp"
     return "cnn"
 
 
@@ -98,12 +109,40 @@ def _timm_entries(spec: ZooSpec, num_classes: int) -> list[ModelEntry]:
     # pretrained tags (resnet50.a1_in1k), bare architectures, and whatever the manifest names
     available = sorted(set(timm.list_models(pretrained=True)) | set(timm.list_models()) | set(spec.checkpoints))
     names = select_names(available, spec.models, spec.exclude)
-    k = spec.num_classes or num_classes
     out = []
     for n in names:
         w = _find_weights(n, spec)
-        out.append(ModelEntry(name=n, arch=n, family=family_of(n), weights=w, num_classes=k, weights_key=_weights_key(w)))
+        out.append(ModelEntry(name=n, arch=n, family=family_of(n), weights=w, num_classes=head_classes(n, spec, num_classes),
+                              weights_key=_weights_key(w)))
     return out
+
+
+def head_classes(name: str, spec: ZooSpec, eval_classes: int) -> int:
+    """The head size of a timm model: the spec's num_classes when given, else the pretrained tag's own
+    (timm's pretrained cfg, e.g. 1000 for *_in1k, 11821 for *.in12k), else (a bare architecture with local
+    weights or random weights) the eval set's class count."""
+    if spec.num_classes:
+        return spec.num_classes
+    if "." in name:
+        import timm
+
+        try:
+            cfg = timm.models.get_pretrained_cfg(name)
+        except Exception:
+            cfg = None
+        if cfg is not None and getattr(cfg, "num_classes", None):
+            return int(cfg.num_classes)
+    return eval_classes
+
+
+def check_heads(models: list[ModelEntry], eval_classes: int, eval_ref: str) -> None:
+    """Reject, at plan time, models whose head does not have one output per eval class."""
+    odd = [m for m in models if m.num_classes is not None and m.num_classes != eval_classes]
+    if odd:
+        listed = ", ".join(f"{m.name} ({m.num_classes} classes)" for m in odd[:5])
+        more = f" and {len(odd) - 5} more" if len(odd) > 5 else ""
+        raise UserError(f"{listed}{more}: the head does not match the {eval_classes} classes of {eval_ref}; "
+                        "exclude these models, or give an eval set (or [data] class_map) with their classes")
 
 
 def _weights_key(path: str | None) -> str | None:
@@ -189,12 +228,15 @@ def hub_cached_file(arch: str) -> str | None:
 def _load_state(path: str):
     import torch
 
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or not a weights file: say which file, not a pickle internals error
+        raise UserError(f"cannot read weights {path}: {type(e).__name__}: {e}") from None
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -223,3 +265,45 @@ def count_params(entry: ModelEntry) -> int:
     with torch.device("meta"):
         model = timm.create_model(entry.arch, pretrained=False, **kwargs)
     return sum(p.numel() for p in model.parameters())
+
+
+def _params_key(entry: ModelEntry) -> str:
+    if entry.kwargs:
+        return f"{entry.arch}|{entry.num_classes}|{json.dumps(entry.kwargs, sort_keys=True, default=str)}"
+    return f"{entry.arch.split('.')[0]}|{entry.num_classes}"
+
+
+def param_counts(entries: list[ModelEntry], cache_dir: str | Path | None = None) -> dict[str, int]:
+    """Parameter counts of many models: the shipped table for this timm version (zoo_sweep/timm_params.py),
+    then a JSON cache keyed by the timm version under ``cache_dir/params/``, then meta-device builds (whose
+    results are added to that cache). Building 1,300 ImageNet models takes minutes; a lookup, milliseconds."""
+    import timm
+
+    try:
+        from . import timm_params
+
+        seed = timm_params.PARAMS if timm_params.TIMM_VERSION == timm.__version__ else {}
+        if os.environ.get("ZOO_SWEEP_NO_PARAM_TABLE"):  # benchmarks of the cold path
+            seed = {}
+    except ImportError:
+        seed = {}
+    path = Path(cache_dir) / "params" / f"timm-{timm.__version__}.json" if cache_dir else None
+    cached: dict[str, int] = {}
+    if path is not None and path.is_file():
+        try:
+            cached = {k: int(v) for k, v in json.loads(path.read_text()).items()}
+        except (ValueError, OSError, AttributeError):
+            cached = {}  # a damaged cache is rebuilt
+    out, new = {}, {}
+    for e in entries:
+        key = _params_key(e)
+        n = seed.get(key, cached.get(key, new.get(key)))
+        if n is None:
+            n = new[key] = count_params(e)
+        out[e.name] = n
+    if new and path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({**cached, **new}, sort_keys=True))
+        tmp.replace(path)
+    return out

@@ -2,10 +2,20 @@
 
 A method turns one batch of logits into a loss. All per-sample choices are masks and ``torch.where``:
 no Python loop over samples. Definitions follow ../shared/METRICS.md ("Methods").
+
+Every loss has the signature ``loss(z_s, z_t, z_s0, y, p, ex=None) -> (loss, teacher_share)``: student,
+teacher and frozen-student logits (B x C), labels, the run's ``TransferParams``, and ``Extras`` for the
+methods that need more than logits (penultimate features, sample indices, per-run state). The teacher share
+is the mean weight of the teacher in the per-sample targets (a tensor or a float; 1 for plain distillation).
+
+Methods that carry state across steps (slow weights of MCL, CRD's embedding heads and memory bank) declare
+``make_state``; the training loop then calls the state's hooks (``after_step``, ``eval_model``, ...) and
+checkpoints its ``state_dict``. Logit-only methods know nothing about the loop.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,21 +26,59 @@ import torch.nn.functional as F
 @dataclass(frozen=True)
 class Method:
     name: str
-    loss: Callable  # (z_student, z_teacher, z_s0, labels, params) -> (loss, share of samples routed to teacher)
+    loss: Callable  # (z_s, z_t, z_s0, labels, params, extras) -> (loss, share of samples routed to teacher)
     needs_s0: bool
     description: str
+    needs_features: bool = False  # the loss reads penultimate features (Extras.f_s / f_t)
+    make_state: Callable | None = None  # (student, teacher, params, info) -> MethodState
+    lr_param: str = "lr"  # the TransferParams field that sets this method's learning rate
+    multi: bool = False  # takes a stack of teachers' logits (K x B x C): multi-teacher only, not a spec method
+    params: tuple[str, ...] = ("top_k",)  # TransferParams fields this method reads beyond the common ones
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, needs_s0: bool, description: str):
+def register(name: str, needs_s0: bool, description: str, **kw):
     def deco(fn):
-        METHODS[name] = Method(name, fn, needs_s0, description)
+        METHODS[name] = Method(name, fn, needs_s0, description, **kw)
         return fn
     return deco
 
 
+@dataclass
+class Extras:
+    """What some methods need beyond logits; built by the training loop only when the method asks."""
+    f_s: torch.Tensor | None = None  # student penultimate features (B x D_s), with gradient
+    f_t: torch.Tensor | None = None  # teacher penultimate features (B x D_t), no gradient
+    idx: torch.Tensor | None = None  # positions of the batch's samples in the transfer set (memory banks)
+    state: "MethodState | None" = None
+    gen: torch.Generator | None = None  # the run's generator: random draws stay reproducible on resume
+
+
+class MethodState:
+    """Per-run state of a method, with the hooks the training loop calls. The defaults do nothing."""
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return []  # extra trainable parameters, optimised with the student
+
+    def after_step(self, student: torch.nn.Module, step: int) -> None:
+        pass  # step counts optimizer steps from 1
+
+    def eval_model(self, student: torch.nn.Module) -> torch.nn.Module:
+        return student  # the weights that are evaluated (and kept at the end of the run)
+
+    def train(self, mode: bool = True) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, d: dict) -> None:
+        pass
+
+
+# ------------------------------------------------------------------ building blocks
 def kl_to_target(z_s: torch.Tensor, target: torch.Tensor, T: float, mask: torch.Tensor | None = None) -> torch.Tensor:
     """T^2 * KL(target || softmax(z_s / T)), averaged over the batch (masked-out samples count as zero)."""
     log_p = F.log_softmax(z_s / T, dim=1)
@@ -40,11 +88,38 @@ def kl_to_target(z_s: torch.Tensor, target: torch.Tensor, T: float, mask: torch.
     return per_sample.mean() * T * T
 
 
+def restrict_topk(z_t: torch.Tensor, *others: torch.Tensor | None, k: int | None):
+    """The teacher's top-k classes per sample, the same k indices taken from every model's logits.
+
+    A softmax over the restricted logits is the renormalised distribution over those k classes. k of 0 or
+    None (or >= the class count) keeps all classes.
+    """
+    if not k or k >= z_t.shape[1]:
+        return (z_t, *others)
+    idx = z_t.topk(k, dim=1).indices
+    return (z_t.gather(1, idx), *(None if z is None else z.gather(1, idx) for z in others))
+
+
+def mixed_target(z_t, z_s0, w: torch.Tensor, T: float) -> torch.Tensor:
+    """Per-sample target: teacher where w is True (or with weight w), the frozen student elsewhere."""
+    p_t, p_s0 = F.softmax(z_t / T, dim=1), F.softmax(z_s0 / T, dim=1)
+    if w.dtype == torch.bool:
+        return torch.where(w.unsqueeze(1), p_t, p_s0)
+    return torch.lerp(p_s0, p_t, w.unsqueeze(1).to(p_t.dtype))
+
+
+def distill(z_s, z_t, z_s0, w: torch.Tensor, p, k: int | None = None, mask=None) -> torch.Tensor:
+    """KL to the per-sample mix of teacher and frozen student, over the teacher's top-k classes."""
+    z_t, z_s, z_s0 = restrict_topk(z_t, z_s, z_s0, k=p.top_k if k is None else k)
+    return kl_to_target(z_s, mixed_target(z_t, z_s0, w, p.temperature), p.temperature, mask)
+
+
 def dp_teacher_mask(z_t: torch.Tensor, z_s0: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
     """Data partitioning: True where the teacher, not the frozen student, provides the target.
 
     Supervised (labels given): the teacher's true-class probability beats the frozen student's.
     Unsupervised (labels None): the teacher's max probability beats the frozen student's.
+    Decided on all classes, before any top-k restriction (the definition uses sigma(z)_y).
     """
     p_t, p_s0 = F.softmax(z_t, dim=1), F.softmax(z_s0, dim=1)
     if labels is None:
@@ -56,33 +131,246 @@ def dp_teacher_mask(z_t: torch.Tensor, z_s0: torch.Tensor, labels: torch.Tensor 
 def dp_target(z_t, z_s0, labels, T: float):
     """Per-sample target distribution for KL-Dist + DP and the teacher mask that chose it."""
     mask = dp_teacher_mask(z_t, z_s0, labels)
-    target = torch.where(mask.unsqueeze(1), F.softmax(z_t / T, dim=1), F.softmax(z_s0 / T, dim=1))
-    return target, mask
+    return mixed_target(z_t, z_s0, mask, T), mask
 
 
+def flip_masks(z_s: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positive flips, negative flips) of the *current* student against the teacher on this batch.
+
+    positive: teacher right where the student is wrong; negative: student right where the teacher is wrong.
+    """
+    s_right = z_s.detach().argmax(dim=1) == y
+    t_right = z_t.argmax(dim=1) == y
+    return t_right & ~s_right, s_right & ~t_right
+
+
+def flip_weights(kind: str, z_s, z_t, y) -> torch.Tensor:
+    """Teacher weight per sample for the flip-based partitions (1: teacher target, 0: frozen student)."""
+    pos, neg = flip_masks(z_s, z_t, y)
+    if kind == "st":  # teacher only where it holds complementary knowledge
+        return pos
+    if kind == "t":  # teacher everywhere except where following it would forget
+        return ~neg
+    # avg: teacher on positive flips, frozen student on negative flips, the average of both elsewhere
+    return torch.where(pos, 1.0, torch.where(neg, 0.0, 0.5))
+
+
+# ------------------------------------------------------------------ single-teacher methods
 @register("kl", needs_s0=False, description="KL-Dist: match the teacher on every sample")
-def _kl(z_s, z_t, z_s0, y, p):
+def _kl(z_s, z_t, z_s0, y, p, ex=None):
+    z_t, z_s = restrict_topk(z_t, z_s, k=p.top_k)
     return kl_to_target(z_s, F.softmax(z_t / p.temperature, dim=1), p.temperature), 1.0
 
 
 @register("xekl", needs_s0=False, description="XE-KL-Dist: alpha * KL + (1 - alpha) * cross-entropy with labels")
-def _xekl(z_s, z_t, z_s0, y, p):
-    kl = kl_to_target(z_s, F.softmax(z_t / p.temperature, dim=1), p.temperature)
+def _xekl(z_s, z_t, z_s0, y, p, ex=None):
+    kl, _ = _kl(z_s, z_t, z_s0, y, p)
     return p.alpha * kl + (1 - p.alpha) * F.cross_entropy(z_s, y), 1.0
 
 
 @register("kl_dp", needs_s0=True, description="KL-Dist + DP (supervised): teacher where it is surer of the label")
-def _kl_dp(z_s, z_t, z_s0, y, p):
-    target, mask = dp_target(z_t, z_s0, y, p.temperature)
-    return kl_to_target(z_s, target, p.temperature), mask.float().mean().item()
+def _kl_dp(z_s, z_t, z_s0, y, p, ex=None):
+    mask = dp_teacher_mask(z_t, z_s0, y)
+    return distill(z_s, z_t, z_s0, mask, p), mask.float().mean()
 
 
 @register("kl_dp_unsup", needs_s0=True, description="KL-Dist + DP (unsupervised): teacher where it is more confident")
-def _kl_dp_unsup(z_s, z_t, z_s0, y, p):
-    target, mask = dp_target(z_t, z_s0, None, p.temperature)
-    return kl_to_target(z_s, target, p.temperature), mask.float().mean().item()
+def _kl_dp_unsup(z_s, z_t, z_s0, y, p, ex=None):
+    mask = dp_teacher_mask(z_t, z_s0, None)
+    return distill(z_s, z_t, z_s0, mask, p), mask.float().mean()
 
 
 @register("self_dist", needs_s0=True, description="Self-distillation: always the frozen student (a control)")
-def _self_dist(z_s, z_t, z_s0, y, p):
-    return kl_to_target(z_s, F.softmax(z_s0 / p.temperature, dim=1), p.temperature), 0.0
+def _self_dist(z_s, z_t, z_s0, y, p, ex=None):
+    w = torch.zeros(len(z_s), dtype=torch.bool, device=z_s.device)
+    return distill(z_s, z_t, z_s0, w, p), 0.0
+
+
+def _flip(kind: str):
+    def loss(z_s, z_t, z_s0, y, p, ex=None):
+        w = flip_weights(kind, z_s, z_t, y)
+        return distill(z_s, z_t, z_s0, w, p), w.float().mean()
+    return loss
+
+
+register("flip_st", needs_s0=True, description="Flip-st: teacher on positive flips of the current student, else s0")(
+    _flip("st"))
+register("flip_t", needs_s0=True, description="Flip-t: s0 on negative flips of the current student, else teacher")(
+    _flip("t"))
+register("flip_avg", needs_s0=True,
+         description="Flip-avg: teacher on positive flips, s0 on negative flips, their average elsewhere")(_flip("avg"))
+
+
+# ------------------------------------------------------------------ XE-KL-Dist + MCL (slow weights)
+class SlowWeights(MethodState):
+    """Momentum weight interpolation: every ``every`` steps theta_slow <- tau * theta_slow + (1 - tau) * theta.
+
+    The slow copy starts at the student's weights and is what gets evaluated; floating buffers (BatchNorm
+    statistics) are interpolated like weights, integer ones (batch counters) copied.
+    """
+
+    def __init__(self, student: torch.nn.Module, tau: float, every: int):
+        self.slow = copy.deepcopy(student).eval()
+        for q in self.slow.parameters():
+            q.requires_grad_(False)
+        self.tau, self.every = tau, every
+
+    @torch.no_grad()
+    def after_step(self, student, step):
+        if step % self.every:
+            return
+        slow, fast = self.slow.state_dict(), student.state_dict()
+        floats = [k for k, v in slow.items() if v.is_floating_point()]
+        torch._foreach_lerp_([slow[k] for k in floats], [fast[k].to(slow[k].dtype) for k in floats], 1 - self.tau)
+        for k, v in slow.items():
+            if not v.is_floating_point():
+                v.copy_(fast[k])
+
+    def eval_model(self, student):
+        return self.slow
+
+    def state_dict(self):
+        return {"slow": self.slow.state_dict()}
+
+    def load_state_dict(self, d):
+        self.slow.load_state_dict(d["slow"])
+
+
+@register("xekl_mcl", needs_s0=False, lr_param="mcl_lr",
+          params=("mcl_alpha", "mcl_top_k", "tau", "mcl_every", "mcl_lr"),
+          make_state=lambda student, teacher, p, info: SlowWeights(student, p.tau, p.mcl_every),
+          description="XE-KL-Dist + MCL: slow weights (momentum interpolation), no KL where only the student is right")
+def _xekl_mcl(z_s, z_t, z_s0, y, p, ex=None):
+    _, neg = flip_masks(z_s, z_t, y)  # teacher wrong, current student right: following it would forget
+    keep = ~neg
+    z_tk, z_sk = restrict_topk(z_t, z_s, k=p.mcl_top_k)
+    kl = kl_to_target(z_sk, F.softmax(z_tk / p.temperature, dim=1), p.temperature, keep.float())
+    return p.mcl_alpha * kl + (1 - p.mcl_alpha) * F.cross_entropy(z_s, y), keep.float().mean()
+
+
+# ------------------------------------------------------------------ contrastive baselines (features)
+CD_TAU = 0.1  # softness of CD's batch-similarity distributions (cosine similarities lie in [-1, 1])
+
+
+def batch_similarity(f: torch.Tensor, tau: float) -> torch.Tensor:
+    """Row-wise log-softmax of the cosine similarities of a batch with itself; self-pairs are left out (their
+    entry is 0 and contributes nothing to a KL of two such matrices)."""
+    f = F.normalize(f.float(), dim=1)
+    sim = f @ f.T / tau
+    eye = torch.eye(len(f), dtype=torch.bool, device=f.device)
+    return F.log_softmax(sim.masked_fill(eye, float("-inf")), dim=1).masked_fill(eye, 0.0)
+
+
+@register("cd", needs_s0=False, needs_features=True, params=("cd_weight", "cd_xe"),
+          description="CD: match the teacher's batch-similarity structure of penultimate features, + XE")
+def _cd(z_s, z_t, z_s0, y, p, ex=None):
+    # each model's similarities live in its own feature space, so students and teachers of any width compare
+    log_q_t, log_q_s = batch_similarity(ex.f_t, CD_TAU), batch_similarity(ex.f_s, CD_TAU)
+    kl = (log_q_t.exp() * (log_q_t - log_q_s)).sum(dim=1).mean()
+    return p.cd_weight * kl + p.cd_xe * F.cross_entropy(z_s, y), 1.0
+
+
+def feature_dim(model: torch.nn.Module) -> int:
+    """Width of timm's pre-logits output (forward_head(pre_logits=True))."""
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)
+
+
+class CRDState(MethodState):
+    """CRD's embedding heads (trained with the student) and its memory bank of embeddings per sample.
+
+    Student embeddings are contrasted with the teacher's embedding of the same sample against K teacher
+    embeddings of other samples from the bank, and symmetrically; the bank entries of the batch's samples
+    move towards the new embeddings with momentum 0.5 (CRD's default).
+    """
+
+    MOMENTUM = 0.5
+
+    def __init__(self, student, teacher, p, info):
+        n, device = info["n_train"], info["device"]
+        self.embed_s = torch.nn.Linear(feature_dim(student), p.crd_dim).to(device)
+        self.embed_t = torch.nn.Linear(feature_dim(teacher), p.crd_dim).to(device)
+        g = torch.Generator().manual_seed(info.get("seed", 0))
+        self.bank_s = F.normalize(torch.randn(n, p.crd_dim, generator=g), dim=1).to(device)
+        self.bank_t = F.normalize(torch.randn(n, p.crd_dim, generator=g), dim=1).to(device)
+        self.k = max(1, min(p.crd_negatives, n - 1))  # never more negatives than other samples exist
+
+    def parameters(self):
+        return list(self.embed_s.parameters()) + list(self.embed_t.parameters())
+
+    def train(self, mode=True):
+        self.embed_s.train(mode)
+        self.embed_t.train(mode)
+
+    def state_dict(self):
+        return {"embed_s": self.embed_s.state_dict(), "embed_t": self.embed_t.state_dict(),
+                "bank_s": self.bank_s, "bank_t": self.bank_t}
+
+    def load_state_dict(self, d):
+        self.embed_s.load_state_dict(d["embed_s"])
+        self.embed_t.load_state_dict(d["embed_t"])
+        self.bank_s.copy_(d["bank_s"])
+        self.bank_t.copy_(d["bank_t"])
+
+
+def _info_nce(anchor, positive, bank, neg_idx, T):
+    """-log softmax of the positive among [positive, K bank negatives], per sample (B x K negatives)."""
+    pos = (anchor * positive).sum(dim=1, keepdim=True)
+    neg = torch.einsum("bd,bkd->bk", anchor, bank[neg_idx])
+    return F.cross_entropy(torch.cat([pos, neg], dim=1) / T, torch.zeros(len(anchor), dtype=torch.long,
+                                                                       device=anchor.device))
+
+
+@register("crd", needs_s0=False, needs_features=True, make_state=CRDState,
+          params=("crd_weight", "crd_xe", "crd_dim", "crd_negatives", "crd_temperature"),
+          description="CRD: contrastive representation distillation with a memory bank, + XE")
+def _crd(z_s, z_t, z_s0, y, p, ex=None):
+    st: CRDState = ex.state
+    v_s = F.normalize(st.embed_s(ex.f_s.float()), dim=1)
+    v_t = F.normalize(st.embed_t(ex.f_t.float()), dim=1)
+    n = len(st.bank_t)
+    # K negatives per sample, drawn uniformly from the other samples (shift past the sample's own index)
+    neg = torch.randint(0, n - 1, (len(v_s), st.k), generator=ex.gen).to(v_s.device)
+    idx = ex.idx.to(v_s.device)
+    neg = neg + (neg >= idx.view(-1, 1)).long()
+    nce = _info_nce(v_s, v_t, st.bank_t, neg, p.crd_temperature) + _info_nce(v_t, v_s, st.bank_s, neg,
+                                                                             p.crd_temperature)
+    with torch.no_grad():
+        m = CRDState.MOMENTUM
+        st.bank_s[idx] = F.normalize(m * st.bank_s[idx] + (1 - m) * v_s.detach(), dim=1)
+        st.bank_t[idx] = F.normalize(m * st.bank_t[idx] + (1 - m) * v_t.detach(), dim=1)
+    return p.crd_weight * nce + p.crd_xe * F.cross_entropy(z_s, y), 1.0
+
+
+# ------------------------------------------------------------------ multi-teacher (parallel)
+def parallel_choice(z_ts: torch.Tensor, z_s0: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """Per sample, which model provides the target: 0 the frozen student, i >= 1 teacher i-1 (K x B x C in).
+
+    Supervised: the highest true-class probability; unsupervised (labels None): the highest max probability.
+    Ties go to the frozen student (as DP's strict inequality does).
+    """
+    probs = F.softmax(torch.cat([z_s0.unsqueeze(0), z_ts]), dim=2)  # (K+1) x B x C
+    if labels is None:
+        score = probs.max(dim=2).values
+    else:
+        score = probs.gather(2, labels.view(1, -1, 1).expand(len(probs), -1, 1)).squeeze(2)
+    return score.argmax(dim=0)  # argmax returns the first maximum: s0 wins ties
+
+
+def parallel_target(z_ts, z_s0, labels, T: float):
+    choice = parallel_choice(z_ts, z_s0, labels)
+    logits = torch.cat([z_s0.unsqueeze(0), z_ts])  # (K+1) x B x C
+    chosen = logits.gather(0, choice.view(1, -1, 1).expand(1, -1, logits.shape[2])).squeeze(0)
+    return F.softmax(chosen / T, dim=1), choice
+
+
+def _parallel(labelled: bool):
+    def loss(z_s, z_ts, z_s0, y, p, ex=None):
+        target, choice = parallel_target(z_ts, z_s0, y if labelled else None, p.temperature)
+        return kl_to_target(z_s, target, p.temperature), (choice > 0).float().mean()
+    return loss
+
+
+register("parallel", needs_s0=True, multi=True, params=(),
+         description="Multi-teacher parallel (supervised): per sample the model surest of the label")(_parallel(True))
+register("parallel_unsup", needs_s0=True, multi=True, params=(),
+         description="Multi-teacher parallel (unsupervised): per sample the most confident model")(_parallel(False))

@@ -1,21 +1,32 @@
-"""The transfer training loop: one student learns from one teacher with one method.
+"""The transfer training loop: one student learns from one teacher (or a stack of teachers) with one method.
 
-The student trains; the teacher and the frozen copy of the student (s0) stay in eval mode. Each model
-sees the same (augmented) batch through its own data config. After every epoch the student is evaluated
-on the eval set and the transfer metrics are computed against s0's and the teacher's records.
+The student trains; the teacher(s) and the frozen copy of the student (s0) stay in eval mode. Each model
+sees the same (augmented) batch through its own data config. After every epoch the student (or the weights
+the method evaluates, e.g. MCL's slow weights) is evaluated on the eval set, the transfer metrics are
+computed against s0's and the teacher's records, and a checkpoint is written; a rerun with the same
+checkpoint folder continues from the last finished epoch and ends with the same metrics.
+
+On CUDA the forward passes run in bf16 autocast with channels-last tensors; on the CPU everything stays in
+float32 (CPU bf16 is slow and changes results).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from dataclasses import dataclass, fields
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from ..data import ImageSet, augment, model_input
 from ..predict import predict
-from .methods import METHODS
+from ..spec import content_id
+from .params import TransferParams  # noqa: F401  (re-exported: callers import it from here)
+from .methods import METHODS, Extras
 from .metrics import transfer_metrics
 
 
@@ -23,64 +34,137 @@ class Diverged(Exception):
     """The loss stopped being finite: the job ends as 'diverged', not as a result."""
 
 
-@dataclass(frozen=True)
-class TransferParams:
-    epochs: int = 2
-    batch_size: int = 128
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    temperature: float = 1.0
-    alpha: float = 0.5
-    augment: bool = True
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TransferParams":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+def _checkpoint_key(method: str, hp: TransferParams, seed: int, n_teachers: int, epoch_fraction: float) -> str:
+    # a checkpoint written for other settings is never resumed (the folder normally is per job anyway)
+    return content_id({"method": method, "hp": asdict(hp), "seed": seed, "teachers": n_teachers,
+                       "fraction": epoch_fraction})
 
 
-def run_transfer(student: torch.nn.Module, teacher: torch.nn.Module, method: str, hp: TransferParams, seed: int,
-                 transfer_set: ImageSet, eval_set: ImageSet, student_cfg: dict, teacher_cfg: dict,
+def _save_atomic(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)  # a kill mid-write leaves the previous checkpoint intact
+
+
+def run_transfer(student: torch.nn.Module, teacher, method: str, hp: TransferParams, seed: int,
+                 transfer_set: ImageSet, eval_set: ImageSet, student_cfg: dict, teacher_cfg,
                  s0_correct: np.ndarray, teacher_correct: np.ndarray, device: str = "cpu",
-                 eval_batch_size: int = 256) -> list[dict]:
-    """Train ``student`` in place; returns one metrics dict per epoch (METRICS.md, transfer metrics)."""
-    torch.manual_seed(seed)
+                 eval_batch_size: int = 256, ckpt_dir: str | Path | None = None,
+                 on_epoch: Callable[[int, list[dict]], None] | None = None,
+                 epoch_fraction: float = 1.0) -> list[dict]:
+    """Train ``student`` in place; returns one metrics dict per epoch (METRICS.md, transfer metrics).
+
+    ``teacher`` / ``teacher_cfg`` are one model and its data config, or lists of them for the multi-teacher
+    methods (their logits reach the loss as a K x B x C stack). ``ckpt_dir``: where the per-epoch
+    checkpoint lives; an existing one is resumed and the folder is removed when the run ends (done or
+    diverged). ``on_epoch(epoch, rows)`` is called after each epoch's checkpoint. ``epoch_fraction`` < 1
+    trains on that share of each epoch's batches (compute-matched sequential stages). At the end the
+    student holds the weights that were evaluated (MCL: the slow weights).
+    """
     m = METHODS[method]
-    student.to(device)
-    teacher.to(device).eval()
+    teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+    t_cfgs = list(teacher_cfg) if isinstance(teacher_cfg, (list, tuple)) else [teacher_cfg]
+    if m.multi != isinstance(teacher, (list, tuple)):
+        raise ValueError(f"method {method!r} {'needs a list of' if m.multi else 'takes one'} teacher(s)")
+    cuda = str(device).startswith("cuda")
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    torch.manual_seed(seed)
+    student.to(device, memory_format=fmt)
+    for t in teachers:
+        t.to(device, memory_format=fmt).eval()
     s0 = copy.deepcopy(student).eval() if m.needs_s0 else None
-    for p in list(teacher.parameters()) + (list(s0.parameters()) if s0 is not None else []):
-        p.requires_grad_(False)
-    opt = torch.optim.SGD(student.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    frozen = [q for mod in teachers + ([s0] if s0 is not None else []) for q in mod.parameters()]
+    for q in frozen:
+        q.requires_grad_(False)
+    n = len(transfer_set)
+    state = m.make_state(student, teachers[0], hp, {"n_train": n, "device": device, "seed": seed}) \
+        if m.make_state else None
+    params = list(student.parameters()) + (state.parameters() if state else [])
+    opt = torch.optim.SGD(params, lr=getattr(hp, m.lr_param), momentum=hp.momentum, weight_decay=hp.weight_decay)
     gen = torch.Generator().manual_seed(seed)
     labels = eval_set.labels.numpy()
-    n = len(transfer_set)
-    rows = []
-    for epoch in range(1, hp.epochs + 1):
-        student.train()
-        losses, shares = [], []
-        order = torch.randperm(n, generator=gen)
-        # drop a last partial batch: BatchNorm cannot train on a single sample
-        for b in order[: n - n % hp.batch_size if n > hp.batch_size else n].split(hp.batch_size):
-            x = transfer_set.images[b]
-            if hp.augment:
-                x = augment(x, gen)
-            y = transfer_set.labels[b].to(device)
-            with torch.no_grad():
-                z_t = teacher(model_input(x, teacher_cfg, device)).float()
-                z_s0 = s0(model_input(x, student_cfg, device)).float() if s0 is not None else None
-            z_s = student(model_input(x, student_cfg, device)).float()
-            loss, share = m.loss(z_s, z_t, z_s0, y, hp)
-            if not torch.isfinite(loss):
-                raise Diverged(f"loss became {loss.item()} in epoch {epoch}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            shares.append(share)
-        rec = predict(student, eval_set, student_cfg, batch_size=eval_batch_size, topk=1, device=device)
-        row = transfer_metrics(s0_correct, rec["pred"] == labels, teacher_correct)
-        row.update(epoch=epoch, train_loss=float(np.mean(losses)), teacher_share=float(np.mean(shares)) * 100)
-        rows.append(row)
+    full = n - n % hp.batch_size if n > hp.batch_size else n  # drop a last partial batch: BatchNorm needs > 1
+    n_batches = -(-full // hp.batch_size)
+    per_epoch = max(1, round(n_batches * epoch_fraction))
+
+    ckpt = Path(ckpt_dir) / "last.pt" if ckpt_dir is not None else None
+    key = _checkpoint_key(method, hp, seed, len(teachers), epoch_fraction)
+    rows: list[dict] = []
+    start, step = 1, 0
+    if ckpt is not None and ckpt.is_file():
+        c = torch.load(ckpt, map_location=device, weights_only=False)
+        if c.get("key") == key:
+            student.load_state_dict(c["student"])
+            opt.load_state_dict(c["opt"])
+            gen.set_state(c["gen"])
+            torch.set_rng_state(c["rng"])
+            if cuda and c.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(c["cuda_rng"])
+            if state is not None:
+                state.load_state_dict(c["method"])
+            rows, start, step = c["rows"], c["epoch"] + 1, c["step"]
+
+    def forward(model, x, cfg, features: bool):
+        inp = model_input(x, cfg, device)
+        if cuda:
+            inp = inp.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext():
+            if not features:
+                return model(inp).float(), None
+            f = model.forward_features(inp)
+            return model.forward_head(f).float(), model.forward_head(f, pre_logits=True).float()
+
+    try:
+        for epoch in range(start, hp.epochs + 1):
+            student.train()
+            if state is not None:
+                state.train(True)
+            losses, share_sum = [], 0.0
+            order = torch.randperm(n, generator=gen)
+            for b in order[:full].split(hp.batch_size)[:per_epoch]:
+                x = transfer_set.images[b]
+                if hp.augment:
+                    x = augment(x, gen)
+                y = transfer_set.labels[b].to(device)
+                with torch.no_grad():
+                    outs = [forward(t, x, c, m.needs_features) for t, c in zip(teachers, t_cfgs)]
+                    z_t = torch.stack([o[0] for o in outs]) if m.multi else outs[0][0]
+                    z_s0 = forward(s0, x, student_cfg, False)[0] if s0 is not None else None
+                z_s, f_s = forward(student, x, student_cfg, m.needs_features)
+                ex = Extras(f_s=f_s, f_t=outs[0][1], idx=b, state=state, gen=gen)
+                loss, share = m.loss(z_s, z_t, z_s0, y, hp, ex)
+                if not torch.isfinite(loss):
+                    raise Diverged(f"loss became {loss.item()} in epoch {epoch}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                if state is not None:
+                    state.after_step(student, step)
+                losses.append(loss.detach())
+                share_sum = share_sum + (share.detach() if torch.is_tensor(share) else share)
+            evaluated = state.eval_model(student) if state is not None else student
+            rec = predict(evaluated, eval_set, student_cfg, batch_size=eval_batch_size, topk=1, device=device)
+            row = transfer_metrics(s0_correct, rec["pred"] == labels, teacher_correct)
+            row.update(epoch=epoch, train_loss=float(torch.stack(losses).mean()),
+                       teacher_share=float(share_sum) / len(losses) * 100)
+            rows.append(row)
+            if ckpt is not None:
+                _save_atomic({"key": key, "epoch": epoch, "step": step, "rows": rows,
+                              "student": student.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+                              "rng": torch.get_rng_state(),
+                              "cuda_rng": torch.cuda.get_rng_state() if cuda else None,
+                              "method": state.state_dict() if state is not None else {}}, ckpt)
+            if on_epoch is not None:
+                on_epoch(epoch, rows)
+    except Diverged:
+        if ckpt is not None:
+            shutil.rmtree(ckpt.parent, ignore_errors=True)  # a diverged job is final; resuming would repeat it
+        raise
+    if state is not None and state.eval_model(student) is not student:
+        student.load_state_dict(state.eval_model(student).state_dict())  # keep what was evaluated
+    student.to(memory_format=torch.contiguous_format)
+    if ckpt is not None:
+        shutil.rmtree(ckpt.parent, ignore_errors=True)
     return rows

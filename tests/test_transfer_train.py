@@ -1,0 +1,166 @@
+"""The transfer training loop on real (tiny) timm models and a slice of the digits data, no Ray.
+
+Delta = gain - loss on real runs, resume from an epoch checkpoint ends with the same metrics as an
+uninterrupted run, an exploding learning rate ends as Diverged, MCL keeps its slow weights, and the
+multi-teacher modes train and number their epochs.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from zoo_sweep import tiny_archs  # noqa: F401  (registers tiny_mixer)
+from zoo_sweep.data import load_image_set
+from zoo_sweep.predict import predict
+from zoo_sweep.transfer.multi import run_multi
+from zoo_sweep.transfer.train import Diverged, TransferParams, run_transfer
+
+CFG = dict(input_size=(3, 16, 16), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0, interpolation="bilinear")
+HP = TransferParams(epochs=2, batch_size=32, lr=0.05, mcl_top_k=0, tau=0.9, crd_negatives=64)
+
+
+def _slice(s, n):
+    return dataclasses.replace(s, images=s.images[:n], labels=s.labels[:n], source_ids=s.source_ids[:n])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny models: thread start-up costs more than it saves, and on a shared 2-core machine two threads per
+    # test process oversubscribe the cores (a 0.4 s run took 10 s)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    tr = load_image_set("digits:transfer", 32, cache)
+    ev = load_image_set("digits:eval", 32, cache)
+    return _slice(tr, 128), _slice(ev, 96)  # the first samples of each split
+
+
+def cnn(seed=1):
+    torch.manual_seed(seed)
+    return timm.create_model("resnet10t", num_classes=10, channels=(8, 16, 24, 32), stem_width=8).eval()
+
+
+def mlp(seed=2):
+    torch.manual_seed(seed)
+    return timm.create_model("tiny_mixer", num_classes=10, patch_size=4, embed_dim=16, num_blocks=1,
+                             img_size=16).eval()
+
+
+def correct(model, ev):
+    return predict(model, ev, CFG, topk=1)["pred"] == ev.labels.numpy()
+
+
+def _run(method, data, ckpt_dir=None, on_epoch=None, hp=HP, student=None):
+    tr, ev = data
+    student = student or cnn()
+    teacher = mlp()
+    rows = run_transfer(student, teacher, method, hp, 0, tr, ev, CFG, CFG, correct(cnn(), ev), correct(teacher, ev),
+                        ckpt_dir=ckpt_dir, on_epoch=on_epoch)
+    return rows, student
+
+
+@pytest.mark.parametrize("method", ["kl", "kl_dp", "flip_avg"])
+def test_delta_is_gain_minus_loss_on_real_runs(method, data):
+    rows, student = _run(method, data)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["delta"] == pytest.approx(r["knowledge_gain"] - r["knowledge_loss"])
+        assert r["rho_pos_change"] == pytest.approx(r["rho_pos_after"] - r["rho_pos_before"])
+        assert np.isfinite(r["train_loss"]) and 0 <= r["teacher_share"] <= 100
+    # the last row describes the student the run leaves behind
+    assert rows[-1]["student_acc"] == pytest.approx(correct(student, data[1]).mean() * 100)
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", ["kl_dp", "xekl_mcl", "crd"])
+def test_resume_from_an_epoch_checkpoint_gives_the_same_result(method, data, tmp_path):
+    straight, s1 = _run(method, data)
+
+    def kill_after_first(epoch, rows):
+        if epoch == 1:
+            raise Killed
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Killed):
+        _run(method, data, ckpt_dir=ckpt, on_epoch=kill_after_first)
+    assert (ckpt / "last.pt").is_file()
+    resumed, s2 = _run(method, data, ckpt_dir=ckpt)  # a fresh student, as a retried job gets
+    assert [r["epoch"] for r in resumed] == [1, 2]
+    for a, b in zip(straight, resumed):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6, nan_ok=True), (k, a[k], b[k])
+    for (k, v1), v2 in zip(s1.state_dict().items(), s2.state_dict().values()):
+        assert torch.allclose(v1.float(), v2.float(), atol=1e-5), k
+    assert not ckpt.exists()  # removed when the job finished
+
+
+def test_exploding_learning_rate_diverges_and_leaves_no_checkpoint(data, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Diverged, match="loss became"):
+        _run("kl", data, ckpt_dir=ckpt, hp=dataclasses.replace(HP, lr=1e12, epochs=3))
+    assert not ckpt.exists()
+
+
+def test_mcl_evaluates_and_keeps_the_slow_weights(data):
+    # tau close to 1: the slow weights barely leave s0, while the fast student trained at a high rate moves
+    hp = dataclasses.replace(HP, epochs=1, tau=0.999, mcl_lr=0.5)
+    rows, student = _run("xekl_mcl", data, hp=hp)
+    start = cnn()
+    drift = max((a - b).abs().max().item() for a, b in zip(student.state_dict().values(), start.state_dict().values())
+                if a.is_floating_point())  # integer buffers (BatchNorm batch counters) are copied, not averaged
+    assert drift < 0.05
+    assert rows[-1]["student_acc"] == pytest.approx(correct(student, data[1]).mean() * 100)
+
+
+@pytest.mark.parametrize("mode, n_rows", [("parallel", 2), ("parallel_unsup", 2), ("sequential_desc", 4),
+                                          ("sequential_asc_matched", 4), ("soup", 1)])
+def test_multi_teacher_modes(mode, n_rows, data, tmp_path):
+    tr, ev = data
+    student = cnn()
+    teachers = [mlp(2), mlp(3)]
+    corrects = [correct(t, ev) for t in teachers]
+    ckpt = tmp_path / "multi"
+    rows = run_multi(mode, student, teachers, [c.mean() for c in corrects], HP, 0, tr, ev, CFG, [CFG, CFG],
+                     correct(cnn(), ev), corrects, ckpt_dir=ckpt)
+    assert [r["epoch"] for r in rows] == list(range(1, n_rows + 1))
+    union = np.logical_or(*corrects)
+    s0 = correct(cnn(), ev)
+    assert rows[0]["rho_pos_before"] == pytest.approx((~s0 & union).mean() * 100)  # against the union
+    assert rows[-1]["student_acc"] == pytest.approx(correct(student, ev).mean() * 100)
+    assert not ckpt.exists()
+
+
+def test_sequential_resumes_after_a_finished_stage(data, tmp_path):
+    tr, ev = data
+    teachers = [mlp(2), mlp(3)]
+    corrects = [correct(t, ev) for t in teachers]
+    args = ([c.mean() for c in corrects], HP, 0, tr, ev, CFG, [CFG, CFG], correct(cnn(), ev), corrects)
+    straight = run_multi("sequential_asc", cnn(), teachers, *args)
+    ckpt = tmp_path / "seq"
+    calls = []
+
+    def kill_in_stage_two(epoch, rows):
+        calls.append(epoch)
+        if len(calls) == 3:
+            raise Killed
+
+    from zoo_sweep.transfer import multi
+
+    with pytest.raises(Killed):
+        multi.sequential(cnn(), teachers, args[0], *args[1:], order="asc", ckpt_dir=ckpt, on_epoch=kill_in_stage_two)
+    assert (ckpt / "stage0.pt").is_file()
+    resumed = run_multi("sequential_asc", cnn(), teachers, *args, ckpt_dir=ckpt)
+    assert [r["student_acc"] for r in resumed] == pytest.approx([r["student_acc"] for r in straight])

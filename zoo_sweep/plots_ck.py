@@ -1,0 +1,84 @@
+"""Report panel for issue 3: how concentrated over classes is the complementary knowledge of each pair?
+
+A plain function over the pairs table (``zoo-sweep query "select * from pairs"`` or the store's pairs
+frame), so any report can call it:
+
+    from zoo_sweep.plots_ck import plot_concentration
+    plot_concentration(pairs_df, num_classes=1000, path="concentration.png")
+
+Left: entropy of each pair's per-class positive flips against ρ_pos, with the uniform reference ln K
+(hexagonal bins above a few thousand pairs, so 1.6 million pairs plot in seconds). Right: the number of
+classes that hold p % of the positive flips (p = 2, 5, 20, 50) as box plots, with the uniform reference
+ceil(p/100 * K). Definitions: ../shared/METRICS.md.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+TOP_P = (2, 5, 20, 50)
+HEXBIN_ABOVE = 5000  # pairs; a scatter of more points is slow and unreadable
+
+
+def plot_concentration(pairs_df: pd.DataFrame, num_classes: int | None, path: str | Path) -> Path:
+    """Write the two-panel PNG to ``path`` and return it. Pairs without flips (or without the per-class
+    metrics, e.g. a compare run with the "classes" group left out) are skipped; an empty table still
+    gives a figure that says so."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cols = ["rho_pos", "flip_entropy"] + [f"top{p}_classes" for p in TOP_P]
+    df = pairs_df[[c for c in cols if c in pairs_df.columns]].copy() if len(pairs_df) else pd.DataFrame(columns=cols)
+    for c in cols:
+        if c not in df.columns:
+            df[c] = np.nan
+    df = df.apply(pd.to_numeric, errors="coerce")
+    df = df[(df["rho_pos"] > 0) & df["flip_entropy"].notna()]
+    k = int(num_classes) if num_classes else None
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.3))
+    if df.empty:
+        for ax in (a1, a2):
+            ax.text(0.5, 0.5, "no pairs with per-class flip counts", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+    else:
+        x, y = df["rho_pos"].to_numpy(float), df["flip_entropy"].to_numpy(float)
+        if len(df) > HEXBIN_ABOVE:
+            hb = a1.hexbin(x, y, gridsize=60, bins="log", mincnt=1, cmap="viridis")
+            fig.colorbar(hb, ax=a1, label="pairs")
+        else:
+            a1.scatter(x, y, s=14, alpha=0.6)
+        if k and k > 1:
+            a1.axhline(math.log(k), color="C3", lw=1.2, ls="--", label=f"uniform over K = {k}: ln K = {math.log(k):.2f}")
+            a1.legend(loc="lower right", fontsize=8)
+        a1.set_xlabel("positive flips ρ_pos [% of eval set]")
+        a1.set_ylabel("entropy of per-class positive flips [nats]")
+        a1.set_title(f"Spread over classes ({len(df):,} pairs)")
+
+        data = [df[f"top{p}_classes"].dropna().to_numpy(float) for p in TOP_P]
+        a2.boxplot(data, showfliers=len(df) <= HEXBIN_ABOVE)
+        a2.set_xticks(range(1, len(TOP_P) + 1), [f"{p} %" for p in TOP_P])
+        med = [float(np.median(d)) if len(d) else float("nan") for d in data]
+        for i, m in enumerate(med, start=1):
+            a2.annotate(f"{m:g}", (i, m), textcoords="offset points", xytext=(14, 0), fontsize=8, va="center")
+        if k:
+            a2.plot(range(1, len(TOP_P) + 1), [math.ceil(p / 100 * k) for p in TOP_P], "o--", color="C3", ms=5,
+                    label=f"uniform over K = {k} classes")
+            a2.legend(loc="upper left", fontsize=8)
+        if k and k > 50:
+            a2.set_yscale("log")
+        a2.set_xlabel("share p of a pair's positive flips")
+        a2.set_ylabel("classes holding p % (top-p % classes)")
+        a2.set_title("How few classes hold the complementary knowledge?")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
