@@ -6,7 +6,6 @@ Errors a user can cause end in one line on stderr and exit code 2; a sweep with 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path

@@ -49,7 +49,7 @@ def connect(address: str | None = None, cpus: int | None = None, gpus: int = 0) 
                     configure_logging=True)
         if address:
             check_reachable(address)
-            _send_token_if_available()
+            send_token_if_available()
             try:
                 ray.init(address=address, **opts)
             except Exception as e:
@@ -69,7 +69,7 @@ def connect(address: str | None = None, cpus: int | None = None, gpus: int = 0) 
     return info
 
 
-def _send_token_if_available() -> None:
+def send_token_if_available() -> None:
     """Ray clusters started by `ray start` require a token, but Ray 2.60 enables token mode for a client
     only when it finds the cluster itself, never for an explicit --address. Sending the token to a cluster
     without authentication is harmless, so send it whenever one is configured. It is never printed."""

@@ -105,6 +105,7 @@ class _Run:
         self.max_retries = opts.max_retries if opts.max_retries is not None else self.spec.run.max_retries
         self._pool: _Pool | None = None
         self.records: dict[str, dict] = {}  # predict job id -> record, loaded once per launch
+        self._eval_labels: np.ndarray | None = None
 
     # ------------------------------------------------------------------ stages
     def execute(self) -> LaunchReport:
@@ -131,7 +132,7 @@ class _Run:
     def _build_zoo(self):
         if self.spec.zoo.source != "digits":
             return
-        from .digits_zoo import missing_recipes, recipes, save_trained
+        from .digits_zoo import missing_recipes, save_trained
         from .worker import build_zoo_model
 
         d, z = self.spec.data, self.spec.zoo
@@ -194,14 +195,10 @@ class _Run:
             return self.store.query("select * from pairs where eval_set = :e", {"e": self.spec.data.eval})
         t0 = time.time()
         recs = [self.records[rid] for rid in payload["records"]]
-        from .data import load_image_set
-
-        labels = load_image_set(self.spec.data.eval, self.spec.data.image_size, self.paths.cache,
-                                self.spec.data.class_map).labels.numpy()
-        df = pairs_frame(payload["models"], np.stack([r["pred"] for r in recs]), labels,
+        df = pairs_frame(payload["models"], np.stack([r["pred"] for r in recs]), self._labels(),
                          np.stack([r["p_max"] for r in recs]), self.plan.num_classes)
         df.insert(0, "eval_set", self.spec.data.eval)
-        self.store.write_pairs(job["id"], df.to_dict("records"), [])
+        self.store.write_pairs(job["id"], df.to_dict("records"))
         self.report.ran["compare"] = 1
         self.console.print(f"compare: {len(df)} ordered pairs from {len(recs)} records in {time.time() - t0:.2f} s")
         return df
@@ -224,35 +221,25 @@ class _Run:
         self.report.reused["transfer jobs"] = sum(j["state"] == "done" for j in jobs)
         rec_of = {json.loads(j["spec"])["model"]["name"]: self.records[j["id"]]
                   for j in self.store.sweep_jobs(self.spec.name, "predict") if j["id"] in self.records}
-        labels = None
 
         def inputs(job):
-            nonlocal labels
-            if labels is None:
-                from .data import load_image_set
-
-                labels = load_image_set(self.spec.data.eval, self.spec.data.image_size, self.paths.cache,
-                                        self.spec.data.class_map).labels.numpy()
             p = json.loads(job["spec"])
-            return {"s0_correct": rec_of[p["student"]["name"]]["pred"] == labels,
-                    "teacher_correct": rec_of[p["teacher"]["name"]]["pred"] == labels}
+            correct = {e["name"]: rec_of[e["name"]]["pred"] == self._labels()
+                       for e in [p["student"], p["teacher"], *p.get("teachers", [])]}
+            out = {"s0_correct": correct[p["student"]["name"]], "teacher_correct": correct[p["teacher"]["name"]]}
+            if "teachers" in p:  # multi-teacher: every teacher's, so the worker evaluates none of them again
+                out["teachers_correct"] = [correct[e["name"]] for e in p["teachers"]]
+            return out
 
-        def on_result(job, res):
-            p = json.loads(job["spec"])
-            if res["state"] != "done":
-                self.store.finish_job(job["id"], res["state"], error=res.get("error"), seconds=res["seconds"])
-                return
-            key = {"job_id": job["id"], "eval_set": p["eval"], "student": p["student"]["name"],
-                   "teacher": p["teacher"]["name"], "method": p["method"], "seed": p["seed"]}
-            last = len(res["rows"])
-            # a row may name its own teacher: multi-teacher jobs report "a+b+c"
-            rows = [{**key, **{k: _num(v) for k, v in r.items()}, "teacher": r.get("teacher", key["teacher"]),
-                     "final": r["epoch"] == last} for r in res["rows"]]
-            self.store.finish_job(job["id"], "done", results=rows, seconds=res["seconds"])
-
-        self._run_jobs("transfer", todo, inputs, on_result)
+        self._run_jobs("transfer", todo, inputs, lambda job, res: record_transfer(self.store, job, res))
 
     # ------------------------------------------------------------------ machinery
+    def _labels(self) -> np.ndarray:
+        """The eval set's labels, read once per launch (compare and every transfer job's inputs need them)."""
+        if self._eval_labels is None:
+            self._eval_labels = eval_labels(self.spec, self.paths)
+        return self._eval_labels
+
     def _filter(self, jobs: list[dict], limit: int | None) -> list[dict]:
         """The jobs this launch runs: by state, then --only-failed, --shard and --limit."""
         o = self.opts
@@ -417,9 +404,32 @@ def _task_error(e) -> str:
     return str(e).strip().splitlines()[-1]
 
 
-def _num(v):
+def eval_labels(spec: SweepSpec, paths: Paths) -> np.ndarray:
+    from .data import load_image_set
+
+    return load_image_set(spec.data.eval, spec.data.image_size, paths.cache, spec.data.class_map).labels.numpy()
+
+
+def record_transfer(store: Store, job: dict, res: dict) -> None:
+    """A transfer job's outcome in the store: its per-epoch rows and its state, in one transaction.
+    The launcher and Tune trials both record through here."""
+    if res["state"] != "done":
+        store.finish_job(job["id"], res["state"], error=res.get("error"), seconds=res.get("seconds"))
+        return
+    p = json.loads(job["spec"])
+    key = {"job_id": job["id"], "eval_set": p["eval"], "student": p["student"]["name"],
+           "teacher": p["teacher"]["name"], "method": p["method"], "seed": p["seed"]}
+    last = len(res["rows"])
+    # a row may name its own teacher: multi-teacher jobs report "a+b+c"
+    rows = [{**key, **{k: plain(v) for k, v in r.items()}, "teacher": r.get("teacher", key["teacher"]),
+             "final": r["epoch"] == last} for r in res["rows"]]
+    store.finish_job(job["id"], "done", results=rows, seconds=res.get("seconds"))
+
+
+def plain(v):
+    """A numpy scalar as a Python one; NaN (e.g. a transfer rate with no positive flips) as None (NULL)."""
     if isinstance(v, (np.floating, np.integer)):
         v = v.item()
     if isinstance(v, float) and v != v:
-        return None  # NaN (e.g. a transfer rate with no positive flips) is NULL in the store
+        return None
     return v

@@ -21,7 +21,7 @@ from .data import IMG_EXTENSIONS, _image_files, image_set_key
 from .paths import Paths
 from .select import all_pairs, needs_measurement, select_pairs
 from .spec import SweepSpec, content_id
-from .zoo import ModelEntry, check_heads, count_params, param_counts, resolve_zoo, select_names  # noqa: F401
+from .zoo import ModelEntry, check_heads, param_counts, resolve_zoo, select_names
 
 TRANSFER_HP = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "temperature", "alpha", "augment")
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import stats
+from .plots_ck import plot_concentration
 from .store import Store
 
 SQL = {
@@ -245,7 +246,7 @@ def make_report(store: Store, sweep: str, eval_set: str, out_dir: str | Path, nu
     ck_items.append(Panel("concentration", "Per-class concentration of complementary knowledge",
                           "Entropy of the per-class distribution of positive flips against the uniform ln K, and "
                           "how many classes hold 2/5/20/50 % of them (uniform: that share of K classes).",
-                          _plot_concentration(pairs, num_classes, out / "concentration.png") if len(pairs)
+                          plot_concentration(pairs, num_classes, out / "concentration.png") if len(pairs)
                           else None))
     ck_items.append(_concentration_table(pairs, num_classes, kw, boot_note))
     ck_items.append(_ck_table(pairs, kw, boot_note))
@@ -652,35 +653,6 @@ def _plot_ck_vs_gap(pairs, models, path) -> Path:
     ax.set_title("Complementary knowledge of every ordered pair")
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper left", fontsize=8)
-    return _save(fig, path)
-
-
-def _plot_concentration(pairs, k, path) -> Path:
-    try:  # a shared implementation when the project has one
-        from .plots_ck import plot_concentration
-    except ImportError:
-        plot_concentration = None
-    if plot_concentration is not None:
-        res = plot_concentration(pairs, k, path)
-        return Path(res) if isinstance(res, (str, Path)) else Path(path)
-    plt = _plt()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.3))
-    a1.scatter(pairs["rho_pos"], pairs["flip_entropy"], s=18, alpha=0.75)
-    if k and k > 1:
-        a1.axhline(math.log(k), color="C3", lw=1.2, ls="--", label=f"uniform over K = {k}: ln K = {math.log(k):.2f}")
-        a1.legend(loc="lower right", fontsize=8)
-    a1.set_xlabel("positive flips ρ_pos [% of eval set]")
-    a1.set_ylabel("entropy of per-class flips [nats]")
-    a1.set_title("How spread over classes is the complementary knowledge?")
-    data = [pairs[f"top{p}_classes"].dropna().astype(float).to_numpy() for p in TOP_P]
-    a2.boxplot(data, tick_labels=[f"{p} %" for p in TOP_P], showfliers=True)
-    if k:
-        a2.plot(range(1, len(TOP_P) + 1), [math.ceil(p / 100 * k) for p in TOP_P], "o--", color="C3", ms=5,
-                label="uniform over K classes")
-        a2.legend(loc="upper left", fontsize=8)
-    a2.set_xlabel("share p of all positive flips")
-    a2.set_ylabel("classes needed to hold p %")
-    a2.set_title("Top-p % classes per pair")
     return _save(fig, path)
 
 

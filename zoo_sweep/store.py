@@ -205,10 +205,10 @@ class Store:
                 state=state, error=error, finished_at=now,
                 seconds=seconds if seconds is not None else (now - started) if started else None))
 
-    def write_pairs(self, job_id: str, rows: list[dict], model_rows: list[dict]) -> None:
+    def write_pairs(self, job_id: str, rows: list[dict]) -> None:
+        """The compare job's pairs and its state, in one transaction."""
         with self.engine.begin() as conn:
             self._upsert(conn, pairs, rows)
-            self._upsert(conn, models, model_rows)
             conn.execute(jobs.update().where(jobs.c.id == job_id).values(state="done", finished_at=time.time()))
 
     # ------------------------------------------------------------------ reads

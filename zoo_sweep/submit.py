@@ -352,7 +352,7 @@ def submit_slurm(script: str | Path, env: dict | None = None) -> str:
 
 def wait_for_nodes(address: str, nodes: int, timeout: float = 300.0) -> int:
     """Block until the Ray cluster at HOST:PORT answers and has ``nodes`` alive nodes; returns that count."""
-    from .cluster import _send_token_if_available, check_reachable
+    from .cluster import send_token_if_available, check_reachable
 
     deadline = time.time() + timeout
     while True:
@@ -369,7 +369,7 @@ def wait_for_nodes(address: str, nodes: int, timeout: float = 300.0) -> int:
 
     import ray
 
-    _send_token_if_available()
+    send_token_if_available()
     try:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
     except Exception as e:
@@ -423,18 +423,15 @@ def jobs_client(address: str | None):
     one is configured (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), as a header only."""
     url = jobs_url(address)
     try:
+        import aiohttp  # noqa: F401  (the client silently degrades without it)
+        import requests  # noqa: F401
         from ray.job_submission import JobSubmissionClient
     except ImportError as e:
         raise UserError(f"Ray Jobs need ray[default] ({e.name} is missing): pip install 'zoo-sweep[cluster]'") from None
     _check_jobs_reachable(url)
-    from .cluster import _send_token_if_available
+    from .cluster import send_token_if_available
 
-    _send_token_if_available()
-    try:
-        import aiohttp  # noqa: F401  (the client silently degrades without it)
-        import requests  # noqa: F401
-    except ImportError as e:
-        raise UserError(f"Ray Jobs need ray[default] ({e.name} is missing): pip install 'zoo-sweep[cluster]'") from None
+    send_token_if_available()
     try:
         return JobSubmissionClient(url)
     except Exception as e:

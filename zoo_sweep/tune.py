@@ -19,7 +19,7 @@ import pandas as pd
 
 from . import UserError
 from .cluster import connect
-from .launch import LaunchOptions, launch_sweep
+from .launch import LaunchOptions, eval_labels, launch_sweep, plain, record_transfer
 from .paths import Paths
 from .plan import make_plan, transfer_jobs
 from .select import select_pairs
@@ -111,16 +111,15 @@ def tune_method(spec: SweepSpec, store: Store, paths: Paths, method: str, sample
     if not rows:
         raise UserError(f"every Tune trial failed; see {paths.home / 'tune'}")
     trials = pd.DataFrame(rows).sort_values(OBJECTIVES[objective], ascending=False).reset_index(drop=True)
-    best = {k: _plain(trials.iloc[0][k]) for k in search_space(method)}
+    best = {k: plain(trials.iloc[0][k]) for k in search_space(method)}
     return TuneResult(sweep, best, trials, calib)
 
 
 def _correctness(spec: SweepSpec, plan, paths: Paths) -> dict[str, np.ndarray]:
     """Per model, which eval samples its prediction record gets right."""
-    from .data import load_image_set
     from .predict import load_record
 
-    labels = load_image_set(spec.data.eval, spec.data.image_size, paths.cache, spec.data.class_map).labels.numpy()
+    labels = eval_labels(spec, paths)
     out = {}
     for job in plan.predict_jobs:
         rec = load_record(paths.records / f"{job['id']}.npz")
@@ -133,16 +132,7 @@ def _correctness(spec: SweepSpec, plan, paths: Paths) -> dict[str, np.ndarray]:
 def _store_trial(store: Store, sweep: str, out: list[dict]) -> None:
     store.add_jobs(sweep, [o["job"] for o in out])
     for o in out:
-        job, res = o["job"], o["res"]
-        if res["state"] != "done":
-            store.finish_job(job["id"], res["state"], error=res.get("error"), seconds=res.get("seconds"))
-            continue
-        p = json.loads(job["spec"])
-        key = {"job_id": job["id"], "eval_set": p["eval"], "student": p["student"]["name"],
-               "teacher": p["teacher"]["name"], "method": p["method"], "seed": p["seed"]}
-        last = len(res["rows"])
-        rows = [{**key, **{k: _plain(v) for k, v in r.items()}, "final": r["epoch"] == last} for r in res["rows"]]
-        store.finish_job(job["id"], "done", results=rows, seconds=res.get("seconds"))
+        record_transfer(store, o["job"], o["res"])
 
 
 def write_back(spec_path: str | Path, values: dict) -> None:
@@ -166,15 +156,7 @@ def write_back(spec_path: str | Path, values: dict) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _plain(v):
-    if isinstance(v, (np.floating, np.integer)):
-        v = v.item()
-    if isinstance(v, float) and v != v:
-        return None
-    return v
-
-
 def _jsonable(v):
     if isinstance(v, np.ndarray):
         return v.tolist()
-    return _plain(v)
+    return plain(v)

@@ -107,12 +107,13 @@ class Worker:
                                     data_config(teacher), s0_correct, np.asarray(inputs["teacher_correct"]),
                                     self.device, ckpt_dir=ckpt)
                 return {"state": "done", "rows": rows}
-            # multi-teacher: the launcher sends the first teacher's correctness only, so each teacher is
-            # evaluated here (one pass each; sequential curricula need the accuracies too)
+            # multi-teacher: every teacher's correctness comes from its prediction record (the launcher sends
+            # them); a caller without records (a notebook) gets one evaluation pass per teacher instead
             teachers = [self.model(e) for e in spec["teachers"]]
             cfgs = [data_config(t) for t in teachers]
-            labels = ev.labels.numpy()
-            correct = [predict(t, ev, c, topk=1, device=self.device)["pred"] == labels for t, c in zip(teachers, cfgs)]
+            correct = [np.asarray(c) for c in inputs.get("teachers_correct") or
+                       [predict(t, ev, c, topk=1, device=self.device)["pred"] == ev.labels.numpy()
+                        for t, c in zip(teachers, cfgs)]]
             rows = run_multi(spec["method"], student, teachers, [c.mean() for c in correct], hp, spec["seed"], tr, ev,
                              data_config(student), cfgs, s0_correct, correct, self.device,
                              method=spec["multi_method"], ckpt_dir=ckpt)
