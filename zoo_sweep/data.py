@@ -9,6 +9,7 @@ decode, not N.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -221,19 +222,25 @@ def model_input(batch: torch.Tensor, cfg: dict, device: torch.device | str = "cp
     if scale != size:
         off = (scale - size) // 2
         x = x[..., off:off + size, off:off + size]
-    mean = torch.tensor(cfg["mean"], device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(cfg["std"], device=x.device).view(1, -1, 1, 1)
+    mean, std = _norm_constants(tuple(cfg["mean"]), tuple(cfg["std"]), x.device)
     return (x - mean) / std
+
+
+@functools.lru_cache(maxsize=64)
+def _norm_constants(mean: tuple, std: tuple, device: torch.device):
+    # made once per (config, device): building them from Python lists per batch would stall the CUDA stream
+    return (torch.tensor(mean, device=device).view(1, -1, 1, 1), torch.tensor(std, device=device).view(1, -1, 1, 1))
 
 
 def augment(batch: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
     """Cheap train-time augmentation on uint8 batches: a random shift per sample (digits must not flip)."""
-    n = batch.shape[0]
+    n, dev = batch.shape[0], batch.device
     padded = F.pad(batch, (max_shift,) * 4)
-    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
-    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    # drawn on the CPU generator (the same numbers on every device), applied where the batch is
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen).to(dev)
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen).to(dev)
     h, w = batch.shape[-2:]
-    rows = (dy.view(n, 1) + torch.arange(h)).view(n, 1, h, 1).expand(n, batch.shape[1], h, w + 2 * max_shift)
-    out = padded.gather(2, rows)
-    cols = (dx.view(n, 1) + torch.arange(w)).view(n, 1, 1, w).expand(n, batch.shape[1], h, w)
+    rows = (dy.view(n, 1) + torch.arange(h, device=dev)).view(n, 1, h, 1)
+    out = padded.gather(2, rows.expand(n, batch.shape[1], h, w + 2 * max_shift))
+    cols = (dx.view(n, 1) + torch.arange(w, device=dev)).view(n, 1, 1, w).expand(n, batch.shape[1], h, w)
     return out.gather(3, cols)

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from . import UserError
 from .cluster import check_reachable, connect, resolve_address
 from .complementary import pairs_frame
+from .logit_cache import StreamPlan, plan_streams
 from .paths import Paths
 from .plan import Plan, make_plan, model_rows, select_transfers, write_plan
 from .predict import load_record, save_record
@@ -222,16 +223,41 @@ class _Run:
         rec_of = {json.loads(j["spec"])["model"]["name"]: self.records[j["id"]]
                   for j in self.store.sweep_jobs(self.spec.name, "predict") if j["id"] in self.records}
 
+        streams = self._plan_streams(todo)
+        todo = streams.order(todo)
+
         def inputs(job):
             p = json.loads(job["spec"])
             correct = {e["name"]: rec_of[e["name"]]["pred"] == self._labels()
                        for e in [p["student"], p["teacher"], *p.get("teachers", [])]}
-            out = {"s0_correct": correct[p["student"]["name"]], "teacher_correct": correct[p["teacher"]["name"]]}
+            out = {"s0_correct": correct[p["student"]["name"]], "teacher_correct": correct[p["teacher"]["name"]],
+                   "streams": streams.streams.get(job["id"], {})}
             if "teachers" in p:  # multi-teacher: every teacher's, so the worker evaluates none of them again
                 out["teachers_correct"] = [correct[e["name"]] for e in p["teachers"]]
             return out
 
-        self._run_jobs("transfer", todo, inputs, lambda job, res: record_transfer(self.store, job, res))
+        def on_result(job, res):
+            record_transfer(self.store, job, res)
+            streams.release(job["id"], self.paths.logits)
+            if res.get("logits_read"):  # epochs of teacher / s0 logits read back instead of recomputed
+                r = self.report.reused
+                r["cached logit epochs"] = r.get("cached logit epochs", 0) + res["logits_read"]
+
+        self._run_jobs("transfer", todo, inputs, on_result,
+                       on_final_error=lambda job: streams.release(job["id"], self.paths.logits))
+
+    def _plan_streams(self, todo: list[dict]) -> StreamPlan:
+        """Which teacher / s0 logits the jobs about to run share, by the spec's teacher_cache policy."""
+        from .data import count_images
+
+        t, d = self.spec.transfer, self.spec.data
+        n = count_images(d.transfer, d.image_size, d.class_map)
+        plan = plan_streams([(j["id"], json.loads(j["spec"])) for j in todo], t.teacher_cache,
+                            self.plan.transfer_key, n, self.plan.num_classes, t.teacher_cache_max_gb * 2**30)
+        if plan.skipped_large:
+            self.console.print(f"teacher_cache: {plan.skipped_large} shared stream(s) over teacher_cache_max_gb "
+                               f"({t.teacher_cache_max_gb:g}) are computed per job")
+        return plan
 
     # ------------------------------------------------------------------ machinery
     def _labels(self) -> np.ndarray:
@@ -279,7 +305,8 @@ class _Run:
     def _cluster(self):
         return connect(self.address, self.opts.cpus, int(self.opts.gpus) if self.opts.gpus >= 1 else 0)
 
-    def _run_jobs(self, kind: str, todo: list[dict], inputs: Callable, on_result: Callable):
+    def _run_jobs(self, kind: str, todo: list[dict], inputs: Callable, on_result: Callable,
+                  on_final_error: Callable | None = None):
         if not todo:
             return
         if self._pool is None:
@@ -312,6 +339,8 @@ class _Run:
                 running -= 1
                 if final:
                     failed.append((job["id"], err.strip().splitlines()[-1] if err.strip() else err))
+                    if on_final_error is not None:
+                        on_final_error(job)
                 prog.update(bar, advance=1 if final else 0, description=describe())
 
             self._pool.run(todo, inputs, on_start, on_done, on_error, self.max_retries, self.store)
@@ -358,15 +387,16 @@ class _Pool:
         load = [0] * len(self.actors)
         try:
             while queue or inflight:
-                for i in range(len(self.actors)):
-                    while queue and load[i] < 2:
-                        job = queue.popleft()
-                        on_start(job["id"], self.names[i])
-                        attempts[job["id"]] += 1
-                        ref = self.actors[i].run.remote({**job, "spec": json.loads(job["spec"]),
-                                                         "inputs": inputs(job)})
-                        inflight[ref] = (job, i)
-                        load[i] += 1
+                # least-loaded actor first, so the queue's first jobs start at once on different actors
+                # (the transfer order puts the jobs that compute shared teacher logits first)
+                while queue and min(load) < 2:
+                    i = load.index(min(load))
+                    job = queue.popleft()
+                    on_start(job["id"], self.names[i])
+                    attempts[job["id"]] += 1
+                    ref = self.actors[i].run.remote({**job, "spec": json.loads(job["spec"]), "inputs": inputs(job)})
+                    inflight[ref] = (job, i)
+                    load[i] += 1
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
                 for ref in ready:
                     job, i = inflight.pop(ref)

@@ -28,6 +28,10 @@ class Paths:
     def checkpoints(self) -> Path:  # per-epoch transfer checkpoints, one folder per job, removed when it ends
         return self.cache / "transfer_ckpt"
 
+    @property
+    def logits(self) -> Path:  # teacher / s0 logits shared by a sweep's transfer jobs (logit_cache.py)
+        return self.cache / "logits"
+
     def report(self, sweep: str) -> Path:
         return self.home / "reports" / sweep
 

@@ -62,13 +62,23 @@ class TransferSpec(TransferParams):
     multi_students: tuple[str, ...] = ()
     teachers: tuple[str, ...] = ()  # empty: every other model of the zoo
     multi_method: str = "kl_dp"  # the single-teacher method of sequential stages and soup ingredients
+    # reuse teacher (and frozen-student) logits across the sweep's jobs: "auto" | "off" (logit_cache.py)
+    teacher_cache: str = "auto"
+    teacher_cache_max_gb: float = 20.0  # a stream (one model, all epochs) larger than this is not cached
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    predict_batch_size: int = 256
+    # "auto": 256 on the CPU; on a GPU the largest power of two (up to 1024) that fits, remembered per model and
+    # GPU type in the cache folder (predict_batch_sizes.json)
+    predict_batch_size: int | str = "auto"
     topk: int = 5  # logits kept per sample in prediction records
     max_retries: int = 2
+
+    def __post_init__(self):
+        b = self.predict_batch_size
+        if b != "auto" and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
+            raise UserError(f'[run] predict_batch_size must be a positive integer or "auto", got {b!r}')
 
 
 @dataclass(frozen=True)
@@ -163,6 +173,8 @@ def validate(spec: SweepSpec) -> None:
     for m in t.methods:
         if m not in METHODS:
             raise UserError(f"unknown method {m!r} in [transfer] methods; known: {', '.join(METHODS)}")
+    if t.teacher_cache not in ("auto", "off"):
+        raise UserError(f"[transfer] teacher_cache must be 'auto' or 'off', got {t.teacher_cache!r}")
     if t.epochs < 1:
         raise UserError(f"[transfer] epochs must be >= 1, got {t.epochs}")
     if not t.seeds:

@@ -61,6 +61,12 @@ class Worker:
                 self._weights.popitem(last=False)
         return model.eval()
 
+    def logit_caches(self, streams: dict[str, str]) -> dict:
+        """Role ("teacher" / "s0") -> LogitCache for the stream keys the launcher chose (logit_cache.py)."""
+        from .logit_cache import LogitCache, device_kind
+
+        return {role: LogitCache(self.paths.logits / key / device_kind(self.device)) for role, key in streams.items()}
+
     def run(self, job: dict) -> dict:
         t0 = time.time()
         out = getattr(self, f"_{job['kind']}")(job["spec"], job.get("inputs") or {})
@@ -74,7 +80,7 @@ class Worker:
         return {"state": "done"}
 
     def _predict(self, spec: dict, inputs: dict) -> dict:
-        from .predict import accuracy, predict
+        from .predict import BATCH_MEMO, accuracy, predict
         from .zoo import data_config
 
         images = self.image_set(spec["eval"], spec["image_size"], spec.get("class_map"))
@@ -82,7 +88,9 @@ class Worker:
         if model.num_classes != images.num_classes:
             raise ValueError(f"{spec['model']['name']} has {model.num_classes} outputs but the eval set "
                              f"has {images.num_classes} classes")
-        rec = predict(model, images, data_config(model), inputs.get("batch_size", 256), spec["topk"], self.device)
+        # batch size "auto": 256 on the CPU; on a GPU the largest that fits, remembered per model and GPU type
+        rec = predict(model, images, data_config(model), inputs.get("batch_size", "auto"), spec["topk"], self.device,
+                      memo=self.paths.cache / BATCH_MEMO, name=spec["model"]["name"])
         return {"state": "done", "record": rec, "accuracy": accuracy(rec, images.labels.numpy())}
 
     def _transfer(self, spec: dict, inputs: dict) -> dict:
@@ -103,10 +111,13 @@ class Worker:
         try:
             if "teachers" not in spec:
                 teacher = self.model(spec["teacher"])
+                caches = self.logit_caches(inputs.get("streams") or {})
                 rows = run_transfer(student, teacher, spec["method"], hp, spec["seed"], tr, ev, data_config(student),
                                     data_config(teacher), s0_correct, np.asarray(inputs["teacher_correct"]),
-                                    self.device, ckpt_dir=ckpt)
-                return {"state": "done", "rows": rows}
+                                    self.device, ckpt_dir=ckpt, teacher_cache=caches.get("teacher"),
+                                    s0_cache=caches.get("s0"))
+                return {"state": "done", "rows": rows, "logits_read": sum(c.reads for c in caches.values()),
+                        "logits_written": sum(c.writes for c in caches.values())}
             # multi-teacher: every teacher's correctness comes from its prediction record (the launcher sends
             # them); a caller without records (a notebook) gets one evaluation pass per teacher instead
             teachers = [self.model(e) for e in spec["teachers"]]

@@ -8,6 +8,11 @@ checkpoint folder continues from the last finished epoch and ends with the same 
 
 On CUDA the forward passes run in bf16 autocast with channels-last tensors; on the CPU everything stays in
 float32 (CPU bf16 is slow and changes results).
+
+Batches and their augmentation come from a generator seeded by the seed alone and used for nothing else, so
+every job with the same transfer set, seed, batch size and augmentation feeds its models the same stream;
+that is what lets a teacher's (or s0's) logits be computed once per sweep and read back
+(``teacher_cache`` / ``s0_cache``, see zoo_sweep/logit_cache.py).
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ def run_transfer(student: torch.nn.Module, teacher, method: str, hp: TransferPar
                  s0_correct: np.ndarray, teacher_correct: np.ndarray, device: str = "cpu",
                  eval_batch_size: int = 256, ckpt_dir: str | Path | None = None,
                  on_epoch: Callable[[int, list[dict]], None] | None = None,
-                 epoch_fraction: float = 1.0) -> list[dict]:
+                 epoch_fraction: float = 1.0, teacher_cache=None, s0_cache=None) -> list[dict]:
     """Train ``student`` in place; returns one metrics dict per epoch (METRICS.md, transfer metrics).
 
     ``teacher`` / ``teacher_cfg`` are one model and its data config, or lists of them for the multi-teacher
@@ -60,7 +65,9 @@ def run_transfer(student: torch.nn.Module, teacher, method: str, hp: TransferPar
     checkpoint lives; an existing one is resumed and the folder is removed when the run ends (done or
     diverged). ``on_epoch(epoch, rows)`` is called after each epoch's checkpoint. ``epoch_fraction`` < 1
     trains on that share of each epoch's batches (compute-matched sequential stages). At the end the
-    student holds the weights that were evaluated (MCL: the slow weights).
+    student holds the weights that were evaluated (MCL: the slow weights). ``teacher_cache`` / ``s0_cache``:
+    ``LogitCache`` objects (single-teacher, logits-only methods): an epoch whose logits are stored is read
+    back instead of running that model, one that is not is computed and stored.
     """
     m = METHODS[method]
     teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
@@ -82,7 +89,8 @@ def run_transfer(student: torch.nn.Module, teacher, method: str, hp: TransferPar
         if m.make_state else None
     params = list(student.parameters()) + (state.parameters() if state else [])
     opt = torch.optim.SGD(params, lr=getattr(hp, m.lr_param), momentum=hp.momentum, weight_decay=hp.weight_decay)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # the data stream: order and augmentation only
+    method_gen = torch.Generator().manual_seed(seed + 1)  # the methods' own draws (CRD negatives)
     labels = eval_set.labels.numpy()
     full = n - n % hp.batch_size if n > hp.batch_size else n  # drop a last partial batch: BatchNorm needs > 1
     n_batches = -(-full // hp.batch_size)
@@ -98,6 +106,8 @@ def run_transfer(student: torch.nn.Module, teacher, method: str, hp: TransferPar
             student.load_state_dict(c["student"])
             opt.load_state_dict(c["opt"])
             gen.set_state(c["gen"])
+            if "method_gen" in c:
+                method_gen.set_state(c["method_gen"])
             torch.set_rng_state(c["rng"])
             if cuda and c.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state(c["cuda_rng"])
@@ -115,24 +125,62 @@ def run_transfer(student: torch.nn.Module, teacher, method: str, hp: TransferPar
             f = model.forward_features(inp)
             return model.forward_head(f).float(), model.forward_head(f, pre_logits=True).float()
 
+    if (teacher_cache is not None and (m.multi or m.needs_features)) or (s0_cache is not None and s0 is None):
+        raise ValueError(f"method {method!r} cannot read cached logits for that role")
+    stored = torch.bfloat16 if cuda else torch.float32  # exactly what forward() gives, so caching is lossless
+    rows_per_epoch = min(per_epoch * hp.batch_size, full)
+
+    images = transfer_set.images
+    if cuda and images.nbytes < 0.2 * torch.cuda.mem_get_info(device)[0]:
+        images = images.to(device)  # the whole uint8 set fits: batches are gathered on the GPU
+
+    def batch_source(b):
+        if images.is_cuda:
+            return images[b.to(device)]
+        if cuda:  # one pinned, asynchronous copy per batch; every model's transform then runs on the GPU
+            return images[b].pin_memory().to(device, non_blocking=True)
+        return images[b]
+
+    def cached_or_run(cache, epoch):
+        """(logits read back, list collecting this epoch's logits to store): at most one is not None."""
+        if cache is None:
+            return None, None
+        z = cache.load(epoch, rows_per_epoch, device)
+        return (z, None) if z is not None else (None, [])
+
     try:
         for epoch in range(start, hp.epochs + 1):
             student.train()
             if state is not None:
                 state.train(True)
             losses, share_sum = [], 0.0
+            t_read, t_new = cached_or_run(teacher_cache, epoch)
+            s0_read, s0_new = cached_or_run(s0_cache, epoch)
             order = torch.randperm(n, generator=gen)
+            at = 0  # row of this batch in the epoch's cached logits
             for b in order[:full].split(hp.batch_size)[:per_epoch]:
-                x = transfer_set.images[b]
+                x = batch_source(b)
                 if hp.augment:
                     x = augment(x, gen)
                 y = transfer_set.labels[b].to(device)
+                span = slice(at, at + len(b))
+                at += len(b)
                 with torch.no_grad():
-                    outs = [forward(t, x, c, m.needs_features) for t, c in zip(teachers, t_cfgs)]
+                    if t_read is not None:
+                        outs = [(t_read[span].float(), None)]
+                    else:
+                        outs = [forward(t, x, c, m.needs_features) for t, c in zip(teachers, t_cfgs)]
+                        if t_new is not None:
+                            t_new.append(outs[0][0].to(stored))
                     z_t = torch.stack([o[0] for o in outs]) if m.multi else outs[0][0]
-                    z_s0 = forward(s0, x, student_cfg, False)[0] if s0 is not None else None
+                    if s0_read is not None:
+                        z_s0 = s0_read[span].float()
+                    else:
+                        z_s0 = forward(s0, x, student_cfg, False)[0] if s0 is not None else None
+                        if s0_new is not None:
+                            s0_new.append(z_s0.to(stored))
                 z_s, f_s = forward(student, x, student_cfg, m.needs_features)
-                ex = Extras(f_s=f_s, f_t=outs[0][1], idx=b, state=state, gen=gen)
+                ex = Extras(f_s=f_s, f_t=outs[0][1], idx=b, state=state, gen=method_gen)
                 loss, share = m.loss(z_s, z_t, z_s0, y, hp, ex)
                 if not torch.isfinite(loss):
                     raise Diverged(f"loss became {loss.item()} in epoch {epoch}")
@@ -144,6 +192,9 @@ def run_transfer(student: torch.nn.Module, teacher, method: str, hp: TransferPar
                     state.after_step(student, step)
                 losses.append(loss.detach())
                 share_sum = share_sum + (share.detach() if torch.is_tensor(share) else share)
+            for cache, new in ((teacher_cache, t_new), (s0_cache, s0_new)):
+                if new:
+                    cache.save(epoch, torch.cat(new))
             evaluated = state.eval_model(student) if state is not None else student
             rec = predict(evaluated, eval_set, student_cfg, batch_size=eval_batch_size, topk=1, device=device)
             row = transfer_metrics(s0_correct, rec["pred"] == labels, teacher_correct)
@@ -153,6 +204,7 @@ def run_transfer(student: torch.nn.Module, teacher, method: str, hp: TransferPar
             if ckpt is not None:
                 _save_atomic({"key": key, "epoch": epoch, "step": step, "rows": rows,
                               "student": student.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+                              "method_gen": method_gen.get_state(),
                               "rng": torch.get_rng_state(),
                               "cuda_rng": torch.cuda.get_rng_state() if cuda else None,
                               "method": state.state_dict() if state is not None else {}}, ckpt)

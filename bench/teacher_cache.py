@@ -1,0 +1,139 @@
+"""Teacher-output reuse (issue 8): an S students x T teachers transfer sweep, teacher_cache "auto" vs "off".
+
+The jobs are what the launcher runs for S x T pairs: the same payloads, the same policy
+(``logit_cache.plan_streams``) and the same job order (``StreamPlan.order``), run one after another on one
+device with the real training loop and ``LogitCache`` folders, as one worker per GPU runs them. Ray and the
+store are left out (scheduling costs milliseconds per job: bench/scheduler.py); the launcher test in
+tests/test_logit_cache.py covers the same path through Ray. Both policies must give the same metrics; the
+script checks that before it prints the ratio.
+
+    .venv/bin/python bench/teacher_cache.py                 # CPU: digits-zoo architectures, digits data
+    .venv/bin/python bench/teacher_cache.py --epochs 2 --method kl
+
+On a GPU, bench/gpu_check.py calls ``sweep`` with ImageNet-sized timm architectures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from zoo_sweep.logit_cache import LogitCache, device_kind, plan_streams  # noqa: E402
+from zoo_sweep.predict import predict  # noqa: E402
+from zoo_sweep.transfer.train import TransferParams, run_transfer  # noqa: E402
+
+
+def sweep(models: dict[str, torch.nn.Module], cfgs: dict[str, dict], students: list[str], teachers: list[str],
+          method: str, hp: TransferParams, tr, ev, device: str, policy: str, image_size: int) -> tuple[float, list]:
+    """Wall seconds of all S x T jobs under ``policy``, and each job's final metrics row (in job order)."""
+    labels = ev.labels.numpy()
+    correct = {n: predict(m, ev, cfgs[n], topk=1, device=device)["pred"] == labels for n, m in models.items()}
+    hpd = {"batch_size": hp.batch_size, "augment": hp.augment, "epochs": hp.epochs}
+    jobs = [(f"{s}<-{t}", {"student": {"name": s}, "teacher": {"name": t}, "method": method, "seed": 0, "hp": hpd,
+                           "image_size": image_size}) for s in students for t in teachers]
+    plan = plan_streams(jobs, policy, "bench", len(tr), ev.num_classes, max_bytes=float("inf"))
+    order = [j["id"] for j in plan.order([{"id": jid} for jid, _ in jobs])]
+    root = Path(tempfile.mkdtemp(prefix="zoo-logits-"))
+    rows = {}
+    try:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for jid in order:
+            s, t = jid.split("<-")
+            caches = {role: LogitCache(root / key / device_kind(device))
+                      for role, key in plan.streams.get(jid, {}).items()}
+            student = copy.deepcopy(models[s])
+            rows[jid] = run_transfer(student, models[t], method, hp, 0, tr, ev, cfgs[s], cfgs[t], correct[s],
+                                     correct[t], device, teacher_cache=caches.get("teacher"),
+                                     s0_cache=caches.get("s0"))[-1]
+            plan.release(jid, root)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0, [rows[j] for j, _ in jobs]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def compare(models, cfgs, students, teachers, method, hp, tr, ev, device, image_size, tol) -> dict:
+    """Both policies, "off" first; the largest metric difference and the time ratio."""
+    t_off, rows_off = sweep(models, cfgs, students, teachers, method, hp, tr, ev, device, "off", image_size)
+    t_on, rows_on = sweep(models, cfgs, students, teachers, method, hp, tr, ev, device, "auto", image_size)
+    keys = ("student_acc", "knowledge_gain", "knowledge_loss", "delta")
+    diff = max(abs(a[k] - b[k]) for a, b in zip(rows_off, rows_on) for k in keys)
+    if diff > tol:
+        raise SystemExit(f"teacher_cache changed the results by {diff:.4f} points (tolerance {tol})")
+    return {"off_s": t_off, "auto_s": t_on, "ratio": t_on / t_off, "max_metric_diff": diff}
+
+
+def forward_ms(model, cfg, images, device, reps=3) -> float:
+    """Median time of one eval forward pass over one batch (to say how costly each model is)."""
+    from zoo_sweep.data import model_input
+
+    x = model_input(images, cfg, device)
+    times = []
+    cuda = device.startswith("cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        for _ in range(reps + 1):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            model.to(device)(x)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    return sorted(times[1:])[len(times[1:]) // 2] * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--students", default="resnet_a,vit_a")
+    ap.add_argument("--teachers", default="convnext_a,densenet_a")
+    ap.add_argument("--method", default="kl_dp")
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--transfer", type=int, default=2560, help="transfer samples used (digits:transfer has 5,390)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--home", default="results")
+    a = ap.parse_args()
+    import dataclasses
+    import os
+
+    from zoo_sweep.data import load_image_set
+    from zoo_sweep.digits_zoo import digits_entries
+    from zoo_sweep.zoo import create, data_config
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    cache = Path(a.home) / "cache"
+    students, teachers = a.students.split(","), a.teachers.split(",")
+    entries = {e.name: e for e in digits_entries("default", cache, 32) if e.name in students + teachers}
+    trained = all(Path(e.weights).exists() for e in entries.values())
+    models = {n: create(e, pretrained=trained) for n, e in entries.items()}
+    cfgs = {n: data_config(m) for n, m in models.items()}
+    tr = load_image_set("digits:transfer", 32, cache)
+    ev = load_image_set("digits:eval", 32, cache)
+    tr = dataclasses.replace(tr, images=tr.images[:a.transfer], labels=tr.labels[:a.transfer],
+                             source_ids=tr.source_ids[:a.transfer])
+    hp = TransferParams(epochs=a.epochs, batch_size=a.batch_size)
+    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"load avg {os.getloadavg()[0]:.1f}; weights: {'trained digits zoo' if trained else 'random (zoo not built)'}")
+    for n in students + teachers:
+        print(f"#   {n:12s} forward {forward_ms(models[n], cfgs[n], tr.images[:a.batch_size], 'cpu'):7.1f} ms/batch")
+    r = compare(models, cfgs, students, teachers, a.method, hp, tr, ev, "cpu", 32, tol=1e-6)
+    print(f"{len(students)}x{len(teachers)} {a.method}, {a.epochs} epoch(s), {len(tr)} transfer samples: "
+          f"off {r['off_s']:.1f} s, auto {r['auto_s']:.1f} s, ratio auto/off {r['ratio']:.2f} "
+          f"(largest metric difference {r['max_metric_diff']:.2g})")
+
+
+if __name__ == "__main__":
+    main()

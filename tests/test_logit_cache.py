@@ -1,0 +1,188 @@
+"""Teacher-output reuse (issue 8): cached teacher / s0 logits give the same results as computing them.
+
+Real tiny timm models on a slice of the digits data, no Ray. A counting wrapper proves the cached model is
+not run again; the planner and the job order are checked on real plan payloads.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from conftest import run_cli
+from zoo_sweep import tiny_archs  # noqa: F401  (registers tiny_mixer)
+from zoo_sweep.data import load_image_set
+from zoo_sweep.logit_cache import LogitCache, job_streams, plan_streams, stream_bytes
+from zoo_sweep.predict import predict
+from zoo_sweep.transfer.train import TransferParams, run_transfer
+
+CFG = dict(input_size=(3, 16, 16), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0, interpolation="bilinear")
+HP = TransferParams(epochs=2, batch_size=32, lr=0.05)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+
+    def cut(s, n):
+        return dataclasses.replace(s, images=s.images[:n], labels=s.labels[:n], source_ids=s.source_ids[:n])
+
+    return cut(load_image_set("digits:transfer", 32, cache), 100), cut(load_image_set("digits:eval", 32, cache), 64)
+
+
+class Counting(torch.nn.Module):
+    """A real model that counts its forward passes (to show a cached model is not run)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.model(x)
+
+
+def cnn(seed):
+    torch.manual_seed(seed)
+    return timm.create_model("resnet10t", num_classes=10, channels=(8, 16, 24, 32), stem_width=8).eval()
+
+
+def mlp(seed):
+    torch.manual_seed(seed)
+    return timm.create_model("tiny_mixer", num_classes=10, patch_size=4, embed_dim=16, num_blocks=1,
+                             img_size=16).eval()
+
+
+def run(data, student_seed, teacher, method="kl_dp", **caches):
+    tr, ev = data
+    student = cnn(student_seed)
+    s0_ok = predict(cnn(student_seed), ev, CFG, topk=1)["pred"] == ev.labels.numpy()
+    t_ok = predict(teacher, ev, CFG, topk=1)["pred"] == ev.labels.numpy()
+    return run_transfer(student, teacher, method, HP, 0, tr, ev, CFG, CFG, s0_ok, t_ok, **caches), student
+
+
+def assert_same(a, b):
+    assert [r.keys() for r in a] == [r.keys() for r in b]
+    for ra, rb in zip(a, b):
+        for k in ra:
+            assert ra[k] == pytest.approx(rb[k], rel=1e-6, abs=1e-7, nan_ok=True), k
+
+
+def test_cached_teacher_and_s0_give_the_same_results_and_skip_the_forward_passes(data, tmp_path):
+    plain, s_plain = run(data, 1, mlp(5))
+    t_cache, s0_cache = LogitCache(tmp_path / "t"), LogitCache(tmp_path / "s0")
+    first, _ = run(data, 1, mlp(5), teacher_cache=t_cache, s0_cache=s0_cache)  # computes and stores
+    assert (t_cache.writes, s0_cache.writes, t_cache.reads) == (2, 2, 0)
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["e1.pt", "e2.pt"]
+    teacher = Counting(mlp(5))
+    second, s_second = run(data, 1, teacher, teacher_cache=t_cache, s0_cache=s0_cache)  # reads both back
+    assert (t_cache.reads, s0_cache.reads) == (2, 2)
+    eval_passes = 1  # run() evaluates the teacher once for its correctness; training never runs it
+    assert teacher.calls == -(-64 // 256) * eval_passes
+    assert_same(plain, first)
+    assert_same(plain, second)
+    for (k, v1), v2 in zip(s_plain.state_dict().items(), s_second.state_dict().values()):
+        assert torch.equal(v1, v2), k  # CPU logits are stored as float32: bit-identical training
+
+
+def test_a_teacher_stream_serves_another_student(data, tmp_path):
+    """The stream depends on the seed, not on the student: student B reads what student A's job stored."""
+    t_cache = LogitCache(tmp_path / "t")
+    run(data, 1, mlp(5), method="kl", teacher_cache=t_cache)
+    plain, _ = run(data, 3, mlp(5), method="kl")
+    reused, _ = run(data, 3, mlp(5), method="kl", teacher_cache=t_cache)
+    assert t_cache.reads == 2
+    assert_same(plain, reused)
+
+
+def test_a_damaged_epoch_file_is_recomputed(data, tmp_path):
+    t_cache = LogitCache(tmp_path / "t")
+    run(data, 1, mlp(5), method="kl", teacher_cache=t_cache)
+    (tmp_path / "t" / "e1.pt").write_bytes(b"truncated")
+    torch.save(torch.zeros(7, 10), tmp_path / "t" / "e2.pt")  # wrong length: another stream's file
+    plain, _ = run(data, 1, mlp(5), method="kl")
+    again, _ = run(data, 1, mlp(5), method="kl", teacher_cache=t_cache)
+    assert t_cache.reads == 0 and t_cache.writes == 4
+    assert_same(plain, again)
+
+
+def test_feature_methods_refuse_a_teacher_cache(data, tmp_path):
+    with pytest.raises(ValueError, match="cannot read cached logits"):
+        run(data, 1, mlp(5), method="cd", teacher_cache=LogitCache(tmp_path / "t"))
+
+
+def payload(student, teacher, method="kl_dp", seed=0, **extra):
+    return {"student": {"name": student}, "teacher": {"name": teacher}, "method": method, "seed": seed,
+            "hp": {"batch_size": 32, "augment": True, "epochs": 2}, "image_size": 32, **extra}
+
+
+def test_auto_caches_streams_used_twice_and_orders_jobs_to_compute_each_once():
+    jobs = [(f"j{i}", payload(s, t)) for i, (s, t) in enumerate([("a", "c"), ("a", "d"), ("b", "c"), ("b", "d")])]
+    plan = plan_streams(jobs, "auto", "tk", n_transfer=1000, num_classes=10, max_bytes=1e9)
+    assert set(plan.streams) == {"j0", "j1", "j2", "j3"}
+    assert all(set(s) == {"teacher", "s0"} for s in plan.streams.values())
+    assert set(plan.uses.values()) == {2}  # a, b as s0 twice; c, d as teacher twice
+    order = [j["id"] for j in plan.order([{"id": jid} for jid, _ in jobs])]
+    assert order[:2] == ["j0", "j3"]  # (a,c) and (b,d) compute all four streams; the other two only read
+    assert plan_streams(jobs, "off", "tk", 1000, 10, 1e9).streams == {}
+
+
+def test_auto_leaves_out_single_use_large_and_feature_streams():
+    jobs = [("j0", payload("a", "c")), ("j1", payload("b", "c", method="kl")), ("j2", payload("a", "d", seed=1)),
+            ("j3", payload("e", "c", method="crd"))]
+    plan = plan_streams(jobs, "auto", "tk", 1000, 10, max_bytes=1e9)
+    # c teaches j0 and j1 with one stream; a's s0 streams differ by seed; crd reads features
+    assert plan.streams == {"j0": {"teacher": job_streams(jobs[0][1], "tk")["teacher"]},
+                            "j1": {"teacher": job_streams(jobs[1][1], "tk")["teacher"]}}
+    assert stream_bytes(1000, 10, jobs[0][1]["hp"]) == 992 * 10 * 4 * 2
+    small = plan_streams(jobs, "auto", "tk", 1000, 10, max_bytes=1000)
+    assert small.streams == {} and small.skipped_large == 1
+
+
+def test_a_stream_is_removed_when_its_last_job_ends(tmp_path):
+    jobs = [("j0", payload("a", "c", method="kl")), ("j1", payload("b", "c", method="kl"))]
+    plan = plan_streams(jobs, "auto", "tk", 1000, 10, 1e9)
+    key = plan.streams["j0"]["teacher"]
+    (tmp_path / key / "cpu-fp32").mkdir(parents=True)
+    plan.release("j0", tmp_path)
+    assert (tmp_path / key).exists()
+    plan.release("j1", tmp_path)
+    assert not (tmp_path / key).exists()
+
+
+def test_a_launch_reuses_teacher_logits_and_matches_an_uncached_launch(micro, tmp_path):
+    """Through the real launcher and Ray workers: the cached sweep reads logits back and stores the same
+    results as the same sweep with teacher_cache = "off"."""
+    results = {}
+    for policy in ("auto", "off"):
+        spec = tmp_path / f"cache-{policy}.toml"
+        text = micro["spec_path"].read_text().replace('name = "micro"', f'name = "cache-{policy}"')
+        spec.write_text(text.replace("[transfer]\n", f'[transfer]\nteacher_cache = "{policy}"\n'))
+        db = f"sqlite:///{tmp_path / policy}.db"
+        out = run_cli("--db", db, "--home", micro["home"], "launch", str(spec), "--address", micro["address"],
+                      "--no-progress")
+        assert out.returncode == 0, out.stderr
+        assert ("cached logit epochs" in out.stdout + out.stderr) == (policy == "auto"), out.stdout + out.stderr
+        q = run_cli("--db", db, "query", "select student, teacher, method, knowledge_gain, knowledge_loss, "
+                    "student_acc from transfer_results order by student, teacher, method", "-f", "json")
+        assert q.returncode == 0, q.stderr
+        results[policy] = json.loads(q.stdout)
+    assert len(results["auto"]) == 12  # 3 x 2 ordered pairs x 2 methods, one epoch
+    for a, b in zip(results["auto"], results["off"]):
+        assert (a["student"], a["teacher"], a["method"]) == (b["student"], b["teacher"], b["method"])
+        assert np.allclose([a["knowledge_gain"], a["knowledge_loss"], a["student_acc"]],
+                           [b["knowledge_gain"], b["knowledge_loss"], b["student_acc"]], atol=1e-9)
+    logits = Path(micro["home"]) / "cache" / "logits"
+    assert not logits.exists() or not any(logits.iterdir())  # every stream removed after its last job

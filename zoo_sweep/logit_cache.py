@@ -1,0 +1,150 @@
+"""Teacher-output reuse across a sweep (FKD-style): a model's logits on the transfer stream, computed once.
+
+Every transfer job draws its batches and their augmentation from a generator seeded by the job's seed alone,
+never touched by the student or the method. So two jobs with the same transfer set, seed, batch size and
+augmentation feed a given model exactly the same inputs, and that model (a teacher, or a student's frozen
+copy s0, both in eval mode) produces the same logits in both. The first job to run an epoch stores them;
+the others read them back instead of running the model. The stream belongs to the model, not to its role:
+a teacher's logits serve every student it teaches, a student's s0 logits every teacher it learns from, and
+a model that teaches in one job and learns in another shares one stream.
+
+What is stored is exactly what the forward pass gave (float32 on the CPU; bf16 values under CUDA autocast,
+stored as bf16, which is lossless), so a job that reads the cache sees the very numbers it would have
+computed: its results equal the uncached run's, up to the GPU's own nondeterminism.
+
+Layout: ``CACHE/logits/STREAM/DEVICE_KIND/e{epoch}.pt``, one file per epoch, written atomically; a missing,
+truncated or mis-shaped file is recomputed. The launcher decides which streams are worth caching
+(``plan_streams``: used by two or more of the jobs it is about to run, small enough, logits-only method) and
+removes a stream's folder when its last job has ended.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from .spec import content_id
+
+STREAM_VERSION = 1  # bump when the order or augmentation of the transfer stream changes
+POLICIES = ("auto", "off")
+
+
+def stream_key(model: dict, job: dict, transfer_key: str) -> str:
+    """Identity of one model's logits on one job's transfer stream (``job``: a transfer job's payload)."""
+    hp = job["hp"]
+    return content_id({"v": STREAM_VERSION, "model": model, "transfer": transfer_key, "image_size": job["image_size"],
+                       "seed": job["seed"], "batch_size": hp["batch_size"], "augment": hp["augment"]})
+
+
+def job_streams(job: dict, transfer_key: str) -> dict[str, str]:
+    """The streams a single-teacher, logits-only job could read from the cache: {"teacher": key, "s0": key}."""
+    from .transfer.methods import METHODS
+
+    m = METHODS.get(job["method"])
+    if m is None or "teachers" in job or m.multi or m.needs_features:
+        return {}  # multi-teacher stages and feature-based methods always compute their teachers
+    out = {"teacher": stream_key(job["teacher"], job, transfer_key)}
+    if m.needs_s0:
+        out["s0"] = stream_key(job["student"], job, transfer_key)
+    return out
+
+
+def stream_bytes(n_transfer: int, num_classes: int, hp: dict, bytes_per_logit: int = 4) -> int:
+    """Disk size of one stream over all epochs (whole batches only, as the training loop uses them)."""
+    bs = hp["batch_size"]
+    used = n_transfer - n_transfer % bs if n_transfer > bs else n_transfer
+    return used * num_classes * bytes_per_logit * hp["epochs"]
+
+
+@dataclass
+class StreamPlan:
+    streams: dict[str, dict[str, str]]  # job id -> the roles it caches -> stream key
+    uses: Counter  # stream key -> jobs (of this launch) that read or write it
+    skipped_large: int = 0  # streams used twice or more but over the size cap
+
+    def order(self, jobs: list[dict]) -> list[dict]:
+        """Jobs reordered so the first wave computes each shared stream once and the rest read it: first jobs
+        whose streams are all new (they run side by side without computing the same stream twice), then
+        jobs that bring at least one new stream, then jobs that only read."""
+        seen: set[str] = set()
+        waves: tuple[list, list, list] = ([], [], [])
+        for job in jobs:
+            keys = set(self.streams.get(job["id"], {}).values())
+            wave = 0 if keys and not keys & seen else 1 if keys - seen else 2
+            waves[wave].append(job)
+            seen |= keys if wave == 0 else set()
+        for job in waves[1][:]:  # a stream new to wave 0 may have come from an earlier job of wave 1
+            keys = set(self.streams.get(job["id"], {}).values())
+            if keys <= seen:
+                waves[1].remove(job)
+                waves[2].append(job)
+            seen |= keys
+        return waves[0] + waves[1] + waves[2]
+
+    def release(self, job_id: str, root: Path) -> None:
+        """One job of this launch has ended (done or final failure): drop streams no other job needs."""
+        for key in self.streams.get(job_id, {}).values():
+            self.uses[key] -= 1
+            if self.uses[key] <= 0:
+                shutil.rmtree(root / key, ignore_errors=True)
+
+
+def plan_streams(jobs: list[tuple[str, dict]], policy: str, transfer_key: str, n_transfer: int, num_classes: int,
+                 max_bytes: float) -> StreamPlan:
+    """Which (job, role) pairs use the logit cache. ``jobs``: (job id, payload) of the jobs about to run.
+
+    "auto" caches a stream when at least two of these jobs feed it (one computes, the others read) and its
+    files stay under ``max_bytes``; "off" caches nothing.
+    """
+    if policy == "off":
+        return StreamPlan({}, Counter())
+    per_job = {jid: job_streams(p, transfer_key) for jid, p in jobs}
+    counts = Counter(k for s in per_job.values() for k in s.values())
+    hp_of = {k: p["hp"] for jid, p in jobs for k in per_job[jid].values()}
+    shared = {k for k, c in counts.items() if c >= 2}
+    small = {k for k in shared if stream_bytes(n_transfer, num_classes, hp_of[k]) <= max_bytes}
+    streams = {jid: {role: k for role, k in s.items() if k in small} for jid, s in per_job.items()}
+    streams = {jid: s for jid, s in streams.items() if s}
+    return StreamPlan(streams, Counter({k: counts[k] for k in small}), len(shared) - len(small))
+
+
+class LogitCache:
+    """One stream's per-epoch logits on one kind of device (the worker side)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.reads = 0
+        self.writes = 0
+
+    def _path(self, epoch: int) -> Path:
+        return self.folder / f"e{epoch}.pt"
+
+    def load(self, epoch: int, rows: int, device):
+        """The epoch's logits (rows x C) or None when missing, unreadable or of another length."""
+        import torch
+
+        try:
+            z = torch.load(self._path(epoch), map_location=device, weights_only=True)
+        except Exception:
+            return None
+        if not torch.is_tensor(z) or z.dim() != 2 or z.shape[0] != rows:
+            return None
+        self.reads += 1
+        return z
+
+    def save(self, epoch: int, logits) -> None:
+        import torch
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".e{epoch}.{os.getpid()}.tmp"
+        torch.save(logits, tmp)
+        tmp.replace(self._path(epoch))  # atomic: concurrent writers of one stream write the same numbers
+        self.writes += 1
+
+
+def device_kind(device) -> str:
+    """Logits from different devices or precisions differ slightly: each kind has its own files."""
+    return "cuda-bf16" if str(device).startswith("cuda") else "cpu-fp32"
