@@ -10,20 +10,36 @@ metric group of ``pair_matrices`` (best of --repeat runs), the peak memory, and 
 reference method: a per-pair, per-sample Python loop (what the paper's code did, without its forward passes),
 timed on a subset of pairs and samples and extrapolated per (ordered pair x sample). The fast results on the
 subset are checked against that loop first.
+
+    .venv/bin/python bench/pairs_at_scale.py --baseline HEAD       # + the committed implementation, same run
+
+``--baseline REV`` loads zoo_sweep/complementary.py as of git revision REV, times it on the same records right
+after the current one, and checks that every matrix is identical (entropy to 1e-12) at full scale.
+``--omp-wait-policy`` sets OMP_WAIT_POLICY before torch starts (default: left as it is); see BENCHMARKS.md
+for why PASSIVE matters on a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+if __name__ == "__main__":  # OpenMP reads this once, when torch starts its thread pool
+    for i, arg in enumerate(sys.argv):
+        if arg.startswith("--omp-wait-policy"):
+            value = arg.split("=", 1)[1] if "=" in arg else sys.argv[i + 1]
+            os.environ["OMP_WAIT_POLICY"] = value
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from zoo_sweep.complementary import METRIC_GROUPS, TOP_P, pair_matrices  # noqa: E402
@@ -92,6 +108,44 @@ def reference_loop(preds, labels, pmax, k):
     return out
 
 
+def load_revision(rev: str):
+    """zoo_sweep/complementary.py as of git revision ``rev``, imported as a stand-alone module."""
+    root = Path(__file__).resolve().parents[1]
+    src = subprocess.run(["git", "show", f"{rev}:zoo_sweep/complementary.py"], cwd=root, check=True,
+                         capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "complementary_baseline.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("complementary_baseline", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def calibrate(repeat: int = 5) -> float:
+    """Best time of one 1000 x 50000 x 1000 int8 product (0/1 entries): how fast the machine is right now."""
+    gen = torch.Generator().manual_seed(0)
+    a = (torch.rand(1000, 50000, generator=gen) < 0.7).view(torch.int8)
+    b = (torch.rand(1000, 50000, generator=gen) < 0.3).view(torch.int8)
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        torch._int_mm(a, b.T)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def time_fast_path(fn, args, k, metrics, repeat):
+    best, best_t, out = None, {}, None
+    for _ in range(repeat):
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        out = fn(*args, k, metrics=metrics, timings=timings)
+        total = time.perf_counter() - t0
+        if best is None or total < best:
+            best, best_t = total, timings
+    return best, best_t, out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=int, default=1000)
@@ -102,13 +156,20 @@ def main(argv=None) -> int:
     ap.add_argument("--ref-models", type=int, default=6, help="subset for the reference loop")
     ap.add_argument("--ref-samples", type=int, default=5000)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--baseline", default=None, metavar="REV",
+                    help="also time zoo_sweep/complementary.py as of this git revision and compare the results")
+    ap.add_argument("--omp-wait-policy", default=None, choices=("PASSIVE", "ACTIVE"),
+                    help="OMP_WAIT_POLICY for this run (set before torch starts; default: the environment's)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     metrics = tuple(x for x in args.metrics.split(",") if x)
     m, n, k = args.models, args.samples, args.classes
     print(f"machine: {os.cpu_count()} CPU(s), torch threads {torch.get_num_threads()}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"machine speed now: one 1000 x 50000 x 1000 int8 product in {calibrate() * 1e3:.0f} ms "
+          f"(33 ms on a quiet host; a busy host does not show in this VM's load average)")
     t0 = time.perf_counter()
     preds, labels, pmax = synthetic_records(m, n, k)
     acc = (preds == labels).mean(1) * 100
@@ -133,20 +194,28 @@ def main(argv=None) -> int:
         print("MISMATCH between the fast path and the reference loop")
         return 1
 
-    best, best_t = None, {}
-    p_t, l_t, c_t = torch.as_tensor(preds), torch.as_tensor(labels), torch.as_tensor(pmax)
-    for _ in range(args.repeat):
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        pair_matrices(p_t, l_t, c_t, k, metrics=metrics, timings=timings)
-        total = time.perf_counter() - t0
-        if best is None or total < best:
-            best, best_t = total, timings
+    data = (torch.as_tensor(preds), torch.as_tensor(labels), torch.as_tensor(pmax))
+    best, best_t, fast = time_fast_path(pair_matrices, data, k, metrics, args.repeat)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     ref_total = per_pair_sample * m * (m - 1) * n
     print(f"fast path, all {m * (m - 1):,} ordered pairs (best of {args.repeat}): {best:.2f} s total; "
-          + ", ".join(f"{g} {s:.2f} s" for g, s in best_t.items()))
+          + ", ".join(f"{g} {s:.2f} s" for g, s in best_t.items())
+          + f" (load average {os.getloadavg()[0]:.2f})")
     print(f"peak resident memory: {peak_gb:.1f} GiB")
+    if args.baseline:
+        base = load_revision(args.baseline)
+        b_best, b_t, b_out = time_fast_path(base.pair_matrices, data, k, metrics, args.repeat)
+        print(f"baseline {args.baseline} (best of {args.repeat}): {b_best:.2f} s total; "
+              + ", ".join(f"{g} {s:.2f} s" for g, s in b_t.items())
+              + f" (load average {os.getloadavg()[0]:.2f}); speed-up {b_best / best:.1f}x")
+        worst = {key: float((fast[key].double() - b_out[key].double()).abs().nan_to_num(0.0).max())
+                 for key in fast}
+        bad = {key: d for key, d in worst.items() if d > (1e-12 if key == "flip_entropy" else 0.0)}
+        print("full-scale comparison with the baseline: "
+              + ("every matrix identical" if not bad else f"DIFFERENT: {bad}")
+              + f" (largest entropy difference {worst.get('flip_entropy', 0.0):.1e})")
+        if bad:
+            return 1
     print(f"reference loop extrapolated: {ref_total:,.0f} s ({ref_total / 3600:.1f} h); ratio {ref_total / best:,.0f}x")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0

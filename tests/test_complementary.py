@@ -204,3 +204,83 @@ def test_per_class_and_flip_count_helpers():
             assert pos[s, t] == flips.sum()
             for k in range(6):
                 assert pk[s - 1, t, k] == (flips & (labels == k)).sum()
+
+
+# ---------------------------------------------------------------- issue 3 performance paths (exactness)
+def _dominance_brute(right, pmax):
+    r, w = right[:, None, :], ~right[None, :, :]
+    ge = (r & w & (pmax[:, None, :] >= pmax[None, :, :])).sum(-1)
+    gt = (r & w & (pmax[:, None, :] > pmax[None, :, :])).sum(-1)
+    return ge, gt
+
+
+@pytest.mark.parametrize("buckets", [1, 3, 17, 64, 127])
+@pytest.mark.parametrize("pattern", ["random", "ties", "one_value", "signed"])
+def test_dominance_counts_match_brute_force_on_wide_zoos(monkeypatch, buckets, pattern):
+    """Many models (same-bucket groups above and below the window widths, > 32 wrongs facing one right), many
+    product columns through a tiny column buffer, several sample blocks, quantile buckets from a subsample
+    (cells the subsample never saw), ties in pmax, negative values and -0.0 against +0.0."""
+    import zoo_sweep.complementary as comp
+
+    monkeypatch.setattr(comp, "_COLS", 64)
+    monkeypatch.setattr(comp, "_QUANTILE_SAMPLE", 97)
+    rng = np.random.default_rng(20 + buckets)
+    m, n = 70, 90
+    right = rng.random((m, n)) < rng.uniform(0.2, 0.9, (m, 1))
+    pmax = rng.random((m, n)).astype(np.float32)
+    if pattern == "ties":
+        pmax = (np.round(pmax * 3) / 3).astype(np.float32)
+    elif pattern == "one_value":
+        pmax[:] = 0.5
+        pmax[:, ::7] = rng.random((m, len(range(0, n, 7)))).astype(np.float32)
+    elif pattern == "signed":
+        pmax = (np.round(pmax * 6) / 3 - 1).astype(np.float32)  # -1 .. 1 with many zeros
+        zeros = pmax == 0
+        pmax[zeros & (rng.random((m, n)) < 0.5)] = -0.0
+    ge, gt = dominance_counts(torch.as_tensor(right), torch.as_tensor(pmax), buckets=buckets, span=16)
+    ref_ge, ref_gt = _dominance_brute(right, pmax)
+    assert np.array_equal(ge.numpy(), ref_ge) and np.array_equal(gt.numpy(), ref_gt)
+
+
+def test_dominance_counts_choose_buckets_on_their_own():
+    rng = np.random.default_rng(31)
+    m, n = 80, 400
+    right = rng.random((m, n)) < 0.7
+    pmax = np.where(right, rng.beta(5, 2, (m, n)), rng.beta(2, 4, (m, n))).astype(np.float32)
+    ge, gt = dominance_counts(torch.as_tensor(right), torch.as_tensor(pmax))
+    ref_ge, ref_gt = _dominance_brute(right, pmax)
+    assert np.array_equal(ge.numpy(), ref_ge) and np.array_equal(gt.numpy(), ref_gt)
+
+
+@pytest.mark.parametrize("dense_min", [None, 2, 5, 10_000])
+def test_same_wrong_counts_with_split_column_buffers(monkeypatch, dense_min):
+    """Groups on both sides of the dense threshold, one-hot columns split over a tiny buffer and sample
+    blocks smaller than the data."""
+    import zoo_sweep.complementary as comp
+
+    monkeypatch.setattr(comp, "_COLS", 64)
+    rng = np.random.default_rng(41)
+    m, n, k = 60, 300, 9
+    labels = rng.integers(0, k, n)
+    preds = np.where(rng.random((m, n)) < 0.4, labels, rng.integers(0, k, (m, n)))
+    wrong = preds != labels
+    sw = same_wrong_counts(torch.as_tensor(preds), torch.as_tensor(wrong), k, dense_min=dense_min).numpy()
+    both = wrong[:, None, :] & wrong[None, :, :] & (preds[:, None, :] == preds[None, :, :])
+    ref = both.sum(-1)
+    off = ~np.eye(m, dtype=bool)
+    assert np.array_equal(sw[off], ref[off])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_class_concentration_threads_and_unequal_classes(threads):
+    preds, labels, _ = _records(42, m=12, n=900, k=90)
+    right = torch.as_tensor(preds == labels)
+    whole = class_concentration(right, torch.as_tensor(labels), 90, threads=threads)
+    rows = class_concentration(right, torch.as_tensor(labels), 90, chunk_bytes=1, threads=threads)
+    counts = torch.stack([torch.as_tensor(((~(preds[s] == labels)) & (preds[t] == labels))[None, :]
+                                          & (labels[None, :] == np.arange(90)[:, None])).sum(-1)
+                          for s in range(12) for t in range(12)]).view(12, 12, 90)
+    ref = concentration(counts)
+    for key in whole:
+        assert torch.equal(whole[key], rows[key]), key
+        assert torch.allclose(whole[key].double(), ref[key].double(), atol=1e-12), key
