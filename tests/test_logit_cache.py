@@ -186,3 +186,13 @@ def test_a_launch_reuses_teacher_logits_and_matches_an_uncached_launch(micro, tm
                            [b["knowledge_gain"], b["knowledge_loss"], b["student_acc"]], atol=1e-9)
     logits = Path(micro["home"]) / "cache" / "logits"
     assert not logits.exists() or not any(logits.iterdir())  # every stream removed after its last job
+
+
+def test_the_spec_names_the_policies_on_a_typo():
+    from zoo_sweep import UserError
+    from zoo_sweep.spec import parse_spec
+
+    assert parse_spec({"name": "x"}).transfer.teacher_cache == "auto"
+    assert parse_spec({"name": "x", "transfer": {"teacher_cache": "off"}}).transfer.teacher_cache == "off"
+    with pytest.raises(UserError, match="teacher_cache must be one of auto, off, got 'on'"):
+        parse_spec({"name": "x", "transfer": {"teacher_cache": "on"}})

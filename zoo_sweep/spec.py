@@ -165,6 +165,7 @@ def load_spec(path: str | Path) -> SweepSpec:
 
 def validate(spec: SweepSpec) -> None:
     """Checks that need no model or data; name checks against the zoo happen at plan time."""
+    from .logit_cache import POLICIES as CACHE_POLICIES
     from .transfer.methods import METHODS  # the registry is the one list of method names
 
     z, t, p = spec.zoo, spec.transfer, spec.pairs
@@ -173,8 +174,8 @@ def validate(spec: SweepSpec) -> None:
     for m in t.methods:
         if m not in METHODS:
             raise UserError(f"unknown method {m!r} in [transfer] methods; known: {', '.join(METHODS)}")
-    if t.teacher_cache not in ("auto", "off"):
-        raise UserError(f"[transfer] teacher_cache must be 'auto' or 'off', got {t.teacher_cache!r}")
+    if t.teacher_cache not in CACHE_POLICIES:
+        raise UserError(f"[transfer] teacher_cache must be one of {', '.join(CACHE_POLICIES)}, got {t.teacher_cache!r}")
     if t.epochs < 1:
         raise UserError(f"[transfer] epochs must be >= 1, got {t.epochs}")
     if not t.seeds:

@@ -88,7 +88,6 @@ class Worker:
         if model.num_classes != images.num_classes:
             raise ValueError(f"{spec['model']['name']} has {model.num_classes} outputs but the eval set "
                              f"has {images.num_classes} classes")
-        # batch size "auto": 256 on the CPU; on a GPU the largest that fits, remembered per model and GPU type
         rec = predict(model, images, data_config(model), inputs.get("batch_size", "auto"), spec["topk"], self.device,
                       memo=self.paths.cache / BATCH_MEMO, name=spec["model"]["name"])
         return {"state": "done", "record": rec, "accuracy": accuracy(rec, images.labels.numpy())}
