@@ -56,6 +56,14 @@ def test_augment_shifts_without_changing_content():
     y = augment(x, torch.Generator().manual_seed(0), max_shift=2)
     assert y.shape == x.shape and y.dtype == torch.uint8
     assert (y.sum(dim=(1, 2, 3)) == x.sum(dim=(1, 2, 3))).all()  # the blob moved, none of it lost
+    # each image is its input shifted by at most max_shift in each direction, and some image did move
+    moved = 0
+    for xi, yi in zip(x, y):
+        shifts = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                  if torch.equal(torch.roll(xi, (dy, dx), dims=(1, 2)), yi)]
+        assert shifts, "not a shift of the input"
+        moved += (0, 0) not in shifts
+    assert moved > 0
 
 
 def test_image_folder_skips_corrupt_files(tmp_path):

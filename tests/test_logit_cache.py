@@ -4,42 +4,24 @@ Real tiny timm models on a slice of the digits data, no Ray. A counting wrapper 
 not run again; the planner and the job order are checked on real plan payloads.
 """
 
-import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import timm
 import torch
 
 from conftest import run_cli
-from zoo_sweep import tiny_archs  # noqa: F401  (registers tiny_mixer)
-from zoo_sweep.data import load_image_set
+from tiny import CFG, cnn, correct, digits_slices, mlp, one_thread  # noqa: F401  (one_thread: autouse)
 from zoo_sweep.logit_cache import LogitCache, job_streams, plan_streams, stream_bytes
-from zoo_sweep.predict import predict
 from zoo_sweep.transfer.train import TransferParams, run_transfer
 
-CFG = dict(input_size=(3, 16, 16), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0, interpolation="bilinear")
 HP = TransferParams(epochs=2, batch_size=32, lr=0.05)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-
-    def cut(s, n):
-        return dataclasses.replace(s, images=s.images[:n], labels=s.labels[:n], source_ids=s.source_ids[:n])
-
-    return cut(load_image_set("digits:transfer", 32, cache), 100), cut(load_image_set("digits:eval", 32, cache), 64)
+    return digits_slices(tmp_path_factory.mktemp("cache"), 100, 64)
 
 
 class Counting(torch.nn.Module):
@@ -54,23 +36,11 @@ class Counting(torch.nn.Module):
         return self.model(x)
 
 
-def cnn(seed):
-    torch.manual_seed(seed)
-    return timm.create_model("resnet10t", num_classes=10, channels=(8, 16, 24, 32), stem_width=8).eval()
-
-
-def mlp(seed):
-    torch.manual_seed(seed)
-    return timm.create_model("tiny_mixer", num_classes=10, patch_size=4, embed_dim=16, num_blocks=1,
-                             img_size=16).eval()
-
-
 def run(data, student_seed, teacher, method="kl_dp", **caches):
     tr, ev = data
     student = cnn(student_seed)
-    s0_ok = predict(cnn(student_seed), ev, CFG, topk=1)["pred"] == ev.labels.numpy()
-    t_ok = predict(teacher, ev, CFG, topk=1)["pred"] == ev.labels.numpy()
-    return run_transfer(student, teacher, method, HP, 0, tr, ev, CFG, CFG, s0_ok, t_ok, **caches), student
+    return run_transfer(student, teacher, method, HP, 0, tr, ev, CFG, CFG, correct(cnn(student_seed), ev),
+                        correct(teacher, ev), **caches), student
 
 
 def assert_same(a, b):

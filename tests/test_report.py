@@ -202,7 +202,7 @@ def _chromium() -> str | None:
 
 
 @pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (Debian: apt-get install -y chromium); "
-                                                "`make test` installs it")
+                                                ".ci/run installs it")
 def test_html_renders_in_headless_chromium(synth, tmp_path):
     shot = tmp_path / "shot.png"
     profile = tempfile.mkdtemp(prefix="chromium-")

@@ -204,6 +204,12 @@ def test_shards_partition_the_ledger(micro):
     for k in (1, 2, 3, 5):
         owners = [[i for i in range(k) if in_shard(j, (i, k))] for j in ids]
         assert all(len(o) == 1 for o in owners)  # every job in exactly one shard
+    # and the shards are balanced: job ids are content hashes, so 1,000 of them spread evenly over 5 shards
+    import hashlib
+
+    many = [f"t-{hashlib.sha256(str(n).encode()).hexdigest()[:16]}" for n in range(1000)]
+    sizes = [sum(in_shard(j, (i, 5)) for j in many) for i in range(5)]
+    assert sum(sizes) == 1000 and min(sizes) > 150, sizes
 
 
 # ---------------------------------------------------------------------- the script, run through fake SLURM

@@ -237,8 +237,9 @@ def augment(batch: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> to
     n, dev = batch.shape[0], batch.device
     padded = F.pad(batch, (max_shift,) * 4)
     # drawn on the CPU generator (the same numbers on every device), applied where the batch is
-    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen).to(dev)
-    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen).to(dev)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    dx, dy = torch.stack([dx, dy]).to(dev)  # one copy to the device, not two
     h, w = batch.shape[-2:]
     rows = (dy.view(n, 1) + torch.arange(h, device=dev)).view(n, 1, h, 1)
     out = padded.gather(2, rows.expand(n, batch.shape[1], h, w + 2 * max_shift))

@@ -21,7 +21,6 @@ from .stats import spearman
 NUMERIC = ["rho_pos", "rho_neg", "acc_gap", "acc_student", "acc_teacher", "flip_entropy",
            "log_params_student", "log_params_teacher"]
 CATEGORICAL = ["family_student", "family_teacher"]
-FEATURES = NUMERIC + CATEGORICAL
 MIN_RESULTS = 5  # finished pairs of a method needed before a model is fitted; fewer: top_ck
 RANK_COLUMNS = ["rank", "student", "teacher", "predicted_delta", "rho_pos", "acc_gap", "policy"]
 

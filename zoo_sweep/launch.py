@@ -220,20 +220,27 @@ class _Run:
         jobs = self.store.sweep_jobs(self.spec.name, "transfer")
         todo = self._filter(jobs, limit=self.opts.limit)
         self.report.reused["transfer jobs"] = sum(j["state"] == "done" for j in jobs)
+        if not todo:
+            return
         rec_of = {json.loads(j["spec"])["model"]["name"]: self.records[j["id"]]
                   for j in self.store.sweep_jobs(self.spec.name, "predict") if j["id"] in self.records}
+        correct: dict[str, np.ndarray] = {}  # model -> eval-set correctness, built once per launch
 
-        streams = self._plan_streams(todo)
+        def correct_of(name: str) -> np.ndarray:
+            if name not in correct:
+                correct[name] = rec_of[name]["pred"] == self._labels()
+            return correct[name]
+
+        payloads = {j["id"]: json.loads(j["spec"]) for j in todo}
+        streams = self._plan_streams(payloads)
         todo = streams.order(todo)
 
         def inputs(job):
-            p = json.loads(job["spec"])
-            correct = {e["name"]: rec_of[e["name"]]["pred"] == self._labels()
-                       for e in [p["student"], p["teacher"], *p.get("teachers", [])]}
-            out = {"s0_correct": correct[p["student"]["name"]], "teacher_correct": correct[p["teacher"]["name"]],
+            p = payloads[job["id"]]
+            out = {"s0_correct": correct_of(p["student"]["name"]), "teacher_correct": correct_of(p["teacher"]["name"]),
                    "streams": streams.streams.get(job["id"], {})}
             if "teachers" in p:  # multi-teacher: every teacher's, so the worker evaluates none of them again
-                out["teachers_correct"] = [correct[e["name"]] for e in p["teachers"]]
+                out["teachers_correct"] = [correct_of(e["name"]) for e in p["teachers"]]
             return out
 
         def on_result(job, res):
@@ -246,14 +253,16 @@ class _Run:
         self._run_jobs("transfer", todo, inputs, on_result,
                        on_final_error=lambda job: streams.release(job["id"], self.paths.logits))
 
-    def _plan_streams(self, todo: list[dict]) -> StreamPlan:
+    def _plan_streams(self, payloads: dict[str, dict]) -> StreamPlan:
         """Which teacher / s0 logits the jobs about to run share, by the spec's teacher_cache policy."""
         from .data import count_images
 
         t, d = self.spec.transfer, self.spec.data
+        if t.teacher_cache == "off":  # no need to count the transfer set
+            return plan_streams([], "off", "", 0, 0, 0)
         n = count_images(d.transfer, d.image_size, d.class_map)
-        plan = plan_streams([(j["id"], json.loads(j["spec"])) for j in todo], t.teacher_cache,
-                            self.plan.transfer_key, n, self.plan.num_classes, t.teacher_cache_max_gb * 2**30)
+        plan = plan_streams(list(payloads.items()), t.teacher_cache, self.plan.transfer_key, n,
+                            self.plan.num_classes, t.teacher_cache_max_gb * 2**30)
         if plan.skipped_large:
             self.console.print(f"teacher_cache: {plan.skipped_large} shared stream(s) over teacher_cache_max_gb "
                                f"({t.teacher_cache_max_gb:g}) are computed per job")
@@ -384,6 +393,9 @@ class _Pool:
         queue = deque(jobs)
         attempts = {j["id"]: j["attempts"] for j in jobs}
         inflight: dict = {}  # object ref -> (job, actor index)
+        # started and not yet recorded: wider than inflight, so a Ctrl-C while a job is being sent or its
+        # result written leaves no job 'running'
+        unrecorded: set[str] = set()
         load = [0] * len(self.actors)
         try:
             while queue or inflight:
@@ -392,6 +404,7 @@ class _Pool:
                 while queue and min(load) < 2:
                     i = load.index(min(load))
                     job = queue.popleft()
+                    unrecorded.add(job["id"])
                     on_start(job["id"], self.names[i])
                     attempts[job["id"]] += 1
                     ref = self.actors[i].run.remote({**job, "spec": json.loads(job["spec"]), "inputs": inputs(job)})
@@ -409,8 +422,9 @@ class _Pool:
                         self._retry(job, f"worker died: {e}", attempts, max_retries, queue, on_error)
                     except ray.exceptions.RayTaskError as e:
                         self._retry(job, _task_error(e), attempts, max_retries, queue, on_error)
+                    unrecorded.discard(job["id"])
         except KeyboardInterrupt:
-            store.set_state([job["id"] for job, _ in inflight.values()], "interrupted")
+            store.set_state(sorted(unrecorded), "interrupted")
             raise
 
     @staticmethod

@@ -54,9 +54,9 @@ def job_streams(job: dict, transfer_key: str) -> dict[str, str]:
 
 def stream_bytes(n_transfer: int, num_classes: int, hp: dict, bytes_per_logit: int = 4) -> int:
     """Disk size of one stream over all epochs (whole batches only, as the training loop uses them)."""
-    bs = hp["batch_size"]
-    used = n_transfer - n_transfer % bs if n_transfer > bs else n_transfer
-    return used * num_classes * bytes_per_logit * hp["epochs"]
+    from .transfer.params import used_rows
+
+    return used_rows(n_transfer, hp["batch_size"]) * num_classes * bytes_per_logit * hp["epochs"]
 
 
 @dataclass
@@ -69,20 +69,21 @@ class StreamPlan:
         """Jobs reordered so the first wave computes each shared stream once and the rest read it: first jobs
         whose streams are all new (they run side by side without computing the same stream twice), then
         jobs that bring at least one new stream, then jobs that only read."""
-        seen: set[str] = set()
-        waves: tuple[list, list, list] = ([], [], [])
-        for job in jobs:
-            keys = set(self.streams.get(job["id"], {}).values())
-            wave = 0 if keys and not keys & seen else 1 if keys - seen else 2
-            waves[wave].append(job)
-            seen |= keys if wave == 0 else set()
-        for job in waves[1][:]:  # a stream new to wave 0 may have come from an earlier job of wave 1
-            keys = set(self.streams.get(job["id"], {}).values())
-            if keys <= seen:
-                waves[1].remove(job)
-                waves[2].append(job)
-            seen |= keys
-        return waves[0] + waves[1] + waves[2]
+        keys = {j["id"]: set(self.streams.get(j["id"], {}).values()) for j in jobs}
+        computed: set[str] = set()
+        first, later = [], []
+        for j in jobs:
+            k = keys[j["id"]]
+            if k and not k & computed:
+                first.append(j)
+                computed |= k
+            else:
+                later.append(j)
+        bring, read = [], []
+        for j in later:
+            (bring if keys[j["id"]] - computed else read).append(j)
+            computed |= keys[j["id"]]
+        return first + bring + read
 
     def release(self, job_id: str, root: Path) -> None:
         """One job of this launch has ended (done or final failure): drop streams no other job needs."""

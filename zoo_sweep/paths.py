@@ -35,5 +35,5 @@ class Paths:
     def report(self, sweep: str) -> Path:
         return self.home / "reports" / sweep
 
-    def export(self, sweep: str | None = None) -> Path:
-        return self.home / "export" / (sweep or "all")
+    def export(self) -> Path:
+        return self.home / "export" / "all"

@@ -9,7 +9,6 @@ gives the same interval, so a report is reproducible.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -79,17 +78,6 @@ def bootstrap_mean(x, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = SE
 def bootstrap_rate(success, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = SEED) -> CI:
     """Share of true values in percent, e.g. the share of pairs with delta > 0."""
     return bootstrap_mean(np.asarray(success, dtype=float) * 100, n_boot, level, seed)
-
-
-def bootstrap_stat(stat: Callable[[np.ndarray], float], x, n_boot: int = N_BOOT, level: float = LEVEL,
-                   seed: int = SEED) -> CI:
-    """Any statistic of a 1-d or 2-d array (rows resampled); ``stat`` receives the resampled rows."""
-    x = np.asarray(x, dtype=float)
-    if len(x) == 0:
-        return NAN_CI
-    idx = resample_indices(len(x), n_boot, seed)
-    boot = np.array([stat(x[i]) for i in idx], dtype=float)
-    return _interval(stat(x), boot, len(x), level)
 
 
 def student_success(students, delta, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = SEED) -> CI:

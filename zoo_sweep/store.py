@@ -7,7 +7,6 @@ half-written result.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -161,19 +160,18 @@ class Store:
             existing = conn.execute(sa.select(sweeps.c.created_at).where(sweeps.c.name == sweep)).scalar()
             self._upsert(conn, sweeps, [{**spec_row, "created_at": existing or now, "updated_at": now}])
             self._upsert(conn, models, model_rows, update=False)
-            new = self._new_ids(conn, [j["id"] for j in job_rows])
-            self._upsert(conn, jobs, [{**j, "state": "pending", "attempts": 0, "created_at": now}
-                                      for j in job_rows], update=False)
-            self._upsert(conn, sweep_jobs, [{"sweep": sweep, "job_id": j["id"]} for j in job_rows], update=False)
-        return new
+            return self._add_jobs(conn, sweep, job_rows, now)
 
     def add_jobs(self, sweep: str, job_rows: list[dict]) -> int:
-        now = time.time()
+        """Link jobs to a sweep (new ones pending; existing ones keep their state); returns how many are new."""
         with self.engine.begin() as conn:
-            new = self._new_ids(conn, [j["id"] for j in job_rows])
-            self._upsert(conn, jobs, [{**j, "state": "pending", "attempts": 0, "created_at": now}
-                                      for j in job_rows], update=False)
-            self._upsert(conn, sweep_jobs, [{"sweep": sweep, "job_id": j["id"]} for j in job_rows], update=False)
+            return self._add_jobs(conn, sweep, job_rows, time.time())
+
+    def _add_jobs(self, conn, sweep: str, job_rows: list[dict], now: float) -> int:
+        new = self._new_ids(conn, [j["id"] for j in job_rows])
+        self._upsert(conn, jobs, [{**j, "state": "pending", "attempts": 0, "created_at": now} for j in job_rows],
+                     update=False)
+        self._upsert(conn, sweep_jobs, [{"sweep": sweep, "job_id": j["id"]} for j in job_rows], update=False)
         return new
 
     def set_state(self, job_ids: Iterable[str], state: str, **fields: Any) -> None:
@@ -222,11 +220,6 @@ class Store:
     def sweep_names(self) -> list[str]:
         with self.engine.connect() as conn:
             return [r[0] for r in conn.execute(sa.select(sweeps.c.name).order_by(sweeps.c.updated_at))]
-
-    def sweep_spec(self, sweep: str) -> dict | None:
-        with self.engine.connect() as conn:
-            s = conn.execute(sa.select(sweeps.c.spec).where(sweeps.c.name == sweep)).scalar()
-        return json.loads(s) if s else None
 
     def query(self, sql: str, params: dict | None = None) -> pd.DataFrame:
         """Run a read query; whatever it tries to change is rolled back (only the driver writes)."""

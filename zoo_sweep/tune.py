@@ -73,7 +73,8 @@ def tune_method(spec: SweepSpec, store: Store, paths: Paths, method: str, sample
     base = spec.transfer
 
     def jobs_for(config: dict) -> list[dict]:
-        t = dataclasses.replace(base, methods=(method,), seeds=base.seeds[:1], **config)
+        # one method, one seed, the calibration pairs only: the spec's multi-teacher jobs are not part of a trial
+        t = dataclasses.replace(base, methods=(method,), seeds=base.seeds[:1], multi_teacher=(), **config)
         return transfer_jobs(dataclasses.replace(plan, spec=dataclasses.replace(spec, transfer=t)), calib)
 
     def trainable(config: dict):

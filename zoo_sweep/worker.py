@@ -115,8 +115,7 @@ class Worker:
                                     data_config(teacher), s0_correct, np.asarray(inputs["teacher_correct"]),
                                     self.device, ckpt_dir=ckpt, teacher_cache=caches.get("teacher"),
                                     s0_cache=caches.get("s0"))
-                return {"state": "done", "rows": rows, "logits_read": sum(c.reads for c in caches.values()),
-                        "logits_written": sum(c.writes for c in caches.values())}
+                return {"state": "done", "rows": rows, "logits_read": sum(c.reads for c in caches.values())}
             # multi-teacher: every teacher's correctness comes from its prediction record (the launcher sends
             # them); a caller without records (a notebook) gets one evaluation pass per teacher instead
             teachers = [self.model(e) for e in spec["teachers"]]

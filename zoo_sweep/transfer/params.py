@@ -10,6 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 
+def used_rows(n: int, batch_size: int) -> int:
+    """Samples of an n-sample transfer set one epoch trains on: whole batches only (BatchNorm needs more than
+    one sample in a batch), or the whole set when it is smaller than a batch. The training loop and the
+    logit cache's files both follow this count."""
+    return n - n % batch_size if n > batch_size else n
+
+
 @dataclass(frozen=True)
 class TransferParams:
     epochs: int = 2

@@ -30,7 +30,7 @@ import torch
 from ..data import ImageSet, augment, model_input
 from ..predict import predict
 from ..spec import content_id
-from .params import TransferParams  # noqa: F401  (re-exported: callers import it from here)
+from .params import TransferParams, used_rows  # noqa: F401  (TransferParams re-exported: callers import it here)
 from .methods import METHODS, Extras
 from .metrics import transfer_metrics
 
@@ -92,7 +92,7 @@ def run_transfer(student: torch.nn.Module, teacher, method: str, hp: TransferPar
     gen = torch.Generator().manual_seed(seed)  # the data stream: order and augmentation only
     method_gen = torch.Generator().manual_seed(seed + 1)  # the methods' own draws (CRD negatives)
     labels = eval_set.labels.numpy()
-    full = n - n % hp.batch_size if n > hp.batch_size else n  # drop a last partial batch: BatchNorm needs > 1
+    full = used_rows(n, hp.batch_size)
     n_batches = -(-full // hp.batch_size)
     per_epoch = max(1, round(n_batches * epoch_fraction))
 
@@ -130,13 +130,13 @@ def run_transfer(student: torch.nn.Module, teacher, method: str, hp: TransferPar
     stored = torch.bfloat16 if cuda else torch.float32  # exactly what forward() gives, so caching is lossless
     rows_per_epoch = min(per_epoch * hp.batch_size, full)
 
-    images = transfer_set.images
+    images, train_labels = transfer_set.images, transfer_set.labels.to(device)
     if cuda and images.nbytes < 0.2 * torch.cuda.mem_get_info(device)[0]:
         images = images.to(device)  # the whole uint8 set fits: batches are gathered on the GPU
 
-    def batch_source(b):
+    def batch_source(b, b_dev):
         if images.is_cuda:
-            return images[b.to(device)]
+            return images[b_dev]
         if cuda:  # one pinned, asynchronous copy per batch; every model's transform then runs on the GPU
             return images[b].pin_memory().to(device, non_blocking=True)
         return images[b]
@@ -156,13 +156,15 @@ def run_transfer(student: torch.nn.Module, teacher, method: str, hp: TransferPar
             losses, share_sum = [], 0.0
             t_read, t_new = cached_or_run(teacher_cache, epoch)
             s0_read, s0_new = cached_or_run(s0_cache, epoch)
-            order = torch.randperm(n, generator=gen)
+            order = torch.randperm(n, generator=gen)[:full]
+            # indices move to the device once per epoch: a copy per batch would wait for the GPU each time
+            batches = zip(order.split(hp.batch_size)[:per_epoch], order.to(device).split(hp.batch_size))
             at = 0  # row of this batch in the epoch's cached logits
-            for b in order[:full].split(hp.batch_size)[:per_epoch]:
-                x = batch_source(b)
+            for b, b_dev in batches:
+                x = batch_source(b, b_dev)
                 if hp.augment:
                     x = augment(x, gen)
-                y = transfer_set.labels[b].to(device)
+                y = train_labels[b_dev]
                 span = slice(at, at + len(b))
                 at += len(b)
                 with torch.no_grad():
@@ -182,8 +184,6 @@ def run_transfer(student: torch.nn.Module, teacher, method: str, hp: TransferPar
                 z_s, f_s = forward(student, x, student_cfg, m.needs_features)
                 ex = Extras(f_s=f_s, f_t=outs[0][1], idx=b, state=state, gen=method_gen)
                 loss, share = m.loss(z_s, z_t, z_s0, y, hp, ex)
-                if not torch.isfinite(loss):
-                    raise Diverged(f"loss became {loss.item()} in epoch {epoch}")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -192,13 +192,17 @@ def run_transfer(student: torch.nn.Module, teacher, method: str, hp: TransferPar
                     state.after_step(student, step)
                 losses.append(loss.detach())
                 share_sum = share_sum + (share.detach() if torch.is_tensor(share) else share)
+            epoch_losses = torch.stack(losses)
+            if not torch.isfinite(epoch_losses).all():  # checked once per epoch: per step it would stall the GPU
+                bad = epoch_losses[~torch.isfinite(epoch_losses)][0].item()
+                raise Diverged(f"loss became {bad} in epoch {epoch}")
             for cache, new in ((teacher_cache, t_new), (s0_cache, s0_new)):
                 if new:
                     cache.save(epoch, torch.cat(new))
             evaluated = state.eval_model(student) if state is not None else student
             rec = predict(evaluated, eval_set, student_cfg, batch_size=eval_batch_size, topk=1, device=device)
             row = transfer_metrics(s0_correct, rec["pred"] == labels, teacher_correct)
-            row.update(epoch=epoch, train_loss=float(torch.stack(losses).mean()),
+            row.update(epoch=epoch, train_loss=float(epoch_losses.mean()),
                        teacher_share=float(share_sum) / len(losses) * 100)
             rows.append(row)
             if ckpt is not None:
