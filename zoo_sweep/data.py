@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import UserError
+from .paths import write_atomic
 from .spec import content_id
 
 DIGITS_VERSION = 2  # bump when the digits split or distortions change: it is part of every cache key
@@ -78,10 +79,7 @@ def load_image_set(ref: str, image_size: int, cache_dir: str | Path, class_map: 
     else:
         raise UserError(f"unknown image set {ref!r}: use digits:eval, digits:transfer or imagefolder:PATH")
     s.ref = ref
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(s.__dict__, tmp)
-    tmp.replace(path)  # atomic: a reader never sees half a cache file
+    write_atomic(path, lambda tmp: torch.save(s.__dict__, tmp))
     return _warn_skipped(s)
 
 

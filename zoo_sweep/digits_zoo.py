@@ -160,10 +160,9 @@ def train_recipe(recipe: Recipe, cache_dir: str, image_size: int) -> tuple[dict,
 def save_trained(recipe: Recipe, cache_dir: str | Path, image_size: int, state: dict, info: dict) -> Path:
     import torch
 
+    from .paths import write_atomic
+
     path = weights_path(recipe, cache_dir, image_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
     path.with_suffix(".json").write_text(json.dumps(info, indent=1, default=str))
     return path

@@ -20,12 +20,12 @@ removes a stream's folder when its last job has ended.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from .paths import write_atomic
 from .spec import content_id
 
 STREAM_VERSION = 1  # bump when the order or augmentation of the transfer stream changes
@@ -139,10 +139,8 @@ class LogitCache:
     def save(self, epoch: int, logits) -> None:
         import torch
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".e{epoch}.{os.getpid()}.tmp"
-        torch.save(logits, tmp)
-        tmp.replace(self._path(epoch))  # atomic: concurrent writers of one stream write the same numbers
+        # concurrent writers of one stream write the same numbers: whichever rename comes last is as good
+        write_atomic(self._path(epoch), lambda tmp: torch.save(logits, tmp))
         self.writes += 1
 
 

@@ -6,6 +6,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``: a reader, or a run
+    killed mid-write, sees the old file or the new one, never half of one. The temporary name carries the
+    process id, so concurrent writers of one path never share it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    tmp.replace(path)
 
 
 @dataclass(frozen=True)

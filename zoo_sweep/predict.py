@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from .data import ImageSet, model_input
+from .paths import write_atomic
 
 RECORD_FIELDS = ("pred", "p_true", "p_max", "topk_idx", "topk_logits")
 AUTO_BATCH_CPU = 256  # batch_size "auto" on the CPU
@@ -138,13 +138,8 @@ def _read_memo(path: str | Path | None) -> dict[str, int]:
 
 
 def _remember(path: str | Path, key: str, size: int) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sizes = _read_memo(path)
-    sizes[key] = size
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(sizes, indent=1, sort_keys=True))
-    tmp.replace(path)  # atomic: a reader sees the old file or the new one, never half of one
+    sizes = {**_read_memo(path), key: size}
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(sizes, indent=1, sort_keys=True)))
 
 
 def accuracy(record: dict[str, np.ndarray], labels) -> float:
@@ -168,11 +163,7 @@ def record_bytes(record: dict[str, np.ndarray]) -> bytes:
 
 
 def save_record(path: str | Path, record: dict[str, np.ndarray]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-    tmp.write_bytes(record_bytes(record))
-    tmp.replace(path)  # atomic: a killed run leaves no half record under the real name
+    write_atomic(path, lambda tmp: tmp.write_bytes(record_bytes(record)))
 
 
 def load_record(path: str | Path) -> dict[str, np.ndarray] | None:

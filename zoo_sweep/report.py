@@ -263,10 +263,11 @@ def make_report(store: Store, sweep: str, eval_set: str, out_dir: str | Path, nu
     tr_items.append(_table("method_differences", "Are two methods distinguishable?", diffs, ["transfer_pairs"],
                            "differences on the pairs both methods ran (paired bootstrap over pairs); a difference "
                            "is distinguishable when its 95 % interval does not cover 0"))
+    binned, families = _binned(tp, kw), _families(tp, kw)  # each bootstrapped once: table and plot share it
     tr_items.append(Panel("delta_vs_gap", "Transfer delta against accuracy gap, per method",
                           "Each point one pair; lines are binned means with bootstrap 95 % intervals.",
-                          _plot_delta_vs_gap(tp, colors, out / "delta_vs_gap.png", kw) if len(tp) else None))
-    tr_items.append(_table("delta_by_gap", "Transfer delta by accuracy-gap bin", _binned(tp, kw),
+                          _plot_delta_vs_gap(tp, binned, colors, out / "delta_vs_gap.png") if len(tp) else None))
+    tr_items.append(_table("delta_by_gap", "Transfer delta by accuracy-gap bin", binned,
                            ["transfer_pairs"], f"bins are quantiles of the accuracy gap; {boot_note}"))
     tr_items.append(Panel("gain_loss", "Knowledge gain and loss per method",
                           "Left: mean gain (s0 wrong → student right) and loss (s0 right → student wrong) with "
@@ -280,8 +281,8 @@ def make_report(store: Store, sweep: str, eval_set: str, out_dir: str | Path, nu
                             "Left: each student's share of teachers with delta > 0 (box per method, as the "
                             "paper's Fig. 4a). Right: share of pairs with delta > 0 by student family, with "
                             "95 % intervals.",
-                            _plot_success(tp, colors, out / "student_success.png", kw) if len(tp) else None)]
-    st_items.append(_table("families", "Transfer by student family", _families(tp, kw), ["transfer_pairs"],
+                            _plot_success(tp, families, colors, out / "student_success.png") if len(tp) else None)]
+    st_items.append(_table("families", "Transfer by student family", families, ["transfer_pairs"],
                            boot_note))
     st_items.append(Panel("student_properties", "Student properties against transfer delta",
                           "Student size (parameters, log scale), family and accuracy against delta; the "
@@ -656,10 +657,9 @@ def _plot_ck_vs_gap(pairs, models, path) -> Path:
     return _save(fig, path)
 
 
-def _plot_delta_vs_gap(tp, colors, path, kw) -> Path:
+def _plot_delta_vs_gap(tp, binned, colors, path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.8))
-    binned = _binned(tp, kw)
     for method, g in tp.groupby("method", sort=True):
         c = colors.get(method, "C7")
         ax.scatter(g["acc_gap"], g["delta"], s=14, alpha=0.35, color=c)
@@ -704,7 +704,7 @@ def _plot_gain_loss(tp, summary, colors, path) -> Path:
     return _save(fig, path)
 
 
-def _plot_success(tp, colors, path, kw) -> Path:
+def _plot_success(tp, fam, colors, path) -> Path:
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.3))
     methods = sorted(tp["method"].unique())
@@ -719,7 +719,6 @@ def _plot_success(tp, colors, path, kw) -> Path:
     a1.set_ylim(-5, 105)
     a1.set_ylabel("per-student success rate [% of its teachers]")
     a1.set_title("Transfer success per student (cf. paper Fig. 4a)")
-    fam = _families(tp, kw)
     fams = sorted(fam["student_family"].unique())
     w = 0.8 / max(1, len(methods))
     for j, m in enumerate(methods):

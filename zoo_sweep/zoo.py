@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import UserError
+from .paths import write_atomic
 from .spec import ZooSpec
 
 FAMILIES = ("cnn", "transformer", "mlp")
@@ -302,8 +303,5 @@ def param_counts(entries: list[ModelEntry], cache_dir: str | Path | None = None)
             n = new[key] = count_params(e)
         out[e.name] = n
     if new and path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({**cached, **new}, sort_keys=True))
-        tmp.replace(path)
+        write_atomic(path, lambda tmp: tmp.write_text(json.dumps({**cached, **new}, sort_keys=True)))
     return out

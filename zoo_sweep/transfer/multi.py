@@ -29,7 +29,7 @@ import torch
 
 from ..predict import predict
 from .metrics import transfer_metrics
-from .train import Diverged, TransferParams, _save_atomic, run_transfer
+from .train import Diverged, TransferParams, save_checkpoint, run_transfer
 
 MULTI_MODES = ("parallel", "parallel_unsup", "sequential_asc", "sequential_desc", "sequential_asc_matched",
                "sequential_desc_matched", "soup")
@@ -86,7 +86,7 @@ def sequential(student, teachers, accuracies, hp: TransferParams, seed, transfer
                                   epoch_fraction=fraction, **kw)
         rows = rows + [{**r, "epoch": r["epoch"] + stage * hp.epochs} for r in stage_rows]
         if done is not None:
-            _save_atomic({"student": student.state_dict(), "rows": rows}, done)
+            save_checkpoint({"student": student.state_dict(), "rows": rows}, done)
     if ckpt_dir is not None:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return rows
@@ -108,7 +108,7 @@ def soup(student, teachers, hp: TransferParams, seed, transfer_set, eval_set, st
                              ckpt_dir=Path(ckpt_dir) / f"run{i}" if ckpt_dir is not None else None, **kw)
             c = {"student": {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}, "final": r[-1]}
             if done is not None:
-                _save_atomic(c, done)
+                save_checkpoint(c, done)
         states.append(c["student"])
         finals.append(c["final"])
     student.load_state_dict(average_weights(states))

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..data import ImageSet, augment, model_input
+from ..paths import write_atomic
 from ..predict import predict
 from ..spec import content_id
 from .params import TransferParams, used_rows  # noqa: F401  (TransferParams re-exported: callers import it here)
@@ -45,11 +46,9 @@ def _checkpoint_key(method: str, hp: TransferParams, seed: int, n_teachers: int,
                        "fraction": epoch_fraction})
 
 
-def _save_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)  # a kill mid-write leaves the previous checkpoint intact
+def save_checkpoint(obj, path: Path) -> None:
+    """A kill mid-write leaves the previous checkpoint intact."""
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def run_transfer(student: torch.nn.Module, teacher, method: str, hp: TransferParams, seed: int,
@@ -206,7 +205,7 @@ def run_transfer(student: torch.nn.Module, teacher, method: str, hp: TransferPar
                        teacher_share=float(share_sum) / len(losses) * 100)
             rows.append(row)
             if ckpt is not None:
-                _save_atomic({"key": key, "epoch": epoch, "step": step, "rows": rows,
+                save_checkpoint({"key": key, "epoch": epoch, "step": step, "rows": rows,
                               "student": student.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
                               "method_gen": method_gen.get_state(),
                               "rng": torch.get_rng_state(),
