@@ -7,7 +7,10 @@
         the naive side timed on a subset of pairs and extrapolated to all 90;
     (b) transfer steps/s of kl and kl_dp (same student, teacher and data);
     (c) 2 students x 2 teachers kl_dp sweeps with teacher_cache "auto" vs "off" (bench/teacher_cache.py),
-        once with teachers larger than the students and once with models of one size.
+        once with teachers larger than the students and once with models of one size; each with the
+        floor the ratio can reach (only forward passes are saved). Longer, on request (``--cases``): 4
+        students x 4 teachers, and all 12 ordered pairs of 4 models of one size (each model teaches and
+        learns, as in a zoo sweep, so its one stream serves 6 jobs).
 
 Random weights (nothing is downloaded) and random uint8 images: these are speed figures only. Every figure
 is printed as one line starting with "RESULT". ``--smoke`` runs the same code tiny, on the CPU, in seconds.
@@ -32,6 +35,7 @@ from zoo_sweep.predict import predict  # noqa: E402
 from zoo_sweep.transfer.train import TransferParams, run_transfer  # noqa: E402
 
 T0 = time.perf_counter()
+SMOKE_INPUT: int | None = None  # set by --smoke
 
 
 def say(*parts) -> None:
@@ -53,8 +57,16 @@ def make_model(arch: str, classes: int, device: str):
 
     from zoo_sweep.zoo import data_config
 
-    m = timm.create_model(arch, pretrained=False, num_classes=classes).eval()
-    return m.to(device), data_config(m)
+    if SMOKE_INPUT is None:
+        m = timm.create_model(arch, pretrained=False, num_classes=classes).eval()
+        return m.to(device), data_config(m)
+    # --smoke: every model at a small input, else the CPU spends minutes on 224 px upsampled test images
+    try:
+        m = timm.create_model(arch, pretrained=False, num_classes=classes, img_size=SMOKE_INPUT)
+    except TypeError:  # convolutional nets take any size and have no img_size argument
+        m = timm.create_model(arch, pretrained=False, num_classes=classes)
+    cfg = {**data_config(m), "input_size": (3, SMOKE_INPUT, SMOKE_INPUT), "crop_pct": 1.0}
+    return m.eval().to(device), cfg
 
 
 def image_set(n: int, size: int, classes: int, seed: int = 0) -> ImageSet:
@@ -170,10 +182,10 @@ def part_b(student, teacher, n_steps, bs, size, device):
 
 
 def part_c(label, students, teachers, n_steps, bs, size, epochs, device, rounds=2):
-    from teacher_cache import compare, forward_ms
+    from teacher_cache import compare, forward_ms, reuse_floor
 
     tr, ev = image_set(n_steps * bs, size, 1000, 3), image_set(512, size, 1000, 4)
-    built = {a: make_model(a, 1000, device) for a in students + teachers}
+    built = {a: make_model(a, 1000, device) for a in dict.fromkeys(students + teachers)}
     models, cfgs = {a: m for a, (m, _) in built.items()}, {a: c for a, (_, c) in built.items()}
     cost = {a: forward_ms(models[a], cfgs[a], tr.images[:bs], device) for a in models}
     warm = dataclasses.replace(tr, images=tr.images[:2 * bs], labels=tr.labels[:2 * bs], source_ids=tr.source_ids[:2 * bs])
@@ -184,14 +196,13 @@ def part_c(label, students, teachers, n_steps, bs, size, epochs, device, rounds=
             size, tol=100)
     # on the GPU, bf16 kernels may differ between runs: the tolerance is in accuracy points. Two rounds
     # (off, auto, off, auto); the faster of each policy counts
-    runs = [compare(models, cfgs, students, teachers, "kl_dp", hp, tr, ev, device, size,
-                    tol=0.5 if device.startswith("cuda") else 1e-6) for _ in range(rounds)]
-    r = {"off_s": min(x["off_s"] for x in runs), "auto_s": min(x["auto_s"] for x in runs),
-         "max_metric_diff": max(x["max_metric_diff"] for x in runs)}
-    r["ratio"] = r["auto_s"] / r["off_s"]
+    r = compare(models, cfgs, students, teachers, "kl_dp", hp, tr, ev, device, size,
+                tol=0.5 if device.startswith("cuda") else 1e-6, rounds=rounds)
     result("teacher_cache", case=label, students="+".join(students), teachers="+".join(teachers),
-           fwd_ms="/".join(f"{cost[a]:.1f}" for a in students + teachers), steps_per_job=n_steps * epochs,
-           off_s=r["off_s"], auto_s=r["auto_s"], ratio=r["ratio"], max_metric_diff=r["max_metric_diff"])
+           fwd_ms="/".join(f"{cost[a]:.1f}" for a in models), steps_per_job=n_steps * epochs,
+           off_s=r["off_s"], auto_s=r["auto_s"], ratio=r["ratio"],
+           floor=reuse_floor(students, teachers, "kl_dp", cost, n_steps * epochs, r["off_s"]),
+           max_metric_diff=r["max_metric_diff"])
 
 
 def main() -> None:
@@ -199,7 +210,8 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks the script, not the GPU")
     ap.add_argument("--parts", default="abc")
     ap.add_argument("--cases", default="larger_teachers,same_size",
-                    help="teacher_cache cases of part (c); 4x4 (16 jobs, one round) is the long one")
+                    help="teacher_cache cases of part (c): larger_teachers, same_size (2 x 2, two rounds each), "
+                         "4x4 and all_pairs (16 and 12 jobs, one round each: about 2 minutes each on an H100)")
     a = ap.parse_args()
     device = "cpu" if a.smoke or not torch.cuda.is_available() else "cuda"
     import timm
@@ -209,10 +221,13 @@ def main() -> None:
     if device == "cuda":
         torch.backends.cudnn.benchmark = True  # as timm's validate.py; both sides of every ratio alike
     if a.smoke:
+        global SMOKE_INPUT
+        SMOKE_INPUT = 64
         archs, zoo = ["resnet10t", "test_vit", "test_convnext"], ["resnet10t", "test_vit"] * 2 + ["test_convnext"]
         sizes = dict(n=256, n_zoo=64, bs=64, repeat=1)
         b = dict(student="resnet10t", teacher="test_vit", n_steps=3, bs=32, size=64)
-        c = [("smoke", ["resnet10t", "test_convnext"], ["test_vit", "test_byobnet"], 2, 32, 64, 1)]
+        c = [("smoke", ["resnet10t", "test_convnext"], ["test_vit", "test_byobnet"], 2, 32, 64, 1),
+             ("smoke_all_pairs", *[["resnet10t", "test_vit", "test_convnext"]] * 2, 2, 32, 64, 1, 1)]
     else:
         archs = ["resnet50", "vit_base_patch16_224", "convnext_tiny"]
         zoo = ["resnet18", "resnet34", "resnet50", "efficientnet_b0", "mobilenetv3_large_100", "convnext_tiny",
@@ -223,7 +238,9 @@ def main() -> None:
               16, 128, 224, 2),
              ("same_size", ["resnet50", "convnext_tiny"], ["vit_small_patch16_224", "regnety_040"], 16, 128, 224, 2),
              ("4x4", ["resnet18", "efficientnet_b0", "resnet50", "convnext_tiny"],
-              ["vit_base_patch16_224", "convnext_base", "vit_small_patch16_224", "regnety_040"], 16, 128, 224, 2, 1)]
+              ["vit_base_patch16_224", "convnext_base", "vit_small_patch16_224", "regnety_040"], 16, 128, 224, 2, 1),
+             ("all_pairs", *[["resnet50", "convnext_tiny", "vit_small_patch16_224", "regnety_040"]] * 2,
+              16, 128, 224, 2, 1)]
     if "a" in a.parts:
         say("(a) predict throughput")
         part_a(archs, zoo, sizes["n"], sizes["n_zoo"], sizes["bs"], device, sizes["repeat"])

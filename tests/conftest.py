@@ -146,3 +146,14 @@ def postgres_url():
 def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "zoo-sweep"), *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, cwd=ROOT)
+
+
+def assert_png(path: Path) -> None:
+    """A PNG that decodes and shows a drawing, not a blank canvas."""
+    from PIL import Image
+
+    assert path.is_file() and path.stat().st_size > 0, path
+    with Image.open(path) as im:
+        im.load()  # decodes
+        assert im.size[0] > 100 and im.size[1] > 100
+        assert len(set(im.convert("L").getdata())) > 10, f"{path.name} looks blank"

@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from conftest import run_cli
+from conftest import assert_png, run_cli
 
 
 def test_launch_fills_every_table(micro):
@@ -82,11 +82,8 @@ def test_export_and_report(micro, tmp_path):
     assert len(pd.read_parquet(tmp_path / "pq" / "transfer_results.parquet")) == 12
     r = run_cli("--db", micro["db"], "report", str(micro["spec_path"]), "--out", str(tmp_path / "rep"))
     assert r.returncode == 0, r.stderr
-    from PIL import Image
-
     for png in ("ck_vs_gap.png", "delta_vs_gap.png", "gain_loss.png"):
-        with Image.open(tmp_path / "rep" / png) as im:
-            assert im.size[0] > 100 and len(set(im.convert("L").getdata())) > 10  # a drawn plot, not blank
+        assert_png(tmp_path / "rep" / png)
     methods = pd.read_csv(tmp_path / "rep" / "methods.csv")
     assert set(methods["method"]) == {"kl", "kl_dp"} and (methods["pairs"] == 6).all()
 

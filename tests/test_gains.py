@@ -4,7 +4,7 @@ falls back to top_ck (most rho_pos first)."""
 import numpy as np
 import pandas as pd
 
-from zoo_sweep.gains import finished_pairs, heldout_rank_correlation, rank_pairs
+from zoo_sweep.gains import finished_pairs, heldout_rank_correlation, pair_features, rank_pairs
 from zoo_sweep.stats import spearman
 
 FAMILIES = ("cnn", "transformer", "mlp")
@@ -111,3 +111,18 @@ def test_missing_sizes_and_unknown_families_are_tolerated():
     idx = np.arange(0, len(pairs), 2)
     ranked = rank_pairs(pairs.drop(columns="flip_entropy"), models, results_for(pairs, truth, idx), "kl_dp")
     assert ranked.attrs["policy"] == "predicted_gain" and ranked["predicted_delta"].notna().all()
+
+
+def test_features_built_once_serve_every_method():
+    pairs, models, truth = zoo(8)
+    feats = pair_features(pairs, models)
+    before = feats.copy()
+    for method, idx in (("kl", np.arange(0, len(pairs), 2)), ("kl_dp", np.arange(1, len(pairs), 3))):
+        res = results_for(pairs, truth, idx, method=method)
+        pd.testing.assert_frame_equal(rank_pairs(pairs, models, res, method, features=feats),
+                                      rank_pairs(pairs, models, res, method))
+        shared = heldout_rank_correlation(pairs, models, res, method, repeats=3, features=feats)
+        own = heldout_rank_correlation(pairs, models, res, method, repeats=3)
+        assert shared.as_row() == own.as_row() and np.isfinite(shared.spearman)
+        pd.testing.assert_frame_equal(shared.predictions, own.predictions)
+    pd.testing.assert_frame_equal(feats, before)  # shared between methods, so never changed in place

@@ -88,6 +88,35 @@ def test_a_damaged_epoch_file_is_recomputed(data, tmp_path):
     assert_same(plain, again)
 
 
+class Moves(Counting):
+    """Counts requests to move it. Test double for a GPU: on the CPU a move changes nothing, so the request
+    is what shows that a job would have put the model in device memory."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.moves = 0
+
+    def to(self, *args, **kwargs):
+        self.moves += 1
+        return super().to(*args, **kwargs)
+
+
+def test_a_teacher_read_from_the_cache_never_goes_to_the_device(data, tmp_path):
+    tr, ev = data
+    t_cache = LogitCache(tmp_path / "t")
+
+    def job(teacher):
+        ok = correct(teacher, ev)
+        teacher.moves = 0  # what the correctness pass did is not the job's
+        run_transfer(cnn(1), teacher, "kl", HP, 0, tr, ev, CFG, CFG, correct(cnn(1), ev), ok, teacher_cache=t_cache)
+        return teacher.moves
+
+    assert job(Moves(mlp(5))) >= 1  # computes both epochs
+    assert job(Moves(mlp(5))) == 0  # reads both
+    (tmp_path / "t" / "e2.pt").write_bytes(b"truncated")
+    assert job(Moves(mlp(5))) >= 1  # epoch 2 must be computed again, so the teacher goes to the device
+
+
 def test_feature_methods_refuse_a_teacher_cache(data, tmp_path):
     with pytest.raises(ValueError, match="cannot read cached logits"):
         run(data, 1, mlp(5), method="cd", teacher_cache=LogitCache(tmp_path / "t"))

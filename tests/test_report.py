@@ -3,6 +3,8 @@ enough pairs for predicted_gain's held-out check), the SQL it shows, and the HTM
 
 from __future__ import annotations
 
+import io
+import math
 import shutil
 import subprocess
 import tempfile
@@ -14,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import assert_png, run_cli
 
 MICRO_PANELS = ("ck_vs_gap", "concentration", "delta_vs_gap", "gain_loss", "student_success", "student_properties")
 ALL_PANELS = MICRO_PANELS + ("multi_teacher", "predicted_gain")
@@ -78,22 +80,18 @@ def _result(job, s, t, m, delta, acc_s=70.0):
             "transfer_rate": 30.0, "damage_rate": 5.0, "teacher_share": 50.0, "train_loss": 0.1}
 
 
-def _assert_png(path: Path):
-    assert path.is_file() and path.stat().st_size > 0, path
-    with Image.open(path) as im:
-        im.load()  # decodes
-        assert im.size[0] > 100 and im.size[1] > 100
-        assert len(set(im.convert("L").getdata())) > 10, f"{path.name} looks blank"
-
-
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
+    from zoo_sweep import gains
     from zoo_sweep.report import make_report
 
     root = tmp_path_factory.mktemp("synth")
     store = synth_store(root / "zoo.db")
-    rep = make_report(store, "synth", "e", root / "report", num_classes=10, n_boot=500)
-    return {"store": store, "report": rep, "dir": root / "report"}
+    built = []
+    with pytest.MonkeyPatch.context() as mp:  # counts how often the report builds the pair features
+        mp.setattr(gains, "pair_features", lambda *a, _f=gains.pair_features: built.append(1) or _f(*a))
+        rep = make_report(store, "synth", "e", root / "report", num_classes=10, n_boot=500)
+    return {"store": store, "report": rep, "dir": root / "report", "features_built": len(built)}
 
 
 def test_micro_report_writes_every_panel(micro, tmp_path):
@@ -103,7 +101,7 @@ def test_micro_report_writes_every_panel(micro, tmp_path):
     drawn = {p.key for p in rep.panels if p.path}
     assert drawn >= set(MICRO_PANELS)
     for key in MICRO_PANELS:
-        _assert_png(tmp_path / f"{key}.png")
+        assert_png(tmp_path / f"{key}.png")
     # 3 models -> 6 pairs per method: too few to check predicted_gain on held-out pairs, and no multi-teacher runs
     assert not (tmp_path / "multi_teacher.png").exists()
     assert any("no multi-teacher runs" in f for f in rep.findings)
@@ -116,11 +114,68 @@ def test_micro_report_writes_every_panel(micro, tmp_path):
         assert (methods[f"{col}_lo"] <= methods[col] + 1e-9).all() and (methods[col] <= methods[f"{col}_hi"] + 1e-9).all()
 
 
+def test_concentration_panel_draws_each_pairs_per_class_flips(micro, tmp_path):
+    """What the concentration panel plots, against per-class positive flips counted here from the micro zoo's
+    prediction records: the scatter, the medians of the top-p % class counts and the uniform references."""
+    import matplotlib.pyplot as plt
+
+    from zoo_sweep.complementary import TOP_P
+    from zoo_sweep.launch import eval_labels
+    from zoo_sweep.plots_ck import HEXBIN_ABOVE, concentration_data, concentration_figure, plot_concentration
+    from zoo_sweep.predict import load_record
+    from zoo_sweep.report import pairs_table
+
+    k, store = 10, micro["store"]
+    y = eval_labels(micro["spec"], micro["paths"])
+    records = store.query("select name, record from models where eval_set = 'digits:eval'")
+    pred = {r.name: load_record(r.record)["pred"] for r in records.itertuples()}
+    want = []
+    for s in pred:
+        for t in pred:
+            pos = (pred[t] == y) & (pred[s] != y)
+            if s == t or not pos.any():
+                continue
+            c = np.sort(np.bincount(y[pos], minlength=k))[::-1]
+            share = c[c > 0] / c.sum()
+            reach = np.cumsum(c) * 100  # integers: "holds p %" without rounding
+            want.append({"student": s, "teacher": t, "rho_pos": pos.mean() * 100,
+                         "flip_entropy": -(share * np.log(share)).sum(),
+                         **{f"top{p}_classes": int(np.argmax(reach >= p * c.sum())) + 1 for p in TOP_P}})
+    want = pd.DataFrame(want).sort_values(["student", "teacher"], ignore_index=True)
+    assert len(want) == 6
+
+    pairs = pairs_table(store, "digits:eval")
+    drawn = concentration_data(pairs)
+    got = pairs.loc[drawn.index, ["student", "teacher"]].join(drawn)
+    got = got.sort_values(["student", "teacher"], ignore_index=True)
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+
+    fig = concentration_figure(pairs, k)
+    a1, a2 = fig.axes
+    xy = sorted(map(tuple, a1.collections[0].get_offsets()))
+    np.testing.assert_allclose(xy, sorted(zip(want["rho_pos"], want["flip_entropy"])))
+    assert [ln.get_ydata()[0] for ln in a1.lines] == [pytest.approx(math.log(k))]
+    assert [a.xy for a in a2.texts] == [(i, np.median(want[f"top{p}_classes"])) for i, p in enumerate(TOP_P, 1)]
+    assert [list(ln.get_ydata()) for ln in a2.lines if ln.get_label().startswith("uniform")] == [[1, 1, 2, 5]]
+    plt.close(fig)
+
+    big = pairs.sample(HEXBIN_ABOVE + 1, replace=True, random_state=0)  # too many points to scatter: hexbins
+    fig = concentration_figure(big, k)
+    assert fig.axes[0].collections[0].get_array().sum() == len(big)
+    plt.close(fig)
+    for empty in (pairs.iloc[:0], pairs.drop(columns="flip_entropy")):  # nothing measured / no per-class metrics
+        assert concentration_data(empty).empty
+        fig = concentration_figure(empty, None)
+        assert [t.get_text() for ax in fig.axes for t in ax.texts] == ["no pairs with per-class flip counts"] * 2
+        plt.close(fig)
+    assert_png(plot_concentration(pairs, k, tmp_path / "c.png"))
+
+
 def test_synthetic_report_has_every_panel(synth):
     rep, out = synth["report"], synth["dir"]
     assert {p.key for p in rep.panels if p.path} == set(ALL_PANELS)
     for key in ALL_PANELS:
-        _assert_png(out / f"{key}.png")
+        assert_png(out / f"{key}.png")
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(ALL_PANELS)
     assert "<script" not in html and "http://" not in html and "https://" not in html  # self-contained
@@ -136,6 +191,7 @@ def test_synthetic_report_has_every_panel(synth):
     diffs = pd.read_csv(out / "method_differences.csv")
     assert diffs.loc[0, "delta"] == "distinguishable"
     assert any("distinguishable" in f for f in rep.findings)
+    assert synth["features_built"] == 1  # once for every method's ranking and held-out check
 
 
 def test_indistinguishable_methods_are_reported(tmp_path):
@@ -160,18 +216,64 @@ def test_indistinguishable_methods_are_reported(tmp_path):
 
 def test_every_shown_query_reruns(synth):
     """The SQL shown for each table, parameters filled in, gives the rows the table was computed from."""
-    from zoo_sweep.report import SQL
+    from zoo_sweep.report import SQL, method_summary
 
     rep, store = synth["report"], synth["store"]
     keys = {k for t in rep.tables for k in t.sql}
     assert keys == {"models", "pairs", "transfer_pairs", "multi_teacher"}
     assert all(t.sql for t in rep.tables)  # every table names the query its rows come from
+    rows = {}
     for k in keys:
         filled = rep.sql_text(k)
         assert ":sweep" not in filled and ":eval_set" not in filled
-        pd.testing.assert_frame_equal(store.query(filled), store.query(SQL[k], rep.params))
+        rows[k] = store.query(filled)
+        pd.testing.assert_frame_equal(rows[k], store.query(SQL[k], rep.params))
+    tables = {t.key: t.data for t in rep.tables}
+    pd.testing.assert_frame_equal(rows["models"], tables["models_view"])
+    pd.testing.assert_frame_equal(method_summary(rows["transfer_pairs"], n_boot=500), tables["methods"])
+    ck = tables["ck_summary"].set_index("quantity")
+    for col in ("rho_pos", "rho_neg"):
+        assert ck.loc[col, "pairs"] == len(rows["pairs"]) == 8 * 7
+        assert (ck.loc[col, "min"], ck.loc[col, "max"]) == (rows["pairs"][col].min(), rows["pairs"][col].max())
+    shown = tables["multi_teacher"][["method", "student", "teachers", "seeds", "delta", "knowledge_gain",
+                                     "knowledge_loss"]]
+    pd.testing.assert_frame_equal(rows["multi_teacher"], shown)
     html = (synth["dir"] / "report.html").read_text()
     assert "sj.sweep = &#x27;synth&#x27;" in html  # the values, not the placeholders
+
+
+def test_final_row_filter_is_the_same_in_sql_and_pandas(tmp_path):
+    """The report's transfer_pairs query, gains.per_pair and gains.finished_pairs keep the same rows: the final
+    epoch of single-teacher jobs, averaged over seeds."""
+    import sqlalchemy as sa
+
+    from zoo_sweep import store as st
+    from zoo_sweep.gains import finished_pairs, per_pair
+    from zoo_sweep.report import transfer_pairs
+
+    store = synth_store(tmp_path / "zoo.db", n_models=4)
+    with store.engine.begin() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(sa.select(st.transfer_results))]
+        seed1 = [{**r, "job_id": r["job_id"] + "-s1", "seed": 1, "delta": r["delta"] + 1.0} for r in rows[::2]]
+        early = [{**r, "epoch": 0, "final": False, "delta": 99.0} for r in rows]
+        conn.execute(st.transfer_results.insert(), seed1 + early)
+        conn.execute(st.sweep_jobs.insert(), [{"sweep": "synth", "job_id": r["job_id"]} for r in seed1])
+    raw = store.query("select * from transfer_results")
+    want: dict[tuple, list] = {}
+    for r in raw.itertuples():
+        if r.final and "+" not in r.teacher:
+            want.setdefault((r.method, r.student, r.teacher), []).append(r.delta)
+    assert any(len(v) == 2 for v in want.values()) and any("+" in t for t in raw["teacher"])
+    mean = {k: np.mean(v) for k, v in want.items()}
+    sql, pandas = transfer_pairs(store, "synth"), per_pair(raw)
+    for got in (sql, pandas):
+        assert dict(zip(zip(got["method"], got["student"], got["teacher"]), got["delta"])) == pytest.approx(mean)
+    assert dict(zip(zip(sql["method"], sql["student"], sql["teacher"]), sql["seeds"])) == \
+        {k: len(v) for k, v in want.items()}
+    for m in ("kl", "kl_dp"):
+        done = finished_pairs(raw, m)
+        assert dict(zip(zip(done["student"], done["teacher"]), done["delta"])) == \
+            pytest.approx({(s, t): d for (mm, s, t), d in mean.items() if mm == m})
 
 
 def test_cli_report_reruns_shown_query(synth, tmp_path):
@@ -183,8 +285,15 @@ def test_cli_report_reruns_shown_query(synth, tmp_path):
     assert argv[:2] == ["zoo-sweep", "--db"]
     r = run_cli(*argv[1:], "--format", "csv")
     assert r.returncode == 0, r.stderr
-    got = pd.read_csv(__import__("io").StringIO(r.stdout))
-    assert len(got) == len(synth["store"].query(synth["report"].sql_text("transfer_pairs")))
+    got = pd.read_csv(io.StringIO(r.stdout), float_precision="round_trip")
+    want = synth["store"].query(synth["report"].sql_text("transfer_pairs"))
+    assert len(got) > 50
+    pd.testing.assert_frame_equal(got, want, check_dtype=False, check_exact=True)
+    # the rows printed are those the methods table was computed from
+    from zoo_sweep.report import method_summary
+
+    methods = next(t.data for t in synth["report"].tables if t.key == "methods")
+    pd.testing.assert_frame_equal(method_summary(got, n_boot=500), methods)
 
 
 def test_cli_report_prints_the_tables(micro, tmp_path):

@@ -161,6 +161,18 @@ def test_missing_sbatch(spec_file, tmp_path, monkeypatch, capsys):
     assert code == 0 and "wrote " in out and len(list(tmp_path.glob("digits-demo-*.sh"))) == 1
 
 
+def test_slurm_reads_the_spec_once(spec_file, tmp_path, monkeypatch, capsys):
+    import zoo_sweep.spec as spec_mod
+
+    real, calls = spec_mod.load_spec, []
+    monkeypatch.setattr(spec_mod, "load_spec", lambda p: calls.append(p) or real(p))
+    db = f"sqlite:///{tmp_path}/z.db"
+    code, out, err = _cli(capsys, "--db", db, "submit", "slurm", str(spec_file), "--out", str(tmp_path), "--dry-run")
+    assert code == 0 and len(calls) == 1, (err, calls)
+    # a loaded spec renders the very script its file does
+    assert render_sbatch(real(spec_file), db=db, log_dir=tmp_path) == next(tmp_path.glob("digits-demo-*.sh")).read_text()
+
+
 def test_unreachable_ray_jobs_address(spec_file, tmp_path, capsys):
     port = _free_port()  # nothing listens there
     t0 = time.time()

@@ -26,12 +26,17 @@ def check_reachable(address: str, timeout: float = 3.0) -> None:
     host, port = parsed.hostname, parsed.port
     if not host or not port:
         raise UserError(f"not a Ray address: {address!r} (use HOST:PORT, e.g. 10.0.0.1:6379, or auto)")
+    probe(host, port, timeout, f"cannot reach a Ray cluster at {address}",
+          "start one with `ray start --head` or leave out --address to run locally")
+
+
+def probe(host: str, port: int, timeout: float, failure: str, fix: str) -> None:
+    """Open and close a TCP connection; when nothing answers, one line: ``failure (reason); fix``."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as e:
-        raise UserError(f"cannot reach a Ray cluster at {address} ({e.strerror or e}); start one with "
-                        "`ray start --head` or leave out --address to run locally") from None
+        raise UserError(f"{failure} ({e.strerror or e}); {fix}") from None
 
 
 def resolve_address(address: str | None) -> str | None:
@@ -53,7 +58,8 @@ def connect(address: str | None = None, cpus: int | None = None, gpus: int = 0) 
             try:
                 ray.init(address=address, **opts)
             except Exception as e:
-                raise UserError(f"cannot join the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+                why = (str(e).strip() or type(e).__name__).splitlines()[0]  # some Ray errors have no message
+                raise UserError(f"cannot join the Ray cluster at {address}: {why}") from None
         else:
             have = _local_gpus()
             if gpus > have:

@@ -44,19 +44,32 @@ def pair_features(pairs_df: pd.DataFrame, models_df: pd.DataFrame) -> pd.DataFra
     return df
 
 
-def finished_pairs(results_df: pd.DataFrame, method: str) -> pd.DataFrame:
-    """One row per (student, teacher) with the measured delta of ``method`` (mean over seeds); only final
-    rows when the table has a ``final`` column, and single-teacher runs only (multi-teacher jobs name their
-    teachers joined by "+")."""
-    cols = ["student", "teacher", "delta"]
-    if results_df is None or results_df.empty:
-        return pd.DataFrame(columns=cols)
-    r = results_df[results_df["method"] == method]
+def per_pair(results: pd.DataFrame) -> pd.DataFrame:
+    """Transfer rows -> one row per (method, student, teacher): the final epoch (when the table has a ``final``
+    column), single-teacher jobs only (multi-teacher jobs name their teachers joined by "+"), numeric columns
+    averaged over seeds. Rows of the report's ``transfer_pairs`` query, the same filter in SQL, pass unchanged."""
+    if results.empty:
+        return results
+    r = results
     if "final" in r:
         r = r[r["final"].astype(bool)]
     r = r[~r["teacher"].astype(str).str.contains("+", regex=False)]
+    if not r.duplicated(["method", "student", "teacher"]).any():
+        return r.reset_index(drop=True)
+    num = [c for c in r.columns if c not in ("method", "student", "teacher") and r[c].dtype.kind in "if"
+           and c not in ("epoch", "seed", "final")]
+    return r.groupby(["method", "student", "teacher"], as_index=False, sort=False)[num].mean()
+
+
+def finished_pairs(results_df: pd.DataFrame, method: str) -> pd.DataFrame:
+    """One row per (student, teacher) with the measured delta of ``method`` (``per_pair``), pairs without
+    a delta left out."""
+    cols = ["student", "teacher", "delta"]
+    if results_df is None or results_df.empty:
+        return pd.DataFrame(columns=cols)
+    r = per_pair(results_df[results_df["method"] == method])
     r = r[r["delta"].notna()]
-    return r.groupby(["student", "teacher"], as_index=False)["delta"].mean()[cols]
+    return r.sort_values(["student", "teacher"], kind="mergesort")[cols].reset_index(drop=True)
 
 
 def make_model(kind: str = "ridge", seed: int = 0):
@@ -93,15 +106,17 @@ def _categories(feats: pd.DataFrame) -> dict[str, list[str]]:
     return {c: sorted(feats[c].astype(str).unique()) for c in CATEGORICAL}
 
 
-def _training_set(pairs_df, models_df, results_df, method):
-    feats = pair_features(pairs_df, models_df)
+def _training_set(pairs_df, models_df, results_df, method, feats):
+    if feats is None:
+        feats = pair_features(pairs_df, models_df)
     done = finished_pairs(results_df, method)
     train = feats.merge(done, on=["student", "teacher"], how="inner")
     return feats, done, train
 
 
 def rank_pairs(pairs_df: pd.DataFrame, models_df: pd.DataFrame, results_df: pd.DataFrame, method: str, *,
-               model: str = "ridge", min_results: int = MIN_RESULTS, seed: int = 0) -> pd.DataFrame:
+               model: str = "ridge", min_results: int = MIN_RESULTS, seed: int = 0,
+               features: pd.DataFrame | None = None) -> pd.DataFrame:
     """Pairs of ``pairs_df`` with no finished ``method`` result, best predicted Δ_transf first.
 
     ``pairs_df``: rows of the pairs table (one eval set; student, teacher, rho_pos, rho_neg, acc_gap, ...).
@@ -111,8 +126,10 @@ def rank_pairs(pairs_df: pd.DataFrame, models_df: pd.DataFrame, results_df: pd.D
     fallback), rho_pos, acc_gap, policy ("predicted_gain", or "top_ck" when fewer than ``min_results``
     finished pairs of the method exist). ``df.attrs["policy"]``, ``df.attrs["note"]`` (one line saying what
     was done and why) and ``df.attrs["n_train"]`` describe the ranking. Deterministic for the same inputs.
+    ``features``: ``pair_features(pairs_df, models_df)`` when the caller already has it: it is the same for
+    every method, so a caller ranking several methods builds it once.
     """
-    feats, done, train = _training_set(pairs_df, models_df, results_df, method)
+    feats, done, train = _training_set(pairs_df, models_df, results_df, method, features)
     key = pd.MultiIndex.from_frame(feats[["student", "teacher"]])
     ran = key.isin(pd.MultiIndex.from_frame(done[["student", "teacher"]])) if len(done) else np.zeros(len(feats), bool)
     todo = feats[~ran].copy()
@@ -164,11 +181,13 @@ class HeldOut:
 
 def heldout_rank_correlation(pairs_df: pd.DataFrame, models_df: pd.DataFrame, results_df: pd.DataFrame,
                              method: str, *, test_size: float = 0.3, repeats: int = 20, model: str = "ridge",
-                             seed: int = 0, min_results: int = MIN_RESULTS) -> HeldOut:
+                             seed: int = 0, min_results: int = MIN_RESULTS,
+                             features: pd.DataFrame | None = None) -> HeldOut:
     """Spearman rank correlation between predicted and measured Δ_transf on finished pairs held out of the
     fit, averaged over ``repeats`` seeded random splits. NaN (with a note) when there are fewer than
-    ``min_results`` + 2 finished pairs (a fit needs ``min_results``, a rank correlation at least 2)."""
-    feats, _, train = _training_set(pairs_df, models_df, results_df, method)
+    ``min_results`` + 2 finished pairs (a fit needs ``min_results``, a rank correlation at least 2).
+    ``features``: as for ``rank_pairs``."""
+    feats, _, train = _training_set(pairs_df, models_df, results_df, method, features)
     cats = _categories(feats)
     X, y = design(train, cats), train["delta"].to_numpy(dtype=float)
     n = len(train)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -80,8 +80,31 @@ class LaunchReport:
         return not self.failed
 
 
+@dataclass
+class Measured:
+    """A measure run (stages up to compare) with what it loaded, for callers that go on from there (tune)."""
+    report: LaunchReport
+    plan: Plan
+    correct: dict[str, np.ndarray]  # model -> eval-set correctness, for every model whose record exists
+
+
 def launch_sweep(spec: SweepSpec, store: Store, paths: Paths, opts: LaunchOptions | None = None,
                  console: Console | None = None) -> LaunchReport:
+    return _execute(spec, store, paths, opts, console).report
+
+
+def measure_sweep(spec: SweepSpec, store: Store, paths: Paths, opts: LaunchOptions | None = None,
+                  console: Console | None = None) -> Measured:
+    """Stages up to compare, like ``launch --until compare``; the plan and every model's correctness come
+    back too, so a caller that goes on plans and reads the records no second time."""
+    run = _execute(spec, store, paths, replace(opts or LaunchOptions(), until="compare"), console)
+    names = {j["id"]: json.loads(j["spec"])["model"]["name"] for j in run.plan.predict_jobs}
+    correct = {name: run.records[jid]["pred"] == run._labels() for jid, name in names.items() if jid in run.records}
+    return Measured(run.report, run.plan, correct)
+
+
+def _execute(spec: SweepSpec, store: Store, paths: Paths, opts: LaunchOptions | None,
+             console: Console | None) -> _Run:
     opts = opts or LaunchOptions()
     console = console or Console(stderr=True)
     if opts.until not in STAGES:
@@ -92,7 +115,8 @@ def launch_sweep(spec: SweepSpec, store: Store, paths: Paths, opts: LaunchOption
         check_reachable(address)
     run = _Run(plan, store, paths, opts, console, address)
     try:
-        return run.execute()
+        run.execute()
+        return run
     finally:
         run.close()
 
@@ -126,8 +150,8 @@ class _Run:
     def _requeue_stale(self, kind: str | None = None):
         """Jobs a killed launcher left 'running' or 'interrupted' run again (this shard's only: other
         shards may be running theirs right now)."""
-        stale = [j["id"] for j in self.store.sweep_jobs(self.spec.name, kind)
-                 if j["state"] in ("running", "interrupted") and in_shard(j["id"], self.opts.shard)]
+        stale = [i for i in self.store.job_states(self.spec.name, kind, states=("running", "interrupted"))
+                 if in_shard(i, self.opts.shard)]
         self.store.set_state(stale, "pending")
 
     def _build_zoo(self):
@@ -296,7 +320,7 @@ class _Run:
         deadline = time.time() + self.opts.wait_s
         missing = [r for r in record_ids if r not in self.records]
         while missing and time.time() < deadline:
-            states = {j["id"]: j["state"] for j in self.store.sweep_jobs(self.spec.name, "predict")}
+            states = self.store.job_states(self.spec.name, "predict")
             for rid in missing:
                 if states.get(rid) == "done":
                     rec = load_record(self._record_path(rid))

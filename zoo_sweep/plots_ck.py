@@ -1,4 +1,5 @@
 """Report panel for issue 3: how concentrated over classes is the complementary knowledge of each pair?
+Also the matplotlib helpers every report panel shares (``subplots``, ``decorate``, ``ci_yerr``, ``save``).
 
 A plain function over the pairs table (``zoo-sweep query "select * from pairs"`` or the store's pairs
 frame), so any report can call it:
@@ -9,7 +10,8 @@ frame), so any report can call it:
 Left: entropy of each pair's per-class positive flips against ρ_pos, with the uniform reference ln K
 (hexagonal bins above a few thousand pairs, so 1.6 million pairs plot in seconds). Right: the number of
 classes that hold p % of the positive flips (p = 2, 5, 20, 50) as box plots, with the uniform reference
-ceil(p/100 * K). Definitions: ../shared/METRICS.md.
+ceil(p/100 * K). Definitions: ../shared/METRICS.md. ``concentration_data`` gives the rows drawn and
+``concentration_figure`` the figure without writing it (e.g. to show it in a notebook).
 """
 
 from __future__ import annotations
@@ -20,8 +22,96 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-TOP_P = (2, 5, 20, 50)
+from .complementary import TOP_P
+
 HEXBIN_ABOVE = 5000  # pairs; a scatter of more points is slow and unreadable
+
+
+# ---------------------------------------------------------------------- shared by every panel
+def subplots(ncols: int = 1, figsize=(11, 4.3), **kw):
+    """``plt.subplots(1, ncols)``; the default size is the reports' two-panel figure."""
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, ncols, figsize=figsize, **kw)
+
+
+def decorate(ax, xlabel=None, ylabel=None, title=None, legend: dict | None = None) -> None:
+    """Axis labels and title; ``legend``: keywords of a small legend (``{}``: the defaults), None: no legend."""
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if legend is not None:
+        ax.legend(**{"fontsize": 8, **legend})
+
+
+def ci_yerr(df: pd.DataFrame, col: str) -> list[pd.Series]:
+    """Error-bar lengths below and above ``col`` from its ``<col>_lo`` / ``<col>_hi`` interval; 0 where the
+    interval is unknown (a single pair has none) so the bar still draws."""
+    est = df[col].astype(float)
+    return [(est - df[f"{col}_lo"].astype(float)).fillna(0), (df[f"{col}_hi"].astype(float) - est).fillna(0)]
+
+
+def save(fig, path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)  # pyplot keeps every open figure alive: a report draws many
+    return Path(path)
+
+
+# ---------------------------------------------------------------------- the concentration panel
+def concentration_data(pairs_df: pd.DataFrame) -> pd.DataFrame:
+    """The pairs the panel draws: those with positive flips and per-class metrics (a compare run with the
+    "classes" group left out has none), as numbers: rho_pos, flip_entropy, top{p}_classes."""
+    cols = ["rho_pos", "flip_entropy"] + [f"top{p}_classes" for p in TOP_P]
+    df = pairs_df[[c for c in cols if c in pairs_df.columns]].copy() if len(pairs_df) else pd.DataFrame(columns=cols)
+    for c in cols:
+        if c not in df.columns:
+            df[c] = np.nan
+    df = df.apply(pd.to_numeric, errors="coerce")
+    return df[(df["rho_pos"] > 0) & df["flip_entropy"].notna()]
+
+
+def concentration_figure(pairs_df: pd.DataFrame, num_classes: int | None):
+    """The two-panel figure of ``plot_concentration``, not written anywhere; an empty table still gives a
+    figure that says so."""
+    df = concentration_data(pairs_df)
+    k = int(num_classes) if num_classes else None
+    fig, (a1, a2) = subplots(2)
+    if df.empty:
+        for ax in (a1, a2):
+            ax.text(0.5, 0.5, "no pairs with per-class flip counts", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+        return fig
+    x, y = df["rho_pos"].to_numpy(float), df["flip_entropy"].to_numpy(float)
+    if len(df) > HEXBIN_ABOVE:
+        hb = a1.hexbin(x, y, gridsize=60, bins="log", mincnt=1, cmap="viridis")
+        fig.colorbar(hb, ax=a1, label="pairs")
+    else:
+        a1.scatter(x, y, s=14, alpha=0.6)
+    if k and k > 1:
+        a1.axhline(math.log(k), color="C3", lw=1.2, ls="--", label=f"uniform over K = {k}: ln K = {math.log(k):.2f}")
+    decorate(a1, "positive flips ρ_pos [% of eval set]", "entropy of per-class positive flips [nats]",
+             f"Spread over classes ({len(df):,} pairs)", {"loc": "lower right"} if k and k > 1 else None)
+
+    data = [df[f"top{p}_classes"].dropna().to_numpy(float) for p in TOP_P]
+    a2.boxplot(data, showfliers=len(df) <= HEXBIN_ABOVE)
+    a2.set_xticks(range(1, len(TOP_P) + 1), [f"{p} %" for p in TOP_P])
+    med = [float(np.median(d)) if len(d) else float("nan") for d in data]
+    for i, m in enumerate(med, start=1):
+        a2.annotate(f"{m:g}", (i, m), textcoords="offset points", xytext=(14, 0), fontsize=8, va="center")
+    if k:
+        a2.plot(range(1, len(TOP_P) + 1), [math.ceil(p / 100 * k) for p in TOP_P], "o--", color="C3", ms=5,
+                label=f"uniform over K = {k} classes")
+    if k and k > 50:
+        a2.set_yscale("log")
+    decorate(a2, "share p of a pair's positive flips", "classes holding p % (top-p % classes)",
+             "How few classes hold the complementary knowledge?", {"loc": "upper left"} if k else None)
+    return fig
 
 
 def plot_concentration(pairs_df: pd.DataFrame, num_classes: int | None, path: str | Path) -> Path:
@@ -31,54 +121,6 @@ def plot_concentration(pairs_df: pd.DataFrame, num_classes: int | None, path: st
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cols = ["rho_pos", "flip_entropy"] + [f"top{p}_classes" for p in TOP_P]
-    df = pairs_df[[c for c in cols if c in pairs_df.columns]].copy() if len(pairs_df) else pd.DataFrame(columns=cols)
-    for c in cols:
-        if c not in df.columns:
-            df[c] = np.nan
-    df = df.apply(pd.to_numeric, errors="coerce")
-    df = df[(df["rho_pos"] > 0) & df["flip_entropy"].notna()]
-    k = int(num_classes) if num_classes else None
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.3))
-    if df.empty:
-        for ax in (a1, a2):
-            ax.text(0.5, 0.5, "no pairs with per-class flip counts", ha="center", va="center", transform=ax.transAxes)
-            ax.set_axis_off()
-    else:
-        x, y = df["rho_pos"].to_numpy(float), df["flip_entropy"].to_numpy(float)
-        if len(df) > HEXBIN_ABOVE:
-            hb = a1.hexbin(x, y, gridsize=60, bins="log", mincnt=1, cmap="viridis")
-            fig.colorbar(hb, ax=a1, label="pairs")
-        else:
-            a1.scatter(x, y, s=14, alpha=0.6)
-        if k and k > 1:
-            a1.axhline(math.log(k), color="C3", lw=1.2, ls="--", label=f"uniform over K = {k}: ln K = {math.log(k):.2f}")
-            a1.legend(loc="lower right", fontsize=8)
-        a1.set_xlabel("positive flips ρ_pos [% of eval set]")
-        a1.set_ylabel("entropy of per-class positive flips [nats]")
-        a1.set_title(f"Spread over classes ({len(df):,} pairs)")
-
-        data = [df[f"top{p}_classes"].dropna().to_numpy(float) for p in TOP_P]
-        a2.boxplot(data, showfliers=len(df) <= HEXBIN_ABOVE)
-        a2.set_xticks(range(1, len(TOP_P) + 1), [f"{p} %" for p in TOP_P])
-        med = [float(np.median(d)) if len(d) else float("nan") for d in data]
-        for i, m in enumerate(med, start=1):
-            a2.annotate(f"{m:g}", (i, m), textcoords="offset points", xytext=(14, 0), fontsize=8, va="center")
-        if k:
-            a2.plot(range(1, len(TOP_P) + 1), [math.ceil(p / 100 * k) for p in TOP_P], "o--", color="C3", ms=5,
-                    label=f"uniform over K = {k} classes")
-            a2.legend(loc="upper left", fontsize=8)
-        if k and k > 50:
-            a2.set_yscale("log")
-        a2.set_xlabel("share p of a pair's positive flips")
-        a2.set_ylabel("classes holding p % (top-p % classes)")
-        a2.set_title("How few classes hold the complementary knowledge?")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(concentration_figure(pairs_df, num_classes), path)

@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import stats
-from .plots_ck import plot_concentration
+from . import gains, stats
+from .complementary import TOP_P
+from .gains import per_pair
+from .plots_ck import ci_yerr, decorate, plot_concentration, save, subplots
 from .store import Store
 
 SQL = {
@@ -31,7 +33,9 @@ SQL = {
     "transfers": """
         select r.* from transfer_results r join sweep_jobs sj on sj.job_id = r.job_id
         where sj.sweep = :sweep and r.final""",
-    # one row per (method, student, teacher): the final epoch, averaged over seeds, single-teacher jobs only
+    # one row per (method, student, teacher): the final epoch, averaged over seeds, single-teacher jobs only.
+    # gains.per_pair is the same filter on frames; this stays SQL so that the report can show the query behind
+    # its tables (test_final_row_filter_is_the_same_in_sql_and_pandas keeps the two in step)
     "transfer_pairs": """
         select r.method, r.student, r.teacher, count(*) as seeds,
                avg(r.delta) as delta, avg(r.knowledge_gain) as knowledge_gain,
@@ -58,7 +62,6 @@ SQL = {
         order by r.method, r.student, r.teacher""",
 }
 
-TOP_P = (2, 5, 20, 50)
 _NO_PAIRS = "nothing to draw: no measured pairs on this eval set yet (`zoo-sweep measure SPEC`)"
 _NO_RESULTS = "nothing to draw: no finished single-teacher transfer results for this sweep yet"
 EMPTY = {"ck_vs_gap": _NO_PAIRS, "concentration": _NO_PAIRS, "delta_vs_gap": _NO_RESULTS,
@@ -82,22 +85,6 @@ def pairs_table(store: Store, eval_set: str) -> pd.DataFrame:
     return store.query(SQL["pairs"], {"eval_set": eval_set})
 
 
-def per_pair(results: pd.DataFrame) -> pd.DataFrame:
-    """Final transfer rows -> one row per (method, student, teacher), numeric columns averaged over seeds;
-    multi-teacher rows (teacher contains "+") are left out. Rows of ``transfer_pairs`` pass unchanged."""
-    if results.empty:
-        return results
-    r = results
-    if "final" in r:
-        r = r[r["final"].astype(bool)]
-    r = r[~r["teacher"].astype(str).str.contains("+", regex=False)]
-    if not r.duplicated(["method", "student", "teacher"]).any():
-        return r.reset_index(drop=True)
-    num = [c for c in r.columns if c not in ("method", "student", "teacher") and r[c].dtype.kind in "if"
-           and c not in ("epoch", "seed", "final")]
-    return r.groupby(["method", "student", "teacher"], as_index=False, sort=False)[num].mean()
-
-
 def method_summary(results: pd.DataFrame, n_boot: int = stats.N_BOOT, seed: int = stats.SEED) -> pd.DataFrame:
     """Per method: pairs run, mean transfer delta, success rates, mean knowledge gain and loss (percent),
     mean transfer rate, each with its bootstrap 95 % interval in ``<column>_lo`` / ``<column>_hi``.
@@ -107,24 +94,14 @@ def method_summary(results: pd.DataFrame, n_boot: int = stats.N_BOOT, seed: int 
     pairs with delta > 0; ``student_success`` is the paper's statistic: the median over students of each
     student's share of teachers with delta > 0.
     """
-    stat_cols = ["mean_delta", "success", "student_success", "mean_gain", "mean_loss", "transfer_rate"]
-    cols = ["method", "pairs"] + [c + s for c in stat_cols for s in ("", "_lo", "_hi")]
-    res = per_pair(results)
-    if res.empty:
-        return pd.DataFrame(columns=cols)
+    kw = {"n_boot": n_boot, "seed": seed}
+    means = {"mean_gain": "knowledge_gain", "mean_loss": "knowledge_loss", "transfer_rate": "transfer_rate"}
+    cols = ["method", "pairs"] + _with_ci(["mean_delta", "success", "student_success", *means])
     rows = []
-    for method, g in res.groupby("method", sort=True):
-        cis = {
-            "mean_delta": stats.bootstrap_mean(g["delta"], n_boot, seed=seed),
-            "success": stats.bootstrap_rate(g["delta"] > 0, n_boot, seed=seed),
-            "student_success": stats.student_success(g["student"], g["delta"], n_boot, seed=seed),
-            "mean_gain": stats.bootstrap_mean(g["knowledge_gain"], n_boot, seed=seed),
-            "mean_loss": stats.bootstrap_mean(g["knowledge_loss"], n_boot, seed=seed),
-            "transfer_rate": stats.bootstrap_mean(g["transfer_rate"], n_boot, seed=seed),
-        }
-        row = {"method": method, "pairs": len(g)}
-        for k, ci in cis.items():
-            row.update({k: ci.estimate, f"{k}_lo": ci.lo, f"{k}_hi": ci.hi})
+    for method, g in (per_pair(results).groupby("method", sort=True) if len(results) else []):
+        row = _delta_stats({"method": method, "pairs": len(g)}, g, kw)
+        for name, col in means.items():
+            _ci_cols(row, name, stats.bootstrap_mean(g[col], **kw))
         rows.append(row)
     return pd.DataFrame(rows, columns=cols).round(3)
 
@@ -208,8 +185,6 @@ def make_report(store: Store, sweep: str, eval_set: str, out_dir: str | Path, nu
     import matplotlib
 
     matplotlib.use("Agg")
-    from . import gains
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     params = {"sweep": sweep, "eval_set": eval_set}
@@ -323,10 +298,11 @@ def make_report(store: Store, sweep: str, eval_set: str, out_dir: str | Path, nu
     # ---- where to find gains
     g_items: list = []
     held, ranks = [], []
+    feats = gains.pair_features(pairs, models)
     for m in methods:
-        h = gains.heldout_rank_correlation(pairs, models, tp, m, seed=seed)
+        h = gains.heldout_rank_correlation(pairs, models, tp, m, seed=seed, features=feats)
         held.append(h)
-        r = gains.rank_pairs(pairs, models, tp, m, seed=seed)
+        r = gains.rank_pairs(pairs, models, tp, m, seed=seed, features=feats)
         g_items.append(f"{m}: {r.attrs['note']}")
         ranks.append(r.head(10).assign(method=m))
     hdf = pd.DataFrame([h.as_row() for h in held], columns=list(gains.HeldOut("", 0, 0, 0).as_row()))
@@ -344,7 +320,7 @@ def make_report(store: Store, sweep: str, eval_set: str, out_dir: str | Path, nu
         g_items[-1].caption = ("no held-out check: " + "; ".join(f"{h.method}: {h.note}" for h in held)
                                if held else "no finished transfers yet: pairs are ranked by top_ck")
     if not methods:
-        r = gains.rank_pairs(pairs, models, tp, "kl_dp", seed=seed)
+        r = gains.rank_pairs(pairs, models, tp, "kl_dp", seed=seed, features=feats)
         g_items.append(f"no finished transfer results: {r.attrs['note']}")
         ranks.append(r.head(10).assign(method="(any)"))
     rk = pd.concat(ranks, ignore_index=True) if ranks else pd.DataFrame()
@@ -408,18 +384,28 @@ def _ci_cols(row: dict, name: str, ci: stats.CI) -> None:
     row.update({name: ci.estimate, f"{name}_lo": ci.lo, f"{name}_hi": ci.hi})
 
 
+def _with_ci(names) -> list[str]:
+    return [n + s for n in names for s in ("", "_lo", "_hi")]
+
+
+def _delta_stats(row: dict, g: pd.DataFrame, kw, per_student: bool = True) -> dict:
+    """Add mean_delta, success and (with ``per_student``) student_success of the pairs ``g`` to ``row``."""
+    _ci_cols(row, "mean_delta", stats.bootstrap_mean(g["delta"], **kw))
+    _ci_cols(row, "success", stats.bootstrap_rate(g["delta"] > 0, **kw))
+    if per_student:
+        _ci_cols(row, "student_success", stats.student_success(g["student"], g["delta"], **kw))
+    return row
+
+
+_QUANTITY = ["quantity", "pairs", "mean", "mean_lo", "mean_hi", "median", "min", "max", "uniform"]
+
+
 def _ck_table(pairs, kw, note) -> ReportTable:
-    rows = []
-    for col in ("rho_pos", "rho_neg", "agreement", "oracle_acc", "ensemble_acc"):
-        if col not in pairs or pairs[col].isna().all():
-            continue
-        x = pairs[col].astype(float)
-        row = {"quantity": col, "pairs": int(x.notna().sum())}
-        _ci_cols(row, "mean", stats.bootstrap_mean(x, **kw))
-        row.update(median=x.median(), min=x.min(), max=x.max())
-        rows.append(row)
-    df = pd.DataFrame(rows, columns=["quantity", "pairs", "mean", "mean_lo", "mean_hi", "median", "min", "max"])
-    return _table("ck_summary", "Pair metrics (percent of the eval set)", df, ["pairs"], note)
+    rows = [_qrow(col, pairs[col].astype(float), kw) for col in
+            ("rho_pos", "rho_neg", "agreement", "oracle_acc", "ensemble_acc")
+            if col in pairs and not pairs[col].isna().all()]
+    return _table("ck_summary", "Pair metrics (percent of the eval set)",
+                  pd.DataFrame(rows, columns=_QUANTITY[:-1]), ["pairs"], note)
 
 
 def _concentration_table(pairs, k, kw, note) -> ReportTable:
@@ -434,13 +420,13 @@ def _concentration_table(pairs, k, kw, note) -> ReportTable:
             if c in pairs:
                 rows.append(_qrow(f"classes holding {p} % of positive flips", pairs[c].astype(float), kw,
                                   math.ceil(p / 100 * k) if k else np.nan))
-    cols = ["quantity", "pairs", "mean", "mean_lo", "mean_hi", "median", "min", "max", "uniform"]
     return _table("concentration", f"Per-class concentration (K = {k or 'unknown'} classes)",
-                  pd.DataFrame(rows, columns=cols), ["pairs"],
+                  pd.DataFrame(rows, columns=_QUANTITY), ["pairs"],
                   f"uniform: the value if positive flips were spread evenly over the K classes; {note}")
 
 
-def _qrow(name, x, kw, uniform) -> dict:
+def _qrow(name, x, kw, uniform=np.nan) -> dict:
+    """One row of a ``_QUANTITY`` table: the distribution of ``x`` over pairs (``uniform``: its reference)."""
     row = {"quantity": name, "pairs": int(x.notna().sum())}
     _ci_cols(row, "mean", stats.bootstrap_mean(x, **kw))
     row.update(median=x.median(), min=x.min(), max=x.max(), uniform=uniform)
@@ -448,8 +434,7 @@ def _qrow(name, x, kw, uniform) -> dict:
 
 
 def _method_differences(tp, kw) -> pd.DataFrame:
-    cols = ["method_a", "method_b", "pairs", "paired", "delta_diff", "delta_diff_lo", "delta_diff_hi",
-            "success_diff", "success_diff_lo", "success_diff_hi", "delta", "success"]
+    cols = ["method_a", "method_b", "pairs", "paired"] + _with_ci(["delta_diff", "success_diff"]) + ["delta", "success"]
     rows = []
     methods = sorted(tp["method"].unique()) if len(tp) else []
     for i, a in enumerate(methods):
@@ -494,8 +479,7 @@ def _gap_edges(gap: pd.Series) -> np.ndarray:
 
 
 def _binned(tp, kw) -> pd.DataFrame:
-    cols = ["method", "gap_bin", "gap_mid", "pairs", "mean_delta", "mean_delta_lo", "mean_delta_hi",
-            "success", "success_lo", "success_hi"]
+    cols = ["method", "gap_bin", "gap_mid", "pairs"] + _with_ci(["mean_delta", "success"])
     if tp.empty:
         return pd.DataFrame(columns=cols)
     edges = _gap_edges(tp["acc_gap"])
@@ -508,24 +492,18 @@ def _binned(tp, kw) -> pd.DataFrame:
             continue
         row = {"method": method, "gap_bin": f"[{edges[i]:.1f}, {edges[i + 1]:.1f}{']' if i == len(edges) - 2 else ')'}",
                "gap_mid": float(g["acc_gap"].mean()), "pairs": len(g)}
-        _ci_cols(row, "mean_delta", stats.bootstrap_mean(g["delta"], **kw))
-        _ci_cols(row, "success", stats.bootstrap_rate(g["delta"] > 0, **kw))
-        rows.append(row)
+        rows.append(_delta_stats(row, g, kw, per_student=False))
     return pd.DataFrame(rows, columns=cols)
 
 
 def _families(tp, kw) -> pd.DataFrame:
-    cols = ["method", "student_family", "students", "pairs", "mean_delta", "mean_delta_lo", "mean_delta_hi",
-            "success", "success_lo", "success_hi", "student_success", "student_success_lo", "student_success_hi"]
+    cols = ["method", "student_family", "students", "pairs"] + _with_ci(["mean_delta", "success", "student_success"])
     rows = []
     if len(tp):
         for (method, fam), g in tp.assign(student_family=tp["student_family"].fillna("unknown")).groupby(
                 ["method", "student_family"], sort=True):
             row = {"method": method, "student_family": fam, "students": g["student"].nunique(), "pairs": len(g)}
-            _ci_cols(row, "mean_delta", stats.bootstrap_mean(g["delta"], **kw))
-            _ci_cols(row, "success", stats.bootstrap_rate(g["delta"] > 0, **kw))
-            _ci_cols(row, "student_success", stats.student_success(g["student"], g["delta"], **kw))
-            rows.append(row)
+            rows.append(_delta_stats(row, g, kw))
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -536,8 +514,7 @@ PROPERTIES = {"log10 student params": lambda d: np.log10(d["student_params"].ast
 
 
 def _correlations(tp, kw) -> pd.DataFrame:
-    cols = ["method", "property", "pairs", "pearson", "pearson_lo", "pearson_hi", "spearman", "spearman_lo",
-            "spearman_hi"]
+    cols = ["method", "property", "pairs"] + _with_ci(["pearson", "spearman"])
     rows = []
     for method, g in (tp.groupby("method", sort=True) if len(tp) else []):
         for name, f in PROPERTIES.items():
@@ -568,13 +545,10 @@ def _multi_teacher(multi, tp) -> pd.DataFrame:
 
 
 def _multi_summary(mt, kw) -> pd.DataFrame:
-    cols = ["method", "runs", "mean_delta", "mean_delta_lo", "mean_delta_hi", "success", "success_lo", "success_hi",
-            "gain_over_best", "gain_over_best_lo", "gain_over_best_hi", "verdict"]
+    cols = ["method", "runs"] + _with_ci(["mean_delta", "success", "gain_over_best"]) + ["verdict"]
     rows = []
     for method, g in mt.groupby("method", sort=True):
-        row = {"method": method, "runs": len(g)}
-        _ci_cols(row, "mean_delta", stats.bootstrap_mean(g["delta"], **kw))
-        _ci_cols(row, "success", stats.bootstrap_rate(g["delta"] > 0, **kw))
+        row = _delta_stats({"method": method, "runs": len(g)}, g, kw, per_student=False)
         ci = stats.bootstrap_mean(g["gain_over_best"], **kw)
         _ci_cols(row, "gain_over_best", ci)
         row["verdict"] = ("no single-teacher runs to compare" if ci.n == 0 else
@@ -632,16 +606,13 @@ def _findings(pairs, summary, diffs, msum, held, ranks) -> list[str]:
 
 
 # ---------------------------------------------------------------------- plots
-def _plt():
-    import matplotlib.pyplot as plt
-
-    return plt
+_GAP_LABEL = "accuracy gap: acc(teacher) − acc(student) [points]"
+_DELTA_LABEL = "transfer delta Δ_transf [points]"
 
 
 def _plot_ck_vs_gap(pairs, models, path) -> Path:
-    plt = _plt()
     fam = models.set_index("name")["family"] if len(models) else pd.Series(dtype=str)
-    fig, ax = plt.subplots(figsize=(7, 4.8))
+    fig, ax = subplots(figsize=(7, 4.8))
     sf = pairs["student"].map(fam).fillna("unknown")
     for f, g in pairs.groupby(sf, sort=True):
         ax.scatter(g["acc_gap"], g["rho_pos"], s=18, alpha=0.75, color=FAMILY_COLORS.get(f, "C7"),
@@ -649,64 +620,47 @@ def _plot_ck_vs_gap(pairs, models, path) -> Path:
     env = _min_envelope(pairs["acc_gap"].to_numpy(float), pairs["rho_pos"].to_numpy(float))
     ax.plot(env[0], env[1], color="C3", lw=1.6, label="minimum envelope")
     ax.axvline(0, color="k", lw=0.6, ls=":")
-    ax.set_xlabel("accuracy gap: acc(teacher) − acc(student) [points]")
-    ax.set_ylabel("positive flips ρ_pos [% of eval set]")
-    ax.set_title("Complementary knowledge of every ordered pair")
     ax.set_ylim(bottom=0)
-    ax.legend(loc="upper left", fontsize=8)
-    return _save(fig, path)
+    decorate(ax, _GAP_LABEL, "positive flips ρ_pos [% of eval set]", "Complementary knowledge of every ordered pair",
+             {"loc": "upper left"})
+    return save(fig, path)
 
 
 def _plot_delta_vs_gap(tp, binned, colors, path) -> Path:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.8))
+    fig, ax = subplots(figsize=(7, 4.8))
     for method, g in tp.groupby("method", sort=True):
         c = colors.get(method, "C7")
         ax.scatter(g["acc_gap"], g["delta"], s=14, alpha=0.35, color=c)
         b = binned[binned["method"] == method]
         if len(b):
-            ax.errorbar(b["gap_mid"], b["mean_delta"],
-                        yerr=[b["mean_delta"] - b["mean_delta_lo"].fillna(b["mean_delta"]),
-                              b["mean_delta_hi"].fillna(b["mean_delta"]) - b["mean_delta"]],
-                        color=c, marker="o", lw=1.8, capsize=4, label=f"{method} (binned mean, 95 % CI)")
+            ax.errorbar(b["gap_mid"], b["mean_delta"], yerr=ci_yerr(b, "mean_delta"), color=c, marker="o", lw=1.8,
+                        capsize=4, label=f"{method} (binned mean, 95 % CI)")
     ax.axhline(0, color="k", lw=0.8)
-    ax.set_xlabel("accuracy gap: acc(teacher) − acc(student) [points]")
-    ax.set_ylabel("transfer delta Δ_transf [points]")
-    ax.set_title("Transfer delta against teacher strength")
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    decorate(ax, _GAP_LABEL, _DELTA_LABEL, "Transfer delta against teacher strength", {})
+    return save(fig, path)
 
 
 def _plot_gain_loss(tp, summary, colors, path) -> Path:
-    plt = _plt()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.3))
+    fig, (a1, a2) = subplots(2)
     x = np.arange(len(summary))
     for off, col, lab, hatch in ((-0.2, "mean_gain", "knowledge gain", ""), (0.2, "mean_loss", "knowledge loss", "//")):
-        est = summary[col].astype(float)
-        err = [est - summary[f"{col}_lo"].astype(float).fillna(est), summary[f"{col}_hi"].astype(float).fillna(est) - est]
-        a1.bar(x + off, est, 0.4, yerr=err, capsize=4, label=lab, hatch=hatch,
+        a1.bar(x + off, summary[col].astype(float), 0.4, yerr=ci_yerr(summary, col), capsize=4, label=lab, hatch=hatch,
                color=[colors.get(m, "C7") for m in summary["method"]], alpha=0.85 if not hatch else 0.45,
                edgecolor="k")
     a1.set_xticks(x, summary["method"])
-    a1.set_ylabel("% of eval set (mean over pairs, 95 % CI)")
-    a1.set_title("What transfer gains and what it forgets")
-    a1.legend(fontsize=8)
+    decorate(a1, None, "% of eval set (mean over pairs, 95 % CI)", "What transfer gains and what it forgets", {})
     hi = 0.0
     for method, g in tp.groupby("method", sort=True):
         a2.scatter(g["knowledge_gain"], g["knowledge_loss"], s=16, alpha=0.7, color=colors.get(method, "C7"),
                    label=method)
         hi = max(hi, float(np.nanmax(g[["knowledge_gain", "knowledge_loss"]].to_numpy(float))))
     a2.plot([0, hi * 1.05 or 1], [0, hi * 1.05 or 1], color="k", lw=0.8, ls="--", label="gain = loss (Δ = 0)")
-    a2.set_xlabel("knowledge gain [% of eval set]")
-    a2.set_ylabel("knowledge loss [% of eval set]")
-    a2.set_title("Per pair: gain against loss")
-    a2.legend(fontsize=8)
-    return _save(fig, path)
+    decorate(a2, "knowledge gain [% of eval set]", "knowledge loss [% of eval set]", "Per pair: gain against loss", {})
+    return save(fig, path)
 
 
 def _plot_success(tp, fam, colors, path) -> Path:
-    plt = _plt()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.3))
+    fig, (a1, a2) = subplots(2)
     methods = sorted(tp["method"].unique())
     rates = [list(stats.per_student_rates(g["student"], g["delta"]).values())
              for _, g in tp.groupby("method", sort=True)]
@@ -717,27 +671,22 @@ def _plot_success(tp, fam, colors, path) -> Path:
         bp["boxes"][i].set_alpha(0.4)
         a1.scatter(i + 1 + rng.uniform(-0.12, 0.12, len(r)), r, s=16, color=colors.get(m, "C7"), zorder=3)
     a1.set_ylim(-5, 105)
-    a1.set_ylabel("per-student success rate [% of its teachers]")
-    a1.set_title("Transfer success per student (cf. paper Fig. 4a)")
+    decorate(a1, None, "per-student success rate [% of its teachers]",
+             "Transfer success per student (cf. paper Fig. 4a)")
     fams = sorted(fam["student_family"].unique())
     w = 0.8 / max(1, len(methods))
     for j, m in enumerate(methods):
         g = fam[fam["method"] == m].set_index("student_family").reindex(fams)
-        est = g["success"].astype(float)
-        err = [(est - g["success_lo"].astype(float)).fillna(0), (g["success_hi"].astype(float) - est).fillna(0)]
-        a2.bar(np.arange(len(fams)) + (j - (len(methods) - 1) / 2) * w, est.fillna(0), w, yerr=err, capsize=3,
-               color=colors.get(m, "C7"), alpha=0.8, label=m)
+        a2.bar(np.arange(len(fams)) + (j - (len(methods) - 1) / 2) * w, g["success"].astype(float).fillna(0), w,
+               yerr=ci_yerr(g, "success"), capsize=3, color=colors.get(m, "C7"), alpha=0.8, label=m)
     a2.set_xticks(np.arange(len(fams)), fams)
     a2.set_ylim(0, 105)
-    a2.set_ylabel("pairs with Δ > 0 [%] (95 % CI)")
-    a2.set_title("Success rate by student family")
-    a2.legend(fontsize=8)
-    return _save(fig, path)
+    decorate(a2, None, "pairs with Δ > 0 [%] (95 % CI)", "Success rate by student family", {})
+    return save(fig, path)
 
 
 def _plot_properties(tp, colors, path) -> Path:
-    plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), sharey=True)
+    fig, axes = subplots(3, figsize=(13, 4.2), sharey=True)
     fams = sorted(tp["student_family"].fillna("unknown").unique())
     methods = sorted(tp["method"].unique())
     for j, (method, g) in enumerate(tp.groupby("method", sort=True)):
@@ -750,22 +699,18 @@ def _plot_properties(tp, colors, path) -> Path:
         off = (j - (len(methods) - 1) / 2) * 0.8 / max(1, len(methods))
         axes[1].scatter(xf + off + np.random.default_rng(j).uniform(-0.05, 0.05, len(g)), g["delta"], s=16,
                         alpha=0.7, color=c, label=method)
-    axes[0].set_xlabel("student size: log10(parameters)")
     axes[1].set_xticks(range(len(fams)), fams)
-    axes[1].set_xlabel("student family")
-    axes[2].set_xlabel("student accuracy [%]")
-    axes[0].set_ylabel("transfer delta Δ_transf [points]")
-    for ax in axes:
+    axes[0].set_ylabel(_DELTA_LABEL)
+    for ax, xlabel in zip(axes, ("student size: log10(parameters)", "student family", "student accuracy [%]")):
         ax.axhline(0, color="k", lw=0.8)
-        ax.legend(fontsize=7)
+        decorate(ax, xlabel, legend={"fontsize": 7})
     fig.suptitle("Which students gain?")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _plot_multi(mt, colors, path) -> Path:
-    plt = _plt()
     mt = mt.reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * len(mt)))
+    fig, ax = subplots(figsize=(8, 1.2 + 0.45 * len(mt)))
     y = np.arange(len(mt))
     for i, r in mt.iterrows():
         c = colors.get(r["method"], "C7")
@@ -779,15 +724,12 @@ def _plot_multi(mt, colors, path) -> Path:
     ax.plot([], [], "|", color="k", ms=14, mew=2, label="best single teacher")
     ax.set_yticks(y, [f"{r.method}: {r.student} ← {r.teachers}" for r in mt.itertuples()], fontsize=8)
     ax.axvline(0, color="k", lw=0.6, ls=":")
-    ax.set_xlabel("transfer delta Δ_transf [points]")
-    ax.set_title("Multi-teacher against the best single teacher")
-    ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path)
+    decorate(ax, _DELTA_LABEL, None, "Multi-teacher against the best single teacher", {"loc": "lower right"})
+    return save(fig, path)
 
 
 def _plot_predicted(held, colors, path) -> Path:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    fig, ax = subplots(figsize=(6.5, 4.8))
     lo, hi = np.inf, -np.inf
     for h in held:
         if len(h.predictions) == 0:
@@ -798,11 +740,9 @@ def _plot_predicted(held, colors, path) -> Path:
         lo = min(lo, p["predicted_delta"].min(), p["delta"].min())
         hi = max(hi, p["predicted_delta"].max(), p["delta"].max())
     ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, ls="--", label="predicted = measured")
-    ax.set_xlabel("predicted delta [points]")
-    ax.set_ylabel("measured delta [points]")
-    ax.set_title("predicted_gain on pairs held out of the fit")
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    decorate(ax, "predicted delta [points]", "measured delta [points]", "predicted_gain on pairs held out of the fit",
+             {})
+    return save(fig, path)
 
 
 def _min_envelope(x: np.ndarray, y: np.ndarray, bins: int = 12):
@@ -818,13 +758,6 @@ def _min_envelope(x: np.ndarray, y: np.ndarray, bins: int = 12):
             cx.append(x[sel][np.argmin(y[sel])])
             cy.append(y[sel].min())
     return np.array(cx), np.array(cy)
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _plt().close(fig)
-    return Path(path)
 
 
 # ---------------------------------------------------------------------- markdown

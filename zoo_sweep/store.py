@@ -217,6 +217,18 @@ class Store:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q.order_by(jobs.c.created_at, jobs.c.id))]
 
+    def job_states(self, sweep: str, kind: str | None = None, states: Iterable[str] | None = None) -> dict[str, str]:
+        """Job id -> state of a sweep's jobs (optionally of one kind, in some states only). Bookkeeping and
+        polling need no payload: a zoo-wide sweep's JSON specs would dominate the read."""
+        q = (sa.select(jobs.c.id, jobs.c.state).join(sweep_jobs, sweep_jobs.c.job_id == jobs.c.id)
+             .where(sweep_jobs.c.sweep == sweep))
+        if kind:
+            q = q.where(jobs.c.kind == kind)
+        if states is not None:
+            q = q.where(jobs.c.state.in_(list(states)))
+        with self.engine.connect() as conn:
+            return {job_id: state for job_id, state in conn.execute(q.order_by(jobs.c.created_at, jobs.c.id))}
+
     def sweep_names(self) -> list[str]:
         with self.engine.connect() as conn:
             return [r[0] for r in conn.execute(sa.select(sweeps.c.name).order_by(sweeps.c.updated_at))]
@@ -270,7 +282,7 @@ def job_summary(store: Store, sweep: str | None = None) -> pd.DataFrame:
 
 def reset_jobs(store: Store, sweep: str, from_state: str, to_state: str, kind: str | None = None) -> int:
     """Move a sweep's jobs between states (driver-side bookkeeping: reset, cancel); returns how many."""
-    ids = [j["id"] for j in store.sweep_jobs(sweep, kind) if j["state"] == from_state]
+    ids = list(store.job_states(sweep, kind, states=[from_state]))
     if to_state == "pending":
         store.set_state(ids, to_state, attempts=0, error=None)
     else:

@@ -20,18 +20,20 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 from urllib.parse import urlparse
 
 import typer
 
 from . import UserError
+
+if TYPE_CHECKING:
+    from .spec import SweepSpec
 
 SLURM_DIR = Path("jobs") / "slurm"
 MODES = ("symmetric", "classic")
@@ -113,15 +115,20 @@ def _is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def _spec(spec: str | Path):
-    from .spec import load_spec
+def _spec(spec: str | Path | SweepSpec) -> tuple[SweepSpec, Path]:
+    """(SweepSpec, its file, absolute) from a spec file or an already loaded spec that has one."""
+    from .spec import SweepSpec, load_spec
 
+    if isinstance(spec, SweepSpec):
+        if spec.path is None:
+            raise ValueError(f"spec {spec.name!r} was not read from a file, which the cluster job needs")
+        return spec, Path(spec.path).resolve()
     s = load_spec(spec)  # a bad spec fails here, not on the cluster after hours in the queue
     return s, Path(spec).resolve()
 
 
 # ---------------------------------------------------------------------- SLURM
-def render_sbatch(spec: str | Path, *, nodes: int | str = 1, gpus_per_node: int | str = 0,
+def render_sbatch(spec: str | Path | SweepSpec, *, nodes: int | str = 1, gpus_per_node: int | str = 0,
                   partition: str | None = None, time: str | None = None, account: str | None = None,
                   cpus_per_node: int | str | None = None, mem: str | None = None,
                   setup: str | Sequence[str] = (), mode: str | None = None, port: int | str | None = None,
@@ -129,7 +136,8 @@ def render_sbatch(spec: str | Path, *, nodes: int | str = 1, gpus_per_node: int 
                   home: str | None = None, launch_args: str | Sequence[str] = (),
                   log_dir: str | Path = SLURM_DIR, job_name: str | None = None,
                   warn=None) -> str:
-    """The text of an sbatch script that runs the sweep on a SLURM allocation.
+    """The text of an sbatch script that runs the sweep on a SLURM allocation. ``spec``: its file, or the
+    spec already loaded from one.
 
     Ray mode (default): one Ray node per SLURM node, each started with exactly the allocated CPUs and
     GPUs; ``zoo-sweep launch SPEC --address HEAD:PORT --gpus NODES*GPUS`` runs on the head (the first
@@ -352,7 +360,7 @@ def submit_slurm(script: str | Path, env: dict | None = None) -> str:
 
 def wait_for_nodes(address: str, nodes: int, timeout: float = 300.0) -> int:
     """Block until the Ray cluster at HOST:PORT answers and has ``nodes`` alive nodes; returns that count."""
-    from .cluster import send_token_if_available, check_reachable
+    from .cluster import check_reachable, connect, shutdown
 
     deadline = time.time() + timeout
     while True:
@@ -365,15 +373,9 @@ def wait_for_nodes(address: str, nodes: int, timeout: float = 300.0) -> int:
             time.sleep(1.0)
     if nodes <= 0:
         return 0
-    import logging
-
     import ray
 
-    send_token_if_available()
-    try:
-        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
-    except Exception as e:
-        raise UserError(f"cannot join the Ray cluster at {address}: {(str(e).strip() or type(e).__name__).splitlines()[0]}") from None
+    connect(address)
     try:
         while True:
             alive = sum(1 for n in ray.nodes() if n.get("Alive"))
@@ -383,7 +385,7 @@ def wait_for_nodes(address: str, nodes: int, timeout: float = 300.0) -> int:
                 raise UserError(f"only {alive} of {nodes} Ray node(s) joined {address} within {timeout:.0f} s")
             time.sleep(2.0)
     finally:
-        ray.shutdown()
+        shutdown()
 
 
 # ---------------------------------------------------------------------- Ray Jobs
@@ -407,17 +409,6 @@ def jobs_url(address: str | None) -> str:
     return a
 
 
-def _check_jobs_reachable(url: str, timeout: float = 3.0) -> None:
-    u = urlparse(url)
-    port = u.port or (443 if u.scheme == "https" else 80)
-    try:
-        with socket.create_connection((u.hostname, port), timeout=timeout):
-            pass
-    except OSError as e:
-        raise UserError(f"cannot reach a Ray Jobs server at {url} ({e.strerror or e}); start the cluster's head "
-                        "with the dashboard (pip install 'ray[default]'; `ray start --head`, port 8265)") from None
-
-
 def jobs_client(address: str | None):
     """A JobSubmissionClient for the cluster, failing fast and in one line; it sends the Ray token when
     one is configured (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), as a header only."""
@@ -428,9 +419,11 @@ def jobs_client(address: str | None):
         from ray.job_submission import JobSubmissionClient
     except ImportError as e:
         raise UserError(f"Ray Jobs need ray[default] ({e.name} is missing): pip install 'zoo-sweep[cluster]'") from None
-    _check_jobs_reachable(url)
-    from .cluster import send_token_if_available
+    from .cluster import probe, send_token_if_available
 
+    u = urlparse(url)
+    probe(u.hostname, u.port or (443 if u.scheme == "https" else 80), 3.0, f"cannot reach a Ray Jobs server at {url}",
+          "start the cluster's head with the dashboard (pip install 'ray[default]'; `ray start --head`, port 8265)")
     send_token_if_available()
     try:
         return JobSubmissionClient(url)
@@ -618,13 +611,12 @@ def slurm_cmd(ctx: typer.Context,
     if not dry_run and not shutil.which("sbatch"):
         raise UserError("sbatch not found on PATH: run this on a SLURM login node, or add --dry-run to only "
                         "write the script")
-    text = render_sbatch(spec, nodes=nodes, gpus_per_node=gpus_per_node, partition=partition, time=time_limit,
+    s, _ = _spec(spec)
+    text = render_sbatch(s, nodes=nodes, gpus_per_node=gpus_per_node, partition=partition, time=time_limit,
                          account=account, cpus_per_node=cpus_per_node, mem=mem, setup=setup or (), mode=mode,
                          port=port, array=array, dashboard=dashboard, db=db, home=home, launch_args=launch_args,
                          log_dir=out_dir)
-    from .spec import load_spec
-
-    name = load_spec(spec).name + ("-array" if array else "")
+    name = s.name + ("-array" if array else "")
     path = write_sbatch(text, name, out_dir)
     _say(f"wrote {path}")
     if dry_run:

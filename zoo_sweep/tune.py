@@ -19,9 +19,9 @@ import pandas as pd
 
 from . import UserError
 from .cluster import connect
-from .launch import LaunchOptions, eval_labels, launch_sweep, plain, record_transfer
+from .launch import LaunchOptions, measure_sweep, plain, record_transfer
 from .paths import Paths
-from .plan import make_plan, transfer_jobs
+from .plan import transfer_jobs
 from .select import select_pairs
 from .spec import PairSpec, SweepSpec
 from .store import Store
@@ -66,10 +66,11 @@ def tune_method(spec: SweepSpec, store: Store, paths: Paths, method: str, sample
     if samples < 1 or pairs < 1:
         raise UserError("--samples and --pairs must be >= 1")
     opts = opts or LaunchOptions()
-    launch_sweep(spec, store, paths, dataclasses.replace(opts, until="compare"))  # records + pairs (reused)
-    plan = make_plan(spec, paths)
+    measured = measure_sweep(spec, store, paths, opts)  # records + pairs (reused)
+    plan, correct = measured.plan, measured.correct
     calib = calibration_pairs(store, spec, pairs, {m.name: m.family for m in plan.models})
-    correct = _correctness(spec, plan, paths)
+    if any(m.name not in correct for m in plan.models):
+        raise UserError("some prediction records are missing; run `zoo-sweep measure SPEC` first")
     base = spec.transfer
 
     def jobs_for(config: dict) -> list[dict]:
@@ -114,20 +115,6 @@ def tune_method(spec: SweepSpec, store: Store, paths: Paths, method: str, sample
     trials = pd.DataFrame(rows).sort_values(OBJECTIVES[objective], ascending=False).reset_index(drop=True)
     best = {k: plain(trials.iloc[0][k]) for k in search_space(method)}
     return TuneResult(sweep, best, trials, calib)
-
-
-def _correctness(spec: SweepSpec, plan, paths: Paths) -> dict[str, np.ndarray]:
-    """Per model, which eval samples its prediction record gets right."""
-    from .predict import load_record
-
-    labels = eval_labels(spec, paths)
-    out = {}
-    for job in plan.predict_jobs:
-        rec = load_record(paths.records / f"{job['id']}.npz")
-        if rec is None:
-            raise UserError("some prediction records are missing; run `zoo-sweep measure SPEC` first")
-        out[json.loads(job["spec"])["model"]["name"]] = rec["pred"] == labels
-    return out
 
 
 def _store_trial(store: Store, sweep: str, out: list[dict]) -> None:

@@ -348,7 +348,11 @@ def parallel_choice(z_ts: torch.Tensor, z_s0: torch.Tensor, labels: torch.Tensor
     Supervised: the highest true-class probability; unsupervised (labels None): the highest max probability.
     Ties go to the frozen student (as DP's strict inequality does).
     """
-    probs = F.softmax(torch.cat([z_s0.unsqueeze(0), z_ts]), dim=2)  # (K+1) x B x C
+    return _choice(torch.cat([z_s0.unsqueeze(0), z_ts]), labels)
+
+
+def _choice(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    probs = F.softmax(logits, dim=2)  # (K+1) x B x C, s0 first
     if labels is None:
         score = probs.max(dim=2).values
     else:
@@ -357,8 +361,8 @@ def parallel_choice(z_ts: torch.Tensor, z_s0: torch.Tensor, labels: torch.Tensor
 
 
 def parallel_target(z_ts, z_s0, labels, T: float):
-    choice = parallel_choice(z_ts, z_s0, labels)
     logits = torch.cat([z_s0.unsqueeze(0), z_ts])  # (K+1) x B x C
+    choice = _choice(logits, labels)
     chosen = logits.gather(0, choice.view(1, -1, 1).expand(1, -1, logits.shape[2])).squeeze(0)
     return F.softmax(chosen / T, dim=1), choice
 

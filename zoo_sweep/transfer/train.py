@@ -73,16 +73,17 @@ def run_transfer(student: torch.nn.Module, teacher, method: str, hp: TransferPar
     t_cfgs = list(teacher_cfg) if isinstance(teacher_cfg, (list, tuple)) else [teacher_cfg]
     if m.multi != isinstance(teacher, (list, tuple)):
         raise ValueError(f"method {method!r} {'needs a list of' if m.multi else 'takes one'} teacher(s)")
+    if (teacher_cache is not None and (m.multi or m.needs_features)) or (s0_cache is not None and not m.needs_s0):
+        raise ValueError(f"method {method!r} cannot read cached logits for that role")
     cuda = str(device).startswith("cuda")
     fmt = torch.channels_last if cuda else torch.contiguous_format
     torch.manual_seed(seed)
+    s0 = copy.deepcopy(student).eval() if m.needs_s0 else None  # copied where it is: moved below when it runs
     student.to(device, memory_format=fmt)
-    for t in teachers:
-        t.to(device, memory_format=fmt).eval()
-    s0 = copy.deepcopy(student).eval() if m.needs_s0 else None
-    frozen = [q for mod in teachers + ([s0] if s0 is not None else []) for q in mod.parameters()]
-    for q in frozen:
-        q.requires_grad_(False)
+    for mod in teachers + ([s0] if s0 is not None else []):
+        mod.eval()
+        for q in mod.parameters():
+            q.requires_grad_(False)
     n = len(transfer_set)
     state = m.make_state(student, teachers[0], hp, {"n_train": n, "device": device, "seed": seed}) \
         if m.make_state else None
@@ -124,8 +125,6 @@ def run_transfer(student: torch.nn.Module, teacher, method: str, hp: TransferPar
             f = model.forward_features(inp)
             return model.forward_head(f).float(), model.forward_head(f, pre_logits=True).float()
 
-    if (teacher_cache is not None and (m.multi or m.needs_features)) or (s0_cache is not None and s0 is None):
-        raise ValueError(f"method {method!r} cannot read cached logits for that role")
     stored = torch.bfloat16 if cuda else torch.float32  # exactly what forward() gives, so caching is lossless
     rows_per_epoch = min(per_epoch * hp.batch_size, full)
 
@@ -140,12 +139,15 @@ def run_transfer(student: torch.nn.Module, teacher, method: str, hp: TransferPar
             return images[b].pin_memory().to(device, non_blocking=True)
         return images[b]
 
-    def cached_or_run(cache, epoch):
-        """(logits read back, list collecting this epoch's logits to store): at most one is not None."""
-        if cache is None:
-            return None, None
-        z = cache.load(epoch, rows_per_epoch, device)
-        return (z, None) if z is not None else (None, [])
+    def cached_or_run(cache, epoch, models):
+        """(logits read back, list collecting this epoch's logits to store): at most one is not None. A frozen
+        model moves to the device the first time an epoch computes it: a job that reads every epoch from
+        the cache never holds it in device memory."""
+        z = cache.load(epoch, rows_per_epoch, device) if cache is not None else None
+        if z is None:
+            for mod in models:
+                mod.to(device, memory_format=fmt)  # a no-op once it is there
+        return (z, None) if z is not None else (None, None if cache is None else [])
 
     try:
         for epoch in range(start, hp.epochs + 1):
@@ -153,8 +155,8 @@ def run_transfer(student: torch.nn.Module, teacher, method: str, hp: TransferPar
             if state is not None:
                 state.train(True)
             losses, share_sum = [], 0.0
-            t_read, t_new = cached_or_run(teacher_cache, epoch)
-            s0_read, s0_new = cached_or_run(s0_cache, epoch)
+            t_read, t_new = cached_or_run(teacher_cache, epoch, teachers)
+            s0_read, s0_new = cached_or_run(s0_cache, epoch, [s0] if s0 is not None else [])
             order = torch.randperm(n, generator=gen)[:full]
             # indices move to the device once per epoch: a copy per batch would wait for the GPU each time
             batches = zip(order.split(hp.batch_size)[:per_epoch], order.to(device).split(hp.batch_size))
