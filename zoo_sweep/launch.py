@@ -98,8 +98,7 @@ def measure_sweep(spec: SweepSpec, store: Store, paths: Paths, opts: LaunchOptio
     """Stages up to compare, like ``launch --until compare``; the plan and every model's correctness come
     back too, so a caller that goes on plans and reads the records no second time."""
     run = _execute(spec, store, paths, replace(opts or LaunchOptions(), until="compare"), console)
-    names = {j["id"]: json.loads(j["spec"])["model"]["name"] for j in run.plan.predict_jobs}
-    correct = {name: run.records[jid]["pred"] == run._labels() for jid, name in names.items() if jid in run.records}
+    correct = {m.name: run.correct_of(m.name) for m in run.plan.models if run.has_record(m.name)}
     return Measured(run.report, run.plan, correct)
 
 
@@ -131,6 +130,8 @@ class _Run:
         self._pool: _Pool | None = None
         self.records: dict[str, dict] = {}  # predict job id -> record, loaded once per launch
         self._eval_labels: np.ndarray | None = None
+        self._predict_id = {json.loads(j["spec"])["model"]["name"]: j["id"] for j in plan.predict_jobs}
+        self._correct: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ stages
     def execute(self) -> LaunchReport:
@@ -246,25 +247,17 @@ class _Run:
         self.report.reused["transfer jobs"] = sum(j["state"] == "done" for j in jobs)
         if not todo:
             return
-        rec_of = {json.loads(j["spec"])["model"]["name"]: self.records[j["id"]]
-                  for j in self.store.sweep_jobs(self.spec.name, "predict") if j["id"] in self.records}
-        correct: dict[str, np.ndarray] = {}  # model -> eval-set correctness, built once per launch
-
-        def correct_of(name: str) -> np.ndarray:
-            if name not in correct:
-                correct[name] = rec_of[name]["pred"] == self._labels()
-            return correct[name]
-
         payloads = {j["id"]: json.loads(j["spec"]) for j in todo}
         streams = self._plan_streams(payloads)
         todo = streams.order(todo)
 
         def inputs(job):
             p = payloads[job["id"]]
-            out = {"s0_correct": correct_of(p["student"]["name"]), "teacher_correct": correct_of(p["teacher"]["name"]),
+            out = {"s0_correct": self.correct_of(p["student"]["name"]),
+                   "teacher_correct": self.correct_of(p["teacher"]["name"]),
                    "streams": streams.streams.get(job["id"], {})}
             if "teachers" in p:  # multi-teacher: every teacher's, so the worker evaluates none of them again
-                out["teachers_correct"] = [correct_of(e["name"]) for e in p["teachers"]]
+                out["teachers_correct"] = [self.correct_of(e["name"]) for e in p["teachers"]]
             return out
 
         def on_result(job, res):
@@ -293,6 +286,16 @@ class _Run:
         return plan
 
     # ------------------------------------------------------------------ machinery
+    def has_record(self, name: str) -> bool:
+        return self._predict_id.get(name) in self.records
+
+    def correct_of(self, name: str) -> np.ndarray:
+        """Which eval samples a model of this plan gets right, from its prediction record (built once per
+        launch: every transfer job's inputs need its student's and teacher's)."""
+        if name not in self._correct:
+            self._correct[name] = self.records[self._predict_id[name]]["pred"] == self._labels()
+        return self._correct[name]
+
     def _labels(self) -> np.ndarray:
         """The eval set's labels, read once per launch (compare and every transfer job's inputs need them)."""
         if self._eval_labels is None:
