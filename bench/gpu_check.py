@@ -8,7 +8,7 @@
     (b) transfer steps/s of kl and kl_dp (same student, teacher and data);
     (c) 2 students x 2 teachers kl_dp sweeps with teacher_cache "auto" vs "off" (bench/teacher_cache.py),
         once with teachers larger than the students and once with models of one size; each with the
-        floor the ratio can reach (only forward passes are saved). Longer, on request (``--cases``): 4
+        estimated floor the ratio can reach (only forward passes are saved). Longer, on request (``--cases``): 4
         students x 4 teachers, and all 12 ordered pairs of 4 models of one size (each model teaches and
         learns, as in a zoo sweep, so its one stream serves 6 jobs).
 
@@ -201,7 +201,7 @@ def part_c(label, students, teachers, n_steps, bs, size, epochs, device, rounds=
     result("teacher_cache", case=label, students="+".join(students), teachers="+".join(teachers),
            fwd_ms="/".join(f"{cost[a]:.1f}" for a in models), steps_per_job=n_steps * epochs,
            off_s=r["off_s"], auto_s=r["auto_s"], ratio=r["ratio"],
-           floor=reuse_floor(students, teachers, "kl_dp", cost, n_steps * epochs, r["off_s"]),
+           floor_est=reuse_floor(students, teachers, "kl_dp", cost, n_steps * epochs, r["off_s"]),
            max_metric_diff=r["max_metric_diff"])
 
 
@@ -211,7 +211,8 @@ def main() -> None:
     ap.add_argument("--parts", default="abc")
     ap.add_argument("--cases", default="larger_teachers,same_size",
                     help="teacher_cache cases of part (c): larger_teachers, same_size (2 x 2, two rounds each), "
-                         "4x4 and all_pairs (16 and 12 jobs, one round each: about 2 minutes each on an H100)")
+                         "4x4 and all_pairs (16 and 12 jobs, one round each; gpu_check.sh stops the script "
+                         "after ZOO_GPU_CHECK_TIMEOUT seconds, 290 by default)")
     a = ap.parse_args()
     device = "cpu" if a.smoke or not torch.cuda.is_available() else "cuda"
     import timm

@@ -15,8 +15,10 @@ A model that is both a student and a teacher (``--models``, or overlapping lists
 two roles, as in the launcher's all-pairs sweeps; a model never learns from itself.
 
 Reuse only removes teacher and s0 forward passes; every student still trains in every job. So besides the
-ratio the script prints its floor: the ratio if the saved forward passes (timed separately, ``forward_ms``)
-were the only difference. A measured ratio near the floor means the cache costs nothing of its own.
+ratio the script prints an estimate of its floor: the ratio if the saved forward passes (timed separately,
+``forward_ms``) were the only difference. A ratio near the estimate means the cache costs nothing of its
+own; one below it means the forward passes cost more inside the sweep than timed alone (noise, on a shared
+machine).
 
 On a GPU, bench/gpu_check.py calls ``sweep`` with ImageNet-sized timm architectures.
 """
@@ -33,6 +35,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -46,7 +49,8 @@ def pairs(students: list[str], teachers: list[str]) -> list[tuple[str, str]]:
 
 
 def reuse_floor(students, teachers, method: str, cost_ms: dict[str, float], steps_per_job: int, off_s: float) -> float:
-    """The lowest auto/off a sweep can reach: the "off" time less the forward passes the cache saves."""
+    """The lowest auto/off a sweep can reach, estimated: the "off" time less the forward passes the cache saves
+    (``cost_ms``: one forward pass over one batch per model; a model's one stream serves both its roles)."""
     from zoo_sweep.transfer.methods import METHODS
 
     roles = [[t] + ([s] if METHODS[method].needs_s0 else []) for s, t in pairs(students, teachers)]
@@ -105,25 +109,26 @@ def compare(models, cfgs, students, teachers, method, hp, tr, ev, device, image_
 
 
 def forward_ms(model, cfg, images, device, reps=10) -> float:
-    """Fastest of ``reps`` timed eval forward passes over one batch, with the model's own resize and
-    normalisation of the uint8 batch, as the training loop runs it (to say how costly each model is; the
-    fastest, because on a shared machine a busy moment only ever adds time)."""
+    """Median of ``reps`` timed eval forward passes over one batch, run as the training loop runs a frozen
+    model: the model's own resize and normalisation of the uint8 batch, and on CUDA bf16 autocast with
+    channels-last (to say how costly each model is)."""
     from zoo_sweep.data import model_input
 
-    images = images.to(device)
-    model.to(device)
-    times = []
     cuda = device.startswith("cuda")
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    images = images.to(device)
+    model.to(device, memory_format=fmt)
+    times = []
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
         for _ in range(reps + 2):
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            model(model_input(images, cfg, device))
+            model(model_input(images, cfg, device).contiguous(memory_format=fmt))
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
-    return min(times[2:]) * 1000  # the first two calls pay one-off set-up (kernel choice, allocations)
+    return float(np.median(times[2:])) * 1000  # the first two calls pay one-off set-up (kernel choice, allocations)
 
 
 def main() -> None:
@@ -169,7 +174,7 @@ def main() -> None:
     floor = reuse_floor(students, teachers, a.method, cost, steps, r["off_s"])
     print(f"{len(pairs(students, teachers))} jobs ({len(students)} students x {len(teachers)} teachers) {a.method}, "
           f"{a.epochs} epoch(s), {len(tr)} transfer samples, best of {a.rounds}: off {r['off_s']:.1f} s, auto {r['auto_s']:.1f} s, "
-          f"ratio auto/off {r['ratio']:.2f}, floor {floor:.2f} (largest metric difference {r['max_metric_diff']:.2g}; "
+          f"ratio auto/off {r['ratio']:.2f}, estimated floor {floor:.2f} (largest metric difference {r['max_metric_diff']:.2g}; "
           f"off/auto s by round: {r['rounds']})")
 
 

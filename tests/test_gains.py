@@ -104,6 +104,13 @@ def test_finished_pairs_averages_seeds_and_skips_multi_teacher_and_other_epochs(
     assert got.to_dict("records") == [{"student": "a", "teacher": "b", "delta": 2.0}]
 
 
+def test_finished_pairs_with_no_delta_yet():
+    """Rows whose delta is NULL in every row come back from SQL as objects: no finished pairs, no error."""
+    res = pd.DataFrame([{"student": "a", "teacher": "b", "method": "m", "final": True, "delta": None}] * 2)
+    assert res["delta"].dtype == object
+    assert finished_pairs(res, "m").empty
+
+
 def test_missing_sizes_and_unknown_families_are_tolerated():
     pairs, models, truth = zoo(8)
     models.loc[0, "params"] = None

@@ -67,7 +67,9 @@ def finished_pairs(results_df: pd.DataFrame, method: str) -> pd.DataFrame:
     cols = ["student", "teacher", "delta"]
     if results_df is None or results_df.empty:
         return pd.DataFrame(columns=cols)
-    r = per_pair(results_df[results_df["method"] == method])
+    r = results_df[results_df["method"] == method]
+    # a column of NULLs comes back from SQL as objects: per_pair averages numbers only
+    r = per_pair(r.assign(delta=pd.to_numeric(r["delta"], errors="coerce")))
     r = r[r["delta"].notna()]
     return r.sort_values(["student", "teacher"], kind="mergesort")[cols].reset_index(drop=True)
 

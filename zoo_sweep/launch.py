@@ -290,10 +290,17 @@ class _Run:
         return self._predict_id.get(name) in self.records
 
     def correct_of(self, name: str) -> np.ndarray:
-        """Which eval samples a model of this plan gets right, from its prediction record (built once per
-        launch: every transfer job's inputs need its student's and teacher's)."""
+        """Which eval samples a model gets right, from its prediction record (built once per launch: every
+        transfer job's inputs need its student's and teacher's)."""
         if name not in self._correct:
-            self._correct[name] = self.records[self._predict_id[name]]["pred"] == self._labels()
+            if name not in self._predict_id:  # a model an earlier version of the spec had: its jobs stay linked
+                for j in self.store.sweep_jobs(self.spec.name, "predict"):
+                    self._predict_id.setdefault(json.loads(j["spec"])["model"]["name"], j["id"])
+            rec = self.records.get(self._predict_id.get(name))
+            if rec is None:
+                raise UserError(f"no prediction record for model {name!r}, which a transfer job of sweep "
+                                f"{self.spec.name!r} needs: run `zoo-sweep measure SPEC`")
+            self._correct[name] = rec["pred"] == self._labels()
         return self._correct[name]
 
     def _labels(self) -> np.ndarray:

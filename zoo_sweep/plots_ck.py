@@ -1,5 +1,4 @@
 """Report panel for issue 3: how concentrated over classes is the complementary knowledge of each pair?
-Also the matplotlib helpers every report panel shares (``subplots``, ``decorate``, ``ci_yerr``, ``save``).
 
 A plain function over the pairs table (``zoo-sweep query "select * from pairs"`` or the store's pairs
 frame), so any report can call it:
@@ -23,47 +22,11 @@ import numpy as np
 import pandas as pd
 
 from .complementary import TOP_P
+from .plots import decorate, save, subplots
 
 HEXBIN_ABOVE = 5000  # pairs; a scatter of more points is slow and unreadable
 
 
-# ---------------------------------------------------------------------- shared by every panel
-def subplots(ncols: int = 1, figsize=(11, 4.3), **kw):
-    """``plt.subplots(1, ncols)``; the default size is the reports' two-panel figure."""
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(1, ncols, figsize=figsize, **kw)
-
-
-def decorate(ax, xlabel=None, ylabel=None, title=None, legend: dict | None = None) -> None:
-    """Axis labels and title; ``legend``: keywords of a small legend (``{}``: the defaults), None: no legend."""
-    if xlabel:
-        ax.set_xlabel(xlabel)
-    if ylabel:
-        ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    if legend is not None:
-        ax.legend(**{"fontsize": 8, **legend})
-
-
-def ci_yerr(df: pd.DataFrame, col: str) -> list[pd.Series]:
-    """Error-bar lengths below and above ``col`` from its ``<col>_lo`` / ``<col>_hi`` interval; 0 where the
-    interval is unknown (a single pair has none) so the bar still draws."""
-    est = df[col].astype(float)
-    return [(est - df[f"{col}_lo"].astype(float)).fillna(0), (df[f"{col}_hi"].astype(float) - est).fillna(0)]
-
-
-def save(fig, path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)  # pyplot keeps every open figure alive: a report draws many
-    return Path(path)
-
-
-# ---------------------------------------------------------------------- the concentration panel
 def concentration_data(pairs_df: pd.DataFrame) -> pd.DataFrame:
     """The pairs the panel draws: those with positive flips and per-class metrics (a compare run with the
     "classes" group left out has none), as numbers: rho_pos, flip_entropy, top{p}_classes."""

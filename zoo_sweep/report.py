@@ -19,7 +19,8 @@ import pandas as pd
 from . import gains, stats
 from .complementary import TOP_P
 from .gains import per_pair
-from .plots_ck import ci_yerr, decorate, plot_concentration, save, subplots
+from .plots import ci_yerr, decorate, save, subplots
+from .plots_ck import plot_concentration
 from .store import Store
 
 SQL = {

@@ -129,7 +129,10 @@ def run_transfer(student: torch.nn.Module, teacher, method: str, hp: TransferPar
     rows_per_epoch = min(per_epoch * hp.batch_size, full)
 
     images, train_labels = transfer_set.images, transfer_set.labels.to(device)
-    if cuda and images.nbytes < 0.2 * torch.cuda.mem_get_info(device)[0]:
+    # frozen models not yet on the GPU may still move there (a cache miss): count them as if they had
+    later = sum(q.nbytes for mod in teachers + ([s0] if s0 is not None else []) for q in mod.parameters()
+                if not q.is_cuda) if cuda else 0
+    if cuda and images.nbytes < 0.2 * (torch.cuda.mem_get_info(device)[0] - later):
         images = images.to(device)  # the whole uint8 set fits: batches are gathered on the GPU
 
     def batch_source(b, b_dev):
