@@ -18,7 +18,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)  # the CPU benchmarks of BENCHMARKS.md (GPU: bash bench/gpu_check.sh on a GPU machine)
+bench: $(STAMP)  # every CPU benchmark once, quick settings; BENCHMARKS.md names the exact command of each figure
 	$(BIN)/python bench/pairs_at_scale.py --repeat 2
 	$(BIN)/python bench/plan_dry_run.py
 	$(BIN)/python bench/transfer_step.py

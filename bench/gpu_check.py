@@ -33,6 +33,7 @@ from zoo_sweep.complementary import flip_counts  # noqa: E402
 from zoo_sweep.data import ImageSet  # noqa: E402
 from zoo_sweep.predict import predict  # noqa: E402
 from zoo_sweep.transfer.train import TransferParams, run_transfer  # noqa: E402
+from teacher_cache import compare, forward_ms, reuse_floor, sync  # noqa: E402
 
 T0 = time.perf_counter()
 SMOKE_INPUT: int | None = None  # set by --smoke
@@ -45,11 +46,6 @@ def say(*parts) -> None:
 def result(name: str, **values) -> None:
     body = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
     print(f"RESULT {name} {body}", flush=True)
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def make_model(arch: str, classes: int, device: str):
@@ -129,15 +125,22 @@ def part_a(archs, zoo, n, n_zoo, bs, device, repeat):
         t_ours = timed(lambda m=model: predict(m, images, cfg, bs, 5, device), device, repeat)
         t_auto = timed(lambda m=model: predict(m, images, cfg, "auto", 5, device, memo=memo, name=arch), device,
                        repeat)
+        # the device pipeline (pinned side-stream copies, resize on the GPU, bf16) against the CPU's float32
+        # path on the same images: a race or a wrong transform shows as agreement near chance (0.1 %)
+        sub = images.head(256)
+        on_device = predict(model, sub, cfg, bs, 5, device)
+        on_cpu = predict(model.cpu(), sub, cfg, bs, 5, "cpu")
+        model.to(device)
         result("predict", arch=arch, batch=bs, plain_img_s=n / t_plain, predict_img_s=n / t_ours,
-               ratio=t_plain / t_ours, auto_img_s=n / t_auto)
+               ratio=t_plain / t_ours, auto_img_s=n / t_auto,
+               pred_agree_vs_cpu=float((on_device["pred"] == on_cpu["pred"]).mean()),
+               max_p_max_diff_vs_cpu=float(abs(on_device["p_max"] - on_cpu["p_max"]).max()))
         del model
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
 
     # 10-model zoo: one pass per model + all pairs from the records, against evaluating both models per pair
-    images = dataclasses.replace(images, images=images.images[:n_zoo], labels=images.labels[:n_zoo],
-                                 source_ids=images.source_ids[:n_zoo])
+    images = images.head(n_zoo)
     models = [make_model(a, 1000, device) for a in zoo]
     labels = images.labels.numpy()
     for m, c in models:  # warm-up of every model (both sides profit alike)
@@ -170,7 +173,7 @@ def part_b(student, teacher, n_steps, bs, size, device):
     t, t_cfg = make_model(teacher, 1000, device)
     ok = ev.labels.numpy() >= 0
     hp = TransferParams(epochs=1, batch_size=bs)
-    warm = dataclasses.replace(tr, images=tr.images[:3 * bs], labels=tr.labels[:3 * bs], source_ids=tr.source_ids[:3 * bs])
+    warm = tr.head(3 * bs)
     steps = {}
     for method in ("kl", "kl_dp"):
         run_transfer(s, t, method, hp, 0, warm, ev, s_cfg, t_cfg, ok, ok, device)
@@ -182,13 +185,12 @@ def part_b(student, teacher, n_steps, bs, size, device):
 
 
 def part_c(label, students, teachers, n_steps, bs, size, epochs, device, rounds=2):
-    from teacher_cache import compare, forward_ms, reuse_floor
 
     tr, ev = image_set(n_steps * bs, size, 1000, 3), image_set(512, size, 1000, 4)
     built = {a: make_model(a, 1000, device) for a in dict.fromkeys(students + teachers)}
     models, cfgs = {a: m for a, (m, _) in built.items()}, {a: c for a, (_, c) in built.items()}
     cost = {a: forward_ms(models[a], cfgs[a], tr.images[:bs], device) for a in models}
-    warm = dataclasses.replace(tr, images=tr.images[:2 * bs], labels=tr.labels[:2 * bs], source_ids=tr.source_ids[:2 * bs])
+    warm = tr.head(2 * bs)
     hp = TransferParams(epochs=epochs, batch_size=bs)
     # warm-up of every model in every role (cudnn autotuning of a new shape takes seconds: it must not land
     # in either side of the ratio)

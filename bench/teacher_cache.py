@@ -44,6 +44,12 @@ from zoo_sweep.predict import predict  # noqa: E402
 from zoo_sweep.transfer.train import TransferParams, run_transfer, used_rows  # noqa: E402
 
 
+def sync(device: str) -> None:
+    """Wait for the GPU's queued work (timings on CUDA end when the work does); nothing on the CPU."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def pairs(students: list[str], teachers: list[str]) -> list[tuple[str, str]]:
     return [(s, t) for s in students for t in teachers if s != t]
 
@@ -72,8 +78,7 @@ def sweep(models: dict[str, torch.nn.Module], cfgs: dict[str, dict], students: l
     root = Path(tempfile.mkdtemp(prefix="zoo-logits-"))
     rows = {}
     try:
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        sync(device)
         t0 = time.perf_counter()
         for jid in order:
             s, t = jid.split("<-")
@@ -84,8 +89,7 @@ def sweep(models: dict[str, torch.nn.Module], cfgs: dict[str, dict], students: l
                                      correct[t], device, teacher_cache=caches.get("teacher"),
                                      s0_cache=caches.get("s0"))[-1]
             plan.release(jid, root)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        sync(device)
         return time.perf_counter() - t0, [rows[j] for j, _ in jobs]
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -121,12 +125,10 @@ def forward_ms(model, cfg, images, device, reps=10) -> float:
     times = []
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
         for _ in range(reps + 2):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
+            sync(device)
             t0 = time.perf_counter()
             model(model_input(images, cfg, device).contiguous(memory_format=fmt))
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
+            sync(device)
             times.append(time.perf_counter() - t0)
     return float(np.median(times[2:])) * 1000  # the first two calls pay one-off set-up (kernel choice, allocations)
 
@@ -144,7 +146,6 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="off/auto rounds; the fastest of each counts")
     ap.add_argument("--home", default="results")
     a = ap.parse_args()
-    import dataclasses
     import os
 
     from zoo_sweep.data import load_image_set
@@ -161,8 +162,7 @@ def main() -> None:
     cfgs = {n: data_config(m) for n, m in models.items()}
     tr = load_image_set("digits:transfer", 32, cache)
     ev = load_image_set("digits:eval", 32, cache)
-    tr = dataclasses.replace(tr, images=tr.images[:a.transfer], labels=tr.labels[:a.transfer],
-                             source_ids=tr.source_ids[:a.transfer])
+    tr = tr.head(a.transfer)
     hp = TransferParams(epochs=a.epochs, batch_size=a.batch_size)
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"load avg {os.getloadavg()[0]:.1f}; weights: {'trained digits zoo' if trained else 'random (zoo not built)'}")

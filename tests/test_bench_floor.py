@@ -36,3 +36,15 @@ def test_all_pairs_floor_shares_one_stream_per_model(n):
     f_kl = FWD / (TRAIN + FWD)  # kl runs no s0: each stream serves the model's n - 1 teacher jobs only
     got = reuse_floor(models, models, "kl", cost, STEPS, off_s(n * (n - 1), 1))
     assert got == pytest.approx(1 - f_kl * (1 - 1 / (n - 1)))
+
+
+def test_each_model_is_charged_its_own_forward_cost():
+    """By hand, one step per job and 1 s off: the saved passes are each model's own cost times its uses - 1."""
+    cost = {"s0": 5.0, "s1": 7.0, "t0": 11.0, "t1": 13.0}
+    # 2 x 2: each teacher and each student's s0 serves 2 jobs, so one pass of each is saved
+    assert reuse_floor(["s0", "s1"], ["t0", "t1"], "kl_dp", cost, 1, 1.0) == pytest.approx(1 - 36 / 1000)
+    assert reuse_floor(["s0", "s1"], ["t0", "t1"], "kl", cost, 1, 1.0) == pytest.approx(1 - 24 / 1000)
+    cost = {"a": 2.0, "b": 3.0, "c": 5.0}
+    # all pairs of 3: with s0 each model serves 4 jobs (3 saved passes), without it 2 (1 saved)
+    assert reuse_floor(list(cost), list(cost), "kl_dp", cost, 1, 1.0) == pytest.approx(1 - 30 / 1000)
+    assert reuse_floor(list(cost), list(cost), "kl", cost, 1, 1.0) == pytest.approx(1 - 10 / 1000)

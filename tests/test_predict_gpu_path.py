@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 import pytest
-import timm
 import torch
 
+from tiny import cnn, one_thread  # noqa: F401  (one_thread: autouse)
 from zoo_sweep import UserError
 from zoo_sweep.data import ImageSet, model_input
 from zoo_sweep.predict import RECORD_FIELDS, fit_batch_size, predict
@@ -118,8 +118,7 @@ def test_predict_batch_size_rejects_anything_else(value):
 # ---------------------------------------------------------------- predict on the CPU
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    model = timm.create_model("resnet10t", num_classes=10, channels=(8, 16, 24, 32), stem_width=8).eval()
+    model = cnn(0)
     g = torch.Generator().manual_seed(1)
     n = 300  # more than one batch of 256
     images = ImageSet("random", torch.randint(0, 256, (n, 3, 20, 20), dtype=torch.uint8, generator=g),
@@ -151,11 +150,17 @@ def assert_same_record(a, b):
         np.testing.assert_array_equal(a[f], b[f], err_msg=f)  # bit-identical, not merely close
 
 
-@pytest.mark.parametrize("batch_size", ["auto", 256, 64])
-def test_cpu_record_is_unchanged(tiny, tmp_path, batch_size):
+@pytest.mark.parametrize("batch_size, batches", [("auto", [256, 44]), (256, [256, 44]), (64, [64] * 4 + [44])])
+def test_cpu_record_is_unchanged(tiny, tmp_path, batch_size, batches):
     model, images = tiny
     memo = tmp_path / "sizes.json"
-    rec = predict(model, images, CFG, batch_size, 5, "cpu", memo=memo, name="tiny")
+    seen = []
+    hook = model.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[0]))
+    try:
+        rec = predict(model, images, CFG, batch_size, 5, "cpu", memo=memo, name="tiny")
+    finally:
+        hook.remove()
+    assert seen == batches  # "auto" on the CPU means 256
     assert_same_record(rec, reference(model, images, CFG, 256, 5))
     assert rec["pred"].shape == (300,) and rec["topk_logits"].shape == (300, 5)
     assert next(model.parameters()).dtype == torch.float32

@@ -90,8 +90,10 @@ def test_killed_worker_job_is_retried(micro, tmp_path):
     os.kill(pid, signal.SIGKILL)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
-    state, attempts = _rows(db, f"select state, attempts from jobs where id = '{victim[0]}'")[0]
-    assert state == "done" and attempts >= 2
+    # the job seen running may have finished in the second before the kill (micro jobs take about that long);
+    # the killed worker always holds a job then (the pool keeps two in flight per worker): it ran again
+    assert _rows(db, "select count(*) from jobs where kind = 'transfer' and attempts >= 2")[0][0] >= 1
+    assert _rows(db, "select count(*) from jobs where kind = 'transfer' and state = 'done'") == [(8,)]
     assert _rows(db, "select count(*) from transfer_results where final") == [(8,)]
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tiny import CFG, cnn, correct, digits_slices, mlp, one_thread  # noqa: F401  (one_thread: autouse)
+from tiny import CFG, assert_same_rows, cnn, correct, digits_slices, mlp, one_thread  # noqa: F401  (one_thread: autouse)
 from zoo_sweep.transfer.multi import run_multi
 from zoo_sweep.transfer.train import Diverged, TransferParams, run_transfer
 
@@ -62,7 +62,7 @@ def test_resume_from_an_epoch_checkpoint_gives_the_same_result(method, data, tmp
     assert (ckpt / "last.pt").is_file()
     resumed, s2 = _run(method, data, ckpt_dir=ckpt)  # a fresh student, as a retried job gets
     assert [r["epoch"] for r in resumed] == [1, 2]
-    _same_rows(straight, resumed)
+    assert_same_rows(straight, resumed, rel=1e-5, abs=1e-6)
     for (k, v1), v2 in zip(s1.state_dict().items(), s2.state_dict().values()):
         assert torch.allclose(v1.float(), v2.float(), atol=1e-5), k
     assert not ckpt.exists()  # removed when the job finished
@@ -124,14 +124,4 @@ def test_sequential_resumes_after_a_finished_stage(data, tmp_path):
         multi.sequential(cnn(), teachers, args[0], *args[1:], order="asc", ckpt_dir=ckpt, on_epoch=kill_in_stage_two)
     assert (ckpt / "stage0.pt").is_file()
     resumed = run_multi("sequential_asc", cnn(), teachers, *args, ckpt_dir=ckpt)
-    _same_rows(straight, resumed)
-
-
-def _same_rows(straight: list[dict], resumed: list[dict]) -> None:
-    """Every metric of every epoch row, not only accuracy: a resumed run can end with the same student yet
-    number its epochs, or measure gains, losses and flips against the wrong reference (s0, teacher)."""
-    assert [r["epoch"] for r in resumed] == [r["epoch"] for r in straight]
-    for a, b in zip(straight, resumed):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6, nan_ok=True), (a["epoch"], k, a[k], b[k])
+    assert_same_rows(straight, resumed, rel=1e-5, abs=1e-6)

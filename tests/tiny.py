@@ -1,7 +1,5 @@
 """Tiny real timm models and digits slices for the training-loop tests (no Ray, one thread)."""
 
-import dataclasses
-
 import pytest
 import timm
 import torch
@@ -25,11 +23,8 @@ def one_thread():
 
 def digits_slices(cache, n_transfer: int, n_eval: int):
     """The first samples of the digits transfer and eval splits."""
-    def cut(s, n):
-        return dataclasses.replace(s, images=s.images[:n], labels=s.labels[:n], source_ids=s.source_ids[:n])
-
-    return (cut(load_image_set("digits:transfer", 32, cache), n_transfer),
-            cut(load_image_set("digits:eval", 32, cache), n_eval))
+    return (load_image_set("digits:transfer", 32, cache).head(n_transfer),
+            load_image_set("digits:eval", 32, cache).head(n_eval))
 
 
 def cnn(seed=1):
@@ -45,3 +40,13 @@ def mlp(seed=2):
 
 def correct(model, ev):
     return predict(model, ev, CFG, topk=1)["pred"] == ev.labels.numpy()
+
+
+def assert_same_rows(a: list[dict], b: list[dict], rel: float = 1e-6, abs: float = 1e-7) -> None:
+    """Every metric of every epoch row of two transfer runs (NaN equals NaN): a run that ends with the same
+    student may still number its epochs wrongly or measure against the wrong reference (s0, teacher)."""
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            assert ra[k] == pytest.approx(rb[k], rel=rel, abs=abs, nan_ok=True), (ra["epoch"], k, ra[k], rb[k])

@@ -9,6 +9,8 @@ decode, not N.
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import math
 import os
@@ -46,6 +48,11 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def head(self, n: int) -> "ImageSet":
+        """The first ``n`` samples (views, no copy): smaller sets for tests and benchmarks."""
+        return dataclasses.replace(self, images=self.images[:n], labels=self.labels[:n],
+                                   source_ids=self.source_ids[:n])
 
 
 def image_set_key(ref: str, image_size: int, class_map: str | None = None) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -98,7 +98,7 @@ def measure_sweep(spec: SweepSpec, store: Store, paths: Paths, opts: LaunchOptio
     """Stages up to compare, like ``launch --until compare``; the plan and every model's correctness come
     back too, so a caller that goes on plans and reads the records no second time."""
     run = _execute(spec, store, paths, replace(opts or LaunchOptions(), until="compare"), console)
-    correct = {m.name: run.correct_of(m.name) for m in run.plan.models if run.has_record(m.name)}
+    correct = {m.name: run.correct_of(m.name) for m in run.plan.models}
     return Measured(run.report, run.plan, correct)
 
 
@@ -130,6 +130,8 @@ class _Run:
         self._pool: _Pool | None = None
         self.records: dict[str, dict] = {}  # predict job id -> record, loaded once per launch
         self._eval_labels: np.ndarray | None = None
+        # model name -> predict job: the plan's, then (in _predict) older ones still linked to the sweep, for
+        # transfer jobs of models an earlier version of the spec had
         self._predict_id = {json.loads(j["spec"])["model"]["name"]: j["id"] for j in plan.predict_jobs}
         self._correct: dict[str, np.ndarray] = {}
 
@@ -186,6 +188,7 @@ class _Run:
         jobs = self.store.sweep_jobs(self.spec.name, "predict")
         todo = []
         for j in jobs:
+            self._predict_id.setdefault(json.loads(j["spec"])["model"]["name"], j["id"])
             rec = load_record(self._record_path(j["id"])) if j["state"] == "done" else None
             if rec is not None:
                 self.records[j["id"]] = rec
@@ -247,12 +250,13 @@ class _Run:
         self.report.reused["transfer jobs"] = sum(j["state"] == "done" for j in jobs)
         if not todo:
             return
-        payloads = {j["id"]: json.loads(j["spec"]) for j in todo}
+        todo = [{**j, "spec": json.loads(j["spec"])} for j in todo]  # parsed once: planner, inputs, pool, store
+        payloads = {j["id"]: j["spec"] for j in todo}
         streams = self._plan_streams(payloads)
         todo = streams.order(todo)
 
         def inputs(job):
-            p = payloads[job["id"]]
+            p = job["spec"]
             out = {"s0_correct": self.correct_of(p["student"]["name"]),
                    "teacher_correct": self.correct_of(p["teacher"]["name"]),
                    "streams": streams.streams.get(job["id"], {})}
@@ -275,8 +279,8 @@ class _Run:
         from .data import count_images
 
         t, d = self.spec.transfer, self.spec.data
-        if t.teacher_cache == "off":  # no need to count the transfer set
-            return plan_streams([], "off", "", 0, 0, 0)
+        if t.teacher_cache == "off":  # nothing to plan, and no need to count the transfer set
+            return StreamPlan({}, Counter())
         n = count_images(d.transfer, d.image_size, d.class_map)
         plan = plan_streams(list(payloads.items()), t.teacher_cache, self.plan.transfer_key, n,
                             self.plan.num_classes, t.teacher_cache_max_gb * 2**30)
@@ -286,20 +290,14 @@ class _Run:
         return plan
 
     # ------------------------------------------------------------------ machinery
-    def has_record(self, name: str) -> bool:
-        return self._predict_id.get(name) in self.records
-
     def correct_of(self, name: str) -> np.ndarray:
         """Which eval samples a model gets right, from its prediction record (built once per launch: every
         transfer job's inputs need its student's and teacher's)."""
         if name not in self._correct:
-            if name not in self._predict_id:  # a model an earlier version of the spec had: its jobs stay linked
-                for j in self.store.sweep_jobs(self.spec.name, "predict"):
-                    self._predict_id.setdefault(json.loads(j["spec"])["model"]["name"], j["id"])
             rec = self.records.get(self._predict_id.get(name))
             if rec is None:
-                raise UserError(f"no prediction record for model {name!r}, which a transfer job of sweep "
-                                f"{self.spec.name!r} needs: run `zoo-sweep measure SPEC`")
+                raise UserError(f"no prediction record for model {name!r} of sweep {self.spec.name!r}: "
+                                "run `zoo-sweep measure SPEC`")
             self._correct[name] = rec["pred"] == self._labels()
         return self._correct[name]
 
@@ -441,7 +439,7 @@ class _Pool:
                     unrecorded.add(job["id"])
                     on_start(job["id"], self.names[i])
                     attempts[job["id"]] += 1
-                    ref = self.actors[i].run.remote({**job, "spec": json.loads(job["spec"]), "inputs": inputs(job)})
+                    ref = self.actors[i].run.remote({**job, "spec": payload_of(job), "inputs": inputs(job)})
                     inflight[ref] = (job, i)
                     load[i] += 1
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
@@ -488,13 +486,18 @@ def eval_labels(spec: SweepSpec, paths: Paths) -> np.ndarray:
     return load_image_set(spec.data.eval, spec.data.image_size, paths.cache, spec.data.class_map).labels.numpy()
 
 
+def payload_of(job: dict) -> dict:
+    """A job's payload. The store keeps it as JSON text; a stage that reads it itself passes it on parsed."""
+    return job["spec"] if isinstance(job["spec"], dict) else json.loads(job["spec"])
+
+
 def record_transfer(store: Store, job: dict, res: dict) -> None:
     """A transfer job's outcome in the store: its per-epoch rows and its state, in one transaction.
     The launcher and Tune trials both record through here."""
     if res["state"] != "done":
         store.finish_job(job["id"], res["state"], error=res.get("error"), seconds=res.get("seconds"))
         return
-    p = json.loads(job["spec"])
+    p = payload_of(job)
     key = {"job_id": job["id"], "eval_set": p["eval"], "student": p["student"]["name"],
            "teacher": p["teacher"]["name"], "method": p["method"], "seed": p["seed"]}
     last = len(res["rows"])

@@ -39,17 +39,23 @@ def stream_key(model: dict, job: dict, transfer_key: str) -> str:
                        "seed": job["seed"], "batch_size": hp["batch_size"], "augment": hp["augment"]})
 
 
-def job_streams(job: dict, transfer_key: str) -> dict[str, str]:
-    """The streams a single-teacher, logits-only job could read from the cache: {"teacher": key, "s0": key}."""
+def cacheable_roles(method: str) -> tuple[str, ...]:
+    """The roles whose logits a method's jobs may read from the cache: none for multi-teacher and
+    feature-based methods (they always compute their teachers), else the teacher, and s0 where it runs."""
     from .transfer.methods import METHODS
 
-    m = METHODS.get(job["method"])
-    if m is None or "teachers" in job or m.multi or m.needs_features:
-        return {}  # multi-teacher stages and feature-based methods always compute their teachers
-    out = {"teacher": stream_key(job["teacher"], job, transfer_key)}
-    if m.needs_s0:
-        out["s0"] = stream_key(job["student"], job, transfer_key)
-    return out
+    m = METHODS.get(method)
+    if m is None or m.multi or m.needs_features:
+        return ()
+    return ("teacher", "s0") if m.needs_s0 else ("teacher",)
+
+
+def job_streams(job: dict, transfer_key: str) -> dict[str, str]:
+    """The streams a single-teacher job could read from the cache: {"teacher": key, "s0": key} at most."""
+    if "teachers" in job:  # a multi-teacher stage
+        return {}
+    model = {"teacher": job["teacher"], "s0": job["student"]}
+    return {role: stream_key(model[role], job, transfer_key) for role in cacheable_roles(job["method"])}
 
 
 def stream_bytes(n_transfer: int, num_classes: int, hp: dict, bytes_per_logit: int = 4) -> int:

@@ -211,23 +211,17 @@ class Store:
 
     # ------------------------------------------------------------------ reads
     def sweep_jobs(self, sweep: str, kind: str | None = None) -> list[dict]:
-        q = sa.select(jobs).join(sweep_jobs, sweep_jobs.c.job_id == jobs.c.id).where(sweep_jobs.c.sweep == sweep)
-        if kind:
-            q = q.where(jobs.c.kind == kind)
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(q.order_by(jobs.c.created_at, jobs.c.id))]
+            return [dict(r._mapping) for r in conn.execute(_of_sweep(sa.select(jobs), sweep, kind))]
 
     def job_states(self, sweep: str, kind: str | None = None, states: Iterable[str] | None = None) -> dict[str, str]:
         """Job id -> state of a sweep's jobs (optionally of one kind, in some states only). Bookkeeping and
         polling need no payload: a zoo-wide sweep's JSON specs would dominate the read."""
-        q = (sa.select(jobs.c.id, jobs.c.state).join(sweep_jobs, sweep_jobs.c.job_id == jobs.c.id)
-             .where(sweep_jobs.c.sweep == sweep))
-        if kind:
-            q = q.where(jobs.c.kind == kind)
+        q = _of_sweep(sa.select(jobs.c.id, jobs.c.state), sweep, kind)
         if states is not None:
             q = q.where(jobs.c.state.in_(list(states)))
         with self.engine.connect() as conn:
-            return {job_id: state for job_id, state in conn.execute(q.order_by(jobs.c.created_at, jobs.c.id))}
+            return dict(conn.execute(q).tuples().all())
 
     def sweep_names(self) -> list[str]:
         with self.engine.connect() as conn:
@@ -268,6 +262,14 @@ def jobs_of(store: Store, sweep: str | None = None) -> pd.DataFrame:
     return store.query(f"""select sj.sweep, j.id, j.kind, j.state, j.attempts, j.error, j.worker, j.seconds
                            from jobs j join sweep_jobs sj on sj.job_id = j.id {where}""",
                        {"sweep": sweep} if sweep else None)
+
+
+def _of_sweep(q, sweep: str, kind: str | None):
+    """``q`` (a select over jobs) narrowed to one sweep's jobs, of one kind if given, oldest first."""
+    q = q.join(sweep_jobs, sweep_jobs.c.job_id == jobs.c.id).where(sweep_jobs.c.sweep == sweep)
+    if kind:
+        q = q.where(jobs.c.kind == kind)
+    return q.order_by(jobs.c.created_at, jobs.c.id)
 
 
 def job_summary(store: Store, sweep: str | None = None) -> pd.DataFrame:

@@ -375,6 +375,7 @@ def wait_for_nodes(address: str, nodes: int, timeout: float = 300.0) -> int:
         return 0
     import ray
 
+    opened = not ray.is_initialized()  # a caller's own session stays theirs: joined, not shut down
     connect(address)
     try:
         while True:
@@ -385,7 +386,8 @@ def wait_for_nodes(address: str, nodes: int, timeout: float = 300.0) -> int:
                 raise UserError(f"only {alive} of {nodes} Ray node(s) joined {address} within {timeout:.0f} s")
             time.sleep(2.0)
     finally:
-        shutdown()
+        if opened:
+            shutdown()
 
 
 # ---------------------------------------------------------------------- Ray Jobs

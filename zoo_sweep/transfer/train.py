@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..data import ImageSet, augment, model_input
+from ..logit_cache import cacheable_roles
 from ..paths import write_atomic
 from ..predict import predict
 from ..spec import content_id
@@ -73,7 +74,8 @@ def run_transfer(student: torch.nn.Module, teacher, method: str, hp: TransferPar
     t_cfgs = list(teacher_cfg) if isinstance(teacher_cfg, (list, tuple)) else [teacher_cfg]
     if m.multi != isinstance(teacher, (list, tuple)):
         raise ValueError(f"method {method!r} {'needs a list of' if m.multi else 'takes one'} teacher(s)")
-    if (teacher_cache is not None and (m.multi or m.needs_features)) or (s0_cache is not None and not m.needs_s0):
+    roles = cacheable_roles(method)
+    if (teacher_cache is not None and "teacher" not in roles) or (s0_cache is not None and "s0" not in roles):
         raise ValueError(f"method {method!r} cannot read cached logits for that role")
     cuda = str(device).startswith("cuda")
     fmt = torch.channels_last if cuda else torch.contiguous_format
