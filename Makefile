@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench clean-results
+.PHONY: demo test test-fast bench clean-results
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/zoo-sweep demo
 
-test: $(STAMP)
+test: $(STAMP)  # every tier (what CI runs)
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)  # the unit tier: no Ray, no subprocess, no server
+	$(BIN)/python -m pytest -q tests/unit
 
 bench: $(STAMP)  # every CPU benchmark once, quick settings; BENCHMARKS.md names the exact command of each figure
 	$(BIN)/python bench/pairs_at_scale.py --repeat 2

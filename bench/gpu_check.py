@@ -29,9 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zoo_sweep.complementary import flip_counts  # noqa: E402
-from zoo_sweep.data import ImageSet  # noqa: E402
-from zoo_sweep.predict import predict  # noqa: E402
+from zoo_sweep.science.complementary import flip_counts  # noqa: E402
+from zoo_sweep.data.images import ImageSet  # noqa: E402
+from zoo_sweep.science.records import predict  # noqa: E402
 from zoo_sweep.transfer.train import TransferParams, run_transfer  # noqa: E402
 from teacher_cache import compare, forward_ms, reuse_floor, sync  # noqa: E402
 
@@ -51,7 +51,7 @@ def result(name: str, **values) -> None:
 def make_model(arch: str, classes: int, device: str):
     import timm
 
-    from zoo_sweep.zoo import data_config
+    from zoo_sweep.zoo.models import data_config
 
     if SMOKE_INPUT is None:
         m = timm.create_model(arch, pretrained=False, num_classes=classes).eval()

@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from zoo_sweep.complementary import METRIC_GROUPS, TOP_P, pair_matrices  # noqa: E402
+from zoo_sweep.science.complementary import METRIC_GROUPS, TOP_P, pair_matrices  # noqa: E402
 
 
 def synthetic_records(m: int, n: int, k: int, seed: int = 0):

@@ -23,10 +23,10 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=2)
     args = ap.parse_args()
 
-    from zoo_sweep.cluster import connect
-    from zoo_sweep.launch import LaunchOptions, _Pool
+    from zoo_sweep.pipeline.cluster import connect
+    from zoo_sweep.pipeline.launch import LaunchOptions, _Pool
     from zoo_sweep.paths import Paths
-    from zoo_sweep.store import Store
+    from zoo_sweep.storage.store import Store
 
     tmp = Path(tempfile.mkdtemp())
     store = Store(f"sqlite:///{tmp / 'bench.db'}")

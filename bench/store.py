@@ -22,7 +22,7 @@ def main() -> None:
     ap.add_argument("--results", type=int, default=100_000)
     args = ap.parse_args()
 
-    from zoo_sweep.store import Store, models, pairs, transfer_results
+    from zoo_sweep.storage.store import Store, models, pairs, transfer_results
 
     url = args.db or f"sqlite:///{Path(tempfile.mkdtemp()) / 'bench.db'}"
     store = Store(url)

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from zoo_sweep.logit_cache import LogitCache, device_kind, plan_streams  # noqa: E402
-from zoo_sweep.predict import predict  # noqa: E402
+from zoo_sweep.transfer.logit_store import LogitCache, device_kind, plan_streams  # noqa: E402
+from zoo_sweep.science.records import predict  # noqa: E402
 from zoo_sweep.transfer.train import TransferParams, run_transfer, used_rows  # noqa: E402
 
 
@@ -116,7 +116,7 @@ def forward_ms(model, cfg, images, device, reps=10) -> float:
     """Median of ``reps`` timed eval forward passes over one batch, run as the training loop runs a frozen
     model: the model's own resize and normalisation of the uint8 batch, and on CUDA bf16 autocast with
     channels-last (to say how costly each model is)."""
-    from zoo_sweep.data import model_input
+    from zoo_sweep.data.images import model_input
 
     cuda = device.startswith("cuda")
     fmt = torch.channels_last if cuda else torch.contiguous_format
@@ -148,9 +148,9 @@ def main() -> None:
     a = ap.parse_args()
     import os
 
-    from zoo_sweep.data import load_image_set
-    from zoo_sweep.digits_zoo import digits_entries
-    from zoo_sweep.zoo import create, data_config
+    from zoo_sweep.data.images import load_image_set
+    from zoo_sweep.zoo.digits import digits_entries
+    from zoo_sweep.zoo.models import create, data_config
 
     if a.threads:
         torch.set_num_threads(a.threads)

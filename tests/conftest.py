@@ -1,5 +1,9 @@
 """Session fixtures: one real Ray cluster (started like a user's head node) and one micro sweep on it.
 
+Two tiers: tests/unit (no Ray, no subprocess, no server: `make test-fast`) and tests/integration (Ray, the CLI
+in real processes, PostgreSQL, Chromium, SLURM). Each test is marked by its folder, and a unit test that starts
+a process fails, so the fast tier stays fast.
+
 The micro zoo is the embedded digits zoo's "micro" recipe set: three tiny timm models (CNN, transformer,
 MLP) trained for one epoch inside the session, so nothing is downloaded and nothing is faked.
 """
@@ -37,6 +41,23 @@ batch_size = 256
 [run]
 max_retries = 1
 """
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tier = "unit" if "unit" in Path(str(item.fspath)).parts else "integration"
+        item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_processes(request, monkeypatch):
+    if request.node.get_closest_marker("unit") is None:
+        return
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a unit test started a process: move it to tests/integration")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 def _free_port() -> int:
@@ -86,10 +107,10 @@ def _listening(port: int) -> bool:
 @pytest.fixture(scope="session")
 def micro(tmp_path_factory, ray_address):
     """The micro sweep, planned and launched once on the session cluster."""
-    from zoo_sweep.launch import LaunchOptions, launch_sweep
+    from zoo_sweep.config.spec import load_spec
     from zoo_sweep.paths import Paths
-    from zoo_sweep.spec import load_spec
-    from zoo_sweep.store import Store
+    from zoo_sweep.pipeline.launch import LaunchOptions, launch_sweep
+    from zoo_sweep.storage.store import Store
 
     root = tmp_path_factory.mktemp("micro")
     spec_path = root / "micro.toml"

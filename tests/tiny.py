@@ -4,9 +4,9 @@ import pytest
 import timm
 import torch
 
-from zoo_sweep import tiny_archs  # noqa: F401  (registers tiny_mixer)
-from zoo_sweep.data import load_image_set
-from zoo_sweep.predict import predict
+from zoo_sweep.data.images import load_image_set
+from zoo_sweep.science.records import predict
+from zoo_sweep.zoo import tiny_archs  # noqa: F401  (registers tiny_mixer)
 
 CFG = dict(input_size=(3, 16, 16), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0, interpolation="bilinear")
 

@@ -7,6 +7,4 @@ the CLI.
 
 __version__ = "0.1.0"
 
-
-class UserError(Exception):
-    """A problem the user can fix (bad name, path, spec, address). The CLI prints it as one line."""
+from zoo_sweep.errors import UserError  # noqa: E402,F401  (the one exception callers catch)

@@ -22,26 +22,23 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from zoo_sweep.transfer.catalog import CATALOG, MethodInfo
+
 
 @dataclass(frozen=True)
-class Method:
-    name: str
-    loss: Callable  # (z_s, z_t, z_s0, labels, params, extras) -> (loss, share of samples routed to teacher)
-    needs_s0: bool
-    description: str
-    needs_features: bool = False  # the loss reads penultimate features (Extras.f_s / f_t)
+class Method(MethodInfo):
+    """A catalogued method (catalog.py: what it reads and which parameters) with its loss attached."""
+    loss: Callable | None = None  # (z_s, z_t, z_s0, labels, params, extras) -> (loss, share routed to teacher)
     make_state: Callable | None = None  # (student, teacher, params, info) -> MethodState
-    lr_param: str = "lr"  # the TransferParams field that sets this method's learning rate
-    multi: bool = False  # takes a stack of teachers' logits (K x B x C): multi-teacher only, not a spec method
-    params: tuple[str, ...] = ("top_k",)  # TransferParams fields this method reads beyond the common ones
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, needs_s0: bool, description: str, **kw):
+def register(name: str, make_state: Callable | None = None):
+    """Attach ``fn`` as the loss of the catalogued method ``name``."""
     def deco(fn):
-        METHODS[name] = Method(name, fn, needs_s0, description, **kw)
+        METHODS[name] = Method(**vars(CATALOG[name]), loss=fn, make_state=make_state)
         return fn
     return deco
 
@@ -156,31 +153,31 @@ def flip_weights(kind: str, z_s, z_t, y) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ single-teacher methods
-@register("kl", needs_s0=False, description="KL-Dist: match the teacher on every sample")
+@register("kl")
 def _kl(z_s, z_t, z_s0, y, p, ex=None):
     z_t, z_s = restrict_topk(z_t, z_s, k=p.top_k)
     return kl_to_target(z_s, F.softmax(z_t / p.temperature, dim=1), p.temperature), 1.0
 
 
-@register("xekl", needs_s0=False, description="XE-KL-Dist: alpha * KL + (1 - alpha) * cross-entropy with labels")
+@register("xekl")
 def _xekl(z_s, z_t, z_s0, y, p, ex=None):
     kl, _ = _kl(z_s, z_t, z_s0, y, p)
     return p.alpha * kl + (1 - p.alpha) * F.cross_entropy(z_s, y), 1.0
 
 
-@register("kl_dp", needs_s0=True, description="KL-Dist + DP (supervised): teacher where it is surer of the label")
+@register("kl_dp")
 def _kl_dp(z_s, z_t, z_s0, y, p, ex=None):
     mask = dp_teacher_mask(z_t, z_s0, y)
     return distill(z_s, z_t, z_s0, mask, p), mask.float().mean()
 
 
-@register("kl_dp_unsup", needs_s0=True, description="KL-Dist + DP (unsupervised): teacher where it is more confident")
+@register("kl_dp_unsup")
 def _kl_dp_unsup(z_s, z_t, z_s0, y, p, ex=None):
     mask = dp_teacher_mask(z_t, z_s0, None)
     return distill(z_s, z_t, z_s0, mask, p), mask.float().mean()
 
 
-@register("self_dist", needs_s0=True, description="Self-distillation: always the frozen student (a control)")
+@register("self_dist")
 def _self_dist(z_s, z_t, z_s0, y, p, ex=None):
     w = torch.zeros(len(z_s), dtype=torch.bool, device=z_s.device)
     return distill(z_s, z_t, z_s0, w, p), 0.0
@@ -193,12 +190,9 @@ def _flip(kind: str):
     return loss
 
 
-register("flip_st", needs_s0=True, description="Flip-st: teacher on positive flips of the current student, else s0")(
-    _flip("st"))
-register("flip_t", needs_s0=True, description="Flip-t: s0 on negative flips of the current student, else teacher")(
-    _flip("t"))
-register("flip_avg", needs_s0=True,
-         description="Flip-avg: teacher on positive flips, s0 on negative flips, their average elsewhere")(_flip("avg"))
+register("flip_st")(_flip("st"))
+register("flip_t")(_flip("t"))
+register("flip_avg")(_flip("avg"))
 
 
 # ------------------------------------------------------------------ XE-KL-Dist + MCL (slow weights)
@@ -236,10 +230,8 @@ class SlowWeights(MethodState):
         self.slow.load_state_dict(d["slow"])
 
 
-@register("xekl_mcl", needs_s0=False, lr_param="mcl_lr",
-          params=("mcl_alpha", "mcl_top_k", "tau", "mcl_every", "mcl_lr"),
-          make_state=lambda student, teacher, p, info: SlowWeights(student, p.tau, p.mcl_every),
-          description="XE-KL-Dist + MCL: slow weights (momentum interpolation), no KL where only the student is right")
+@register("xekl_mcl", make_state=lambda student, teacher, p, info: SlowWeights(student, p.tau,
+                                                                                    p.mcl_every))
 def _xekl_mcl(z_s, z_t, z_s0, y, p, ex=None):
     _, neg = flip_masks(z_s, z_t, y)  # teacher wrong, current student right: following it would forget
     keep = ~neg
@@ -261,8 +253,7 @@ def batch_similarity(f: torch.Tensor, tau: float) -> torch.Tensor:
     return F.log_softmax(sim.masked_fill(eye, float("-inf")), dim=1).masked_fill(eye, 0.0)
 
 
-@register("cd", needs_s0=False, needs_features=True, params=("cd_weight", "cd_xe"),
-          description="CD: match the teacher's batch-similarity structure of penultimate features, + XE")
+@register("cd")
 def _cd(z_s, z_t, z_s0, y, p, ex=None):
     # each model's similarities live in its own feature space, so students and teachers of any width compare
     log_q_t, log_q_s = batch_similarity(ex.f_t, CD_TAU), batch_similarity(ex.f_s, CD_TAU)
@@ -320,9 +311,7 @@ def _info_nce(anchor, positive, bank, neg_idx, T):
                                                                        device=anchor.device))
 
 
-@register("crd", needs_s0=False, needs_features=True, make_state=CRDState,
-          params=("crd_weight", "crd_xe", "crd_dim", "crd_negatives", "crd_temperature"),
-          description="CRD: contrastive representation distillation with a memory bank, + XE")
+@register("crd", make_state=CRDState)
 def _crd(z_s, z_t, z_s0, y, p, ex=None):
     st: CRDState = ex.state
     v_s = F.normalize(st.embed_s(ex.f_s.float()), dim=1)
@@ -374,7 +363,5 @@ def _parallel(labelled: bool):
     return loss
 
 
-register("parallel", needs_s0=True, multi=True, params=(),
-         description="Multi-teacher parallel (supervised): per sample the model surest of the label")(_parallel(True))
-register("parallel_unsup", needs_s0=True, multi=True, params=(),
-         description="Multi-teacher parallel (unsupervised): per sample the most confident model")(_parallel(False))
+register("parallel")(_parallel(True))
+register("parallel_unsup")(_parallel(False))

@@ -27,12 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..predict import predict
-from .metrics import transfer_metrics
-from .train import Diverged, TransferParams, save_checkpoint, run_transfer
-
-MULTI_MODES = ("parallel", "parallel_unsup", "sequential_asc", "sequential_desc", "sequential_asc_matched",
-               "sequential_desc_matched", "soup")
+from zoo_sweep.science.records import predict
+from zoo_sweep.transfer.catalog import MULTI_MODES
+from zoo_sweep.transfer.metrics import transfer_metrics
+from zoo_sweep.transfer.train import (
+    Diverged,
+    TransferParams,
+    run_transfer,
+    save_checkpoint,
+)
 
 
 def union_correct(teacher_corrects) -> np.ndarray:

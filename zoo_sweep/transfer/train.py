@@ -27,14 +27,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..data import ImageSet, augment, model_input
-from ..logit_cache import cacheable_roles
-from ..paths import write_atomic
-from ..predict import predict
-from ..spec import content_id
-from .params import TransferParams, used_rows  # noqa: F401  (TransferParams re-exported: callers import it here)
-from .methods import METHODS, Extras
-from .metrics import transfer_metrics
+from zoo_sweep.config.params import TransferParams, used_rows  # noqa: F401  (TransferParams re-exported: callers import it here)
+from zoo_sweep.data.images import ImageSet, augment, model_input
+from zoo_sweep.ids import content_id
+from zoo_sweep.paths import write_atomic
+from zoo_sweep.science.records import predict
+from zoo_sweep.transfer.logit_store import cacheable_roles
+from zoo_sweep.transfer.methods import METHODS, Extras
+from zoo_sweep.transfer.metrics import transfer_metrics
 
 
 class Diverged(Exception):

@@ -1,0 +1,291 @@
+"""Every pair metric against a brute-force per-pair, per-sample reference (METRICS.md definitions)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from zoo_sweep.science.complementary import concentration, pair_matrices, pairs_frame
+
+
+def brute_force(preds, labels, pmax, k):
+    m, n = preds.shape
+    out = {}
+    for s in range(m):
+        for t in range(m):
+            pos = neg = agree = oracle = ens = 0
+            per_class = [0] * k
+            for x in range(n):
+                sr, tr = preds[s, x] == labels[x], preds[t, x] == labels[x]
+                if not sr and tr:
+                    pos += 1
+                    per_class[labels[x]] += 1
+                neg += sr and not tr
+                agree += preds[s, x] == preds[t, x]
+                oracle += sr or tr
+                ens += sr if pmax[s, x] >= pmax[t, x] else tr
+            total = sum(per_class)
+            probs = [c / total for c in per_class if c] if total else []
+            entropy = -sum(p * math.log(p) for p in probs)
+            tops = {}
+            for q in (2, 5, 20, 50):
+                if total == 0:
+                    tops[q] = 0
+                    continue
+                acc, cnt = 0, 0
+                for c in sorted(per_class, reverse=True):
+                    acc += c
+                    cnt += 1
+                    if acc / total >= q / 100 - 1e-12:
+                        break
+                tops[q] = cnt
+            out[s, t] = dict(rho_pos=100 * pos / n, rho_neg=100 * neg / n, agreement=100 * agree / n,
+                             oracle_acc=100 * oracle / n, ensemble_acc=100 * ens / n, flip_entropy=entropy,
+                             **{f"top{q}_classes": v for q, v in tops.items()})
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pair_matrices_match_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    m, n, k = 5, 300, 7
+    labels = rng.integers(0, k, n)
+    # models right with different probabilities, so accuracies and flips differ
+    preds = np.where(rng.random((m, n)) < rng.uniform(0.4, 0.9, (m, 1)), labels, rng.integers(0, k, (m, n)))
+    pmax = rng.random((m, n)).astype(np.float32)
+    mats = pair_matrices(torch.as_tensor(preds), torch.as_tensor(labels), torch.as_tensor(pmax), k,
+                         chunk_bytes=1)  # forces one student row per chunk: the chunked path is tested too
+    ref = brute_force(preds, labels, pmax, k)
+    for (s, t), r in ref.items():
+        for key, val in r.items():
+            assert float(mats[key][s, t]) == pytest.approx(val, abs=1e-9), (key, s, t)
+    acc = (preds == labels).mean(axis=1) * 100
+    assert np.allclose(mats["acc_gap"].numpy(), acc[None, :] - acc[:, None])
+
+
+def test_pairs_frame_has_every_ordered_pair_once():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, 50)
+    preds = rng.integers(0, 4, (4, 50))
+    df = pairs_frame(["a", "b", "c", "d"], preds, labels, rng.random((4, 50)), 4)
+    assert len(df) == 12
+    assert not (df["student"] == df["teacher"]).any()
+    assert len(df.drop_duplicates(["student", "teacher"])) == 12
+    # rho_pos(s, t) is rho_neg(t, s)
+    back = df.set_index(["student", "teacher"])
+    for (s, t), row in back.iterrows():
+        assert row["rho_pos"] == pytest.approx(back.loc[(t, s), "rho_neg"])
+
+
+def test_concentration_of_uniform_and_single_class_flips():
+    counts = torch.tensor([[10.0, 10, 10, 10], [0, 0, 8, 0], [0, 0, 0, 0]])
+    c = concentration(counts)
+    assert c["flip_entropy"][0].item() == pytest.approx(math.log(4))
+    assert c["flip_entropy"][1].item() == pytest.approx(0.0)
+    assert c["top50_classes"].tolist() == [2, 1, 0]
+    assert c["top2_classes"].tolist() == [1, 1, 0]
+
+
+# ---------------------------------------------------------------- zoo-scale formulations (issue 3)
+from zoo_sweep.science.complementary import (  # noqa: E402
+    DEFAULT_METRICS,
+    class_concentration,
+    concentration_from_hist,
+    dominance_counts,
+    same_wrong_counts,
+)
+
+
+def _records(seed, m, n, k, ties=False, skew=False, confusers=True):
+    """Models right with different probabilities; wrong guesses concentrated on a few classes per sample."""
+    rng = np.random.default_rng(seed)
+    if skew:  # one class far larger than 256 samples (bf16 chunking) and many small ones
+        labels = np.concatenate([np.zeros(300, int), rng.integers(1, k, n - 300)])
+        rng.shuffle(labels)
+    else:
+        labels = rng.integers(0, k, n)
+    wrong_pool = rng.integers(0, k, (n, 3)) if confusers else None
+    right = rng.random((m, n)) < rng.uniform(0.3, 0.9, (m, 1))
+    if confusers:
+        guess = wrong_pool[np.arange(n)[None, :], rng.integers(0, 3, (m, n))]
+    else:
+        guess = rng.integers(0, k, (m, n))
+    preds = np.where(right, labels, guess)
+    pmax = rng.random((m, n)).astype(np.float32)
+    if ties:
+        pmax = np.round(pmax * 4) / 4  # five distinct values: many exact ties between models
+    return preds, labels, pmax.astype(np.float32)
+
+
+@pytest.mark.parametrize("case", [dict(seed=4, m=6, n=500, k=70),  # > 64 classes: histogram path
+                                  dict(seed=5, m=5, n=420, k=70, skew=True),  # a class of 300: chunked products
+                                  dict(seed=6, m=6, n=300, k=5, ties=True),  # ties in pmax: student wins
+                                  dict(seed=7, m=4, n=200, k=3, confusers=False)])
+def test_pair_matrices_match_brute_force_on_every_path(case):
+    preds, labels, pmax = _records(**case)
+    k = case["k"]
+    mats = pair_matrices(torch.as_tensor(preds), torch.as_tensor(labels), torch.as_tensor(pmax), k)
+    ref = brute_force(preds, labels, pmax, k)
+    for (s, t), r in ref.items():
+        for key, val in r.items():
+            assert float(mats[key][s, t]) == pytest.approx(val, abs=1e-9), (key, s, t)
+
+
+@pytest.mark.parametrize("dense_min", [2, 3, 1000])
+def test_same_wrong_counts_enumerated_and_dense_groups_agree(dense_min):
+    preds, labels, _ = _records(8, m=7, n=400, k=6)
+    wrong = preds != labels
+    sw = same_wrong_counts(torch.as_tensor(preds), torch.as_tensor(wrong), 6, dense_min=dense_min).numpy()
+    for s in range(7):
+        for t in range(7):
+            if s != t:
+                assert sw[s, t] == int((wrong[s] & wrong[t] & (preds[s] == preds[t])).sum())
+
+
+@pytest.mark.parametrize("buckets", [1, 2, 5, 64])
+@pytest.mark.parametrize("ties", [False, True])
+def test_dominance_counts_with_confidence_buckets(buckets, ties):
+    preds, labels, pmax = _records(9, m=6, n=400, k=4, ties=ties)
+    right = preds == labels
+    ge, gt = dominance_counts(torch.as_tensor(right), torch.as_tensor(pmax), buckets=buckets)
+    for s in range(6):
+        for t in range(6):
+            mask = right[s] & ~right[t]
+            assert ge[s, t] == int((mask & (pmax[s] >= pmax[t])).sum())
+            assert gt[s, t] == int((mask & (pmax[s] > pmax[t])).sum())
+
+
+def test_histogram_and_sorted_concentration_agree():
+    rng = np.random.default_rng(10)
+    counts = torch.as_tensor(rng.integers(0, 6, (40, 90)) * (rng.random((40, 90)) < 0.3))
+    counts[0] = 0  # a pair without flips
+    counts[1] = 0
+    counts[1, 7] = 5  # all flips in one class
+    hist = torch.stack([torch.bincount(c, minlength=6) for c in counts])
+    a, b = concentration(counts), concentration_from_hist(hist)
+    assert torch.allclose(a["flip_entropy"], b["flip_entropy"], atol=1e-12)
+    for q in (2, 5, 20, 50):
+        assert torch.equal(a[f"top{q}_classes"].long(), b[f"top{q}_classes"].long()), q
+
+
+def test_class_concentration_is_independent_of_chunking():
+    preds, labels, _ = _records(11, m=9, n=700, k=80)
+    right = torch.as_tensor(preds == labels)
+    whole = class_concentration(right, torch.as_tensor(labels), 80)
+    rows = class_concentration(right, torch.as_tensor(labels), 80, chunk_bytes=1)
+    for key in whole:
+        assert torch.equal(whole[key], rows[key]), key
+
+
+def test_metric_groups_can_be_left_out():
+    preds, labels, pmax = _records(12, m=4, n=100, k=5)
+    full = pair_matrices(torch.as_tensor(preds), torch.as_tensor(labels), torch.as_tensor(pmax), 5)
+    timings = {}
+    core = pair_matrices(torch.as_tensor(preds), torch.as_tensor(labels), torch.as_tensor(pmax), 5,
+                         metrics=(), timings=timings)
+    assert set(timings) == {"flips"}
+    for key in ("rho_pos", "rho_neg", "oracle_acc", "acc_gap"):
+        assert torch.equal(core[key], full[key])
+    for key in ("agreement", "ensemble_acc", "flip_entropy", "top50_classes"):
+        assert torch.isnan(core[key]).all()
+    df = pairs_frame(list("abcd"), preds, labels, pmax, 5, metrics=("agreement",))
+    assert df["ensemble_acc"].isna().all() and df["agreement"].notna().all()
+    assert set(DEFAULT_METRICS) == {"flips", "agreement", "ensemble", "classes"}
+    with pytest.raises(ValueError, match="unknown metric"):
+        pair_matrices(torch.as_tensor(preds), torch.as_tensor(labels), torch.as_tensor(pmax), 5, metrics=("nope",))
+
+
+def test_per_class_and_flip_count_helpers():
+    from zoo_sweep.science.complementary import flip_counts, per_class_flips
+
+    preds, labels, _ = _records(13, m=4, n=150, k=6)
+    right = torch.as_tensor(preds == labels)
+    pk = per_class_flips(right, torch.as_tensor(labels), 6, slice(1, 3)).numpy()
+    pos = flip_counts(right).numpy()
+    for s in (1, 2):
+        for t in range(4):
+            flips = ~right[s].numpy() & right[t].numpy()
+            assert pos[s, t] == flips.sum()
+            for k in range(6):
+                assert pk[s - 1, t, k] == (flips & (labels == k)).sum()
+
+
+# ---------------------------------------------------------------- issue 3 performance paths (exactness)
+def _dominance_brute(right, pmax):
+    r, w = right[:, None, :], ~right[None, :, :]
+    ge = (r & w & (pmax[:, None, :] >= pmax[None, :, :])).sum(-1)
+    gt = (r & w & (pmax[:, None, :] > pmax[None, :, :])).sum(-1)
+    return ge, gt
+
+
+@pytest.mark.parametrize("buckets", [1, 3, 17, 64, 127])
+@pytest.mark.parametrize("pattern", ["random", "ties", "one_value", "signed"])
+def test_dominance_counts_match_brute_force_on_wide_zoos(monkeypatch, buckets, pattern):
+    """Many models (same-bucket groups above and below the window widths, > 32 wrongs facing one right), many
+    product columns through a tiny column buffer, several sample blocks, quantile buckets from a subsample
+    (cells the subsample never saw), ties in pmax, negative values and -0.0 against +0.0."""
+    import zoo_sweep.science.complementary as comp
+
+    monkeypatch.setattr(comp, "_COLS", 64)
+    monkeypatch.setattr(comp, "_QUANTILE_SAMPLE", 97)
+    rng = np.random.default_rng(20 + buckets)
+    m, n = 70, 90
+    right = rng.random((m, n)) < rng.uniform(0.2, 0.9, (m, 1))
+    pmax = rng.random((m, n)).astype(np.float32)
+    if pattern == "ties":
+        pmax = (np.round(pmax * 3) / 3).astype(np.float32)
+    elif pattern == "one_value":
+        pmax[:] = 0.5
+        pmax[:, ::7] = rng.random((m, len(range(0, n, 7)))).astype(np.float32)
+    elif pattern == "signed":
+        pmax = (np.round(pmax * 6) / 3 - 1).astype(np.float32)  # -1 .. 1 with many zeros
+        zeros = pmax == 0
+        pmax[zeros & (rng.random((m, n)) < 0.5)] = -0.0
+    ge, gt = dominance_counts(torch.as_tensor(right), torch.as_tensor(pmax), buckets=buckets, span=16)
+    ref_ge, ref_gt = _dominance_brute(right, pmax)
+    assert np.array_equal(ge.numpy(), ref_ge) and np.array_equal(gt.numpy(), ref_gt)
+
+
+def test_dominance_counts_choose_buckets_on_their_own():
+    rng = np.random.default_rng(31)
+    m, n = 80, 400
+    right = rng.random((m, n)) < 0.7
+    pmax = np.where(right, rng.beta(5, 2, (m, n)), rng.beta(2, 4, (m, n))).astype(np.float32)
+    ge, gt = dominance_counts(torch.as_tensor(right), torch.as_tensor(pmax))
+    ref_ge, ref_gt = _dominance_brute(right, pmax)
+    assert np.array_equal(ge.numpy(), ref_ge) and np.array_equal(gt.numpy(), ref_gt)
+
+
+@pytest.mark.parametrize("dense_min", [None, 2, 5, 10_000])
+def test_same_wrong_counts_with_split_column_buffers(monkeypatch, dense_min):
+    """Groups on both sides of the dense threshold, one-hot columns split over a tiny buffer and sample
+    blocks smaller than the data."""
+    import zoo_sweep.science.complementary as comp
+
+    monkeypatch.setattr(comp, "_COLS", 64)
+    rng = np.random.default_rng(41)
+    m, n, k = 60, 300, 9
+    labels = rng.integers(0, k, n)
+    preds = np.where(rng.random((m, n)) < 0.4, labels, rng.integers(0, k, (m, n)))
+    wrong = preds != labels
+    sw = same_wrong_counts(torch.as_tensor(preds), torch.as_tensor(wrong), k, dense_min=dense_min).numpy()
+    both = wrong[:, None, :] & wrong[None, :, :] & (preds[:, None, :] == preds[None, :, :])
+    ref = both.sum(-1)
+    off = ~np.eye(m, dtype=bool)
+    assert np.array_equal(sw[off], ref[off])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_class_concentration_threads_and_unequal_classes(threads):
+    preds, labels, _ = _records(42, m=12, n=900, k=90)
+    right = torch.as_tensor(preds == labels)
+    whole = class_concentration(right, torch.as_tensor(labels), 90, threads=threads)
+    rows = class_concentration(right, torch.as_tensor(labels), 90, chunk_bytes=1, threads=threads)
+    counts = torch.stack([torch.as_tensor(((~(preds[s] == labels)) & (preds[t] == labels))[None, :]
+                                          & (labels[None, :] == np.arange(90)[:, None])).sum(-1)
+                          for s in range(12) for t in range(12)]).view(12, 12, 90)
+    ref = concentration(counts)
+    for key in whole:
+        assert torch.equal(whole[key], rows[key]), key
+        assert torch.allclose(whole[key].double(), ref[key].double(), atol=1e-12), key

@@ -1,0 +1,42 @@
+"""Sweep specs: the shipped ones parse, and mistakes are reported by name before anything runs."""
+
+from pathlib import Path
+
+import pytest
+
+from zoo_sweep.config.spec import parse_spec
+from zoo_sweep.pipeline.plan import check_names, load_sweep
+from zoo_sweep.errors import UserError
+
+JOBS = Path(__file__).resolve().parents[2] / "jobs"
+
+
+@pytest.mark.parametrize("path", sorted(JOBS.glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_specs_parse(path):
+    spec = load_sweep(path)
+    assert spec.name
+    # every shipped spec transfers, except the measure-only flip studies ([transfer] methods = [], issue 3)
+    assert spec.transfer.methods or path.name.endswith("-flips.toml")
+
+
+def test_digest_ignores_where_the_spec_came_from():
+    a = parse_spec({"name": "x"}, "a.toml")
+    b = parse_spec({"name": "x"}, "b.toml")
+    assert a.digest == b.digest
+    assert parse_spec({"name": "x", "transfer": {"epochs": 3}}).digest != a.digest
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"name": "x", "transfer": {"methods": ["kl", "bogus"]}}, "unknown method 'bogus' in [transfer] methods"),
+    ({"name": "x", "transfer": {"epoch": 3}}, "unknown key(s) epoch in [transfer]"),
+    ({"name": "x", "transfer": {"epochs": "3"}}, "epochs must be an integer"),
+    ({"name": "x", "transfer": {"alpha": 1.5}}, "[transfer] alpha must be <= 1, got 1.5"),
+    ({"name": "x", "pairs": {"policy": "most"}}, "unknown [pairs] policy 'most'"),
+    ({"name": "x", "data": {"eval": "imagenet"}}, "must be 'digits:eval'"),
+    ({"name": "x", "zoo": {"source": "hub"}}, "unknown [zoo] source 'hub'"),
+    ({"name": "x", "extra": 1}, "unknown top-level key(s) extra"),
+])
+def test_spec_errors_name_the_problem(doc, message):
+    with pytest.raises(UserError) as e:
+        check_names(parse_spec(doc))
+    assert message in str(e.value)

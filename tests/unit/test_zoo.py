@@ -1,0 +1,74 @@
+"""Zoo selection and weights: names and patterns, families, and real timm loading from local files."""
+
+import pytest
+import torch
+
+from zoo_sweep.config.spec import ZooSpec
+from zoo_sweep.errors import UserError
+from zoo_sweep.zoo.models import create, resolve_zoo, select_names
+
+
+def test_patterns_and_close_names():
+    names = ["resnet_a", "resnet_b", "vit_a"]
+    assert select_names(names, ("resnet_*",), ()) == ["resnet_a", "resnet_b"]
+    assert select_names(names, (), ("vit*",)) == ["resnet_a", "resnet_b"]
+    with pytest.raises(UserError, match="did you mean .*resnet_a"):
+        select_names(names, ("resnet_x",), ())
+
+
+def test_timm_models_load_from_a_checkpoint_and_a_weights_folder(tmp_path):
+    import timm
+
+    ref = timm.create_model("resnet10t", num_classes=5)
+    torch.save({"state_dict": ref.state_dict()}, tmp_path / "ck.pth")  # a training checkpoint layout
+    wdir = tmp_path / "weights"
+    wdir.mkdir()
+    from safetensors.torch import save_file
+
+    save_file(ref.state_dict(), wdir / "resnet14t.safetensors")
+    torch.save(timm.create_model("resnet14t", num_classes=5).state_dict(), wdir / "resnet14t.pth")
+    spec = ZooSpec(source="timm", models=("resnet10t", "resnet14t"), checkpoints={"resnet10t": str(tmp_path / "ck.pth")},
+                   weights_dir=str(wdir))
+    entries = {e.name: e for e in resolve_zoo(spec, tmp_path, num_classes=5, image_size=32)}
+    assert entries["resnet10t"].weights.endswith("ck.pth")
+    assert entries["resnet14t"].weights.endswith(".safetensors")
+    m = create(entries["resnet10t"])
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(m(x), ref.eval()(x))
+    # the safetensors file holds resnet10t weights: a clear error, not random weights
+    with pytest.raises(UserError, match="do not fit resnet14t"):
+        create(entries["resnet14t"])
+
+
+def test_missing_weights_name_the_three_ways(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    spec = ZooSpec(source="timm", models=("resnet10t.c3_in1k", "resnet14t.c3_in1k"))
+    entry = resolve_zoo(spec, tmp_path, num_classes=1000, image_size=224)[0]
+    assert entry.weights == "hub"
+    with pytest.raises(UserError) as e:
+        create(entry)
+    msg = str(e.value)
+    assert "resnet10t.c3_in1k" in msg and "hub cache" in msg and "weights_dir" in msg and "checkpoints" in msg
+
+
+def test_hub_weights_come_from_the_local_cache_without_network(tmp_path, monkeypatch):
+    """A Hugging Face cache laid out as hf_hub_download leaves it; HF_HUB_OFFLINE proves no download."""
+    import huggingface_hub.constants as hf
+    import timm
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tag = "resnet10t.c3_in1k"
+    ref = timm.create_model("resnet10t", num_classes=1000).eval()
+    repo = tmp_path / "hub" / "models--timm--resnet10t.c3_in1k"
+    snap = repo / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    save_file(ref.state_dict(), snap / "model.safetensors")
+    spec = ZooSpec(source="timm", models=(tag, "resnet14t.c3_in1k"))
+    entry = resolve_zoo(spec, tmp_path, num_classes=1000, image_size=224)[0]
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.allclose(create(entry)(x), ref(x))

@@ -1,0 +1,387 @@
+"""The `zoo-sweep` command: a thin layer over plan / launch / report functions.
+
+Errors a user can cause end in one line on stderr and exit code 2; a sweep with failed jobs exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from zoo_sweep.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
+                  help="Measure complementary knowledge across a model zoo and run knowledge-transfer sweeps on Ray.")
+# Not a terminal (CI, pipes): wide enough that tables and one-line errors are not wrapped.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+DEMO_SPEC = "jobs/digits-demo.toml"
+
+
+class Ctx:
+    def __init__(self, db: str | None, home: str | None):
+        self.db, self.home = db, home
+
+    def store(self, create: bool = True):
+        from zoo_sweep.storage.store import Store
+
+        return Store(self.db, create=create)
+
+    def paths(self):
+        from zoo_sweep.paths import Paths
+
+        return Paths.default(self.home)
+
+
+@app.callback()
+def _root(ctx: typer.Context,
+          db: Optional[str] = typer.Option(None, "--db", envvar="ZOO_SWEEP_DB",
+                                           help="Store URL (SQLAlchemy). Default: sqlite:///results/zoo.db"),
+          home: Optional[str] = typer.Option(None, "--home", envvar="ZOO_SWEEP_HOME",
+                                             help="Folder for caches, prediction records and reports. Default: results")):
+    ctx.obj = Ctx(db, home)
+
+
+def _table(df, title: str | None = None) -> Table:
+    t = Table(title=title, title_justify="left")
+    for c in df.columns:
+        t.add_column(str(c), justify="right" if df[c].dtype.kind in "if" else "left")
+    for row in df.itertuples(index=False):
+        t.add_row(*["" if v is None or (isinstance(v, float) and v != v) else
+                    (f"{v:.2f}" if isinstance(v, float) else str(v)) for v in row])
+    return t
+
+
+# ---------------------------------------------------------------------- plan
+@app.command()
+def plan(ctx: typer.Context, spec: Path = typer.Argument(..., help="Sweep spec (TOML), e.g. jobs/digits-demo.toml"),
+         dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; write nothing.")):
+    """Write the sweep and its job ledger to the store and print models, pairs, jobs and an estimate."""
+    from zoo_sweep.pipeline.plan import load_sweep
+    from zoo_sweep.pipeline.plan import make_plan, write_plan
+
+    s = load_sweep(spec)
+    p = make_plan(s, ctx.obj.paths(), dry_run=dry_run)
+    _print_plan(p)
+    if dry_run:
+        out.print("dry run: nothing written")
+        return
+    store = ctx.obj.store()
+    new = write_plan(store, p)
+    out.print(f"planned {s.name} in {store.url}: {new} new job(s), {len(p.all_jobs) - new} already in the ledger")
+
+
+def _print_plan(p) -> None:
+    import pandas as pd
+
+    from zoo_sweep.pipeline.plan import max_selected
+
+    m = len(p.models)
+    models = pd.DataFrame([{"model": e.name, "family": e.family, "params": p.params[e.name]} for e in p.models])
+    if m <= 40:
+        out.print(_table(models, f"{p.spec.name}: {m} models"))
+    else:  # a zoo-scale plan: one line per family, not per model
+        by_family = models.groupby("family").agg(
+            models=("model", "count"), params_median_M=("params", "median"), params_min_M=("params", "min"),
+            params_max_M=("params", "max"), params_total_M=("params", "sum")).reset_index()
+        for c in by_family.columns[2:]:
+            by_family[c] = by_family[c] / 1e6
+        out.print(_table(by_family, f"{p.spec.name}: {m} models by family (parameters in millions)"))
+        n_f = models["family"].value_counts()
+        out.print("ordered pairs by family (student -> teacher): " + ", ".join(
+            f"{a}->{b} {n_f[a] * (n_f[b] - (a == b)):,}" for a in n_f.index for b in n_f.index))
+    n_t = len(p.transfer_jobs) if p.transfer_jobs is not None else None
+    t = p.spec.transfer
+    per_pair = len(t.methods) * len(t.seeds)
+    out.print(f"ordered pairs measured: {m * (m - 1):,}")
+    if not t.methods and not getattr(t, "multi_teacher", ()):
+        out.print("transfer: none (measure-only spec: \\[transfer] methods = [])")
+    elif n_t is None:
+        out.print(f"transfer pairs: chosen after measurement by policy '{p.spec.pairs.policy}', at most "
+                  f"{max_selected(p)} ({per_pair} job(s) each: methods {', '.join(t.methods)} x {len(t.seeds)} seed(s))")
+    else:
+        out.print(f"transfer pairs: {n_t // max(per_pair, 1)} x methods {', '.join(t.methods)} x "
+                  f"{len(t.seeds)} seed(s) = {n_t} job(s), {t.epochs} epoch(s) each")
+    out.print(f"jobs: {len(p.predict_jobs)} predict, 1 compare, "
+              f"{n_t if n_t is not None else '<= ' + str(max_selected(p) * per_pair)} transfer")
+    out.print(_estimate(p, n_t if n_t is not None else max_selected(p) * per_pair))
+
+
+def _estimate(p, n_transfer: int) -> str:
+    """Rough compute from parameter counts (no timings are known before the first run)."""
+    from zoo_sweep.data.sets import count_images
+
+    n_eval = count_images(p.spec.data.eval, p.spec.data.image_size, p.spec.data.class_map)
+    n_tr = count_images(p.spec.data.transfer, p.spec.data.image_size, p.spec.data.class_map) if n_transfer else 0
+    if n_eval == 0:  # a dry run away from the data: nothing to count the images of
+        return (f"estimate: the eval set {p.spec.data.eval} is not reachable from here, so no compute estimate; "
+                f"{sum(p.params.values()) / 1e6:,.0f} M parameters in all, one forward pass each per eval image")
+    mean_params = sum(p.params.values()) / len(p.params)
+    sec_per_param_sample = 4e-10  # CPU forward, measured on the digits zoo; GPUs are ~50x faster
+    pred = n_eval * sum(p.params.values()) * sec_per_param_sample
+    # per transfer epoch: 3 forwards + 1 backward over the transfer set, then one eval pass
+    tr = n_transfer * p.spec.transfer.epochs * (5 * n_tr + n_eval) * mean_params * sec_per_param_sample
+    return (f"estimate (rough, from parameter counts): predict {_hours(pred)}, transfer {_hours(tr)} "
+            f"of CPU time; on GPUs about {_hours((pred + tr) / 50)} GPU time")
+
+
+def _hours(sec: float) -> str:
+    return f"{sec / 3600:.1f} h" if sec >= 3600 else f"{sec / 60:.1f} min"
+
+
+# ---------------------------------------------------------------------- launch / measure
+def _launch(ctx, spec, until, gpus, cpus, address, gpus_per_job, cpus_per_job, max_retries, progress,
+            only_failed=False, limit=None, shard=None):
+    from zoo_sweep.pipeline.plan import load_sweep
+    from zoo_sweep.pipeline.launch import LaunchOptions, launch_sweep, parse_shard
+
+    s = load_sweep(spec)
+    if limit is not None and limit < 0:
+        raise UserError("--limit must be >= 0")
+    opts = LaunchOptions(gpus=gpus, cpus=cpus, address=address, gpus_per_job=gpus_per_job,
+                         cpus_per_job=cpus_per_job, max_retries=max_retries, until=until, progress=progress,
+                         only_failed=only_failed, limit=limit, shard=parse_shard(shard) if shard else None)
+    if gpus < 0 or cpus_per_job < 1 or gpus_per_job <= 0:
+        raise UserError("--gpus must be >= 0, --cpus-per-job >= 1 and --gpus-per-job > 0")
+    t0 = time.time()
+    try:
+        rep = launch_sweep(s, ctx.obj.store(), ctx.obj.paths(), opts, err)
+    except KeyboardInterrupt:
+        err.print("interrupted: jobs in flight are marked 'interrupted' and run again on the next launch")
+        raise typer.Exit(130)
+    _print_launch(rep, time.time() - t0)
+    return s, rep
+
+
+def _print_launch(rep, seconds: float) -> None:
+    reused = ", ".join(f"{v} {k}" for k, v in rep.reused.items() if v)
+    ran = ", ".join(f"{v} {k}" for k, v in rep.ran.items() if v)
+    out.print(f"{rep.sweep}: ran {ran or 'nothing (all done)'} in {seconds:.1f} s"
+              + (f"; reused {reused}" if reused else ""))
+    for job_id, e in rep.failed:
+        out.print(f"[red]failed[/] {job_id}: {e}")
+
+
+_GPUS = typer.Option(0, "--gpus", help="GPUs to use (0: run on CPU).")
+_CPUS = typer.Option(None, "--cpus", help="CPUs for a local Ray cluster (default: all cores).")
+_ADDR = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Existing Ray cluster (HOST:PORT or auto).")
+_GPJ = typer.Option(1.0, "--gpus-per-job", help="GPU share per job; fractions run several jobs per GPU.")
+_CPJ = typer.Option(1, "--cpus-per-job", help="CPU threads per job.")
+_RETRY = typer.Option(None, "--max-retries", help="Retries of a failing job (default: the spec's).")
+_PROG = typer.Option(True, "--progress/--no-progress", help="Live progress bars.")
+_FAILED = typer.Option(False, "--only-failed", help="Rerun only failed jobs, each with a fresh retry budget.")
+_LIMIT = typer.Option(None, "--limit", help="Run at most this many transfer jobs (predict and compare always complete).")
+_SHARD = typer.Option(None, "--shard", help="i/K: run only shard i of K (array jobs on a shared store).")
+
+
+@app.command()
+def launch(ctx: typer.Context, spec: Path = typer.Argument(..., help="Sweep spec (TOML)."),
+           gpus: float = _GPUS, cpus: Optional[int] = _CPUS, address: Optional[str] = _ADDR,
+           gpus_per_job: float = _GPJ, cpus_per_job: int = _CPJ, max_retries: Optional[int] = _RETRY,
+           progress: bool = _PROG, only_failed: bool = _FAILED, limit: Optional[int] = _LIMIT,
+           shard: Optional[str] = _SHARD):
+    """Run the sweep's pending jobs on Ray (plans first if needed); finished jobs are skipped."""
+    _, rep = _launch(ctx, spec, "transfer", gpus, cpus, address, gpus_per_job, cpus_per_job, max_retries, progress,
+                     only_failed, limit, shard)
+    raise typer.Exit(0 if rep.ok else 1)
+
+
+@app.command()
+def measure(ctx: typer.Context, spec: Path = typer.Argument(..., help="Sweep spec (TOML)."),
+            gpus: float = _GPUS, cpus: Optional[int] = _CPUS, address: Optional[str] = _ADDR,
+            gpus_per_job: float = _GPJ, cpus_per_job: int = _CPJ, max_retries: Optional[int] = _RETRY,
+            progress: bool = _PROG, only_failed: bool = _FAILED, limit: Optional[int] = _LIMIT,
+            shard: Optional[str] = _SHARD):
+    """Stages 1-2 only: predict every model once and compare all pairs (no transfer)."""
+    _, rep = _launch(ctx, spec, "compare", gpus, cpus, address, gpus_per_job, cpus_per_job, max_retries, progress,
+                     only_failed, limit, shard)
+    raise typer.Exit(0 if rep.ok else 1)
+
+
+# ---------------------------------------------------------------------- status / query / export / report
+def _sweep_name(store, sweep: str | None) -> str | None:
+    """A sweep name from a name or a spec path; None means every sweep."""
+    if sweep is None:
+        return None
+    if sweep.endswith(".toml"):
+        from zoo_sweep.pipeline.plan import load_sweep
+
+        sweep = load_sweep(sweep).name
+    if sweep not in store.sweep_names():
+        known = ", ".join(store.sweep_names()) or "none yet"
+        raise UserError(f"no sweep named {sweep!r} in the store (sweeps: {known})")
+    return sweep
+
+
+@app.command()
+def status(ctx: typer.Context, sweep: Optional[str] = typer.Argument(None, help="Sweep name or spec (default: all)."),
+           slowest: int = typer.Option(5, "--slowest", help="How many of the slowest finished jobs to list.")):
+    """Jobs per stage and state, the slowest jobs, and the last error line of failed ones."""
+    import pandas as pd
+
+    from zoo_sweep.storage.store import job_summary, jobs_of
+
+    store = ctx.obj.store(create=False)
+    name = _sweep_name(store, sweep)
+    df = job_summary(store, name)
+    if df.empty:
+        raise UserError("the store has no sweeps yet; run `zoo-sweep plan SPEC` or `zoo-sweep demo`")
+    out.print(_table(df, "jobs per stage and state"))
+    jobs = jobs_of(store, name)
+    jobs["seconds"] = pd.to_numeric(jobs["seconds"], errors="coerce")  # all-NULL columns come back as objects
+    jobs = jobs.drop_duplicates("id")  # a job shared by two sweeps is listed once
+    done = jobs[jobs["state"] == "done"].dropna(subset=["seconds"]).nlargest(slowest, "seconds")
+    if not done.empty:
+        out.print(_table(done[["id", "kind", "seconds", "worker"]], f"slowest {len(done)} finished jobs"))
+    for r in jobs[jobs["state"].isin(["failed", "diverged"])].itertuples():
+        last = (r.error or "").strip().splitlines()[-1:] or [""]
+        out.print(f"[red]{r.state}[/] {r.kind} {r.id} after {r.attempts} attempt(s): {last[0]}", highlight=False)
+
+
+@app.command()
+def reset(ctx: typer.Context, sweep: str = typer.Argument(..., help="Sweep name or spec."),
+          state: str = typer.Option("failed", "--state", help="Which jobs go back to pending: failed, diverged, "
+                                                               "cancelled or interrupted.")):
+    """Put a sweep's failed (or other) jobs back to pending with a fresh retry budget."""
+    from zoo_sweep.storage.store import reset_jobs
+
+    if state not in ("failed", "diverged", "cancelled", "interrupted"):
+        raise UserError("--state must be failed, diverged, cancelled or interrupted")
+    store = ctx.obj.store(create=False)
+    n = reset_jobs(store, _sweep_name(store, sweep), state, "pending")
+    out.print(f"{n} {state} job(s) are pending again; run `zoo-sweep launch SPEC`")
+
+
+@app.command()
+def cancel(ctx: typer.Context, sweep: str = typer.Argument(..., help="Sweep name or spec."),
+           kind: Optional[str] = typer.Option(None, "--kind", help="Only this stage: predict or transfer.")):
+    """Mark a sweep's pending (and failed) jobs cancelled: launch skips them until `reset --state cancelled`."""
+    from zoo_sweep.storage.store import reset_jobs
+
+    store = ctx.obj.store(create=False)
+    name = _sweep_name(store, sweep)
+    n = sum(reset_jobs(store, name, st, "cancelled", kind) for st in ("pending", "failed"))
+    out.print(f"{n} job(s) cancelled")
+
+
+@app.command()
+def tune(ctx: typer.Context, spec: Path = typer.Argument(..., help="Sweep spec (TOML)."),
+         method: str = typer.Option(..., "--method", help="Transfer method to tune, e.g. kl_dp."),
+         samples: int = typer.Option(8, "--samples", help="Configurations to try."),
+         pairs: int = typer.Option(4, "--pairs", help="Calibration pairs (stratified by accuracy gap x family)."),
+         objective: str = typer.Option("delta", "--objective", help="delta (mean transfer delta) or success."),
+         write: bool = typer.Option(False, "--write", help="Write the best configuration into the spec's [transfer]."),
+         cpus: Optional[int] = _CPUS, address: Optional[str] = _ADDR, progress: bool = _PROG):
+    """Ray Tune search of one method's hyper-parameters on a calibration subset of pairs."""
+    from zoo_sweep.pipeline.plan import load_sweep
+    from zoo_sweep.pipeline.launch import LaunchOptions
+    from zoo_sweep.pipeline.tune import tune_method, write_back
+
+    s = load_sweep(spec)
+    res = tune_method(s, ctx.obj.store(), ctx.obj.paths(), method, samples, pairs, objective,
+                      LaunchOptions(cpus=cpus, address=address, progress=progress))
+    out.print(_table(res.trials, f"{method}: {len(res.trials)} configuration(s) on {len(res.pairs)} pair(s), "
+                                 f"stored as sweep {res.sweep}"))
+    out.print(f"best: {json.dumps(res.best)}")
+    if write:
+        write_back(spec, res.best)
+        out.print(f"written into [transfer] of {spec}")
+
+
+@app.command()
+def query(ctx: typer.Context, sql: str = typer.Argument(..., help='SQL, e.g. "select count(*) from pairs"'),
+          fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json")):
+    """Run a read-only SQL query against the store."""
+    if fmt not in ("table", "csv", "json"):
+        raise UserError("--format must be table, csv or json")
+    df = ctx.obj.store(create=False).query(sql)
+    if fmt == "csv":
+        sys.stdout.write(df.to_csv(index=False))
+    elif fmt == "json":
+        sys.stdout.write(df.to_json(orient="records") + "\n")
+    else:
+        out.print(_table(df))
+
+
+@app.command()
+def export(ctx: typer.Context, out_dir: Optional[Path] = typer.Option(None, "--out", help="Default: results/export/all")):
+    """Write every table of the store as Parquet, one file per table."""
+    paths = ctx.obj.store(create=False).export(out_dir or ctx.obj.paths().export())
+    for p in paths:
+        out.print(str(p))
+
+
+@app.command()
+def report(ctx: typer.Context, spec: Optional[Path] = typer.Argument(None, help="Sweep spec (default: the demo)."),
+           out_dir: Optional[Path] = typer.Option(None, "--out", help="Default: results/reports/SWEEP")):
+    """Tables in the terminal and a report folder: report.html (self-contained), PNG plots, CSV, Markdown."""
+    from zoo_sweep.pipeline.plan import load_sweep
+
+    s = load_sweep(spec or DEMO_SPEC)
+    _report(ctx, s, out_dir)
+
+
+def _report(ctx, s, out_dir=None):
+    from zoo_sweep.data.sets import num_classes_of
+    from zoo_sweep.report.build import make_report
+
+    store = ctx.obj.store(create=False)
+    target = out_dir or ctx.obj.paths().report(s.name)
+    try:
+        k = num_classes_of(s.data.eval, s.data.class_map)
+    except UserError:  # the eval images are not reachable from here: the report says K is unknown
+        k = None
+    rep = make_report(store, s.name, s.data.eval, target, num_classes=k)
+    for heading, items in rep.sections:
+        out.rule(heading)
+        for it in items:
+            if isinstance(it, str):
+                out.print(it)
+            elif hasattr(it, "view"):
+                out.print(_table(it.view, it.title) if len(it.view) else f"{it.title}: (none yet)")
+            elif it.path is None:
+                out.print(f"{it.title}: {it.caption}")
+    out.rule("findings")
+    for line in rep.findings:
+        out.print(f"- {line}")
+    out.print(f"report: {rep.html} ({len(rep.files)} files; SQL behind every table in the page)")
+    return next(t.data for t in rep.tables if t.key == "methods")
+
+
+@app.command()
+def demo(ctx: typer.Context, spec: Path = typer.Option(Path(DEMO_SPEC), "--spec", help="Sweep spec to run."),
+         cpus: Optional[int] = _CPUS, gpus: float = _GPUS, progress: bool = _PROG):
+    """The whole pipeline on the embedded digits zoo: plan, launch, report."""
+    t0 = time.time()
+    s, rep = _launch(ctx, spec, "transfer", gpus, cpus, None, 1.0, 1, None, progress)
+    _report(ctx, s)
+    out.print(f"demo finished in {time.time() - t0:.1f} s"
+              + ("" if rep.ok else f" with {len(rep.failed)} failed job(s); see `zoo-sweep status`"))
+    raise typer.Exit(0 if rep.ok else 1)
+
+
+from zoo_sweep.cli.submit import submit_app  # noqa: E402  (zoo-sweep submit slurm|ray)
+
+app.add_typer(submit_app, name="submit")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point. Click/typer handle usage errors and exit codes (SystemExit); a UserError
+    becomes one line on stderr and exit code 2."""
+    try:
+        app(args=argv, prog_name="zoo-sweep")
+    except UserError as e:
+        err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Sweep specs: the TOML files under jobs/ parsed into frozen dataclasses.
+
+Unknown keys are errors rather than silently ignored, because a misspelt key (``epoch = 20``) would
+otherwise run a whole sweep with the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zoo_sweep.config.params import TransferParams
+from zoo_sweep.config.schema import build, key
+from zoo_sweep.errors import UserError
+from zoo_sweep.ids import content_id
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    source: str = key("digits", '"digits": the embedded zoo, built locally; "timm": timm registry names')
+    recipe: str = key("default", 'digits only: which set of embedded recipes ("default" or "micro")')
+    models: tuple[str, ...] = key((), "names or fnmatch patterns; empty means every model of the source")
+    exclude: tuple[str, ...] = key((), "names or fnmatch patterns left out")
+    weights_dir: str | None = key(None, "timm only: a folder with one <model>.(safetensors|pth|bin) per model")
+    checkpoints: dict[str, str] = key(doc="timm only: explicit model -> weights file", factory=dict)
+    allow_random_weights: bool = key(False, "timm only, for tests: random weights where none are found")
+    num_classes: int | None = key(None, "timm only: head size; default is the eval set's class count", ge=1)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    eval: str = key("digits:eval", '"digits:eval", "digits:transfer" or "imagefolder:/path"')
+    transfer: str = key("digits:transfer", "the transfer set, as eval")
+    image_size: int = key(32, "decode-once cache resolution; each model's data config is applied on top", ge=8)
+    class_map: str | None = key(None, "imagefolder only: file with one class folder name per line, in head order")
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    policy: str = key("all", "all, stratified, top_ck, explicit or predicted_gain")
+    per_bin: int = key(2, "stratified: pairs drawn per (accuracy-gap bin x family combination)", ge=1)
+    gap_bins: tuple[float, ...] = key((-100.0, -5.0, 0.0, 5.0, 100.0), "stratified: bin edges, in points")
+    max_pairs: int | None = key(None, "cap after the policy (top_ck, predicted_gain: how many)", ge=1)
+    seed: int = key(0, "seed of the policy's random choices")
+    students: tuple[str, ...] = key((), "explicit: student names or patterns (the paper's grid)")
+    teachers: tuple[str, ...] = key((), "explicit: teacher names or patterns")
+    gain_method: str | None = key(None, "predicted_gain: whose finished results to learn from (default: first method)")
+
+
+@dataclass(frozen=True)
+class TransferSpec(TransferParams):
+    """[transfer]: every job hyper-parameter of ``TransferParams`` (paper defaults), plus what a sweep adds."""
+    methods: tuple[str, ...] = key(("kl", "kl_dp"), "single-teacher methods, by name (docs/methods.md)")
+    seeds: tuple[int, ...] = key((0,), "one job per seed")
+    multi_teacher: tuple[str, ...] = key((), "multi-teacher modes: parallel, parallel_unsup, "
+                                             "sequential_asc/_desc[_matched], soup")
+    multi_students: tuple[str, ...] = key((), "multi-teacher: the students that learn from all teachers")
+    teachers: tuple[str, ...] = key((), "multi-teacher: the teachers; empty: every other model of the zoo")
+    multi_method: str = key("kl_dp", "multi-teacher: the single-teacher method of sequential stages and soups")
+    teacher_cache: str = key("auto", 'reuse teacher and frozen-student logits across jobs: "auto" or "off"')
+    teacher_cache_max_gb: float = key(20.0, "a logit stream (one model, all epochs) larger than this is not cached",
+                                      ge=0)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    predict_batch_size: int | str = key("auto", '"auto" (256 on the CPU; on a GPU the largest power of two up to '
+                                                "1024 that fits, remembered per model and GPU) or a number", ge=1,
+                                        expect='a positive integer or "auto"')
+    topk: int = key(5, "logits kept per sample in prediction records", ge=1)
+    max_retries: int = key(2, "retries of a failed job before it stays failed", ge=0)
+
+    def __post_init__(self):
+        if isinstance(self.predict_batch_size, str) and self.predict_batch_size != "auto":
+            raise UserError(f'[run] predict_batch_size must be a positive integer or "auto", '
+                            f"got {self.predict_batch_size!r}")
+
+
+SECTIONS = {"zoo": ZooSpec, "data": DataSpec, "pairs": PairSpec, "transfer": TransferSpec, "run": RunSpec}
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    description: str = ""
+    zoo: ZooSpec = field(default_factory=ZooSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    pairs: PairSpec = field(default_factory=PairSpec)
+    transfer: TransferSpec = field(default_factory=TransferSpec)
+    run: RunSpec = field(default_factory=RunSpec)
+    path: str | None = None  # where it was read from; not part of its identity
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("path")
+        return d
+
+    @property
+    def digest(self) -> str:
+        return content_id(self.to_dict())
+
+
+def parse_spec(doc: dict[str, Any], path: str | None = None) -> SweepSpec:
+    doc = dict(doc)
+    name = doc.pop("name", None)
+    if name is None:
+        name = Path(path).stem if path else None
+    if not name:
+        raise UserError("the spec has no name; add name = \"...\" at the top")
+    check_name(name)
+    parts = {section: build(cls, doc.pop(section, {}), section) for section, cls in SECTIONS.items()}
+    description = doc.pop("description", "")
+    if not isinstance(description, str):
+        raise UserError(f"description must be a string, got {description!r}")
+    if doc:
+        raise UserError(f"unknown top-level key(s) {', '.join(sorted(doc))}; known: name, description, "
+                        + ", ".join(f"[{s}]" for s in SECTIONS))
+    spec = SweepSpec(name=name, description=description, path=path, **parts)
+    validate(spec)
+    return spec
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"spec file not found: {p} (sweep specs live in jobs/, e.g. jobs/digits-demo.toml)")
+    try:
+        doc = tomllib.loads(p.read_text())
+    except UnicodeDecodeError:
+        raise UserError(f"{p} is not a text file; a sweep spec is TOML (see jobs/digits-demo.toml)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{p} is not valid TOML: {e}") from None
+    if not set(doc) - {"name", "description"}:
+        raise UserError(f"{p} says nothing about the sweep: give at least [zoo] and [transfer] "
+                        "(see jobs/digits-demo.toml)")
+    return parse_spec(doc, str(p))
+
+
+def validate(spec: SweepSpec) -> None:
+    """Rules that tie keys together (types and ranges are the schema's). Names chosen from a registry (methods,
+    policies, sources) are checked by ``pipeline.plan.check_names``: the registries live in the layers that
+    implement them."""
+    t, p = spec.transfer, spec.pairs
+    if not t.seeds:
+        raise UserError("[transfer] seeds must list at least one seed")
+    if p.policy in ("top_ck", "predicted_gain") and not p.max_pairs:
+        raise UserError(f"[pairs] policy '{p.policy}' needs max_pairs (how many pairs to pick)")
+    if p.policy == "explicit" and not (p.students and p.teachers):
+        raise UserError("[pairs] policy 'explicit' needs students = [...] and teachers = [...]")
+    if list(p.gap_bins) != sorted(set(p.gap_bins)) or len(p.gap_bins) < 2:
+        raise UserError("[pairs] gap_bins must be at least two increasing edges")
+    for ref in (spec.data.eval, spec.data.transfer):
+        kind, _, arg = ref.partition(":")
+        if not (kind == "digits" and arg in ("eval", "transfer")) and not (kind == "imagefolder" and arg):
+            raise UserError(f"data set {ref!r} must be 'digits:eval', 'digits:transfer' or 'imagefolder:PATH'")
+    if t.multi_teacher and not t.multi_students:
+        raise UserError("[transfer] multi_teacher needs multi_students: the students that learn from all teachers")
+    clash = sorted(set(t.multi_students) & set(t.teachers))
+    if clash:
+        raise UserError(f"[transfer] teachers contains the student {', '.join(clash)}: a model cannot teach itself")
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+
+
+def check_name(name) -> str:
+    """A sweep name becomes a file name (reports, SLURM scripts) and a job name: letters, digits, '.', '_'
+    and '-' only, at most 100, not starting with '.' (no hidden files, no '..', no path or shell syntax)."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise UserError(f"the sweep name {name!r} is not allowed: use 1-100 letters, digits, '.', '_' or '-', "
+                        "not starting with '.'")
+    return name

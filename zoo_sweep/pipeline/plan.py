@@ -1,0 +1,244 @@
+"""Turn a sweep spec into a ledger of content-addressed jobs (nothing runs here).
+
+Stage 1 has one predict job per (model, eval set); stage 2 one compare job; stage 4 one transfer job per
+(student, teacher, method, seed). A job's id hashes everything that determines its result, so planning
+the same spec twice adds nothing and two sweeps that share a model share its predict job. When the pair
+policy needs measured accuracies (stratified), transfer jobs are added by ``select_transfers`` after
+stage 2; ``plan`` reports how many at most.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+
+from zoo_sweep.config.spec import SweepSpec, load_spec
+from zoo_sweep.data.sets import image_set_key, num_classes_of  # noqa: F401  (num_classes_of re-exported)
+from zoo_sweep.errors import UserError
+from zoo_sweep.ids import content_id
+from zoo_sweep.paths import Paths
+from zoo_sweep.pipeline.select import all_pairs, needs_measurement, select_pairs
+from zoo_sweep.zoo.models import (
+    ModelEntry,
+    check_heads,
+    param_counts,
+    resolve_zoo,
+    select_names,
+)
+
+TRANSFER_HP = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "temperature", "alpha", "augment")
+
+
+def method_hp(t, method: str) -> dict:
+    """The hyper-parameters of one method's jobs: the common ones plus the method's own (Method.params), so a
+    changed CD weight re-runs CD jobs only."""
+    from zoo_sweep.transfer.catalog import CATALOG
+
+    return {k: getattr(t, k) for k in TRANSFER_HP + CATALOG[method].params}
+
+
+def check_names(spec: SweepSpec) -> SweepSpec:
+    """Names a spec picks from a registry (zoo source, pair policy, methods, multi-teacher modes, cache policy)
+    against those registries; none needs torch, so dry runs on a login node check them too."""
+    from zoo_sweep.pipeline.select import POLICIES
+    from zoo_sweep.transfer.catalog import CACHE_POLICIES, CATALOG, MULTI_MODES, single_teacher
+    from zoo_sweep.zoo.models import SOURCES
+
+    z, p, t = spec.zoo, spec.pairs, spec.transfer
+    _one_of("[zoo] source", z.source, SOURCES)
+    _one_of("[pairs] policy", p.policy, POLICIES)
+    _one_of("[transfer] teacher_cache", t.teacher_cache, CACHE_POLICIES)
+    for m in t.methods:
+        if m in CATALOG and CATALOG[m].multi:
+            raise UserError(f"{m!r} is a multi-teacher mode: list it under [transfer] multi_teacher")
+        _one_of("method", m, single_teacher(), where="[transfer] methods")
+    for mode in t.multi_teacher:
+        _one_of("multi-teacher mode", mode, MULTI_MODES, where="[transfer] multi_teacher")
+    _one_of("[transfer] multi_method", t.multi_method, single_teacher())
+    return spec
+
+
+def _one_of(what: str, value, known, where: str = "") -> None:
+    if value not in known:
+        place = f" in {where}" if where else ""
+        raise UserError(f"unknown {what} {value!r}{place}; known: {', '.join(known)}")
+
+
+def load_sweep(path) -> SweepSpec:
+    """A spec file parsed, validated and its names checked: what every command starts from."""
+    return check_names(load_spec(path))
+
+
+def check_transfer(spec: SweepSpec, models: list[ModelEntry], num_classes: int) -> None:
+    """Plan-time checks of [transfer] that need the zoo or the class count (spec.validate has the rest)."""
+    t = spec.transfer
+    where = f"the {num_classes} classes of {spec.data.eval}"
+    if t.top_k > num_classes:
+        raise UserError(f"[transfer] top_k = {t.top_k} is larger than {where}; use <= {num_classes} (0 = all)")
+    if "xekl_mcl" in t.methods and t.mcl_top_k > num_classes:
+        raise UserError(f"[transfer] mcl_top_k = {t.mcl_top_k} (the paper's ImageNet value) is larger than {where};"
+                        f" set mcl_top_k <= {num_classes} (0 = all)")
+    names = {m.name for m in models}
+    for key in ("multi_students", "teachers"):
+        unknown = [n for n in getattr(t, key) if n not in names]
+        if unknown:
+            raise UserError(f"[transfer] {key} names {', '.join(unknown)}, not in the zoo "
+                            f"({', '.join(sorted(names))})")
+    for s in t.multi_students if t.multi_teacher else ():
+        if len(multi_teachers(t, [m.name for m in models], s)) < 2:
+            raise UserError(f"[transfer] multi-teacher transfer to {s} needs at least two teachers")
+
+
+def multi_teachers(t, names: list[str], student: str) -> list[str]:
+    """A multi-teacher student's teachers: the spec's list, or every other model of the zoo."""
+    return list(t.teachers) if t.teachers else [n for n in names if n != student]
+
+
+@dataclass
+class Plan:
+    spec: SweepSpec
+    models: list[ModelEntry]
+    num_classes: int
+    eval_key: str
+    transfer_key: str
+    predict_jobs: list[dict]
+    compare_job: dict
+    transfer_jobs: list[dict] | None  # None: chosen after stage 2 (the policy needs measured accuracies)
+    params: dict[str, int]
+
+    @property
+    def all_jobs(self) -> list[dict]:
+        return self.predict_jobs + [self.compare_job] + (self.transfer_jobs or [])
+
+    def entry(self, name: str) -> ModelEntry:
+        if getattr(self, "_by_name", None) is None or len(self._by_name) != len(self.models):
+            self._by_name = {m.name: m for m in self.models}  # zoo-wide plans look names up millions of times
+        return self._by_name[name]
+
+
+def _row(kind: str, ident: dict, payload: dict) -> dict:
+    return {"id": f"{kind[0]}-{content_id({'kind': kind, **ident})}", "kind": kind,
+            "spec": json.dumps(payload, sort_keys=True, default=list)}
+
+
+def make_plan(spec: SweepSpec, paths: Paths, dry_run: bool = False) -> Plan:
+    """The sweep's models and jobs. ``dry_run`` (plan --dry-run) lets an eval folder that is not reachable
+    from this machine count as the spec's [zoo] num_classes classes; a real plan or launch needs it."""
+    check_names(spec)
+    d = spec.data
+    try:
+        k = num_classes_of(d.eval, d.class_map)
+    except UserError:
+        if not (dry_run and spec.zoo.num_classes):
+            raise
+        k = spec.zoo.num_classes
+    models = resolve_zoo(spec.zoo, paths.cache, k, d.image_size)
+    check_heads(models, k, d.eval)
+    if spec.pairs.policy == "explicit":  # unknown names fail here, with close-name suggestions
+        names = [m.name for m in models]
+        select_names(names, spec.pairs.students, ())
+        select_names(names, spec.pairs.teachers, ())
+    eval_key = image_set_key(d.eval, d.image_size, d.class_map)
+    transfer_key = image_set_key(d.transfer, d.image_size, d.class_map)
+    params = param_counts(models, paths.cache)
+    check_transfer(spec, models, k)
+
+    predict = []
+    for m in models:
+        ident = {"model": m.ident, "eval": eval_key, "topk": spec.run.topk}
+        predict.append(_row("predict", ident, {"model": m.to_dict(), "eval": d.eval, "image_size": d.image_size,
+                                               "class_map": d.class_map, "topk": spec.run.topk}))
+    compare = _row("compare", {"eval": eval_key, "records": [j["id"] for j in predict]},
+                   {"eval": d.eval, "eval_key": eval_key, "models": [m.name for m in models],
+                    "records": [j["id"] for j in predict]})
+    plan = Plan(spec, models, k, eval_key, transfer_key, predict, compare, None, params)
+    if not spec.transfer.methods and not spec.transfer.multi_teacher:
+        plan.transfer_jobs = []  # measure-only (a flip study): no pair lists, even for 1.6M ordered pairs
+    elif not needs_measurement(spec.pairs):
+        plan.transfer_jobs = transfer_jobs(plan, select_pairs(all_pairs([m.name for m in models]), {}, spec.pairs))
+    return plan
+
+
+def transfer_jobs(plan: Plan, pairs: list[tuple[str, str]]) -> list[dict]:
+    t, d = plan.spec.transfer, plan.spec.data
+    data = {"eval": d.eval, "transfer": d.transfer, "image_size": d.image_size, "class_map": d.class_map}
+    hps = {method: method_hp(t, method) for method in t.methods}
+    seen: dict[str, tuple[dict, dict]] = {}
+
+    def model(name: str) -> tuple[dict, dict]:
+        """(ident, payload dict) of a model, built once: zoo-wide plans have millions of pairs."""
+        if name not in seen:
+            e = plan.entry(name)
+            seen[name] = (e.ident, e.to_dict())
+        return seen[name]
+
+    rows = []
+    for student, teacher in pairs:
+        (s_id, s_dict), (t_id, t_dict) = model(student), model(teacher)
+        for method, hp in hps.items():
+            for seed in t.seeds:
+                ident = {"student": s_id, "teacher": t_id, "method": method, "seed": seed, "hp": hp,
+                         "eval": plan.eval_key, "transfer": plan.transfer_key}
+                rows.append(_row("transfer", ident, {
+                    "student": s_dict, "teacher": t_dict, "method": method, "seed": seed, "hp": hp, **data}))
+    # multi-teacher jobs (independent of the pair policy). The payload's "teacher" is the first teacher so
+    # the launcher's per-job inputs stay defined; "teachers" is what the worker uses, and its rows name
+    # every teacher ("a+b+c") and the mode as the method.
+    names = [m.name for m in plan.models]
+    for student in t.multi_students if t.multi_teacher else ():
+        s, tes = plan.entry(student), [plan.entry(n) for n in multi_teachers(t, names, student)]
+        hp = method_hp(t, t.multi_method)
+        for mode in t.multi_teacher:
+            for seed in t.seeds:
+                ident = {"student": s.ident, "teachers": [x.ident for x in tes], "mode": mode,
+                         "method": t.multi_method, "seed": seed, "hp": hp, "eval": plan.eval_key,
+                         "transfer": plan.transfer_key}
+                rows.append(_row("transfer", ident, {
+                    "student": s.to_dict(), "teacher": tes[0].to_dict(), "teachers": [x.to_dict() for x in tes],
+                    "method": mode, "multi_method": t.multi_method, "seed": seed, "hp": hp, **data}))
+    return rows
+
+
+def select_transfers(plan: Plan, pairs_df: pd.DataFrame, history=None) -> list[dict]:
+    """Stage 3: the transfer jobs for the measured pairs, by the spec's pair policy (``history``:
+    (models, transfer results, method) for the predicted_gain policy)."""
+    families = {m.name: m.family for m in plan.models}
+    return transfer_jobs(plan, select_pairs(pairs_df, families, plan.spec.pairs, history))
+
+
+def max_selected(plan: Plan) -> int:
+    """Upper bound of the transfer pairs a measured policy will pick (for plan's summary)."""
+    p, m = plan.spec.pairs, len(plan.models)
+    n = m * (m - 1)
+    if p.policy == "stratified":
+        fams = {x.family for x in plan.models}
+        n = min(n, p.per_bin * (len(p.gap_bins) - 1) * len(fams) ** 2)
+    return min(n, p.max_pairs) if p.max_pairs is not None else n
+
+
+def model_rows(plan: Plan) -> list[dict]:
+    return [{"name": m.name, "eval_set": plan.spec.data.eval, "arch": m.arch, "family": m.family,
+             "params": plan.params[m.name]} for m in plan.models]
+
+
+def write_plan(store, plan: Plan) -> int:
+    """Record the plan in the store (one transaction); returns how many jobs are new."""
+    spec = plan.spec
+    row = {"name": spec.name, "spec": json.dumps(spec.to_dict(), default=list), "spec_hash": spec.digest,
+           "path": spec.path}
+    return store.write_plan(row, model_rows(plan), plan.all_jobs, spec.name)
+
+
+def entry_from_dict(d: dict) -> ModelEntry:
+    """A ModelEntry from a job payload; JSON turned its tuples into lists, timm wants them back."""
+    def tup(v):
+        return tuple(tup(x) for x in v) if isinstance(v, list) else v
+
+    fields = {f.name for f in dataclasses.fields(ModelEntry)}
+    d = {k: v for k, v in d.items() if k in fields}
+    d["kwargs"] = {k: tup(v) for k, v in d.get("kwargs", {}).items()}
+    d["data_cfg"] = {k: tup(v) for k, v in d.get("data_cfg", {}).items()}
+    return ModelEntry(**d)

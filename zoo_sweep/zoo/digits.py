@@ -1,0 +1,168 @@
+"""The embedded default zoo: timm architectures at tiny sizes, trained locally on the digits transfer split.
+
+Each model is a recipe (architecture, size overrides, data config, training recipe). Recipes vary in seed,
+epochs, amount of data, augmentation and label smoothing so that accuracies spread out and models make
+different mistakes. A trained model is cached under ``CACHE/zoo/`` keyed by its own recipe, so changing
+one recipe rebuilds one model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zoo_sweep.ids import content_id
+from zoo_sweep.zoo.entry import ModelEntry, family_of
+
+IMAGENET_NORM = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+HALF_NORM = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    arch: str
+    kwargs: dict
+    input_size: int = 32
+    norm: dict = field(default_factory=lambda: IMAGENET_NORM)
+    crop_pct: float = 1.0
+    interpolation: str = "bilinear"
+    epochs: int = 4
+    lr: float = 2e-3
+    batch_size: int = 128
+    train_fraction: float = 1.0  # share of the transfer split's source images used for training
+    label_smoothing: float = 0.0
+    augment: bool = True
+    seed: int = 0
+
+    @property
+    def data_cfg(self) -> dict:
+        return {"input_size": (3, self.input_size, self.input_size), "crop_pct": self.crop_pct,
+                "interpolation": self.interpolation, **{k: tuple(v) for k, v in self.norm.items()}}
+
+    def model_kwargs(self) -> dict:
+        kw = dict(self.kwargs)
+        if self.arch.startswith(("vit", "deit", "tiny_")):
+            kw["img_size"] = self.input_size
+        return kw
+
+
+def _r(name, arch, **kw) -> Recipe:
+    fields = {f.name for f in dataclasses.fields(Recipe)}
+    size = {k: v for k, v in kw.items() if k not in fields}
+    return Recipe(name=name, arch=arch, kwargs=size, **{k: v for k, v in kw.items() if k in fields})
+
+
+RECIPES: dict[str, list[Recipe]] = {
+    # 9 models: 4 CNNs, 2 transformers, 3 MLPs. Built in about a minute and a half on 2 CPU cores.
+    "default": [
+        _r("resnet_a", "resnet18", layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), stem_width=16,
+           epochs=6, seed=1),
+        _r("resnet_b", "resnet10t", channels=(16, 32, 48, 64), stem_width=16, epochs=5, train_fraction=0.7,
+           label_smoothing=0.1, seed=2, crop_pct=0.875, input_size=28),
+        _r("convnext_a", "convnext_atto", dims=(16, 32, 64, 128), depths=(1, 1, 2, 1), epochs=5, seed=3,
+           lr=3e-3, norm=HALF_NORM),
+        _r("densenet_a", "densenet121", growth_rate=8, block_config=(2, 2, 2, 2), epochs=5, seed=4, lr=4e-3,
+           augment=False),
+        _r("vit_a", "vit_tiny_patch16_224", patch_size=8, embed_dim=64, depth=3, num_heads=2, epochs=12,
+           seed=5, lr=4e-3, norm=HALF_NORM),
+        _r("vit_b", "vit_tiny_patch16_224", patch_size=6, embed_dim=64, depth=2, num_heads=2, input_size=24,
+           epochs=12, train_fraction=0.7, seed=6, lr=4e-3, label_smoothing=0.1),
+        _r("mixer_a", "tiny_mixer", patch_size=8, embed_dim=96, epochs=5, seed=7, norm=HALF_NORM),
+        _r("resmlp_a", "tiny_resmlp", patch_size=8, embed_dim=96, epochs=8, train_fraction=0.7, seed=8,
+           lr=4e-3, augment=False),
+        _r("gmlp_a", "tiny_gmlp", patch_size=4, embed_dim=48, input_size=24, epochs=5, seed=9, lr=3e-3,
+           label_smoothing=0.1),
+    ],
+    # 3 models for the test suite: seconds to build, still three families and distinct mistakes.
+    "micro": [
+        _r("cnn_micro", "resnet10t", channels=(8, 16, 24, 32), stem_width=8, input_size=16, epochs=2,
+           lr=5e-3, seed=1),
+        _r("vit_micro", "vit_tiny_patch16_224", patch_size=4, embed_dim=32, depth=1, num_heads=2,
+           input_size=16, epochs=5, lr=5e-3, seed=2, norm=HALF_NORM),
+        _r("mlp_micro", "tiny_mixer", patch_size=4, embed_dim=32, num_blocks=1, input_size=16, epochs=3,
+           lr=5e-3, seed=3),
+    ],
+}
+
+
+def recipe_key(recipe: Recipe, image_size: int) -> str:
+    from zoo_sweep.data.sets import DIGITS_VERSION
+
+    timm_version = importlib.metadata.version("timm")  # not timm.__version__: keys need no torch import
+    return content_id({"recipe": dataclasses.asdict(recipe), "image_size": image_size,
+                       "digits": DIGITS_VERSION, "timm": timm_version.rsplit(".", 1)[0]})
+
+
+def weights_path(recipe: Recipe, cache_dir: str | Path, image_size: int) -> Path:
+    return Path(cache_dir) / "zoo" / f"{recipe.name}-{recipe_key(recipe, image_size)}.pth"
+
+
+def recipes(recipe_set: str) -> list[Recipe]:
+    from zoo_sweep.errors import UserError
+
+    if recipe_set not in RECIPES:
+        raise UserError(f"unknown digits recipe set {recipe_set!r}; known: {', '.join(RECIPES)}")
+    return RECIPES[recipe_set]
+
+
+def digits_entries(recipe_set: str, cache_dir: str | Path, image_size: int) -> list[ModelEntry]:
+    return [ModelEntry(name=r.name, arch=r.arch, family=family_of(r.arch),
+                       weights=str(weights_path(r, cache_dir, image_size)), kwargs=r.model_kwargs(),
+                       data_cfg=r.data_cfg, num_classes=10, weights_key=recipe_key(r, image_size))
+            for r in recipes(recipe_set)]
+
+
+def missing_recipes(recipe_set: str, cache_dir: str | Path, image_size: int) -> list[Recipe]:
+    return [r for r in recipes(recipe_set) if not weights_path(r, cache_dir, image_size).exists()]
+
+
+def train_recipe(recipe: Recipe, cache_dir: str, image_size: int) -> tuple[dict, dict]:
+    """Train one zoo model from scratch; returns (state_dict, info). Plain CPU/GPU torch, no Ray."""
+    import timm
+    import torch
+    import torch.nn.functional as F
+
+    from zoo_sweep.data.images import augment, load_image_set, model_input
+    from zoo_sweep.zoo import tiny_archs  # noqa: F401  (registers the tiny MLP entrypoints)
+
+    t0 = time.time()
+    torch.manual_seed(recipe.seed)
+    data = load_image_set("digits:transfer", image_size, cache_dir)
+    sources = data.source_ids.unique()
+    g = torch.Generator().manual_seed(recipe.seed)
+    keep = sources[torch.randperm(len(sources), generator=g)[: max(1, int(recipe.train_fraction * len(sources)))]]
+    idx = torch.nonzero(torch.isin(data.source_ids, keep)).flatten()
+    model = timm.create_model(recipe.arch, num_classes=10, **recipe.model_kwargs())
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.05)
+    steps = recipe.epochs * ((len(idx) + recipe.batch_size - 1) // recipe.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=steps, pct_start=0.15)
+    model.train()
+    for _ in range(recipe.epochs):
+        for b in idx[torch.randperm(len(idx), generator=g)].split(recipe.batch_size):
+            x = data.images[b]
+            if recipe.augment:
+                x = augment(x, g)
+            loss = F.cross_entropy(model(model_input(x, recipe.data_cfg)), data.labels[b],
+                                   label_smoothing=recipe.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    info = {"recipe": dataclasses.asdict(recipe), "train_samples": len(idx), "seconds": round(time.time() - t0, 1)}
+    return model.state_dict(), info
+
+
+def save_trained(recipe: Recipe, cache_dir: str | Path, image_size: int, state: dict, info: dict) -> Path:
+    import torch
+
+    from zoo_sweep.paths import write_atomic
+
+    path = weights_path(recipe, cache_dir, image_size)
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
+    path.with_suffix(".json").write_text(json.dumps(info, indent=1, default=str))
+    return path

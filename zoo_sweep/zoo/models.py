@@ -1,0 +1,242 @@
+"""The zoo: which models a sweep covers, what family each belongs to, and how to instantiate it with weights.
+
+Two sources share one entry type (``ModelEntry``): the embedded digits zoo (timm architectures at tiny
+sizes, trained locally and cached, see ``digits_zoo``) and the timm registry (pretrained tags such as
+``resnet50.a1_in1k``, weights from the hub cache, a local weights folder or explicit checkpoints).
+Weights are never silently random: a model without weights fails with the ways to provide them.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.resources
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+from zoo_sweep.config.spec import ZooSpec
+from zoo_sweep.errors import UserError
+from zoo_sweep.paths import write_atomic
+from zoo_sweep.zoo.entry import FAMILIES, ModelEntry, family_of, select_names  # noqa: F401  (re-exported)
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+def resolve_zoo(spec: ZooSpec, cache_dir: str | Path, num_classes: int, image_size: int) -> list[ModelEntry]:
+    """The sweep's models, in a stable order. Nothing is downloaded or trained here."""
+    entries = SOURCES[spec.source](spec, cache_dir, num_classes, image_size)
+    if len(entries) < 2:
+        raise UserError(f"the zoo has {len(entries)} model(s) after filtering; a sweep needs at least two")
+    return entries
+
+
+def _digits_entries(spec: ZooSpec, cache_dir, num_classes: int, image_size: int) -> list[ModelEntry]:
+    from zoo_sweep.zoo.digits import digits_entries
+
+    entries = digits_entries(spec.recipe, cache_dir, image_size)
+    names = select_names([e.name for e in entries], spec.models, spec.exclude)
+    return [e for e in entries if e.name in names]
+
+
+def _timm_entries(spec: ZooSpec, cache_dir, num_classes: int, image_size: int) -> list[ModelEntry]:
+    import timm
+
+    # pretrained tags (resnet50.a1_in1k), bare architectures, and whatever the manifest names
+    available = sorted(set(timm.list_models(pretrained=True)) | set(timm.list_models()) | set(spec.checkpoints))
+    names = select_names(available, spec.models, spec.exclude)
+    out = []
+    for n in names:
+        w = _find_weights(n, spec)
+        out.append(ModelEntry(name=n, arch=n, family=family_of(n), weights=w, num_classes=head_classes(n, spec, num_classes),
+                              weights_key=_weights_key(w)))
+    return out
+
+
+# [zoo] source -> (spec, cache folder, eval classes, image size) -> entries
+SOURCES: dict[str, Callable[..., list[ModelEntry]]] = {"digits": _digits_entries, "timm": _timm_entries}
+
+
+def head_classes(name: str, spec: ZooSpec, eval_classes: int) -> int:
+    """The head size of a timm model: the spec's num_classes when given, else the pretrained tag's own
+    (timm's pretrained cfg, e.g. 1000 for *_in1k, 11821 for *.in12k), else (a bare architecture with local
+    weights or random weights) the eval set's class count."""
+    if spec.num_classes:
+        return spec.num_classes
+    if "." in name:
+        import timm
+
+        try:
+            cfg = timm.models.get_pretrained_cfg(name)
+        except Exception:
+            cfg = None
+        if cfg is not None and getattr(cfg, "num_classes", None):
+            return int(cfg.num_classes)
+    return eval_classes
+
+
+def check_heads(models: list[ModelEntry], eval_classes: int, eval_ref: str) -> None:
+    """Reject, at plan time, models whose head does not have one output per eval class."""
+    odd = [m for m in models if m.num_classes is not None and m.num_classes != eval_classes]
+    if odd:
+        listed = ", ".join(f"{m.name} ({m.num_classes} classes)" for m in odd[:5])
+        more = f" and {len(odd) - 5} more" if len(odd) > 5 else ""
+        raise UserError(f"{listed}{more}: the head does not match the {eval_classes} classes of {eval_ref}; "
+                        "exclude these models, or give an eval set (or [data] class_map) with their classes")
+
+
+def _weights_key(path: str | None) -> str | None:
+    if path is None or path == "hub":
+        return path
+    p = Path(path)
+    return f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" if p.exists() else p.name
+
+
+def _find_weights(name: str, spec: ZooSpec) -> str | None:
+    if name in spec.checkpoints:
+        return spec.checkpoints[name]
+    if spec.weights_dir:
+        for suf in WEIGHT_SUFFIXES:
+            p = Path(spec.weights_dir) / f"{name}{suf}"
+            if p.exists():
+                return str(p)
+    if spec.allow_random_weights:
+        return None
+    return "hub"
+
+
+def no_weights_message(name: str) -> str:
+    return (f"no weights for {name}: put them in the Hugging Face hub cache (HF_HOME), in weights_dir as "
+            f"{name}.safetensors, or list the file under [zoo.checkpoints]")
+
+
+def create(entry: ModelEntry, pretrained: bool = True):
+    """A timm model for the entry, with its weights loaded (eval mode)."""
+    import timm
+
+    from zoo_sweep.zoo import tiny_archs  # noqa: F401  (registers the embedded zoo's MLP entrypoints)
+
+    kwargs = dict(entry.kwargs)
+    if entry.num_classes is not None:
+        kwargs["num_classes"] = entry.num_classes
+    if entry.data_cfg:
+        kwargs["pretrained_cfg_overlay"] = dict(entry.data_cfg)
+    w = entry.weights if pretrained else None
+    if w == "hub":
+        cached = hub_cached_file(entry.arch)
+        if cached:  # straight from the local cache: no network round trip per model
+            kwargs["pretrained_cfg_overlay"] = {**kwargs.get("pretrained_cfg_overlay", {}), "file": cached}
+        elif os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+            raise UserError(no_weights_message(entry.name) + " (not in the hub cache, and HF_HUB_OFFLINE is set)")
+        try:
+            model = timm.create_model(entry.arch, pretrained=True, **kwargs)
+        except Exception as e:  # offline, or no such tag on the hub
+            raise UserError(f"{no_weights_message(entry.name)} ({type(e).__name__})") from None
+    else:
+        model = timm.create_model(entry.arch, pretrained=False, **kwargs)
+        if w:
+            if not Path(w).exists():
+                raise UserError(no_weights_message(entry.name) + f" (missing file {w})")
+            state = _load_state(w)
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as e:
+                first = str(e).strip().splitlines()[0]
+                raise UserError(f"weights {w} do not fit {entry.arch}: {first}") from None
+    return model.eval()
+
+
+def hub_cached_file(arch: str) -> str | None:
+    """The weights file of a timm tag in the local Hugging Face cache, if it is there."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(arch)
+    except Exception:
+        return None
+    if cfg is None or not cfg.hf_hub_id:
+        return None
+    repo, _, rev = cfg.hf_hub_id.partition("@")
+    for name in filter(None, (cfg.hf_hub_filename, "model.safetensors", "pytorch_model.bin")):
+        found = try_to_load_from_cache(repo, name, revision=rev or None)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _load_state(path: str):
+    import torch
+
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or not a weights file: say which file, not a pickle internals error
+        raise UserError(f"cannot read weights {path}: {type(e).__name__}: {e}") from None
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    return state
+
+
+def data_config(model) -> dict:
+    """The model's eval-time data config, the same dict timm's own transforms are built from."""
+    import timm.data
+
+    cfg = timm.data.resolve_model_data_config(model)
+    return {k: cfg[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct")}
+
+
+def count_params(entry: ModelEntry) -> int:
+    """Parameter count without allocating weights (meta device)."""
+    import timm
+    import torch
+
+    from zoo_sweep.zoo import tiny_archs  # noqa: F401
+
+    kwargs = dict(entry.kwargs)
+    if entry.num_classes is not None:
+        kwargs["num_classes"] = entry.num_classes
+    with torch.device("meta"):
+        model = timm.create_model(entry.arch, pretrained=False, **kwargs)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _params_key(entry: ModelEntry) -> str:
+    if entry.kwargs:
+        return f"{entry.arch}|{entry.num_classes}|{json.dumps(entry.kwargs, sort_keys=True, default=str)}"
+    return f"{entry.arch.split('.')[0]}|{entry.num_classes}"
+
+
+def param_counts(entries: list[ModelEntry], cache_dir: str | Path | None = None) -> dict[str, int]:
+    """Parameter counts of many models: the shipped table for this timm version (``_info/timm_params.json``),
+    then a JSON cache keyed by the timm version under ``cache_dir/params/``, then meta-device builds (whose
+    results are added to that cache). Building 1,300 ImageNet models takes minutes; a lookup, milliseconds.
+    Nothing imports torch unless a count is missing, so dry runs work on machines without it."""
+    timm_version = importlib.metadata.version("timm")
+    table = json.loads(importlib.resources.files(__package__).joinpath("_info/timm_params.json").read_text())
+    seed = table["params"] if table["timm_version"] == timm_version else {}
+    if os.environ.get("ZOO_SWEEP_NO_PARAM_TABLE"):  # benchmarks of the cold path
+        seed = {}
+    path = Path(cache_dir) / "params" / f"timm-{timm_version}.json" if cache_dir else None
+    cached: dict[str, int] = {}
+    if path is not None and path.is_file():
+        try:
+            cached = {k: int(v) for k, v in json.loads(path.read_text()).items()}
+        except (ValueError, OSError, AttributeError):
+            cached = {}  # a damaged cache is rebuilt
+    out, new = {}, {}
+    for e in entries:
+        key = _params_key(e)
+        n = seed.get(key, cached.get(key, new.get(key)))
+        if n is None:
+            n = new[key] = count_params(e)
+        out[e.name] = n
+    if new and path is not None:
+        write_atomic(path, lambda tmp: tmp.write_text(json.dumps({**cached, **new}, sort_keys=True)))
+    return out
