@@ -40,3 +40,10 @@ def test_spec_errors_name_the_problem(doc, message):
     with pytest.raises(UserError) as e:
         check_names(parse_spec(doc))
     assert message in str(e.value)
+
+
+def test_the_spec_reference_in_the_docs_is_the_schema():
+    from zoo_sweep.config.reference import markdown
+
+    page = (JOBS.parent / "docs" / "specs.md").read_text()
+    assert markdown() in page, "docs/specs.md is stale: python -m zoo_sweep.config.reference --write docs/specs.md"

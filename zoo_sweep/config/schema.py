@@ -140,6 +140,21 @@ def build(cls, table: Any, where: str):
     return cls(**{k: check_value(cls, k, v, where) for k, v in table.items()})
 
 
+def _toml(value: Any) -> str:
+    """A default as it would be written in a spec (``None``: the key is simply left out)."""
+    if value is None:
+        return "(unset)"
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{}" if not value else "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value + '"'
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def describe(cls) -> list[dict[str, str]]:
     """The reference rows of a section: key, type, default, allowed range, meaning."""
     rows = []
@@ -152,6 +167,6 @@ def describe(cls) -> list[dict[str, str]]:
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         kind_name = m.get("expect") or _type_name(kind, elem)
         rows.append({"key": f.name, "type": kind_name + (" (optional)" if optional else ""),
-                     "default": repr(list(default) if isinstance(default, tuple) else default),
+                     "default": _toml(default),
                      "range": ", ".join(bounds), "meaning": m["doc"]})
     return rows
