@@ -16,6 +16,7 @@ from zoo_sweep.report.queries import (
     SQL,
     final_transfers,
     models_table,
+    multi_teacher_lists,
     pairs_table,
     transfer_pairs,
 )
@@ -31,6 +32,7 @@ class ReportData:
     raw: pd.DataFrame  # final transfer rows, as stored
     tp: pd.DataFrame  # one row per single-teacher (method, student, teacher), seeds averaged
     multi: pd.DataFrame  # one row per multi-teacher (method, student, teachers)
+    teacher_lists: dict  # (method, student, teachers label) -> its teachers, from job_teachers
     out: Path
     eval_set: str
     num_classes: int | None
@@ -63,8 +65,8 @@ class ReportData:
 
 def read_data(store, sweep: str, eval_set: str, out: Path, num_classes, n_boot: int, seed: int) -> ReportData:
     return ReportData(models_table(store, eval_set), pairs_table(store, eval_set), final_transfers(store, sweep),
-                      transfer_pairs(store, sweep), store.query(SQL["multi_teacher"], {"sweep": sweep}), out,
-                      eval_set, num_classes, n_boot, seed)
+                      transfer_pairs(store, sweep), store.query(SQL["multi_teacher"], {"sweep": sweep}),
+                      multi_teacher_lists(store, sweep), out, eval_set, num_classes, n_boot, seed)
 
 
 def complementary(d: ReportData) -> tuple[str, list]:
@@ -133,12 +135,12 @@ def multi_teacher(d: ReportData) -> tuple[str, list]:
     multi, kw = d.multi, d.kw
     items: list = []
     if multi.empty:
-        items.append("no multi-teacher runs (jobs whose teacher names several models joined by \"+\")")
+        items.append("no multi-teacher runs (jobs with several teachers)")
         items.append(Panel("multi_teacher", "Multi-teacher against single-teacher transfer", "no multi-teacher runs"))
         return "Multi-teacher transfer", items
-    mt = tables.multi_teacher_runs(multi, d.tp)
+    mt = tables.multi_teacher_runs(multi, d.tp, d.teacher_lists)
     items.append(report_table("multi_teacher", "Multi-teacher runs against their teachers one at a time",
-                              mt.drop(columns="single_deltas"), ["multi_teacher", "transfer_pairs"],
+                              mt.drop(columns="single_deltas"), ["multi_teacher", "multi_teachers", "transfer_pairs"],
                               "best_single / mean_single: the same student's single-teacher deltas with each of "
                               "the teachers (same method when run, else any method)"))
     d.msum = tables.multi_summary(mt, kw)

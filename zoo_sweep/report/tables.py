@@ -206,10 +206,12 @@ def correlations(tp, kw) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def multi_teacher_runs(multi, tp) -> pd.DataFrame:
+def multi_teacher_runs(multi, tp, teacher_lists: dict) -> pd.DataFrame:
+    """Each multi-teacher run (``multi``) against its teachers one at a time (``tp``); ``teacher_lists``:
+    (method, student, teachers label) -> the run's teachers (queries.multi_teacher_lists)."""
     rows = []
     for r in multi.itertuples(index=False):
-        teachers = [t for t in str(r.teachers).split("+") if t]
+        teachers = teacher_lists.get((r.method, r.student, r.teachers), [])
         single = tp[(tp["student"] == r.student) & tp["teacher"].isin(teachers)] if len(tp) else tp
         same = single[single["method"] == r.method] if len(single) else single
         use, which = (same, r.method) if len(same) else (single, "any")
