@@ -151,3 +151,28 @@ def test_status_report_query_export_on_both_backends(store_url, tmp_path, capsys
         pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-9, obj=t.key)
     store.dispose()
     shutil.rmtree(tmp_path / "pq")
+
+
+def test_reading_commands_never_import_torch(tmp_path):
+    """query, status, export and db run where a store is read (a login node, a laptop with a copy of the
+    store): none imports torch, timm or Ray. A fresh interpreter each: this session has torch loaded."""
+    import os
+    import sys
+    from pathlib import Path
+
+    db = f"sqlite:///{tmp_path / 'zoo.db'}"
+    store = Store(db)
+    store.write_plan({"name": "s", "spec": "{}", "spec_hash": "h", "path": None}, [],
+                     [{"id": "a", "kind": "transfer", "payload": "{}"}], "s")
+    store.dispose()
+    root = Path(__file__).resolve().parents[2]
+    for argv in (["query", "select count(*) from jobs"], ["status"], ["export", "--out", str(tmp_path / "pq")],
+                 ["db", "version"]):
+        code = ("import sys\nfrom zoo_sweep.cli import main\n"
+                f"try:\n    rc = main({['--db', db, *argv]!r})\nexcept SystemExit as e:\n    rc = e.code or 0\n"
+                "bad = sorted(m for m in ('torch', 'timm', 'torchvision', 'ray') if m in sys.modules)\n"
+                "print('IMPORTED', bad)\nsys.exit(rc)")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120,
+                           env={**os.environ})
+        assert r.returncode == 0, (argv, r.stdout + r.stderr)
+        assert "IMPORTED []" in r.stdout, (argv, r.stdout[-2000:])

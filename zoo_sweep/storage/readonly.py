@@ -62,7 +62,7 @@ def sqlite_readonly_connect(path: str | Path) -> sqlite3.Connection:
 def readonly_engine(url: sa.URL) -> sa.Engine:
     """An engine whose connections can only read the store at ``url``."""
     if url.get_backend_name() == "sqlite":
-        path = url.database
+        path = Path(url.database).resolve()
         return sa.create_engine(url, creator=lambda: sqlite_readonly_connect(path))
     if url.get_backend_name() == "postgresql":
         return sa.create_engine(url, connect_args={"options": "-c default_transaction_read_only=on"},

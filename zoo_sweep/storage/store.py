@@ -66,6 +66,8 @@ class Store:
                             "postgresql://user@host/db)") from None
         self._u = u
         self.where = u.database if self.is_sqlite_file else shown_url(self.url)
+        # resolved once: a later chdir must not move the store
+        self._path = Path(u.database).resolve() if self.is_sqlite_file else None
         self._file_id = self._open_sqlite_file(create) if self.is_sqlite_file else None
         self._ro: sa.Engine | None = None
         try:
@@ -83,21 +85,21 @@ class Store:
 
     def _open_sqlite_file(self, create: bool) -> tuple[int, int]:
         """The file's identity; a new empty file when ``create`` and there is none."""
-        path = Path(self._u.database)
+        path = self._path
         if not path.exists():
             if not create:
-                raise UserError(f"no store at {path}; run `zoo-sweep plan SPEC` or `zoo-sweep demo` first")
+                raise UserError(f"no store at {self.where}; run `zoo-sweep plan SPEC` or `zoo-sweep demo` first")
             path.parent.mkdir(parents=True, exist_ok=True)
             sqlite3_connect(path, "rwc").close()
         if path.is_dir():
-            raise UserError(f"not a zoo-sweep store: {path} is a folder")
+            raise UserError(f"not a zoo-sweep store: {self.where} is a folder")
         st = path.stat()
         return st.st_dev, st.st_ino
 
     def _make_engine(self) -> sa.Engine:
         if self.is_sqlite_file:
             # mode=rw: a store deleted while in use is never silently created again, empty, by a new connection
-            path = self._u.database
+            path = self._path
             engine = sa.create_engine(self._u, creator=lambda: sqlite3_connect(path, "rw"))
             sa.event.listen(engine, "connect", _sqlite_pragmas)
             return engine
@@ -119,7 +121,7 @@ class Store:
         if self._file_id is None:
             return
         try:
-            st = os.stat(self._u.database)
+            st = os.stat(self._path)
             same = (st.st_dev, st.st_ino) == self._file_id
         except OSError:
             same = False
