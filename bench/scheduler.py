@@ -26,11 +26,12 @@ def main() -> None:
     from zoo_sweep.pipeline.cluster import connect
     from zoo_sweep.pipeline.launch import LaunchOptions, _Pool
     from zoo_sweep.paths import Paths
+    from zoo_sweep.storage.leases import Lease
     from zoo_sweep.storage.store import Store
 
     tmp = Path(tempfile.mkdtemp())
     store = Store(f"sqlite:///{tmp / 'bench.db'}")
-    jobs = [{"id": f"n-{i:016x}", "kind": "noop", "spec": json.dumps({})} for i in range(args.jobs)]
+    jobs = [{"id": f"n-{i:016x}", "kind": "noop", "payload": json.dumps({})} for i in range(args.jobs)]
     store.add_jobs("bench", jobs)
     rows = store.sweep_jobs("bench")
 
@@ -40,10 +41,14 @@ def main() -> None:
     pool = _Pool(cluster, LaunchOptions(cpus=args.cpus), Paths(tmp))  # waits until every actor is up
     t2 = time.perf_counter()
 
-    def done(job, res):
-        store.finish_job(job["id"], "done", seconds=res["seconds"])
+    lease = Lease(store)  # the launcher's claim (compare-and-set) and release per job
 
-    pool.run(rows, lambda job: {}, store.start_job, done, lambda *a: None, 0, store)
+    def done(job, res):
+        store.finish_job(job["id"], "done", seconds=res["seconds"], owner=lease.owner)
+        lease.release(job["id"])
+
+    pool.run(rows, lambda job: {}, lease.claim, done, lambda *a: None, 0, store)
+    lease.stop()
     t3 = time.perf_counter()
     n_done = store.query("select count(*) from jobs where state = 'done'").iloc[0, 0]
     assert n_done == args.jobs, n_done

@@ -164,9 +164,46 @@ def postgres_url():
     shutil.rmtree(root, ignore_errors=True)
 
 
+def new_pg_database(postgres_url: str) -> str:
+    """A new empty database on the session's PostgreSQL server, as a store URL: tests never see each other's
+    rows."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    server = sa.engine.make_url(postgres_url)
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'create database "{name}"'))
+    admin.dispose()
+    return server.set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """The URL of a store not created yet, on each backend (PostgreSQL: a new database on the session's
+    server; skipped, saying why, where none can be started)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'zoo.db'}"
+    return new_pg_database(request.getfixturevalue("postgres_url"))
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "zoo-sweep"), *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, cwd=ROOT)
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """The command line in this process (no fresh interpreter): exit code, stdout, stderr."""
+    from zoo_sweep.cli.main import main
+
+    try:
+        rc = main(list(args))
+    except SystemExit as e:
+        rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
 
 
 def assert_png(path: Path) -> None:

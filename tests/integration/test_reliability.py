@@ -106,7 +106,7 @@ def test_always_failing_job_ends_failed_and_the_rest_finishes(micro, tmp_path):
     r = run_cli("--db", f"sqlite:///{db}", "--home", str(home), "measure", str(spec), "--address",
                 micro["address"], "--no-progress", "--max-retries", "1")
     assert r.returncode == 1, r.stdout + r.stderr
-    states = _rows(db, "select json_extract(spec, '$.model.name'), state, attempts, error from jobs "
+    states = _rows(db, "select json_extract(payload, '$.model.name'), state, attempts, error from jobs "
                        "where kind = 'predict'")
     by_model = {m: (s, a, e) for m, s, a, e in states}
     assert by_model["vit_micro"][0] == "failed" and by_model["vit_micro"][1] == 2  # 1 try + 1 retry

@@ -22,20 +22,23 @@ ALL_PANELS = MICRO_PANELS + ("multi_teacher", "predicted_gain")
 FAMILIES = ("cnn", "transformer", "mlp")
 
 
-def synth_store(path: Path, n_models: int = 8, methods=("kl", "kl_dp"), multi: bool = True, seed: int = 0):
+def synth_store(path: Path | str, n_models: int = 8, methods=("kl", "kl_dp"), multi: bool = True, seed: int = 0,
+                names: list[str] | None = None):
     """A store holding one finished sweep written row by row, no Ray: every model pair measured, two methods
-    run on most pairs (kl_dp better than kl), and (optionally) some multi-teacher runs ("t1+t2")."""
+    run on most pairs (kl_dp better than kl), and (optionally) some multi-teacher runs (label "t1+t2", their
+    teachers in job_teachers). ``path``: a SQLite file or a store URL."""
     import sqlalchemy as sa
 
     from zoo_sweep.storage import store as st
 
     rng = np.random.default_rng(seed)
-    store = st.Store(f"sqlite:///{path}")
-    names = [f"m{i}" for i in range(n_models)]
+    store = st.Store(path if "://" in str(path) else f"sqlite:///{path}")
+    names = names or [f"m{i}" for i in range(n_models)]
+    n_models = len(names)
     acc = dict(zip(names, rng.uniform(60, 95, n_models)))
     models = [{"name": n, "eval_set": "e", "arch": n, "family": FAMILIES[i % 3], "params": int(10 ** rng.uniform(4, 7)),
                "accuracy": acc[n], "record": None} for i, n in enumerate(names)]
-    pairs, results, sj = [], [], []
+    pairs, results, sj, teachers = [], [], [], []
     for s in names:
         for t in names:
             if s == t:
@@ -57,6 +60,7 @@ def synth_store(path: Path, n_models: int = 8, methods=("kl", "kl_dp"), multi: b
             for mode, shift in (("parallel", 0.0), ("soup", -1.0)):
                 results.append(_result(f"{s}-multi-{mode}", s, f"{t1}+{t2}", mode, rng.normal(1.5 + shift, 0.3),
                                        acc[s]))
+                teachers += [{"job_id": f"{s}-multi-{mode}", "position": i, "teacher": t} for i, t in enumerate((t1, t2))]
     for r in results:
         sj.append({"sweep": "synth", "job_id": r["job_id"]})
     with store.engine.begin() as conn:
@@ -66,8 +70,10 @@ def synth_store(path: Path, n_models: int = 8, methods=("kl", "kl_dp"), multi: b
         conn.execute(st.pairs.insert(), pairs)
         conn.execute(st.transfer_results.insert(), results)
         conn.execute(st.sweep_jobs.insert(), sj)
-        conn.execute(sa.insert(st.jobs), [{"id": r["job_id"], "kind": "transfer", "spec": "{}", "state": "done",
+        conn.execute(sa.insert(st.jobs), [{"id": r["job_id"], "kind": "transfer", "payload": "{}", "state": "done",
                                            "attempts": 1, "created_at": time.time()} for r in results])
+        if teachers:
+            conn.execute(st.job_teachers.insert(), teachers)
     return store
 
 
@@ -224,7 +230,7 @@ def test_every_shown_query_reruns(synth):
 
     rep, store = synth["report"], synth["store"]
     keys = {k for t in rep.tables for k in t.sql}
-    assert keys == {"models", "pairs", "transfer_pairs", "multi_teacher"}
+    assert keys == {"models", "pairs", "transfer_pairs", "multi_teacher", "multi_teachers"}
     assert all(t.sql for t in rep.tables)  # every table names the query its rows come from
     rows = {}
     for k in keys:
@@ -262,10 +268,11 @@ def test_final_row_filter_is_the_same_in_sql_and_pandas(tmp_path):
         early = [{**r, "epoch": 0, "final": False, "delta": 99.0} for r in rows]
         conn.execute(st.transfer_results.insert(), seed1 + early)
         conn.execute(st.sweep_jobs.insert(), [{"sweep": "synth", "job_id": r["job_id"]} for r in seed1])
-    raw = store.query("select * from transfer_results")
+    raw = store.query("select r.*, (select count(*) from job_teachers jt where jt.job_id = r.job_id) as multi_teacher "
+                      "from transfer_results r")
     want: dict[tuple, list] = {}
     for r in raw.itertuples():
-        if r.final and "+" not in r.teacher:
+        if r.final and not r.multi_teacher:
             want.setdefault((r.method, r.student, r.teacher), []).append(r.delta)
     assert any(len(v) == 2 for v in want.values()) and any("+" in t for t in raw["teacher"])
     mean = {k: np.mean(v) for k, v in want.items()}

@@ -28,6 +28,10 @@ def test_multi_teacher_jobs_land_in_the_store(micro, tmp_path):
     assert sorted(multi[multi["final"]]["method"]) == ["parallel", "sequential_desc", "soup"]
     assert multi.groupby("method")["epoch"].max().to_dict() == {"parallel": 1, "sequential_desc": 2, "soup": 1}
     assert (multi["student"] == "cnn_micro").all()
+    # the teachers, in order, are rows of job_teachers (the teacher column is a label)
+    teachers = store.query("select job_id, position, teacher from job_teachers order by job_id, position")
+    assert set(teachers["job_id"]) == set(multi["job_id"])
+    assert all(g["teacher"].tolist() == ["vit_micro", "mlp_micro"] for _, g in teachers.groupby("job_id"))
     assert ((multi["delta"] - (multi["knowledge_gain"] - multi["knowledge_loss"])).abs() < 1e-9).all()
     assert not any(micro["paths"].checkpoints.glob("*/last.pt"))  # finished jobs leave no checkpoint
 
@@ -35,11 +39,11 @@ def test_multi_teacher_jobs_land_in_the_store(micro, tmp_path):
 def test_exploding_learning_rate_is_a_diverged_job(micro):
     plan = make_plan(spec_and_path("micro-explode", lr=1e12), micro["paths"])
     job = plan.transfer_jobs[0]
-    payload = json.loads(job["spec"])
-    rec = {json.loads(p["spec"])["model"]["name"]: load_record(micro["paths"].records / f"{p['id']}.npz")
+    payload = json.loads(job["payload"])
+    rec = {json.loads(p["payload"])["model"]["name"]: load_record(micro["paths"].records / f"{p['id']}.npz")
            for p in plan.predict_jobs}
     labels = load_image_set("digits:eval", 32, micro["paths"].cache).labels.numpy()
     inputs = {"s0_correct": rec[payload["student"]["name"]]["pred"] == labels,
               "teacher_correct": rec[payload["teacher"]["name"]]["pred"] == labels}
-    out = Worker(str(micro["paths"].home)).run({**job, "spec": payload, "inputs": inputs})
+    out = Worker(str(micro["paths"].home)).run({**job, "payload": payload, "inputs": inputs})
     assert out["state"] == "diverged" and "loss became" in out["error"]

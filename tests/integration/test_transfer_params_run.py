@@ -35,7 +35,7 @@ def test_multi_teacher_jobs_and_per_method_parameters(tmp_path):
     plan = _plan(tmp_path, transfer={"methods": ["kl", "xekl_mcl"], "mcl_top_k": 5, "top_k": 3,
                                      "multi_teacher": ["parallel", "sequential_asc", "soup"],
                                      "multi_students": ["cnn_micro"]})
-    payloads = [json.loads(j["spec"]) for j in plan.transfer_jobs]
+    payloads = [json.loads(j["payload"]) for j in plan.transfer_jobs]
     single = [p for p in payloads if "teachers" not in p]
     multi = [p for p in payloads if "teachers" in p]
     assert len(single) == 6 * 2 and len(multi) == 3

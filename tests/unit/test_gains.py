@@ -3,6 +3,7 @@ falls back to top_ck (most rho_pos first)."""
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from zoo_sweep.science.gains import (
     finished_pairs,
@@ -98,15 +99,26 @@ def test_without_finished_results_it_says_so_and_falls_back_to_top_ck():
 
 
 def test_finished_pairs_averages_seeds_and_skips_multi_teacher_and_other_epochs():
+    """Multi-teacher rows are told by their multi_teacher flag (the store's job_teachers), not by the name:
+    a single teacher whose name contains "+" is a pair like any other."""
     res = pd.DataFrame([
-        {"student": "a", "teacher": "b", "method": "m", "final": True, "delta": 1.0},
-        {"student": "a", "teacher": "b", "method": "m", "final": True, "delta": 3.0},  # second seed
-        {"student": "a", "teacher": "b", "method": "m", "final": False, "delta": 99.0},  # an earlier epoch
-        {"student": "a", "teacher": "b+c", "method": "m", "final": True, "delta": 5.0},  # multi-teacher
-        {"student": "b", "teacher": "a", "method": "other", "final": True, "delta": 5.0},
+        {"job_id": "1", "student": "a", "teacher": "b", "method": "m", "final": True, "delta": 1.0, "multi_teacher": 0},
+        {"job_id": "2", "student": "a", "teacher": "b", "method": "m", "final": True, "delta": 3.0,
+         "multi_teacher": 0},  # second seed
+        {"job_id": "1", "student": "a", "teacher": "b", "method": "m", "final": False, "delta": 99.0,
+         "multi_teacher": 0},  # an earlier epoch
+        {"job_id": "3", "student": "a", "teacher": "b+c", "method": "m", "final": True, "delta": 5.0,
+         "multi_teacher": 1},
+        {"job_id": "4", "student": "a", "teacher": "vit+b", "method": "m", "final": True, "delta": 4.0,
+         "multi_teacher": 0},  # one teacher, "+" in its name
+        {"job_id": "5", "student": "b", "teacher": "a", "method": "other", "final": True, "delta": 5.0,
+         "multi_teacher": 0},
     ])
     got = finished_pairs(res, "m")
-    assert got.to_dict("records") == [{"student": "a", "teacher": "b", "delta": 2.0}]
+    assert got.to_dict("records") == [{"student": "a", "teacher": "b", "delta": 2.0},
+                                      {"student": "a", "teacher": "vit+b", "delta": 4.0}]
+    with pytest.raises(ValueError, match="multi_teacher"):  # stored rows without the flag: refused, not guessed
+        finished_pairs(res.drop(columns="multi_teacher"), "m")
 
 
 def test_finished_pairs_with_no_delta_yet():

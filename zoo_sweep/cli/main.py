@@ -367,9 +367,11 @@ def demo(ctx: typer.Context, spec: Path = typer.Option(Path(DEMO_SPEC), "--spec"
     raise typer.Exit(0 if rep.ok else 1)
 
 
+from zoo_sweep.cli.db import db_app  # noqa: E402  (zoo-sweep db version|upgrade)
 from zoo_sweep.cli.submit import submit_app  # noqa: E402  (zoo-sweep submit slurm|ray)
 
 app.add_typer(submit_app, name="submit")
+app.add_typer(db_app, name="db")
 
 
 def main(argv: list[str] | None = None) -> int:

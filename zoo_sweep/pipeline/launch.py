@@ -6,8 +6,10 @@
     select    pick the pairs to transfer (pair policy)                (driver)
     transfer  one job per (student, teacher, method, seed)            (warm actors)
 
-Resume is the default: done jobs are skipped, jobs left 'running' by a killed launcher run again, and
-failed ones are retried up to ``max_retries``. Only this process writes the store.
+Resume is the default: done jobs are skipped, jobs left 'running' by a killed launcher run again once its
+lease has run out (storage/leases.py), and failed ones are retried up to ``max_retries``. Launchers write
+the store, workers never do; two launchers of one sweep share its jobs, each claiming a job before it runs
+it.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ from zoo_sweep.pipeline.plan import (
 )
 from zoo_sweep.science.complementary import pairs_frame
 from zoo_sweep.science.records import load_record, save_record
-from zoo_sweep.storage.store import Store
+from zoo_sweep.storage.leases import Lease
+from zoo_sweep.storage.store import Store, final_results
 from zoo_sweep.transfer.logit_store import StreamPlan, plan_streams
 
 STAGES = ("predict", "compare", "transfer")
@@ -62,6 +65,7 @@ class LaunchOptions:
     limit: int | None = None  # at most this many transfer jobs (earlier stages always complete: they feed it)
     shard: tuple[int, int] | None = None  # (i, K): run only the jobs of shard i of K (array jobs)
     wait_s: float = 6 * 3600  # sharded runs: how long to wait for other shards' predict jobs
+    lease_s: float | None = None  # how long a claim on a job holds without renewal; default $ZOO_SWEEP_LEASE_S or 60
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -141,11 +145,12 @@ class _Run:
         self.report = LaunchReport(self.spec.name)
         self.max_retries = opts.max_retries if opts.max_retries is not None else self.spec.run.max_retries
         self._pool: _Pool | None = None
+        self.lease = Lease(store, opts.lease_s)
         self.records: dict[str, dict] = {}  # predict job id -> record, loaded once per launch
         self._eval_labels: np.ndarray | None = None
         # model name -> predict job: the plan's, then (in _predict) older ones still linked to the sweep, for
         # transfer jobs of models an earlier version of the spec had
-        self._predict_id = {json.loads(j["spec"])["model"]["name"]: j["id"] for j in plan.predict_jobs}
+        self._predict_id = {payload_of(j)["model"]["name"]: j["id"] for j in plan.predict_jobs}
         self._correct: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ stages
@@ -163,12 +168,31 @@ class _Run:
         self._transfer()
         return self.report
 
-    def _requeue_stale(self, kind: str | None = None):
-        """Jobs a killed launcher left 'running' or 'interrupted' run again (this shard's only: other
-        shards may be running theirs right now)."""
-        stale = [i for i in self.store.job_states(self.spec.name, kind, states=("running", "interrupted"))
-                 if in_shard(i, self.opts.shard)]
-        self.store.set_state(stale, "pending")
+    def _requeue_stale(self, kind: str | None = None) -> list[str]:
+        """Jobs whose launcher is gone run again: 'interrupted' ones and 'running' ones whose lease ran out.
+        A live launcher's jobs are left alone, as are other shards' (they may be running theirs right now)."""
+        running = [i for i in self.store.job_states(self.spec.name, kind, states=("running", "interrupted"))
+                   if in_shard(i, self.opts.shard)]
+        return self.store.requeue_stale(running)
+
+    def _others_running(self, kind: str) -> list[str]:
+        """This shard's jobs of ``kind`` that another launcher is running now."""
+        states = self.store.job_states(self.spec.name, kind, states=("running",))
+        return [i for i in states if in_shard(i, self.opts.shard) and not self.lease.holds(i)]
+
+    def _await_others(self, kind: str, ids: list[str] | None = None, poll_s: float = 2.0) -> list[str]:
+        """Wait while other launchers run this stage's jobs (``ids``, default: all of them that run elsewhere
+        now); returns those whose launcher died (lease run out), put back to pending for this one to run."""
+        watched = set(self._others_running(kind) if ids is None else ids)
+        taken: list[str] = []
+        while watched:
+            back = set(self.store.requeue_stale(sorted(watched)))
+            taken += sorted(back)
+            running = set(self.store.job_states(self.spec.name, kind, states=("running",)))
+            watched = (watched - back) & running
+            if watched:
+                time.sleep(poll_s)
+        return taken
 
     def _build_zoo(self):
         if self.spec.zoo.source != "digits":
@@ -201,7 +225,7 @@ class _Run:
         jobs = self.store.sweep_jobs(self.spec.name, "predict")
         todo = []
         for j in jobs:
-            self._predict_id.setdefault(json.loads(j["spec"])["model"]["name"], j["id"])
+            self._predict_id.setdefault(payload_of(j)["model"]["name"], j["id"])
             rec = load_record(self._record_path(j["id"])) if j["state"] == "done" else None
             if rec is not None:
                 self.records[j["id"]] = rec
@@ -218,21 +242,23 @@ class _Run:
             path = self._record_path(job["id"])
             save_record(path, res["record"])  # the file first: a 'done' job always has its record
             self.records[job["id"]] = res["record"]
-            name = json.loads(job["spec"])["model"]["name"]
+            name = payload_of(job)["model"]["name"]
             self.store.finish_job(job["id"], "done", model_rows=[{**rows[name], "accuracy": res["accuracy"],
-                                                                  "record": str(path)}], seconds=res["seconds"])
+                                                                  "record": str(path)}], seconds=res["seconds"],
+                                  owner=self.lease.owner)
 
         self._run_jobs("predict", todo, lambda job: {"batch_size": self.spec.run.predict_batch_size}, on_result)
 
     def _compare(self):
         job = next(j for j in self.store.sweep_jobs(self.spec.name, "compare"))
-        payload = json.loads(job["spec"])
+        payload = payload_of(job)
         if self.opts.shard is not None:
             self._wait_for_records(payload["records"])
+        self._load_records(payload["records"])  # those other launchers made
         if any(rid not in self.records for rid in payload["records"]):
             self.console.print("[yellow]compare skipped: some predict jobs did not finish[/]")
             return None
-        if job["state"] == "done":
+        if job["state"] == "done" or not self._claim_compare(job["id"]):
             self.report.reused["compare"] = 1
             return self.store.query("select * from pairs where eval_set = :e", {"e": self.spec.data.eval})
         t0 = time.time()
@@ -241,9 +267,21 @@ class _Run:
                          np.stack([r["p_max"] for r in recs]), self.plan.num_classes)
         df.insert(0, "eval_set", self.spec.data.eval)
         self.store.write_pairs(job["id"], df.to_dict("records"))
+        self.lease.release(job["id"])
         self.report.ran["compare"] = 1
         self.console.print(f"compare: {len(df)} ordered pairs from {len(recs)} records in {time.time() - t0:.2f} s")
         return df
+
+    def _claim_compare(self, job_id: str) -> bool:
+        """True: this launcher computes the pairs. False: another launcher did (it waits while one does)."""
+        while not self.lease.claim(job_id, "launcher"):
+            state = self.store.job_states(self.spec.name, "compare").get(job_id)
+            if state == "done":
+                return False
+            if state != "running":  # cancelled by hand: computed all the same, as it always was
+                return True
+            self._await_others("compare", [job_id])
+        return True
 
     def _select(self, pairs_df):
         if self.plan.transfer_jobs is None:
@@ -252,7 +290,7 @@ class _Run:
                 ev = {"e": self.spec.data.eval}
                 method = self.spec.pairs.gain_method or self.spec.transfer.methods[0]
                 history = (self.store.query("select * from models where eval_set = :e", ev),
-                           self.store.query("select * from transfer_results where eval_set = :e and final", ev), method)
+                           final_results(self.store, self.spec.data.eval), method)
             rows = select_transfers(self.plan, pairs_df, history)
             self.report.new_jobs += self.store.add_jobs(self.spec.name, rows)
 
@@ -261,15 +299,15 @@ class _Run:
         jobs = self.store.sweep_jobs(self.spec.name, "transfer")
         todo = self._filter(jobs, limit=self.opts.limit)
         self.report.reused["transfer jobs"] = sum(j["state"] == "done" for j in jobs)
-        if not todo:
+        if not todo and not self._others_running("transfer"):
             return
-        todo = [{**j, "spec": json.loads(j["spec"])} for j in todo]  # parsed once: planner, inputs, pool, store
-        payloads = {j["id"]: j["spec"] for j in todo}
+        todo = [{**j, "payload": json.loads(j["payload"])} for j in todo]  # parsed once: planner, inputs, pool, store
+        payloads = {j["id"]: j["payload"] for j in todo}
         streams = self._plan_streams(payloads)
         todo = streams.order(todo)
 
         def inputs(job):
-            p = job["spec"]
+            p = payload_of(job)
             out = {"s0_correct": self.correct_of(p["student"]["name"]),
                    "teacher_correct": self.correct_of(p["teacher"]["name"]),
                    "streams": streams.streams.get(job["id"], {})}
@@ -278,7 +316,7 @@ class _Run:
             return out
 
         def on_result(job, res):
-            record_transfer(self.store, job, res)
+            record_transfer(self.store, job, res, owner=self.lease.owner)
             streams.release(job["id"], self.paths.logits)
             if res.get("logits_read"):  # epochs of teacher / s0 logits read back instead of recomputed
                 r = self.report.reused
@@ -341,17 +379,23 @@ class _Run:
         deadline = time.time() + self.opts.wait_s
         missing = [r for r in record_ids if r not in self.records]
         while missing and time.time() < deadline:
-            states = self.store.job_states(self.spec.name, "predict")
-            for rid in missing:
-                if states.get(rid) == "done":
-                    rec = load_record(self._record_path(rid))
-                    if rec is not None:
-                        self.records[rid] = rec
+            states = self._load_records(missing)
             missing = [r for r in record_ids if r not in self.records]
             if missing and any(states.get(r) in ("failed", "diverged") for r in missing):
                 return
             if missing:
                 time.sleep(5)
+
+    def _load_records(self, record_ids: list[str]) -> dict[str, str]:
+        """Load the records of done predict jobs not loaded yet (run by another shard or launcher); returns
+        the predict jobs' states."""
+        states = self.store.job_states(self.spec.name, "predict")
+        for rid in record_ids:
+            if rid not in self.records and states.get(rid) == "done":
+                rec = load_record(self._record_path(rid))
+                if rec is not None:
+                    self.records[rid] = rec
+        return states
 
     def _record_path(self, job_id: str):
         return self.paths.records / f"{job_id}.npz"
@@ -361,8 +405,13 @@ class _Run:
 
     def _run_jobs(self, kind: str, todo: list[dict], inputs: Callable, on_result: Callable,
                   on_final_error: Callable | None = None):
-        if not todo:
-            return
+        if todo:
+            self._run_pool(kind, todo, inputs, on_result, on_final_error)
+        if self.opts.limit is None and not self.opts.only_failed:  # a subset run leaves the rest to others
+            self._run_taken_over(kind, inputs, on_result, on_final_error)
+
+    def _run_pool(self, kind: str, todo: list[dict], inputs: Callable, on_result: Callable,
+                  on_final_error: Callable | None):
         if self._pool is None:
             self._pool = _Pool(self._cluster(), self.opts, self.paths)
         failed = []
@@ -372,24 +421,31 @@ class _Run:
             return (f"{kind}: {self._pool.size} worker(s), {running} running"
                     + (f", [red]{len(failed)} failed[/]" if failed else ""))
 
+        skipped = 0
         with self._progress() as prog:
             bar = prog.add_task(describe(), total=len(todo))
 
-            def on_start(job_id, worker):
-                nonlocal running
-                self.store.start_job(job_id, worker)
+            def on_start(job_id, worker) -> bool:
+                nonlocal running, skipped
+                if not self.lease.claim(job_id, worker):  # another launcher took it first
+                    skipped += 1
+                    prog.update(bar, advance=1)
+                    return False
                 running += 1
                 prog.update(bar, description=describe())
+                return True
 
             def on_done(job, res):
                 nonlocal running
                 on_result(job, res)
+                self.lease.release(job["id"])
                 running -= 1
                 prog.update(bar, advance=1, description=describe())
 
             def on_error(job, err: str, final: bool):
                 nonlocal running
-                self.store.finish_job(job["id"], "failed" if final else "pending", error=err)
+                self.store.finish_job(job["id"], "failed" if final else "pending", error=err, owner=self.lease.owner)
+                self.lease.release(job["id"])
                 running -= 1
                 if final:
                     failed.append((job["id"], err.strip().splitlines()[-1] if err.strip() else err))
@@ -398,8 +454,16 @@ class _Run:
                 prog.update(bar, advance=1 if final else 0, description=describe())
 
             self._pool.run(todo, inputs, on_start, on_done, on_error, self.max_retries, self.store)
-        self.report.ran[kind] = len(todo)
+        if len(todo) > skipped:
+            self.report.ran[kind] = self.report.ran.get(kind, 0) + len(todo) - skipped
         self.report.failed.extend(failed)
+
+    def _run_taken_over(self, kind, inputs, on_result, on_final_error):
+        """Wait for the stage's jobs other launchers run; run those whose launcher died."""
+        taken = self._await_others(kind)
+        if taken:
+            rows = [j for j in self.store.sweep_jobs(self.spec.name, kind) if j["id"] in set(taken)]
+            self._run_jobs(kind, [j for j in rows if j["state"] == "pending"], inputs, on_result, on_final_error)
 
     def _progress(self) -> Progress:
         return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -407,6 +471,7 @@ class _Run:
                         disable=not self.opts.progress, transient=False)
 
     def close(self):
+        self.lease.stop()
         if self._pool is not None:
             self._pool.close()
 
@@ -449,10 +514,11 @@ class _Pool:
                 while queue and min(load) < 2:
                     i = load.index(min(load))
                     job = queue.popleft()
+                    if not on_start(job["id"], self.names[i]):  # claimed by another launcher
+                        continue
                     unrecorded.add(job["id"])
-                    on_start(job["id"], self.names[i])
                     attempts[job["id"]] += 1
-                    ref = self.actors[i].run.remote({**job, "spec": payload_of(job), "inputs": inputs(job)})
+                    ref = self.actors[i].run.remote({**job, "payload": payload_of(job), "inputs": inputs(job)})
                     inflight[ref] = (job, i)
                     load[i] += 1
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
@@ -469,7 +535,7 @@ class _Pool:
                         self._retry(job, _task_error(e), attempts, max_retries, queue, on_error)
                     unrecorded.discard(job["id"])
         except KeyboardInterrupt:
-            store.set_state(sorted(unrecorded), "interrupted")
+            store.set_state(sorted(unrecorded), "interrupted")  # released: the next launch runs them at once
             raise
 
     @staticmethod
@@ -501,23 +567,24 @@ def eval_labels(spec: SweepSpec, paths: Paths) -> np.ndarray:
 
 def payload_of(job: dict) -> dict:
     """A job's payload. The store keeps it as JSON text; a stage that reads it itself passes it on parsed."""
-    return job["spec"] if isinstance(job["spec"], dict) else json.loads(job["spec"])
+    return job["payload"] if isinstance(job["payload"], dict) else json.loads(job["payload"])
 
 
-def record_transfer(store: Store, job: dict, res: dict) -> None:
-    """A transfer job's outcome in the store: its per-epoch rows and its state, in one transaction.
-    The launcher and Tune trials both record through here."""
+def record_transfer(store: Store, job: dict, res: dict, owner: str | None = None) -> None:
+    """A transfer job's outcome in the store: its per-epoch rows, its teachers (multi-teacher jobs) and its
+    state, in one transaction. The launcher (``owner``: its lease) and Tune trials both record through here."""
     if res["state"] != "done":
-        store.finish_job(job["id"], res["state"], error=res.get("error"), seconds=res.get("seconds"))
+        store.finish_job(job["id"], res["state"], error=res.get("error"), seconds=res.get("seconds"), owner=owner)
         return
     p = payload_of(job)
     key = {"job_id": job["id"], "eval_set": p["eval"], "student": p["student"]["name"],
            "teacher": p["teacher"]["name"], "method": p["method"], "seed": p["seed"]}
     last = len(res["rows"])
-    # a row may name its own teacher: multi-teacher jobs report "a+b+c"
+    # a row may name its own teacher: multi-teacher rows carry a label ("a+b+c"), their teachers go to job_teachers
     rows = [{**key, **{k: plain(v) for k, v in r.items()}, "teacher": r.get("teacher", key["teacher"]),
              "final": r["epoch"] == last} for r in res["rows"]]
-    store.finish_job(job["id"], "done", results=rows, seconds=res.get("seconds"))
+    teachers = [t["name"] for t in p["teachers"]] if "teachers" in p else None
+    store.finish_job(job["id"], "done", results=rows, seconds=res.get("seconds"), owner=owner, teachers=teachers)
 
 
 def plain(v):

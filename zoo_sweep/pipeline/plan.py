@@ -15,12 +15,14 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from zoo_sweep.config.params import TransferParams
 from zoo_sweep.config.spec import SweepSpec, load_spec
 from zoo_sweep.data.sets import image_set_key, num_classes_of  # noqa: F401  (num_classes_of re-exported)
 from zoo_sweep.errors import UserError
 from zoo_sweep.ids import content_id
 from zoo_sweep.paths import Paths
 from zoo_sweep.pipeline.select import all_pairs, needs_measurement, select_pairs
+from zoo_sweep.transfer.catalog import CATALOG
 from zoo_sweep.zoo.models import (
     ModelEntry,
     check_heads,
@@ -29,7 +31,9 @@ from zoo_sweep.zoo.models import (
     select_names,
 )
 
-TRANSFER_HP = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "temperature", "alpha", "augment")
+# the hyper-parameters every method reads: the TransferParams fields no method declares as its own
+TRANSFER_HP = tuple(f.name for f in dataclasses.fields(TransferParams)
+                    if not any(f.name in m.params for m in CATALOG.values()))
 
 
 def method_hp(t, method: str) -> dict:
@@ -121,7 +125,7 @@ class Plan:
 
 def _row(kind: str, ident: dict, payload: dict) -> dict:
     return {"id": f"{kind[0]}-{content_id({'kind': kind, **ident})}", "kind": kind,
-            "spec": json.dumps(payload, sort_keys=True, default=list)}
+            "payload": json.dumps(payload, sort_keys=True, default=list)}
 
 
 def make_plan(spec: SweepSpec, paths: Paths, dry_run: bool = False) -> Plan:

@@ -87,8 +87,8 @@ def tune_method(spec: SweepSpec, store: Store, paths: Paths, method: str, sample
         worker = Worker(str(paths.home), threads=1)
         out = []
         for job in jobs_for(config):
-            p = json.loads(job["spec"])
-            res = worker.run({**job, "spec": p, "inputs": {"s0_correct": correct[p["student"]["name"]],
+            p = json.loads(job["payload"])
+            res = worker.run({**job, "payload": p, "inputs": {"s0_correct": correct[p["student"]["name"]],
                                                            "teacher_correct": correct[p["teacher"]["name"]]}})
             out.append({"job": job, "res": res})
         final = [o["res"]["rows"][-1]["delta"] for o in out if o["res"]["state"] == "done"]

@@ -69,7 +69,7 @@ class Worker:
 
     def run(self, job: dict) -> dict:
         t0 = time.time()
-        out = getattr(self, f"_{job['kind']}")(job["spec"], job.get("inputs") or {})
+        out = getattr(self, f"_{job['kind']}")(job["payload"], job.get("inputs") or {})
         out.update(worker=self.name, seconds=time.time() - t0)
         return out
 

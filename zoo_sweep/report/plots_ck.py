@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from zoo_sweep.report.plots import decorate, save, subplots
-from zoo_sweep.science.complementary import TOP_P
+from zoo_sweep.science.pair_metrics import TOP_P
 
 HEXBIN_ABOVE = 5000  # pairs; a scatter of more points is slow and unreadable
 

@@ -11,7 +11,7 @@ from zoo_sweep.storage.store import Store
 
 SQL = {
     "models": """
-        select m.name, m.family, m.params, round(m.accuracy, 2) as accuracy from models m
+        select m.name, m.family, m.params, round(cast(m.accuracy as numeric), 2) as accuracy from models m
         where m.eval_set = :eval_set and m.name in (
             select student from pairs where eval_set = :eval_set
             union select teacher from pairs where eval_set = :eval_set)
@@ -20,7 +20,8 @@ SQL = {
     "transfers": """
         select r.* from transfer_results r join sweep_jobs sj on sj.job_id = r.job_id
         where sj.sweep = :sweep and r.final""",
-    # one row per (method, student, teacher): the final epoch, averaged over seeds, single-teacher jobs only.
+    # one row per (method, student, teacher): the final epoch, averaged over seeds, single-teacher jobs only
+    # (a multi-teacher job has its teachers in job_teachers).
     # gains.per_pair is the same filter on frames; this stays SQL so that the report can show the query behind
     # its tables (test_final_row_filter_is_the_same_in_sql_and_pandas keeps the two in step)
     "transfer_pairs": """
@@ -35,19 +36,37 @@ SQL = {
         left join pairs p on p.eval_set = r.eval_set and p.student = r.student and p.teacher = r.teacher
         left join models ms on ms.name = r.student and ms.eval_set = r.eval_set
         left join models mt on mt.name = r.teacher and mt.eval_set = r.eval_set
-        where sj.sweep = :sweep and r.final and r.teacher not like '%+%'
+        where sj.sweep = :sweep and r.final
+          and not exists (select 1 from job_teachers jt where jt.job_id = r.job_id)
         group by r.method, r.student, r.teacher
         order by r.method, r.student, r.teacher""",
-    # multi-teacher jobs name their teachers joined by "+"
+    # one row per multi-teacher (method, student, teachers); r.teacher is the run's label ("a+b+c")
     "multi_teacher": """
         select r.method, r.student, r.teacher as teachers, count(*) as seeds,
                avg(r.delta) as delta, avg(r.knowledge_gain) as knowledge_gain,
                avg(r.knowledge_loss) as knowledge_loss
         from transfer_results r join sweep_jobs sj on sj.job_id = r.job_id
-        where sj.sweep = :sweep and r.final and r.teacher like '%+%'
+        where sj.sweep = :sweep and r.final
+          and exists (select 1 from job_teachers jt where jt.job_id = r.job_id)
         group by r.method, r.student, r.teacher
         order by r.method, r.student, r.teacher""",
+    # the teachers of each multi-teacher run, in order
+    "multi_teachers": """
+        select distinct r.method, r.student, r.teacher as teachers, jt.position, jt.teacher
+        from transfer_results r join sweep_jobs sj on sj.job_id = r.job_id
+        join job_teachers jt on jt.job_id = r.job_id
+        where sj.sweep = :sweep and r.final
+        order by r.method, r.student, r.teacher, jt.position""",
 }
+
+
+def multi_teacher_lists(store: Store, sweep: str) -> dict[tuple[str, str, str], list[str]]:
+    """(method, student, teachers label) -> the run's teachers, in order."""
+    out: dict[tuple[str, str, str], list[str]] = {}
+    for r in store.query(SQL["multi_teachers"], {"sweep": sweep}).itertuples(index=False):
+        out.setdefault((r.method, r.student, r.teachers), []).append(r.teacher)
+    return out
+
 
 def final_transfers(store: Store, sweep: str) -> pd.DataFrame:
     return store.query(SQL["transfers"], {"sweep": sweep})

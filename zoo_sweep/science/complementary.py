@@ -37,7 +37,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-TOP_P = (2, 5, 20, 50)
+from zoo_sweep.science.pair_metrics import TOP_P
+
 METRIC_GROUPS = ("flips", "agreement", "ensemble", "classes")  # "flips" (accuracy, rho, oracle) is always on
 DEFAULT_METRICS = METRIC_GROUPS
 _BF16_EXACT = 256  # integers up to 256 are exact in bfloat16: the inner size of one per-class product chunk

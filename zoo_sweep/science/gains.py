@@ -46,18 +46,24 @@ def pair_features(pairs_df: pd.DataFrame, models_df: pd.DataFrame) -> pd.DataFra
 
 def per_pair(results: pd.DataFrame) -> pd.DataFrame:
     """Transfer rows -> one row per (method, student, teacher): the final epoch (when the table has a ``final``
-    column), single-teacher jobs only (multi-teacher jobs name their teachers joined by "+"), numeric columns
-    averaged over seeds. Rows of the report's ``transfer_pairs`` query, the same filter in SQL, pass unchanged."""
+    column), single-teacher jobs only, numeric columns averaged over seeds. Rows of stored jobs (with a
+    ``job_id``) say which are multi-teacher in ``multi_teacher`` (1: its teachers are in the store's
+    job_teachers table; storage.store.final_results adds it). Rows of the report's ``transfer_pairs`` query,
+    the same filter in SQL, pass unchanged."""
     if results.empty:
         return results
     r = results
     if "final" in r:
         r = r[r["final"].astype(bool)]
-    r = r[~r["teacher"].astype(str).str.contains("+", regex=False)]
+    if "multi_teacher" in r:
+        r = r[pd.to_numeric(r["multi_teacher"]).fillna(0) == 0]
+    elif "job_id" in r:
+        raise ValueError("transfer rows of stored jobs need their multi_teacher column (multi-teacher jobs are "
+                         "not pairs): read them with zoo_sweep.storage.store.final_results")
     if not r.duplicated(["method", "student", "teacher"]).any():
         return r.reset_index(drop=True)
     num = [c for c in r.columns if c not in ("method", "student", "teacher") and r[c].dtype.kind in "if"
-           and c not in ("epoch", "seed", "final")]
+           and c not in ("epoch", "seed", "final", "multi_teacher")]
     return r.groupby(["method", "student", "teacher"], as_index=False, sort=False)[num].mean()
 
 

@@ -17,111 +17,140 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from zoo_sweep.errors import UserError
+from zoo_sweep.storage import migrate
+from zoo_sweep.storage.leases import owner_dead
+from zoo_sweep.storage.readonly import readonly_engine, run_query
+from zoo_sweep.storage.schema import (  # noqa: F401  (the tables, re-exported for callers of the store)
+    JOB_STATES,
+    SCHEMA_VERSION,
+    VERSION_TABLE,
+    job_teachers,
+    jobs,
+    metadata,
+    models,
+    pairs,
+    sweep_jobs,
+    sweeps,
+    transfer_results,
+)
+from zoo_sweep.transfer.result_metrics import TRANSFER_METRICS  # noqa: F401
 
 DEFAULT_DB = "sqlite:///results/zoo.db"
-JOB_STATES = ("pending", "running", "done", "failed", "diverged", "interrupted", "cancelled")
-
-metadata = sa.MetaData()
-
-sweeps = sa.Table(
-    "sweeps", metadata,
-    sa.Column("name", sa.String, primary_key=True),
-    sa.Column("spec", sa.Text, nullable=False),  # the parsed spec as JSON
-    sa.Column("spec_hash", sa.String, nullable=False),
-    sa.Column("path", sa.String),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("updated_at", sa.Float, nullable=False),
-)
-
-models = sa.Table(
-    "models", metadata,
-    sa.Column("name", sa.String, primary_key=True),
-    sa.Column("eval_set", sa.String, primary_key=True),  # a model's accuracy is on one eval set
-    sa.Column("arch", sa.String, nullable=False),
-    sa.Column("family", sa.String, nullable=False),
-    sa.Column("params", sa.BigInteger),
-    sa.Column("accuracy", sa.Float),  # percent; NULL until its predict job is done
-    sa.Column("record", sa.String),  # prediction record file
-)
-
-jobs = sa.Table(
-    "jobs", metadata,
-    sa.Column("id", sa.String, primary_key=True),  # hash of everything that determines the result
-    sa.Column("kind", sa.String, nullable=False),  # predict | compare | transfer
-    sa.Column("spec", sa.Text, nullable=False),  # JSON payload
-    sa.Column("state", sa.String, nullable=False, default="pending"),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("error", sa.Text),
-    sa.Column("worker", sa.String),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("started_at", sa.Float),
-    sa.Column("finished_at", sa.Float),
-    sa.Column("seconds", sa.Float),
-)
-
-sweep_jobs = sa.Table(
-    "sweep_jobs", metadata,  # content-addressed jobs are shared: two sweeps may own the same job
-    sa.Column("sweep", sa.String, primary_key=True),
-    sa.Column("job_id", sa.String, primary_key=True),
-)
-
-pairs = sa.Table(
-    "pairs", metadata,
-    sa.Column("eval_set", sa.String, primary_key=True),
-    sa.Column("student", sa.String, primary_key=True),
-    sa.Column("teacher", sa.String, primary_key=True),
-    *[sa.Column(c, sa.Float) for c in (
-        "acc_student", "acc_teacher", "acc_gap", "rho_pos", "rho_neg", "agreement", "oracle_acc",
-        "ensemble_acc", "flip_entropy")],
-    *[sa.Column(f"top{p}_classes", sa.Integer) for p in (2, 5, 20, 50)],
-)
-
-TRANSFER_METRICS = ("student_acc", "s0_acc", "delta", "knowledge_gain", "knowledge_loss", "rho_pos_before",
-                    "rho_pos_after", "rho_pos_change", "transfer_rate", "damage_rate", "teacher_share",
-                    "train_loss")
-transfer_results = sa.Table(
-    "transfer_results", metadata,
-    sa.Column("job_id", sa.String, primary_key=True),
-    sa.Column("epoch", sa.Integer, primary_key=True),
-    sa.Column("final", sa.Boolean, nullable=False),
-    sa.Column("eval_set", sa.String, nullable=False),
-    sa.Column("student", sa.String, nullable=False),
-    sa.Column("teacher", sa.String, nullable=False),
-    sa.Column("method", sa.String, nullable=False),
-    sa.Column("seed", sa.Integer, nullable=False),
-    *[sa.Column(c, sa.Float) for c in TRANSFER_METRICS],
-)
-
-sa.Index("ix_transfer_final", transfer_results.c.final, transfer_results.c.method)
-sa.Index("ix_jobs_state", jobs.c.kind, jobs.c.state)
 
 
 def resolve_url(url: str | None) -> str:
     return url or os.environ.get("ZOO_SWEEP_DB") or DEFAULT_DB
 
 
+def shown_url(url: str) -> str:
+    """A store URL fit to print: the password masked (the raw text's when it does not parse)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL: mask whatever sits between ':' and '@'
+        import re
+
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
 class Store:
-    def __init__(self, url: str | None = None, create: bool = True):
+    """A store opened at this code's schema version. ``create``: make a new store where there is none
+    (commands that only read pass False). ``check``: refuse a store of another version (``db upgrade``
+    opens with False)."""
+
+    def __init__(self, url: str | None = None, create: bool = True, check: bool = True):
         self.url = resolve_url(url)
         try:
             u = make_url(self.url)
         except Exception:
-            raise UserError(f"not a database URL: {self.url!r} (e.g. sqlite:///results/zoo.db or "
+            raise UserError(f"not a database URL: {shown_url(self.url)!r} (e.g. sqlite:///results/zoo.db or "
                             "postgresql://user@host/db)") from None
-        if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
-            if not create and not Path(u.database).exists():
-                raise UserError(f"no store at {u.database}; run `zoo-sweep plan SPEC` or `zoo-sweep demo` first")
-            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        self._u = u
+        self.where = u.database if self.is_sqlite_file else shown_url(self.url)
+        # resolved once: a later chdir must not move the store
+        self._path = Path(u.database).resolve() if self.is_sqlite_file else None
+        self._file_id = self._open_sqlite_file(create) if self.is_sqlite_file else None
+        self._ro: sa.Engine | None = None
         try:
-            self.engine = sa.create_engine(self.url, future=True)
-            if u.get_backend_name() == "sqlite":
-                sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-            metadata.create_all(self.engine)
+            self.engine = self._make_engine()
+            if check:
+                migrate.create_or_check(self.engine, self.where, create)
         except ModuleNotFoundError as e:
             raise UserError(f"the driver for {u.drivername} is not installed ({e.name}); pip install it") from None
-        except sa.exc.OperationalError as e:
-            raise UserError(f"cannot open the store {u.render_as_string(hide_password=True)}: "
-                            f"{str(e.orig).strip().splitlines()[0]}") from None
+        except sa.exc.DBAPIError as e:
+            raise UserError(self._open_error(e)) from None
+
+    @property
+    def is_sqlite_file(self) -> bool:
+        return self._u.get_backend_name() == "sqlite" and bool(self._u.database) and self._u.database != ":memory:"
+
+    def _open_sqlite_file(self, create: bool) -> tuple[int, int]:
+        """The file's identity; a new empty file when ``create`` and there is none."""
+        path = self._path
+        if not path.exists():
+            if not create:
+                raise UserError(f"no store at {self.where}; run `zoo-sweep plan SPEC` or `zoo-sweep demo` first")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sqlite3_connect(path, "rwc").close()
+        if path.is_dir():
+            raise UserError(f"not a zoo-sweep store: {self.where} is a folder")
+        st = path.stat()
+        return st.st_dev, st.st_ino
+
+    def _make_engine(self) -> sa.Engine:
+        if self.is_sqlite_file:
+            # mode=rw: a store deleted while in use is never silently created again, empty, by a new connection
+            path = self._path
+            engine = sa.create_engine(self._u, creator=lambda: sqlite3_connect(path, "rw"))
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+            return engine
+        engine = sa.create_engine(self.url, future=True)
+        if self._u.get_backend_name() == "sqlite":
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+
+    def _open_error(self, e: sa.exc.DBAPIError) -> str:
+        msg = str(e.orig).strip().splitlines()[0] if str(e.orig).strip() else type(e.orig).__name__
+        if "file is not a database" in msg or "file is encrypted" in msg:
+            return f"not a zoo-sweep store: {self.where} is not an SQLite database"
+        return f"cannot open the store {shown_url(self.url)}: {msg}"
+
+    # ------------------------------------------------------------------ guarded access
+    def _check_file(self) -> None:
+        """A SQLite store deleted or replaced while in use: stop with one line instead of writing results into
+        an unlinked file (SQLite keeps writing to it) or a new empty one."""
+        if self._file_id is None:
+            return
+        try:
+            st = os.stat(self._path)
+            same = (st.st_dev, st.st_ino) == self._file_id
+        except OSError:
+            same = False
+        if not same:
+            raise UserError(f"the store {self.where} was deleted or replaced while in use; what this command "
+                            "had not yet written is lost: restore the store, or launch again on a new one")
+
+    def begin(self):
+        """A write transaction (the store checked first)."""
+        self._check_file()
+        return self.engine.begin()
+
+    def connect(self):
+        self._check_file()
+        return self.engine.connect()
+
+    @property
+    def readonly(self) -> sa.Engine:
+        """An engine that can only read this store (storage/readonly.py)."""
+        if self._ro is None:
+            # an in-memory SQLite database exists in its one connection only: no second, read-only one
+            mem = self._u.get_backend_name() == "sqlite" and not self.is_sqlite_file
+            self._ro = self.engine if mem else readonly_engine(self._u)
+        return self._ro
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+        if self._ro is not None and self._ro is not self.engine:
+            self._ro.dispose()
 
     # ------------------------------------------------------------------ writes (driver only)
     def _upsert(self, conn, table: sa.Table, rows: list[dict], update: bool = True) -> None:
@@ -156,7 +185,7 @@ class Store:
     def write_plan(self, spec_row: dict, model_rows: list[dict], job_rows: list[dict], sweep: str) -> int:
         """Record a sweep, its models and its jobs in one transaction; returns the number of new jobs."""
         now = time.time()
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             existing = conn.execute(sa.select(sweeps.c.created_at).where(sweeps.c.name == sweep)).scalar()
             self._upsert(conn, sweeps, [{**spec_row, "created_at": existing or now, "updated_at": now}])
             self._upsert(conn, models, model_rows, update=False)
@@ -164,7 +193,7 @@ class Store:
 
     def add_jobs(self, sweep: str, job_rows: list[dict]) -> int:
         """Link jobs to a sweep (new ones pending; existing ones keep their state); returns how many are new."""
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             return self._add_jobs(conn, sweep, job_rows, time.time())
 
     def _add_jobs(self, conn, sweep: str, job_rows: list[dict], now: float) -> int:
@@ -178,80 +207,143 @@ class Store:
         ids = list(job_ids)
         if not ids:
             return
-        with self.engine.begin() as conn:
+        if state != "running":  # only a claim (claim_job) holds a lease
+            fields = {"owner": None, "lease_until": None, **fields}
+        with self.begin() as conn:
             for chunk in _chunks(ids, 500):
                 conn.execute(jobs.update().where(jobs.c.id.in_(chunk)).values(state=state, **fields))
 
+    def claim_job(self, job_id: str, owner: str, lease_until: float, worker: str | None = None) -> bool:
+        """Compare-and-set: the job becomes 'running' under ``owner`` only if it is still pending (or failed,
+        awaiting a retry); False when another launcher took it first."""
+        with self.begin() as conn:
+            n = conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.state.in_(("pending", "failed")))
+                             .values(state="running", owner=owner, lease_until=lease_until, worker=worker,
+                                     started_at=time.time(), attempts=jobs.c.attempts + 1)).rowcount
+        return n == 1
+
     def start_job(self, job_id: str, worker: str) -> None:
-        with self.engine.begin() as conn:
+        """Mark a job running without a lease (a caller that is the only one running the sweep's jobs)."""
+        with self.begin() as conn:
             conn.execute(jobs.update().where(jobs.c.id == job_id).values(
                 state="running", worker=worker, started_at=time.time(), attempts=jobs.c.attempts + 1))
 
+    def renew_leases(self, job_ids: list[str], owner: str, lease_until: float) -> int:
+        """Push the leases of ``owner``'s running jobs forward; returns how many it still holds."""
+        n = 0
+        with self.begin() as conn:
+            for chunk in _chunks(job_ids, 500):
+                n += conn.execute(jobs.update().where(jobs.c.id.in_(chunk), jobs.c.owner == owner,
+                                                      jobs.c.state == "running")
+                                  .values(lease_until=lease_until)).rowcount
+        return n
+
+    def requeue_stale(self, job_ids: Iterable[str], now: float | None = None) -> list[str]:
+        """Of ``job_ids``, put back to pending those whose launcher is gone: 'interrupted' ones, and 'running'
+        ones whose lease ran out (or had none, or whose owner died on this host). Compare-and-set per job, so
+        a lease renewed meanwhile keeps its job. Returns the ids requeued."""
+        now = time.time() if now is None else now
+        ids = list(job_ids)
+        back = []
+        with self.begin() as conn:
+            for chunk in _chunks(ids, 500):
+                rows = conn.execute(sa.select(jobs.c.id, jobs.c.state, jobs.c.owner, jobs.c.lease_until)
+                                    .where(jobs.c.id.in_(chunk), jobs.c.state.in_(("running", "interrupted"))))
+                for job_id, state, owner, until in rows.all():
+                    expired = until is None or until < now or owner_dead(owner)
+                    if state == "interrupted" or expired:
+                        cond = (jobs.c.state == "interrupted") if state == "interrupted" else sa.and_(
+                            jobs.c.state == "running", _same(jobs.c.owner, owner), _same(jobs.c.lease_until, until))
+                        n = conn.execute(jobs.update().where(jobs.c.id == job_id, cond)
+                                         .values(state="pending", owner=None, lease_until=None)).rowcount
+                        if n:
+                            back.append(job_id)
+        return back
+
     def finish_job(self, job_id: str, state: str = "done", error: str | None = None,
                    results: list[dict] | None = None, model_rows: list[dict] | None = None,
-                   seconds: float | None = None) -> None:
+                   seconds: float | None = None, owner: str | None = None,
+                   teachers: list[str] | None = None) -> bool:
         """A job's outcome and its result rows, atomically. ``seconds``: the worker's own run time (the
-        dispatch-to-finish time also counts the wait in the worker's queue)."""
+        dispatch-to-finish time also counts the wait in the worker's queue). ``owner``: only if that launcher
+        still holds the job (else nothing is written and False comes back: its lease ran out and another
+        launcher took the job over). ``teachers``: a multi-teacher job's teachers, in order."""
         now = time.time()
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             started = conn.execute(sa.select(jobs.c.started_at).where(jobs.c.id == job_id)).scalar()
+            where = [jobs.c.id == job_id] + ([jobs.c.owner == owner, jobs.c.state == "running"] if owner else [])
+            n = conn.execute(jobs.update().where(*where).values(
+                state=state, error=error, finished_at=now, owner=None, lease_until=None,
+                seconds=seconds if seconds is not None else (now - started) if started else None)).rowcount
+            if owner and n != 1:
+                return False
             if results:
                 self._upsert(conn, transfer_results, results)
+            if teachers:
+                self._upsert(conn, job_teachers, [{"job_id": job_id, "position": i, "teacher": t}
+                                                  for i, t in enumerate(teachers)])
             if model_rows:
                 self._upsert(conn, models, model_rows)
-            conn.execute(jobs.update().where(jobs.c.id == job_id).values(
-                state=state, error=error, finished_at=now,
-                seconds=seconds if seconds is not None else (now - started) if started else None))
+        return True
 
     def write_pairs(self, job_id: str, rows: list[dict]) -> None:
         """The compare job's pairs and its state, in one transaction."""
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             self._upsert(conn, pairs, rows)
-            conn.execute(jobs.update().where(jobs.c.id == job_id).values(state="done", finished_at=time.time()))
+            conn.execute(jobs.update().where(jobs.c.id == job_id).values(
+                state="done", finished_at=time.time(), owner=None, lease_until=None))
 
     # ------------------------------------------------------------------ reads
     def sweep_jobs(self, sweep: str, kind: str | None = None) -> list[dict]:
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(_of_sweep(sa.select(jobs), sweep, kind))]
 
     def job_states(self, sweep: str, kind: str | None = None, states: Iterable[str] | None = None) -> dict[str, str]:
         """Job id -> state of a sweep's jobs (optionally of one kind, in some states only). Bookkeeping and
-        polling need no payload: a zoo-wide sweep's JSON specs would dominate the read."""
+        polling need no payload: a zoo-wide sweep's JSON payloads would dominate the read."""
         q = _of_sweep(sa.select(jobs.c.id, jobs.c.state), sweep, kind)
         if states is not None:
             q = q.where(jobs.c.state.in_(list(states)))
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             return dict(conn.execute(q).tuples().all())
 
     def sweep_names(self) -> list[str]:
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             return [r[0] for r in conn.execute(sa.select(sweeps.c.name).order_by(sweeps.c.updated_at))]
 
     def query(self, sql: str, params: dict | None = None) -> pd.DataFrame:
-        """Run a read query; whatever it tries to change is rolled back (only the driver writes)."""
-        with self.engine.connect() as conn:
-            try:
-                result = conn.execute(sa.text(sql), params or {})
-                df = pd.DataFrame(result.fetchall(), columns=list(result.keys())) if result.returns_rows \
-                    else pd.DataFrame()
-            except sa.exc.DBAPIError as e:
-                raise UserError(f"query failed: {str(e.orig).strip().splitlines()[0]}") from None
-            finally:
-                conn.rollback()
-        return df
+        """One read-only statement (storage/readonly.py: the store cannot be changed through it)."""
+        self._check_file()
+        return run_query(self.readonly, sql, params)
 
     def table(self, name: str) -> pd.DataFrame:
-        with self.engine.connect() as conn:
+        """Every row and column of one table, as the database has it."""
+        self._check_file()
+        with self.readonly.connect() as conn:
             return pd.read_sql_table(name, conn)
 
     def export(self, out_dir: str | Path) -> list[Path]:
-        """One Parquet file per table."""
+        """One Parquet file per table, with every column the database has (those of a newer zoo-sweep too)."""
+        import pyarrow.parquet as pq
+
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} is a file; give a folder for the Parquet files")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create {out}: {e.strerror}") from None
+        with self.readonly.connect() as conn:
+            names = [t for t in sa.inspect(conn).get_table_names() if t != VERSION_TABLE]
         paths = []
-        for name in metadata.tables:
+        for name in [t for t in metadata.tables if t in names] + sorted(set(names) - set(metadata.tables)):
+            df = self.table(name)
             p = out / f"{name}.parquet"
-            self.table(name).to_parquet(p, index=False)
+            df.to_parquet(p, index=False)
+            written = pq.read_schema(p).names
+            if written != list(df.columns):
+                raise UserError(f"export of {name} lost columns ({set(df.columns) - set(written)}); nothing is "
+                                "dropped silently: report this")
             paths.append(p)
         return paths
 
@@ -275,11 +367,13 @@ def _of_sweep(q, sweep: str, kind: str | None):
 def job_summary(store: Store, sweep: str | None = None) -> pd.DataFrame:
     """Jobs per sweep, stage and state, with their total run time."""
     where = "where sj.sweep = :sweep" if sweep else ""
-    return store.query(f"""select sj.sweep, j.kind as stage, j.state, count(*) as jobs,
-                                  round(sum(j.seconds), 1) as seconds
-                           from jobs j join sweep_jobs sj on sj.job_id = j.id {where}
-                           group by sj.sweep, j.kind, j.state order by sj.sweep, j.kind, j.state""",
-                       {"sweep": sweep} if sweep else None)
+    # rounded here, not in SQL: PostgreSQL has no round(double precision, integer)
+    df = store.query(f"""select sj.sweep, j.kind as stage, j.state, count(*) as jobs, sum(j.seconds) as seconds
+                         from jobs j join sweep_jobs sj on sj.job_id = j.id {where}
+                         group by sj.sweep, j.kind, j.state order by sj.sweep, j.kind, j.state""",
+                     {"sweep": sweep} if sweep else None)
+    df["seconds"] = pd.to_numeric(df["seconds"], errors="coerce").round(1)
+    return df
 
 
 def reset_jobs(store: Store, sweep: str, from_state: str, to_state: str, kind: str | None = None) -> int:
@@ -290,6 +384,25 @@ def reset_jobs(store: Store, sweep: str, from_state: str, to_state: str, kind: s
     else:
         store.set_state(ids, to_state)
     return len(ids)
+
+
+def final_results(store: Store, eval_set: str) -> pd.DataFrame:
+    """The final-epoch transfer rows on an eval set, each with ``multi_teacher`` (1: a multi-teacher job, whose
+    teachers are in job_teachers; 0: the row's teacher is its one teacher)."""
+    return store.query("""select r.*, case when exists (select 1 from job_teachers jt where jt.job_id = r.job_id)
+                                      then 1 else 0 end as multi_teacher
+                          from transfer_results r where r.eval_set = :e and r.final""", {"e": eval_set})
+
+
+def sqlite3_connect(path, mode: str):
+    """A SQLite connection by URI: ``mode`` rw (the file must exist) or rwc (created when missing)."""
+    import sqlite3
+
+    return sqlite3.connect(Path(path).resolve().as_uri() + f"?mode={mode}", uri=True, check_same_thread=False)
+
+
+def _same(col, value):
+    return col.is_(None) if value is None else col == value
 
 
 def _sqlite_pragmas(dbapi_conn, _record):

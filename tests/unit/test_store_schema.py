@@ -1,0 +1,39 @@
+"""The store's columns come from the metric names the lower layers declare, and those names are what the
+metrics code computes: one declaration each, nothing written twice."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from zoo_sweep.science.complementary import pairs_frame  # torch: imported with the module, not in a test
+from zoo_sweep.science.pair_metrics import CLASS_COUNTS, PAIR_METRICS, TOP_P
+from zoo_sweep.storage.schema import pairs, transfer_results
+from zoo_sweep.transfer.result_metrics import EVAL_METRICS, TRAINING_METRICS, TRANSFER_METRICS
+
+
+def test_pair_columns_are_what_compare_computes():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 50)
+    preds = np.stack([np.where(rng.random(50) < 0.7, labels, rng.integers(0, 4, 50)) for _ in range(3)])
+    df = pairs_frame(["a", "b", "c"], preds, labels, rng.random((3, 50)).astype(np.float32), 4)
+    assert set(df.columns) == {"student", "teacher", *PAIR_METRICS, *CLASS_COUNTS}
+    assert [c.name for c in pairs.columns] == ["eval_set", "student", "teacher", *PAIR_METRICS, *CLASS_COUNTS]
+    assert CLASS_COUNTS == tuple(f"top{p}_classes" for p in TOP_P)
+
+
+def test_transfer_columns_are_what_a_transfer_reports():
+    from zoo_sweep.transfer.metrics import transfer_metrics
+
+    got = transfer_metrics([True, False, False, True], [True, True, False, False], [False, True, True, True])
+    assert tuple(got) == EVAL_METRICS
+    assert TRANSFER_METRICS == EVAL_METRICS + TRAINING_METRICS
+    keys = ["job_id", "epoch", "final", "eval_set", "student", "teacher", "method", "seed"]
+    assert [c.name for c in transfer_results.columns] == keys + list(TRANSFER_METRICS)
+
+
+def test_common_hyper_parameters_are_derived_and_unchanged():
+    """TRANSFER_HP (part of every transfer job's id) is TransferParams' fields that no method declares as its
+    own; it must stay what it was, or every job id changes."""
+    from zoo_sweep.pipeline.plan import TRANSFER_HP
+
+    assert TRANSFER_HP == ("epochs", "batch_size", "lr", "momentum", "weight_decay", "temperature", "alpha", "augment")

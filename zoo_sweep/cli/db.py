@@ -1,0 +1,42 @@
+"""`zoo-sweep db version|upgrade`: the store's schema version, and upgrading an older store in place."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+db_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                     help="The store's schema: its version, and upgrading a store written by an older zoo-sweep.")
+out = Console(highlight=False)
+
+
+def _open(ctx: typer.Context):
+    from zoo_sweep.storage.store import Store
+
+    return Store(ctx.obj.db, create=False, check=False)  # any version: these commands are how to move on
+
+
+@db_app.command()
+def version(ctx: typer.Context):
+    """Print the store's schema version and the one this zoo-sweep needs."""
+    from zoo_sweep.storage import migrate
+    from zoo_sweep.storage.schema import SCHEMA_VERSION
+
+    store = _open(ctx)
+    with store.connect() as conn:
+        found = migrate.inspect_store(conn, store.where)
+    v = "empty (no store yet)" if found.version is None else str(found.version)
+    out.print(f"store schema version {v}; this zoo-sweep needs {SCHEMA_VERSION} ({store.where})")
+
+
+@db_app.command()
+def upgrade(ctx: typer.Context):
+    """Upgrade an older store in place to this zoo-sweep's schema, keeping every row (one transaction)."""
+    from zoo_sweep.storage import migrate
+
+    store = _open(ctx)
+    before, after = migrate.upgrade(store.engine, store.where)
+    if before == after:
+        out.print(f"store schema is version {after} already: nothing to do ({store.where})")
+    else:
+        out.print(f"upgraded the store from schema version {before} to {after} ({store.where})")

@@ -1,0 +1,162 @@
+"""Schema versions: what a database holds, creating a new store, and upgrading an old one in place.
+
+A store records its version in the ``schema_version`` table (Alembic's version table). A store written
+before that table existed is version 1 when it has the first layout's tables. Creating and upgrading run
+in one transaction under a lock (SQLite: BEGIN IMMEDIATE; PostgreSQL: an advisory lock), so two launchers
+that open a new store at once create it once, and a failed upgrade leaves the store as it was.
+
+Opening a store never changes its schema except by creating an empty one: an older store is refused with
+the command that upgrades it, a newer one with a line saying so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from zoo_sweep.errors import UserError
+from zoo_sweep.storage.schema import SCHEMA_VERSION, V1_TABLES, VERSION_TABLE, metadata
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+_LOCK_KEY = 0x7A6F6F  # PostgreSQL advisory lock held while a store is created or upgraded
+_version_table = sa.Table(VERSION_TABLE, sa.MetaData(), sa.Column("version_num", sa.String(32), primary_key=True))
+
+
+@dataclass(frozen=True)
+class Found:
+    """What a database holds: ``version`` None means no tables at all (a new store)."""
+    version: int | None
+    tables: frozenset[str]
+
+
+def revision(version: int) -> str:
+    return f"{version:04d}"
+
+
+def inspect_store(conn: sa.Connection, where: str) -> Found:
+    """The schema version of the database behind ``conn``; UserError when it is no zoo-sweep store.
+    ``where``: how to name the store in messages."""
+    tables = frozenset(sa.inspect(conn).get_table_names())
+    if not tables:
+        return Found(None, tables)
+    if VERSION_TABLE in tables:
+        found = conn.execute(sa.select(_version_table.c.version_num)).scalars().all()
+        if len(found) != 1 or not found[0].isdigit():
+            raise UserError(f"not a zoo-sweep store: {where} has an unreadable {VERSION_TABLE} table ({found})")
+        return Found(int(found[0]), tables)
+    if set(V1_TABLES) <= tables:
+        return Found(1, tables)  # written before the version table existed
+    raise UserError(f"not a zoo-sweep store: {where} holds other tables ({', '.join(sorted(tables)[:5])})")
+
+
+def check_current(conn: sa.Connection, found: Found, where: str) -> None:
+    """UserError unless the store is at this code's version with every table and column it expects."""
+    v = found.version
+    if v < SCHEMA_VERSION:
+        raise UserError(f"store schema is version {v}, this zoo-sweep needs {SCHEMA_VERSION}: run "
+                        f"`zoo-sweep db upgrade` ({where})")
+    if v > SCHEMA_VERSION:
+        raise UserError(f"store schema is version {v}, newer than this zoo-sweep knows ({SCHEMA_VERSION}): "
+                        f"upgrade zoo-sweep to use {where}")
+    missing = _missing_columns(conn, found.tables)
+    if missing:
+        raise UserError(f"store schema is version {v} but {where} lacks {', '.join(missing[:4])}"
+                        f"{' ...' if len(missing) > 4 else ''}: it was changed outside zoo-sweep; "
+                        "restore it from a copy or start a new store")
+
+
+def _missing_columns(conn: sa.Connection, tables: frozenset[str]) -> list[str]:
+    insp = sa.inspect(conn)
+    out = []
+    for name, table in metadata.tables.items():
+        if name not in tables:
+            out.append(f"table {name}")
+            continue
+        have = {c["name"] for c in insp.get_columns(name)}
+        out += [f"column {name}.{c.name}" for c in table.columns if c.name not in have]
+    return out
+
+
+def create_or_check(engine: sa.Engine, where: str, create: bool) -> None:
+    """Open check of a store: create it when empty (and ``create``), else require the current schema."""
+    with engine.connect() as conn:
+        found = inspect_store(conn, where)
+        if found.version is not None:
+            check_current(conn, found, where)
+            return
+    if not create:
+        raise UserError(f"no zoo-sweep store in {where} (the database is empty); run `zoo-sweep plan SPEC` "
+                        "or `zoo-sweep demo` first")
+    with _locked(engine) as conn:
+        found = inspect_store(conn, where)  # another process may have created it meanwhile
+        if found.version is None:
+            metadata.create_all(conn)
+            _version_table.create(conn)
+            conn.execute(_version_table.insert().values(version_num=revision(SCHEMA_VERSION)))
+            return
+    with engine.connect() as conn:
+        check_current(conn, inspect_store(conn, where), where)
+
+
+def upgrade(engine: sa.Engine, where: str) -> tuple[int, int]:
+    """Upgrade the store in place to this code's version; returns (version before, version after)."""
+    from alembic import command
+
+    with _locked(engine) as conn:
+        found = inspect_store(conn, where)
+        if found.version is None:
+            raise UserError(f"no zoo-sweep store in {where} (the database is empty); nothing to upgrade")
+        if found.version > SCHEMA_VERSION:
+            check_current(conn, found, where)  # raises: newer than this code
+        if found.version < SCHEMA_VERSION:
+            cfg = alembic_config(conn)
+            if VERSION_TABLE not in found.tables:
+                command.stamp(cfg, revision(found.version))
+            command.upgrade(cfg, revision(SCHEMA_VERSION))
+        check_current(conn, inspect_store(conn, where), where)
+        return found.version, SCHEMA_VERSION
+
+
+def alembic_config(conn: sa.Connection):
+    """An Alembic configuration without alembic.ini: the package's migrations, run on ``conn``."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest migration script (tests hold SCHEMA_VERSION to it)."""
+    from alembic.script import ScriptDirectory
+
+    cfg = alembic_config(None)
+    return ScriptDirectory.from_config(cfg).get_current_head()
+
+
+@contextlib.contextmanager
+def _locked(engine: sa.Engine):
+    """A connection in a transaction that no other creator or upgrader runs beside, committed at the end.
+    SQLite: the driver's own transaction handling is switched off, so DDL is part of the transaction too."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.connection.driver_connection.isolation_level = None  # we say when transactions begin
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.exec_driver_sql("ROLLBACK")
+                    raise
+                conn.exec_driver_sql("COMMIT")
+            finally:
+                conn.connection.driver_connection.isolation_level = ""  # back to the driver's default
+            return
+        with conn.begin():
+            if engine.dialect.name == "postgresql":
+                conn.execute(sa.text("select pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+            yield conn

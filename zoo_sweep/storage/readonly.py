@@ -1,0 +1,124 @@
+"""Read-only access to a store, by construction rather than by looking at the SQL.
+
+Every read of the store (``zoo-sweep query``, status, report, export) runs here:
+
+- SQLite: a connection opened with ``mode=ro`` (the file cannot be written or created), ``PRAGMA
+  query_only``, and an authorizer that admits reads only. It refuses ATTACH (which would create a file,
+  as ``VACUUM INTO`` does through it), every write, schema change and ANALYZE, and every PRAGMA but those
+  that only report.
+- PostgreSQL: a session whose transactions are read-only (``default_transaction_read_only`` plus ``SET
+  TRANSACTION READ ONLY``), and the statement run as a cursor's query (``DECLARE ... CURSOR FOR``), which
+  the server accepts for one SELECT or VALUES statement only, so neither a second statement nor a
+  utility command (ANALYZE, COPY, SET) gets through. Functions that the role may call keep their powers:
+  give readers of a shared server a role without superuser rights.
+"""
+
+from __future__ import annotations
+
+import decimal
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+import sqlalchemy as sa
+
+from zoo_sweep.errors import UserError
+
+_READS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
+_SCHEMA_TABLES = {"sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema"}
+# pragmas that only report, with or without an argument (the table or index they describe)
+_REPORTING_PRAGMAS = {"table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
+                      "foreign_key_list", "foreign_key_check", "integrity_check", "quick_check", "database_list",
+                      "collation_list", "function_list", "module_list", "pragma_list", "compile_options"}
+# pragmas that report their value when given no argument, and set it with one
+_SETTING_PRAGMAS = {"user_version", "schema_version", "application_id", "page_count", "page_size",
+                    "freelist_count", "journal_mode", "encoding", "data_version", "auto_vacuum", "query_only",
+                    "foreign_keys", "busy_timeout", "cache_size", "max_page_count", "synchronous", "temp_store",
+                    "read_uncommitted", "recursive_triggers", "secure_delete", "legacy_alter_table"}
+
+
+def _authorize(action, arg1, arg2, _db, _trigger):
+    if action in _READS:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA:
+        name = (arg1 or "").lower()
+        if name in _REPORTING_PRAGMAS or (name in _SETTING_PRAGMAS and arg2 is None):
+            return sqlite3.SQLITE_OK
+        return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_UPDATE and arg1 in _SCHEMA_TABLES:
+        return sqlite3.SQLITE_OK  # SQLite's own bookkeeping when a table-valued pragma is read
+    return sqlite3.SQLITE_DENY
+
+
+def sqlite_readonly_connect(path: str | Path) -> sqlite3.Connection:
+    uri = Path(path).resolve().as_uri() + "?mode=ro"
+    con = sqlite3.connect(uri, uri=True, check_same_thread=False)
+    con.execute("PRAGMA busy_timeout = 30000")  # readers may overlap a launcher's writes
+    con.execute("PRAGMA query_only = ON")
+    con.set_authorizer(_authorize)
+    return con
+
+
+def readonly_engine(url: sa.URL) -> sa.Engine:
+    """An engine whose connections can only read the store at ``url``."""
+    if url.get_backend_name() == "sqlite":
+        path = Path(url.database).resolve()
+        return sa.create_engine(url, creator=lambda: sqlite_readonly_connect(path))
+    if url.get_backend_name() == "postgresql":
+        return sa.create_engine(url, connect_args={"options": "-c default_transaction_read_only=on"},
+                                pool_size=2)
+    return sa.create_engine(url)  # other databases: rolled back after each read, no more
+
+
+def run_query(engine: sa.Engine, sql: str, params: dict | None = None) -> pd.DataFrame:
+    """One read-only statement; its rows as a frame (SQL NUMERIC comes back as float)."""
+    dbapi = engine.dialect.loaded_dbapi
+    try:
+        with engine.connect() as conn:
+            try:
+                if engine.dialect.name == "postgresql":
+                    cols, rows = _pg_cursor_query(conn, sql, params)
+                else:
+                    result = conn.execute(sa.text(sql), params or {})
+                    cols, rows = (list(result.keys()), result.fetchall()) if result.returns_rows else ([], [])
+            finally:
+                conn.rollback()
+    except sa.exc.DBAPIError as e:
+        raise UserError(f"query failed: {_first_line(e.orig)}{_hint(e.orig)}") from None
+    except dbapi.Error as e:
+        raise UserError(f"query failed: {_first_line(e)}{_hint(e)}") from None
+    return _numbers_as_floats(pd.DataFrame(rows, columns=cols))
+
+
+def _pg_cursor_query(conn: sa.Connection, sql: str, params: dict | None):
+    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+    compiled = sa.text(sql).compile(dialect=conn.dialect)
+    raw = conn.connection.driver_connection
+    with raw.cursor(name="zoo_sweep_query") as cur:  # a server-side cursor: DECLARE ... CURSOR FOR <sql>
+        cur.execute(str(compiled), compiled.construct_params(params or {}))
+        rows = cur.fetchall()
+        cols = [d.name for d in cur.description] if cur.description else []
+    return cols, rows
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _hint(e: BaseException) -> str:
+    text = str(e).lower()
+    if "not authorized" in text or "authorization denied" in text or "read-only" in text or "readonly" in text or "syntax error at or near" in text:
+        return " (queries are read-only: one SELECT statement)"
+    if "multiple commands" in text or "one statement at a time" in text:
+        return " (one statement per query)"
+    return ""
+
+
+def _numbers_as_floats(df: pd.DataFrame) -> pd.DataFrame:
+    for c in df.columns:
+        if df[c].dtype == object:
+            vals = df[c].dropna()
+            if len(vals) and all(isinstance(v, decimal.Decimal) for v in vals):
+                df[c] = df[c].astype(float)
+    return df
