@@ -21,13 +21,10 @@ from zoo_sweep.config.spec import PairSpec, SweepSpec
 from zoo_sweep.errors import UserError
 from zoo_sweep.paths import Paths
 from zoo_sweep.pipeline.cluster import connect
-from zoo_sweep.pipeline.launch import (
-    LaunchOptions,
-    measure_sweep,
-    plain,
-    record_transfer,
-)
+from zoo_sweep.pipeline.jobs import Job, job_rows
+from zoo_sweep.pipeline.launch import LaunchOptions, measure_sweep
 from zoo_sweep.pipeline.plan import transfer_jobs
+from zoo_sweep.pipeline.results import plain, record_transfer
 from zoo_sweep.pipeline.select import select_pairs
 from zoo_sweep.storage.store import Store
 
@@ -76,7 +73,7 @@ def tune_method(spec: SweepSpec, store: Store, paths: Paths, method: str, sample
     calib = calibration_pairs(store, spec, pairs, {m.name: m.family for m in plan.models})
     base = spec.transfer
 
-    def jobs_for(config: dict) -> list[dict]:
+    def jobs_for(config: dict) -> list[Job]:
         # one method, one seed, the calibration pairs only: the spec's multi-teacher jobs are not part of a trial
         t = dataclasses.replace(base, methods=(method,), seeds=base.seeds[:1], multi_teacher=(), **config)
         return transfer_jobs(dataclasses.replace(plan, spec=dataclasses.replace(spec, transfer=t)), calib)
@@ -87,10 +84,9 @@ def tune_method(spec: SweepSpec, store: Store, paths: Paths, method: str, sample
         worker = Worker(str(paths.home), threads=1)
         out = []
         for job in jobs_for(config):
-            p = json.loads(job["spec"])
-            res = worker.run({**job, "spec": p, "inputs": {"s0_correct": correct[p["student"]["name"]],
-                                                           "teacher_correct": correct[p["teacher"]["name"]]}})
-            out.append({"job": job, "res": res})
+            p = job.payload
+            res = worker.run(job, {"s0_correct": correct[p.student.name], "teacher_correct": correct[p.teacher.name]})
+            out.append({"job": job.to_row(paths.home), "res": res})  # reported as JSON: the row form
         final = [o["res"]["rows"][-1]["delta"] for o in out if o["res"]["state"] == "done"]
         tune.report({"mean_delta": float(np.mean(final)) if final else float("-inf"),
                      "success": float(np.mean([d > 0 for d in final]) * 100) if final else 0.0,
@@ -98,7 +94,7 @@ def tune_method(spec: SweepSpec, store: Store, paths: Paths, method: str, sample
 
     # join the sweep's cluster ourselves: Tune would otherwise ray.init() whatever cluster
     # /tmp/ray/ray_current_cluster names (the measure step above starts none when all is cached)
-    connect(opts.address, opts.cpus, int(opts.gpus))
+    connect(opts.address, opts.cpus, opts.gpus)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": opts.cpus_per_job}),
         param_space=search_space(method),
@@ -111,7 +107,7 @@ def tune_method(spec: SweepSpec, store: Store, paths: Paths, method: str, sample
     for r in grid:
         if r.error or not r.metrics:
             continue
-        _store_trial(store, sweep, json.loads(r.metrics["jobs"]))
+        _store_trial(store, sweep, json.loads(r.metrics["jobs"]), paths)
         rows.append({**r.config, "mean_delta": r.metrics["mean_delta"], "success": r.metrics["success"]})
     if not rows:
         raise UserError(f"every Tune trial failed; see {paths.home / 'tune'}")
@@ -120,10 +116,11 @@ def tune_method(spec: SweepSpec, store: Store, paths: Paths, method: str, sample
     return TuneResult(sweep, best, trials, calib)
 
 
-def _store_trial(store: Store, sweep: str, out: list[dict]) -> None:
-    store.add_jobs(sweep, [o["job"] for o in out])
-    for o in out:
-        record_transfer(store, o["job"], o["res"])
+def _store_trial(store: Store, sweep: str, out: list[dict], paths: Paths) -> None:
+    jobs = [Job.from_row(o["job"], paths.home) for o in out]
+    store.add_jobs(sweep, job_rows(jobs, paths.home))
+    for job, o in zip(jobs, out):
+        record_transfer(store, job, o["res"])
 
 
 def write_back(spec_path: str | Path, values: dict) -> None:

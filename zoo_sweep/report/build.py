@@ -29,6 +29,7 @@ from zoo_sweep.science import gains, stats
 from zoo_sweep.science.complementary import TOP_P
 from zoo_sweep.science.gains import per_pair
 from zoo_sweep.storage.store import Store
+from zoo_sweep.urls import mask_url
 
 _NO_PAIRS = "nothing to draw: no measured pairs on this eval set yet (`zoo-sweep measure SPEC`)"
 _NO_RESULTS = "nothing to draw: no finished single-teacher transfer results for this sweep yet"
@@ -75,14 +76,7 @@ def make_report(store: Store, sweep: str, eval_set: str, out_dir: str | Path, nu
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     params = {"sweep": sweep, "eval_set": eval_set}
-    url = getattr(store, "url", "")
-    try:
-        from sqlalchemy.engine import make_url
-
-        url = make_url(url).render_as_string(hide_password=True) if url else ""
-    except Exception:
-        pass
-    rep = Report(sweep, eval_set, params, url, num_classes)
+    rep = Report(sweep, eval_set, params, mask_url(getattr(store, "url", "")), num_classes)
     models = models_table(store, eval_set)
     pairs = pairs_table(store, eval_set)
     raw = final_transfers(store, sweep)

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from zoo_sweep.errors import UserError
+from zoo_sweep.urls import mask_url, scrub
 
 DEFAULT_DB = "sqlite:///results/zoo.db"
 JOB_STATES = ("pending", "running", "done", "failed", "diverged", "interrupted", "cancelled")
@@ -106,7 +107,7 @@ class Store:
         try:
             u = make_url(self.url)
         except Exception:
-            raise UserError(f"not a database URL: {self.url!r} (e.g. sqlite:///results/zoo.db or "
+            raise UserError(f"not a database URL: {mask_url(self.url)!r} (e.g. sqlite:///results/zoo.db or "
                             "postgresql://user@host/db)") from None
         if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
             if not create and not Path(u.database).exists():
@@ -120,8 +121,8 @@ class Store:
         except ModuleNotFoundError as e:
             raise UserError(f"the driver for {u.drivername} is not installed ({e.name}); pip install it") from None
         except sa.exc.OperationalError as e:
-            raise UserError(f"cannot open the store {u.render_as_string(hide_password=True)}: "
-                            f"{str(e.orig).strip().splitlines()[0]}") from None
+            raise UserError(f"cannot open the store {mask_url(self.url)}: "
+                            f"{scrub(str(e.orig).strip().splitlines()[0], self.url)}") from None
 
     # ------------------------------------------------------------------ writes (driver only)
     def _upsert(self, conn, table: sa.Table, rows: list[dict], update: bool = True) -> None:
