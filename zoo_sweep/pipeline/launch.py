@@ -138,6 +138,7 @@ class _Run:
         # transfer jobs of models an earlier version of the spec had
         self._predict_id = {j.payload.model.name: j.id for j in plan.predict_jobs}
         self._correct: dict[str, np.ndarray] = {}
+        self._seen: dict[str, Job] = {}  # every job a stage read: outcome lines describe them
 
     # ------------------------------------------------------------------ stages
     def execute(self) -> LaunchReport:
@@ -155,7 +156,9 @@ class _Run:
 
     def _jobs(self, kind: str) -> list[Job]:
         """The sweep's jobs of one kind, oldest first, payloads parsed (once per stage)."""
-        return [Job.from_row(r, self.paths.home) for r in self.store.sweep_jobs(self.spec.name, kind)]
+        jobs = [Job.from_row(r, self.paths.home) for r in self.store.sweep_jobs(self.spec.name, kind)]
+        self._seen.update((j.id, j) for j in jobs)
+        return jobs
 
     def _requeue_stale(self, kind: str | None = None):
         """Jobs a killed launcher left 'running' or 'interrupted' run again (this shard's only: other
@@ -346,7 +349,8 @@ class _Run:
         if earlier:
             rows = jobs_of(self.store, self.spec.name).drop_duplicates("id").set_index("id").loc[earlier]
             for i, r in rows.iterrows():
-                self.report.failed.append((i, f"({r['kind']}, {r['attempts']} attempt(s), failed in an earlier launch; "
+                what = describe(self._seen[i]) if i in self._seen else r["kind"]
+                self.report.failed.append((i, f"({what}, {r['attempts']} attempt(s), failed in an earlier launch; "
                                               f"`zoo-sweep reset` retries it) {_last_line(r['error'])}"))
         for state in ("diverged", "cancelled"):
             n = sum(s == state for s in states.values())

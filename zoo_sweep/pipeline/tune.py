@@ -59,17 +59,10 @@ def tune_method(spec: SweepSpec, store: Store, paths: Paths, method: str, sample
                 objective: str = "delta", opts: LaunchOptions | None = None) -> TuneResult:
     from ray import tune
 
-    from zoo_sweep.transfer.catalog import CATALOG as METHODS
-
-    if method not in METHODS:
-        raise UserError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    if objective not in OBJECTIVES:
-        raise UserError(f"--objective must be one of {', '.join(OBJECTIVES)}")
-    if samples < 1 or pairs < 1:
-        raise UserError("--samples and --pairs must be >= 1")
+    _check_args(method, objective, samples, pairs)
     opts = opts or LaunchOptions()
     measured = measure_sweep(spec, store, paths, opts)  # records + pairs (reused)
-    plan, correct = measured.plan, measured.correct
+    plan = measured.plan
     calib = calibration_pairs(store, spec, pairs, {m.name: m.family for m in plan.models})
     base = spec.transfer
 
@@ -78,7 +71,39 @@ def tune_method(spec: SweepSpec, store: Store, paths: Paths, method: str, sample
         t = dataclasses.replace(base, methods=(method,), seeds=base.seeds[:1], multi_teacher=(), **config)
         return transfer_jobs(dataclasses.replace(plan, spec=dataclasses.replace(spec, transfer=t)), calib)
 
+    # join the sweep's cluster ourselves: Tune would otherwise ray.init() whatever cluster
+    # /tmp/ray/ray_current_cluster names (the measure step above starts none when all is cached)
+    connect(opts.address, opts.cpus, opts.gpus)
+    tuner = tune.Tuner(
+        tune.with_resources(_trainable(jobs_for, measured.correct, paths), {"cpu": opts.cpus_per_job}),
+        param_space=search_space(method),
+        tune_config=tune.TuneConfig(metric=OBJECTIVES[objective], mode="max", num_samples=samples),
+        run_config=tune.RunConfig(name=f"{spec.name}-{method}", storage_path=str(paths.home / "tune"), verbose=0),
+    )
+    sweep = f"{spec.name}.tune.{method}"
+    rows = _record_trials(tuner.fit(), store, sweep, paths)
+    trials = pd.DataFrame(rows).sort_values(OBJECTIVES[objective], ascending=False).reset_index(drop=True)
+    best = {k: plain(trials.iloc[0][k]) for k in search_space(method)}
+    return TuneResult(sweep, best, trials, calib)
+
+
+def _check_args(method: str, objective: str, samples: int, pairs: int) -> None:
+    from zoo_sweep.transfer.catalog import CATALOG as METHODS
+
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    if objective not in OBJECTIVES:
+        raise UserError(f"--objective must be one of {', '.join(OBJECTIVES)}")
+    if samples < 1 or pairs < 1:
+        raise UserError("--samples and --pairs must be >= 1")
+
+
+def _trainable(jobs_for, correct: dict[str, np.ndarray], paths: Paths):
+    """One trial: every calibration job of its configuration on one worker; the jobs and their outcomes go
+    back to the driver as JSON (the driver stores them: trials never write the store)."""
     def trainable(config: dict):
+        from ray import tune
+
         from zoo_sweep.pipeline.worker import Worker
 
         worker = Worker(str(paths.home), threads=1)
@@ -86,23 +111,16 @@ def tune_method(spec: SweepSpec, store: Store, paths: Paths, method: str, sample
         for job in jobs_for(config):
             p = job.payload
             res = worker.run(job, {"s0_correct": correct[p.student.name], "teacher_correct": correct[p.teacher.name]})
-            out.append({"job": job.to_row(paths.home), "res": res})  # reported as JSON: the row form
+            out.append({"job": job.to_row(paths.home), "res": res})
         final = [o["res"]["rows"][-1]["delta"] for o in out if o["res"]["state"] == "done"]
         tune.report({"mean_delta": float(np.mean(final)) if final else float("-inf"),
                      "success": float(np.mean([d > 0 for d in final]) * 100) if final else 0.0,
                      "jobs": json.dumps(out, default=_jsonable)})
+    return trainable
 
-    # join the sweep's cluster ourselves: Tune would otherwise ray.init() whatever cluster
-    # /tmp/ray/ray_current_cluster names (the measure step above starts none when all is cached)
-    connect(opts.address, opts.cpus, opts.gpus)
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": opts.cpus_per_job}),
-        param_space=search_space(method),
-        tune_config=tune.TuneConfig(metric=OBJECTIVES[objective], mode="max", num_samples=samples),
-        run_config=tune.RunConfig(name=f"{spec.name}-{method}", storage_path=str(paths.home / "tune"), verbose=0),
-    )
-    grid = tuner.fit()
-    sweep = f"{spec.name}.tune.{method}"
+
+def _record_trials(grid, store: Store, sweep: str, paths: Paths) -> list[dict]:
+    """Each finished trial's jobs into the store; one row per configuration (its values and objectives)."""
     rows = []
     for r in grid:
         if r.error or not r.metrics:
@@ -111,9 +129,7 @@ def tune_method(spec: SweepSpec, store: Store, paths: Paths, method: str, sample
         rows.append({**r.config, "mean_delta": r.metrics["mean_delta"], "success": r.metrics["success"]})
     if not rows:
         raise UserError(f"every Tune trial failed; see {paths.home / 'tune'}")
-    trials = pd.DataFrame(rows).sort_values(OBJECTIVES[objective], ascending=False).reset_index(drop=True)
-    best = {k: plain(trials.iloc[0][k]) for k in search_space(method)}
-    return TuneResult(sweep, best, trials, calib)
+    return rows
 
 
 def _store_trial(store: Store, sweep: str, out: list[dict], paths: Paths) -> None:
