@@ -1,4 +1,4 @@
-"""Scheduler overhead: N no-op jobs through the launcher's warm-actor loop (`_Pool.run`) with the same
+"""Scheduler overhead: N no-op jobs through the launcher's warm-actor loop (`pipeline.pool.Pool.run`) with the same
 store writes a real launch does (start_job, finish_job), on a local Ray cluster.
 
     .venv/bin/python bench/scheduler.py --jobs 1000 --cpus 2
@@ -10,7 +10,6 @@ actor's constructor are timed separately: they happen once per actor, never per 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -23,31 +22,32 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=2)
     args = ap.parse_args()
 
-    from zoo_sweep.pipeline.cluster import connect
-    from zoo_sweep.pipeline.launch import LaunchOptions, _Pool
     from zoo_sweep.paths import Paths
+    from zoo_sweep.pipeline.cluster import connect
+    from zoo_sweep.pipeline.jobs import Job, NoopPayload, job_rows
+    from zoo_sweep.pipeline.pool import Handlers, Pool, actor_shape
     from zoo_sweep.storage.leases import Lease
     from zoo_sweep.storage.store import Store
 
     tmp = Path(tempfile.mkdtemp())
     store = Store(f"sqlite:///{tmp / 'bench.db'}")
-    jobs = [{"id": f"n-{i:016x}", "kind": "noop", "payload": json.dumps({})} for i in range(args.jobs)]
-    store.add_jobs("bench", jobs)
-    rows = store.sweep_jobs("bench")
+    store.add_jobs("bench", job_rows([Job(f"n-{i:016x}", NoopPayload()) for i in range(args.jobs)], tmp))
+    jobs = [Job.from_row(r, tmp) for r in store.sweep_jobs("bench")]
 
     t0 = time.perf_counter()
     cluster = connect(None, args.cpus, 0)
     t1 = time.perf_counter()
-    pool = _Pool(cluster, LaunchOptions(cpus=args.cpus), Paths(tmp))  # waits until every actor is up
+    pool = Pool(actor_shape(cluster, 0, 1.0, 1), Paths(tmp))  # waits until every actor is up
     t2 = time.perf_counter()
 
     lease = Lease(store)  # the launcher's claim (compare-and-set) and release per job
 
     def done(job, res):
-        store.finish_job(job["id"], "done", seconds=res["seconds"], owner=lease.owner)
-        lease.release(job["id"])
+        store.finish_job(job.id, "done", seconds=res["seconds"], owner=lease.owner)
+        lease.release(job.id)
 
-    pool.run(rows, lambda job: {}, lease.claim, done, lambda *a: None, 0, store)
+    pool.run(jobs, Handlers(lambda job: {}, lambda job, worker: lease.claim(job.id, worker), done,
+                            lambda *a: None, lambda ids: None), 0)
     lease.stop()
     t3 = time.perf_counter()
     n_done = store.query("select count(*) from jobs where state = 'done'").iloc[0, 0]

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from zoo_sweep.transfer.logit_store import LogitCache, device_kind, plan_streams  # noqa: E402
 from zoo_sweep.science.records import predict  # noqa: E402
+from zoo_sweep.transfer.logit_store import LogitCache, device_kind, plan_streams  # noqa: E402
 from zoo_sweep.transfer.train import TransferParams, run_transfer, used_rows  # noqa: E402
 
 

@@ -257,9 +257,9 @@ def test_final_row_filter_is_the_same_in_sql_and_pandas(tmp_path):
     epoch of single-teacher jobs, averaged over seeds."""
     import sqlalchemy as sa
 
-    from zoo_sweep.storage import store as st
     from zoo_sweep.report.build import transfer_pairs
     from zoo_sweep.science.gains import finished_pairs, per_pair
+    from zoo_sweep.storage import store as st
 
     store = synth_store(tmp_path / "zoo.db", n_models=4)
     with store.engine.begin() as conn:

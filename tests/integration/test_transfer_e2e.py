@@ -1,7 +1,6 @@
 """Transfer jobs through the worker and the launcher on the micro zoo: multi-teacher rows in the store, and an
 exploding learning rate recorded as 'diverged'. Uses the session's micro zoo and Ray cluster, its own store."""
 
-import json
 
 from zoo_sweep.config.spec import parse_spec
 from zoo_sweep.data.images import load_image_set
@@ -39,11 +38,9 @@ def test_multi_teacher_jobs_land_in_the_store(micro, tmp_path):
 def test_exploding_learning_rate_is_a_diverged_job(micro):
     plan = make_plan(spec_and_path("micro-explode", lr=1e12), micro["paths"])
     job = plan.transfer_jobs[0]
-    payload = json.loads(job["payload"])
-    rec = {json.loads(p["payload"])["model"]["name"]: load_record(micro["paths"].records / f"{p['id']}.npz")
-           for p in plan.predict_jobs}
+    rec = {p.payload.model.name: load_record(micro["paths"].records / f"{p.id}.npz") for p in plan.predict_jobs}
     labels = load_image_set("digits:eval", 32, micro["paths"].cache).labels.numpy()
-    inputs = {"s0_correct": rec[payload["student"]["name"]]["pred"] == labels,
-              "teacher_correct": rec[payload["teacher"]["name"]]["pred"] == labels}
-    out = Worker(str(micro["paths"].home)).run({**job, "payload": payload, "inputs": inputs})
+    inputs = {"s0_correct": rec[job.payload.student.name]["pred"] == labels,
+              "teacher_correct": rec[job.payload.teacher.name]["pred"] == labels}
+    out = Worker(str(micro["paths"].home)).run(job, inputs)
     assert out["state"] == "diverged" and "loss became" in out["error"]

@@ -1,7 +1,6 @@
 """Method parameters and multi-teacher keys of [transfer]: paper defaults, and one clear message per mistake,
 at parse time when the spec alone shows it, at plan time when it needs the zoo or the class count."""
 
-import json
 
 import pytest
 
@@ -35,7 +34,7 @@ def test_multi_teacher_jobs_and_per_method_parameters(tmp_path):
     plan = _plan(tmp_path, transfer={"methods": ["kl", "xekl_mcl"], "mcl_top_k": 5, "top_k": 3,
                                      "multi_teacher": ["parallel", "sequential_asc", "soup"],
                                      "multi_students": ["cnn_micro"]})
-    payloads = [json.loads(j["payload"]) for j in plan.transfer_jobs]
+    payloads = [j.payload.to_dict() for j in plan.transfer_jobs]
     single = [p for p in payloads if "teachers" not in p]
     multi = [p for p in payloads if "teachers" in p]
     assert len(single) == 6 * 2 and len(multi) == 3
@@ -46,4 +45,4 @@ def test_multi_teacher_jobs_and_per_method_parameters(tmp_path):
     for p in multi:
         assert [t["name"] for t in p["teachers"]] == ["vit_micro", "mlp_micro"]  # every other model
         assert p["teacher"]["name"] == "vit_micro" and p["multi_method"] == "kl_dp"
-    assert len({j["id"] for j in plan.transfer_jobs}) == len(plan.transfer_jobs)
+    assert len({j.id for j in plan.transfer_jobs}) == len(plan.transfer_jobs)

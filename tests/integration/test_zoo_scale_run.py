@@ -3,7 +3,6 @@ parameter-count caching, checksummed prediction records, bad eval folders, and t
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from PIL import Image

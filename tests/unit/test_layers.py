@@ -8,9 +8,9 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "zoo_sweep"
 # lowest first; a module may import its own layer and any lower one
-LAYERS = ["errors", "ids", "paths", "config", "data", "zoo", "science", "transfer", "storage", "pipeline",
+LAYERS = ["errors", "ids", "paths", "urls", "config", "data", "zoo", "science", "transfer", "storage", "pipeline",
           "report", "submit", "cli"]
-BASE = {"errors", "ids", "paths"}  # no dependencies at all: one layer in effect
+BASE = {"errors", "ids", "paths", "urls"}  # no dependencies at all: one layer in effect
 
 
 def _module(path: Path) -> str:

@@ -157,8 +157,8 @@ def test_a_stream_is_removed_when_its_last_job_ends(tmp_path):
 
 def test_the_spec_names_the_policies_on_a_typo():
     from zoo_sweep.config.spec import parse_spec
-    from zoo_sweep.pipeline.plan import check_names
     from zoo_sweep.errors import UserError
+    from zoo_sweep.pipeline.plan import check_names
 
     assert parse_spec({"name": "x"}).transfer.teacher_cache == "auto"
     assert parse_spec({"name": "x", "transfer": {"teacher_cache": "off"}}).transfer.teacher_cache == "off"

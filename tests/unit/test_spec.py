@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from zoo_sweep.config.spec import parse_spec
-from zoo_sweep.pipeline.plan import check_names, load_sweep
 from zoo_sweep.errors import UserError
+from zoo_sweep.pipeline.plan import check_names, load_sweep
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
 

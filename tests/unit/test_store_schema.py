@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from zoo_sweep.science.complementary import pairs_frame  # torch: imported with the module, not in a test
+from zoo_sweep.science.complementary import (
+    pairs_frame,  # torch: imported with the module, not in a test
+)
 from zoo_sweep.science.pair_metrics import CLASS_COUNTS, PAIR_METRICS, TOP_P
 from zoo_sweep.storage.schema import pairs, transfer_results
-from zoo_sweep.transfer.result_metrics import EVAL_METRICS, TRAINING_METRICS, TRANSFER_METRICS
+from zoo_sweep.transfer.result_metrics import (
+    EVAL_METRICS,
+    TRAINING_METRICS,
+    TRANSFER_METRICS,
+)
 
 
 def test_pair_columns_are_what_compare_computes():

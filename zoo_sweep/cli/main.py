@@ -12,16 +12,43 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import typer.core
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from zoo_sweep.errors import UserError
+from zoo_sweep.urls import mask_url
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
-                  help="Measure complementary knowledge across a model zoo and run knowledge-transfer sweeps on Ray.")
 # Not a terminal (CI, pipes): wide enough that tables and one-line errors are not wrapped.
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def print_error(e: UserError, db: str | None = None) -> None:
+    """One line on stderr: never markup (``[zoo.checkpoints]`` prints as written), never a password."""
+    import os
+
+    from zoo_sweep.urls import scrub
+
+    err.print(f"error: {scrub(str(e), db or os.environ.get('ZOO_SWEEP_DB'))}", markup=False, highlight=False,
+              soft_wrap=True)
+
+
+class _Commands(typer.core.TyperGroup):
+    """Every command's UserError ends as one line and exit code 2, also when the app is called in-process."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            print_error(e, getattr(ctx.obj, "db", None))
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  pretty_exceptions_enable=False,
+                  help="Measure complementary knowledge across a model zoo and run knowledge-transfer sweeps on Ray.")
 DEMO_SPEC = "jobs/digits-demo.toml"
 
 
@@ -50,13 +77,34 @@ def _root(ctx: typer.Context,
 
 
 def _table(df, title: str | None = None) -> Table:
-    t = Table(title=title, title_justify="left")
+    t = Table(title=escape(title) if title else None, title_justify="left")
     for c in df.columns:
-        t.add_column(str(c), justify="right" if df[c].dtype.kind in "if" else "left")
-    for row in df.itertuples(index=False):
+        t.add_column(escape(str(c)), justify="right" if df[c].dtype.kind in "if" else "left")
+    for row in df.itertuples(index=False):  # cells are data, never markup: a name like "a[b]" stays whole
         t.add_row(*["" if v is None or (isinstance(v, float) and v != v) else
-                    (f"{v:.2f}" if isinstance(v, float) else str(v)) for v in row])
+                    (f"{v:.2f}" if isinstance(v, float) else escape(str(v))) for v in row])
     return t
+
+
+def say(text: str) -> None:
+    """A line of plain text on stdout (no markup: brackets in names and errors print as they are)."""
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def writable_dir(path: Path, flag: str) -> Path:
+    """A folder that exists or is created now, and is writable; one line naming ``flag`` otherwise."""
+    import os
+
+    p = Path(path).absolute()
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder; give a folder (it is created if missing)")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot create the folder ({e.strerror or e}); choose another") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: cannot write in the folder (permission denied); choose another")
+    return p
 
 
 # ---------------------------------------------------------------------- plan
@@ -64,18 +112,17 @@ def _table(df, title: str | None = None) -> Table:
 def plan(ctx: typer.Context, spec: Path = typer.Argument(..., help="Sweep spec (TOML), e.g. jobs/digits-demo.toml"),
          dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; write nothing.")):
     """Write the sweep and its job ledger to the store and print models, pairs, jobs and an estimate."""
-    from zoo_sweep.pipeline.plan import load_sweep
-    from zoo_sweep.pipeline.plan import make_plan, write_plan
+    from zoo_sweep.pipeline.plan import load_sweep, make_plan, write_plan
 
     s = load_sweep(spec)
     p = make_plan(s, ctx.obj.paths(), dry_run=dry_run)
     _print_plan(p)
     if dry_run:
-        out.print("dry run: nothing written")
+        say("dry run: nothing written")
         return
     store = ctx.obj.store()
     new = write_plan(store, p)
-    out.print(f"planned {s.name} in {store.url}: {new} new job(s), {len(p.all_jobs) - new} already in the ledger")
+    say(f"planned {s.name} in {mask_url(store.url)}: {new} new job(s), {len(p.all_jobs) - new} already in the ledger")
 
 
 def _print_plan(p) -> None:
@@ -95,23 +142,23 @@ def _print_plan(p) -> None:
             by_family[c] = by_family[c] / 1e6
         out.print(_table(by_family, f"{p.spec.name}: {m} models by family (parameters in millions)"))
         n_f = models["family"].value_counts()
-        out.print("ordered pairs by family (student -> teacher): " + ", ".join(
+        say("ordered pairs by family (student -> teacher): " + ", ".join(
             f"{a}->{b} {n_f[a] * (n_f[b] - (a == b)):,}" for a in n_f.index for b in n_f.index))
     n_t = len(p.transfer_jobs) if p.transfer_jobs is not None else None
     t = p.spec.transfer
     per_pair = len(t.methods) * len(t.seeds)
-    out.print(f"ordered pairs measured: {m * (m - 1):,}")
+    say(f"ordered pairs measured: {m * (m - 1):,}")
     if not t.methods and not getattr(t, "multi_teacher", ()):
-        out.print("transfer: none (measure-only spec: \\[transfer] methods = [])")
+        say("transfer: none (measure-only spec: [transfer] methods = [])")
     elif n_t is None:
-        out.print(f"transfer pairs: chosen after measurement by policy '{p.spec.pairs.policy}', at most "
-                  f"{max_selected(p)} ({per_pair} job(s) each: methods {', '.join(t.methods)} x {len(t.seeds)} seed(s))")
+        say(f"transfer pairs: chosen after measurement by policy '{p.spec.pairs.policy}', at most "
+            f"{max_selected(p)} ({per_pair} job(s) each: methods {', '.join(t.methods)} x {len(t.seeds)} seed(s))")
     else:
-        out.print(f"transfer pairs: {n_t // max(per_pair, 1)} x methods {', '.join(t.methods)} x "
-                  f"{len(t.seeds)} seed(s) = {n_t} job(s), {t.epochs} epoch(s) each")
-    out.print(f"jobs: {len(p.predict_jobs)} predict, 1 compare, "
-              f"{n_t if n_t is not None else '<= ' + str(max_selected(p) * per_pair)} transfer")
-    out.print(_estimate(p, n_t if n_t is not None else max_selected(p) * per_pair))
+        say(f"transfer pairs: {n_t // max(per_pair, 1)} x methods {', '.join(t.methods)} x "
+            f"{len(t.seeds)} seed(s) = {n_t} job(s), {t.epochs} epoch(s) each")
+    say(f"jobs: {len(p.predict_jobs)} predict, 1 compare, "
+        f"{n_t if n_t is not None else '<= ' + str(max_selected(p) * per_pair)} transfer")
+    say(_estimate(p, n_t if n_t is not None else max_selected(p) * per_pair))
 
 
 def _estimate(p, n_transfer: int) -> str:
@@ -139,20 +186,22 @@ def _hours(sec: float) -> str:
 # ---------------------------------------------------------------------- launch / measure
 def _launch(ctx, spec, until, gpus, cpus, address, gpus_per_job, cpus_per_job, max_retries, progress,
             only_failed=False, limit=None, shard=None):
+    from zoo_sweep.pipeline.launch import (
+        LaunchOptions,
+        parse_shard,
+        prepare_launch,
+        run_launch,
+    )
     from zoo_sweep.pipeline.plan import load_sweep
-    from zoo_sweep.pipeline.launch import LaunchOptions, launch_sweep, parse_shard
 
     s = load_sweep(spec)
-    if limit is not None and limit < 0:
-        raise UserError("--limit must be >= 0")
     opts = LaunchOptions(gpus=gpus, cpus=cpus, address=address, gpus_per_job=gpus_per_job,
                          cpus_per_job=cpus_per_job, max_retries=max_retries, until=until, progress=progress,
                          only_failed=only_failed, limit=limit, shard=parse_shard(shard) if shard else None)
-    if gpus < 0 or cpus_per_job < 1 or gpus_per_job <= 0:
-        raise UserError("--gpus must be >= 0, --cpus-per-job >= 1 and --gpus-per-job > 0")
     t0 = time.time()
+    prep = prepare_launch(s, ctx.obj.paths(), opts)  # every check first: the store is opened after them
     try:
-        rep = launch_sweep(s, ctx.obj.store(), ctx.obj.paths(), opts, err)
+        rep = run_launch(prep, ctx.obj.store(), ctx.obj.paths(), err).report
     except KeyboardInterrupt:
         err.print("interrupted: jobs in flight are marked 'interrupted' and run again on the next launch")
         raise typer.Exit(130)
@@ -163,10 +212,17 @@ def _launch(ctx, spec, until, gpus, cpus, address, gpus_per_job, cpus_per_job, m
 def _print_launch(rep, seconds: float) -> None:
     reused = ", ".join(f"{v} {k}" for k, v in rep.reused.items() if v)
     ran = ", ".join(f"{v} {k}" for k, v in rep.ran.items() if v)
-    out.print(f"{rep.sweep}: ran {ran or 'nothing (all done)'} in {seconds:.1f} s"
-              + (f"; reused {reused}" if reused else ""))
+    say(f"{rep.sweep}: ran {ran or ('nothing (all done)' if rep.ok else 'nothing')} in {seconds:.1f} s"
+        + (f"; reused {reused}" if reused else ""))
     for job_id, e in rep.failed:
-        out.print(f"[red]failed[/] {job_id}: {e}")
+        out.print(f"[red]failed[/] {escape(job_id)} {escape(e)}", highlight=False, soft_wrap=True)
+    for line in rep.skipped:
+        out.print(f"[red]skipped[/] {escape(line)}", highlight=False, soft_wrap=True)
+    for line in rep.notes:
+        say(line)
+    if not rep.ok:
+        say(f"{rep.sweep} is not complete: {len(rep.failed)} failed job(s), {len(rep.skipped)} skipped stage(s); "
+            "see `zoo-sweep status`")
 
 
 _GPUS = typer.Option(0, "--gpus", help="GPUs to use (0: run on CPU).")
@@ -242,7 +298,8 @@ def status(ctx: typer.Context, sweep: Optional[str] = typer.Argument(None, help=
         out.print(_table(done[["id", "kind", "seconds", "worker"]], f"slowest {len(done)} finished jobs"))
     for r in jobs[jobs["state"].isin(["failed", "diverged"])].itertuples():
         last = (r.error or "").strip().splitlines()[-1:] or [""]
-        out.print(f"[red]{r.state}[/] {r.kind} {r.id} after {r.attempts} attempt(s): {last[0]}", highlight=False)
+        out.print(f"[red]{r.state}[/] {escape(f'{r.kind} {r.id} after {r.attempts} attempt(s): {last[0]}')}",
+                  highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -256,7 +313,7 @@ def reset(ctx: typer.Context, sweep: str = typer.Argument(..., help="Sweep name 
         raise UserError("--state must be failed, diverged, cancelled or interrupted")
     store = ctx.obj.store(create=False)
     n = reset_jobs(store, _sweep_name(store, sweep), state, "pending")
-    out.print(f"{n} {state} job(s) are pending again; run `zoo-sweep launch SPEC`")
+    say(f"{n} {state} job(s) are pending again; run `zoo-sweep launch SPEC`")
 
 
 @app.command()
@@ -268,7 +325,7 @@ def cancel(ctx: typer.Context, sweep: str = typer.Argument(..., help="Sweep name
     store = ctx.obj.store(create=False)
     name = _sweep_name(store, sweep)
     n = sum(reset_jobs(store, name, st, "cancelled", kind) for st in ("pending", "failed"))
-    out.print(f"{n} job(s) cancelled")
+    say(f"{n} job(s) cancelled")
 
 
 @app.command()
@@ -280,8 +337,8 @@ def tune(ctx: typer.Context, spec: Path = typer.Argument(..., help="Sweep spec (
          write: bool = typer.Option(False, "--write", help="Write the best configuration into the spec's [transfer]."),
          cpus: Optional[int] = _CPUS, address: Optional[str] = _ADDR, progress: bool = _PROG):
     """Ray Tune search of one method's hyper-parameters on a calibration subset of pairs."""
-    from zoo_sweep.pipeline.plan import load_sweep
     from zoo_sweep.pipeline.launch import LaunchOptions
+    from zoo_sweep.pipeline.plan import load_sweep
     from zoo_sweep.pipeline.tune import tune_method, write_back
 
     s = load_sweep(spec)
@@ -289,10 +346,10 @@ def tune(ctx: typer.Context, spec: Path = typer.Argument(..., help="Sweep spec (
                       LaunchOptions(cpus=cpus, address=address, progress=progress))
     out.print(_table(res.trials, f"{method}: {len(res.trials)} configuration(s) on {len(res.pairs)} pair(s), "
                                  f"stored as sweep {res.sweep}"))
-    out.print(f"best: {json.dumps(res.best)}")
+    say(f"best: {json.dumps(res.best)}")
     if write:
         write_back(spec, res.best)
-        out.print(f"written into [transfer] of {spec}")
+        say(f"written into [transfer] of {spec}")
 
 
 @app.command()
@@ -313,9 +370,10 @@ def query(ctx: typer.Context, sql: str = typer.Argument(..., help='SQL, e.g. "se
 @app.command()
 def export(ctx: typer.Context, out_dir: Optional[Path] = typer.Option(None, "--out", help="Default: results/export/all")):
     """Write every table of the store as Parquet, one file per table."""
-    paths = ctx.obj.store(create=False).export(out_dir or ctx.obj.paths().export())
+    target = writable_dir(out_dir or ctx.obj.paths().export(), "--out")
+    paths = ctx.obj.store(create=False).export(target)
     for p in paths:
-        out.print(str(p))
+        say(str(p))
 
 
 @app.command()
@@ -332,26 +390,29 @@ def _report(ctx, s, out_dir=None):
     from zoo_sweep.data.sets import num_classes_of
     from zoo_sweep.report.build import make_report
 
+    target = writable_dir(out_dir or ctx.obj.paths().report(s.name), "--out")
     store = ctx.obj.store(create=False)
-    target = out_dir or ctx.obj.paths().report(s.name)
     try:
         k = num_classes_of(s.data.eval, s.data.class_map)
     except UserError:  # the eval images are not reachable from here: the report says K is unknown
         k = None
     rep = make_report(store, s.name, s.data.eval, target, num_classes=k)
     for heading, items in rep.sections:
-        out.rule(heading)
+        out.rule(escape(heading))
         for it in items:
             if isinstance(it, str):
-                out.print(it)
+                say(it)
             elif hasattr(it, "view"):
-                out.print(_table(it.view, it.title) if len(it.view) else f"{it.title}: (none yet)")
+                if len(it.view):
+                    out.print(_table(it.view, it.title))
+                else:
+                    say(f"{it.title}: (none yet)")
             elif it.path is None:
-                out.print(f"{it.title}: {it.caption}")
+                say(f"{it.title}: {it.caption}")
     out.rule("findings")
     for line in rep.findings:
-        out.print(f"- {line}")
-    out.print(f"report: {rep.html} ({len(rep.files)} files; SQL behind every table in the page)")
+        say(f"- {line}")
+    say(f"report: {rep.html} ({len(rep.files)} files; SQL behind every table in the page)")
     return next(t.data for t in rep.tables if t.key == "methods")
 
 
@@ -362,8 +423,9 @@ def demo(ctx: typer.Context, spec: Path = typer.Option(Path(DEMO_SPEC), "--spec"
     t0 = time.time()
     s, rep = _launch(ctx, spec, "transfer", gpus, cpus, None, 1.0, 1, None, progress)
     _report(ctx, s)
-    out.print(f"demo finished in {time.time() - t0:.1f} s"
-              + ("" if rep.ok else f" with {len(rep.failed)} failed job(s); see `zoo-sweep status`"))
+    say(f"demo finished in {time.time() - t0:.1f} s"
+        + ("" if rep.ok else f" with {len(rep.failed)} failed job(s) and {len(rep.skipped)} skipped stage(s); "
+                             "see `zoo-sweep status`"))
     raise typer.Exit(0 if rep.ok else 1)
 
 
@@ -379,8 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     becomes one line on stderr and exit code 2."""
     try:
         app(args=argv, prog_name="zoo-sweep")
-    except UserError as e:
-        err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+    except UserError as e:  # raised outside a command (the app's own handler covers commands)
+        print_error(e)
         return 2
     return 0
 

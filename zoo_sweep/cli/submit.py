@@ -27,6 +27,7 @@ from zoo_sweep.submit.slurm import (
     wait_for_nodes,
     write_sbatch,
 )
+from zoo_sweep.urls import mask_url
 
 # ---------------------------------------------------------------------- CLI: zoo-sweep submit ...
 submit_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -124,9 +125,9 @@ def ray_cmd(ctx: typer.Context,
     job = submit_ray_job(spec, address, db=db, home=home, gpus=gpus, working_dir=working_dir, python=python,
                          launch_args=launch_args)
     url = jobs_url(address)
-    _say(f"submitted Ray Job {job} to {url}")
+    _say(f"submitted Ray Job {job} to {mask_url(url)}")
     if not follow:
-        _say(f"logs: zoo-sweep submit ray --logs {job} --address {url} [--follow]")
+        _say(f"logs: zoo-sweep submit ray --logs {job} --address {mask_url(url)} [--follow]")
         return
     status = follow_ray_job(url, job)
     _say(f"Ray Job {job}: {status}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -43,8 +44,9 @@ def resolve_address(address: str | None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS") or None
 
 
-def connect(address: str | None = None, cpus: int | None = None, gpus: int = 0) -> ClusterInfo:
-    """Start or join a Ray cluster (idempotent within a process)."""
+def connect(address: str | None = None, cpus: int | None = None, gpus: float = 0) -> ClusterInfo:
+    """Start or join a Ray cluster (idempotent within a process). ``gpus`` may be a fraction (a share of
+    one GPU); a local cluster then gets the whole GPU."""
     import ray
 
     address = resolve_address(address)
@@ -61,17 +63,18 @@ def connect(address: str | None = None, cpus: int | None = None, gpus: int = 0) 
                 why = (str(e).strip() or type(e).__name__).splitlines()[0]  # some Ray errors have no message
                 raise UserError(f"cannot join the Ray cluster at {address}: {why}") from None
         else:
-            have = _local_gpus()
+            have = local_gpus()
             if gpus > have:
-                raise UserError(f"asked for {gpus} GPU(s) but this machine has {have}; use --gpus {have} "
+                raise UserError(f"asked for {gpus:g} GPU(s), Ray sees {have} on this machine; use --gpus {have} "
                                 "(0 runs on the CPU) or --address to use a cluster")
             # "local" always starts a fresh cluster; a bare ray.init() would join whatever cluster
             # /tmp/ray/ray_current_cluster names, which may be stale or someone else's
-            ray.init(address="local", num_cpus=cpus or os.cpu_count(), num_gpus=gpus, **opts)
+            ray.init(address="local", num_cpus=cpus or os.cpu_count(), num_gpus=math.ceil(gpus), **opts)
     res = ray.cluster_resources()
     info = ClusterInfo(address, float(res.get("CPU", 0)), float(res.get("GPU", 0)))
     if gpus > info.gpus:
-        raise UserError(f"asked for {gpus} GPU(s) but the cluster has {info.gpus:g}")
+        where = f"in the cluster at {address}" if address else "on this machine"
+        raise UserError(f"asked for {gpus:g} GPU(s), Ray sees {info.gpus:g} {where}")
     return info
 
 
@@ -92,7 +95,7 @@ def send_token_if_available() -> None:
             pass
 
 
-def _local_gpus() -> int:
+def local_gpus() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0

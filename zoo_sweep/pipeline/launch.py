@@ -9,18 +9,18 @@
 Resume is the default: done jobs are skipped, jobs left 'running' by a killed launcher run again once its
 lease has run out (storage/leases.py), and failed ones are retried up to ``max_retries``. Launchers write
 the store, workers never do; two launchers of one sweep share its jobs, each claiming a job before it runs
-it.
+it. A launch that leaves a failed job or a skipped stage behind says which and why, and is not ok.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -34,54 +34,30 @@ from rich.progress import (
 from zoo_sweep.config.spec import SweepSpec
 from zoo_sweep.errors import UserError
 from zoo_sweep.paths import Paths
-from zoo_sweep.pipeline.cluster import check_reachable, connect, resolve_address
-from zoo_sweep.pipeline.plan import (
-    Plan,
-    make_plan,
-    model_rows,
-    select_transfers,
-    write_plan,
+from zoo_sweep.pipeline.cluster import (
+    check_reachable,
+    connect,
+    local_gpus,
+    resolve_address,
 )
+from zoo_sweep.pipeline.jobs import Job, JobState, job_rows
+from zoo_sweep.pipeline.options import (  # noqa: F401  (LaunchOptions, parse_shard: re-exported)
+    STAGES,
+    LaunchOptions,
+    check_local_resources,
+    in_shard,
+    parse_shard,
+)
+from zoo_sweep.pipeline.plan import Plan, make_plan, select_transfers, write_plan
+from zoo_sweep.pipeline.pool import Handlers, Pool, actor_shape
+from zoo_sweep.pipeline.results import plain, record_transfer  # noqa: F401  (re-exported)
 from zoo_sweep.science.complementary import pairs_frame
 from zoo_sweep.science.records import load_record, save_record
 from zoo_sweep.storage.leases import Lease
-from zoo_sweep.storage.store import Store, final_results
+from zoo_sweep.storage.store import Store, final_results, jobs_of
 from zoo_sweep.transfer.logit_store import StreamPlan, plan_streams
 
-STAGES = ("predict", "compare", "transfer")
-
-
-@dataclass
-class LaunchOptions:
-    gpus: float = 0
-    cpus: int | None = None  # local cluster size; default: all cores
-    address: str | None = None  # existing Ray cluster (or $RAY_ADDRESS)
-    gpus_per_job: float = 1.0  # fractions put several small jobs on one GPU
-    cpus_per_job: int = 1
-    max_retries: int | None = None  # default: the spec's [run] max_retries
-    until: str = "transfer"  # last stage to run: "compare" measures only
-    progress: bool = True
-    only_failed: bool = False  # rerun failed jobs only (with a fresh retry budget)
-    limit: int | None = None  # at most this many transfer jobs (earlier stages always complete: they feed it)
-    shard: tuple[int, int] | None = None  # (i, K): run only the jobs of shard i of K (array jobs)
-    wait_s: float = 6 * 3600  # sharded runs: how long to wait for other shards' predict jobs
-    lease_s: float | None = None  # how long a claim on a job holds without renewal; default $ZOO_SWEEP_LEASE_S or 60
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """'i/K' -> (i, K) with 0 <= i < K."""
-    try:
-        i, k = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise UserError(f"--shard must look like i/K (e.g. 0/4), got {text!r}") from None
-    if k < 1 or not 0 <= i < k:
-        raise UserError(f"--shard {text}: need K >= 1 and 0 <= i < K")
-    return i, k
-
-
-def in_shard(job_id: str, shard: tuple[int, int] | None) -> bool:
-    """Job ids are hashes, so taking them modulo K splits every stage evenly and disjointly."""
-    return shard is None or int(job_id.split("-", 1)[-1], 16) % shard[1] == shard[0]
+PENDING, DONE, FAILED = JobState.PENDING, JobState.DONE, JobState.FAILED
 
 
 @dataclass
@@ -89,12 +65,14 @@ class LaunchReport:
     sweep: str
     ran: dict[str, int] = field(default_factory=dict)  # jobs run now, per kind
     reused: dict[str, int] = field(default_factory=dict)  # cached models / records / finished jobs
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (job id, last error line)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (job id, what it is and its last error line)
+    skipped: list[str] = field(default_factory=list)  # stages that could not run, and why
+    notes: list[str] = field(default_factory=list)  # diverged or cancelled jobs: results, not failures
     new_jobs: int = 0
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.skipped
 
 
 @dataclass
@@ -105,31 +83,46 @@ class Measured:
     correct: dict[str, np.ndarray]  # model -> eval-set correctness, for every model whose record exists
 
 
+@dataclass
+class Prepared:
+    """A launch checked and planned, nothing written yet."""
+    plan: Plan
+    opts: LaunchOptions
+    address: str | None
+
+
+def prepare_launch(spec: SweepSpec, paths: Paths, opts: LaunchOptions | None = None) -> Prepared:
+    """Every check (options, names, paths, methods, the resources asked for) before anything is written: a
+    caller opens the store only after this."""
+    opts = (opts or LaunchOptions()).check()
+    address = resolve_address(opts.address)
+    if address:
+        check_reachable(address)
+    else:
+        check_local_resources(opts, local_gpus)
+    plan = make_plan(spec, paths)
+    if address and opts.gpus > 0:  # a cluster's GPUs are known once joined
+        connect(address, opts.cpus, opts.gpus)
+    return Prepared(plan, opts, address)
+
+
 def launch_sweep(spec: SweepSpec, store: Store, paths: Paths, opts: LaunchOptions | None = None,
                  console: Console | None = None) -> LaunchReport:
-    return _execute(spec, store, paths, opts, console).report
+    return run_launch(prepare_launch(spec, paths, opts), store, paths, console).report
 
 
 def measure_sweep(spec: SweepSpec, store: Store, paths: Paths, opts: LaunchOptions | None = None,
                   console: Console | None = None) -> Measured:
     """Stages up to compare, like ``launch --until compare``; the plan and every model's correctness come
     back too, so a caller that goes on plans and reads the records no second time."""
-    run = _execute(spec, store, paths, replace(opts or LaunchOptions(), until="compare"), console)
+    prep = prepare_launch(spec, paths, replace(opts or LaunchOptions(), until="compare"))
+    run = run_launch(prep, store, paths, console)
     correct = {m.name: run.correct_of(m.name) for m in run.plan.models}
     return Measured(run.report, run.plan, correct)
 
 
-def _execute(spec: SweepSpec, store: Store, paths: Paths, opts: LaunchOptions | None,
-             console: Console | None) -> _Run:
-    opts = opts or LaunchOptions()
-    console = console or Console(stderr=True)
-    if opts.until not in STAGES:
-        raise UserError(f"--until must be one of {', '.join(STAGES)}")
-    plan = make_plan(spec, paths)  # every name, path and method is checked before anything is written
-    address = resolve_address(opts.address)
-    if address:
-        check_reachable(address)
-    run = _Run(plan, store, paths, opts, console, address)
+def run_launch(prep: Prepared, store: Store, paths: Paths, console: Console | None = None) -> _Run:
+    run = _Run(prep.plan, store, paths, prep.opts, console or Console(stderr=True), prep.address)
     try:
         run.execute()
         return run
@@ -144,14 +137,16 @@ class _Run:
         self.spec = plan.spec
         self.report = LaunchReport(self.spec.name)
         self.max_retries = opts.max_retries if opts.max_retries is not None else self.spec.run.max_retries
-        self._pool: _Pool | None = None
+        self._pool: Pool | None = None
+        self._cluster_info = None
         self.lease = Lease(store, opts.lease_s)
         self.records: dict[str, dict] = {}  # predict job id -> record, loaded once per launch
         self._eval_labels: np.ndarray | None = None
         # model name -> predict job: the plan's, then (in _predict) older ones still linked to the sweep, for
         # transfer jobs of models an earlier version of the spec had
-        self._predict_id = {payload_of(j)["model"]["name"]: j["id"] for j in plan.predict_jobs}
+        self._predict_id = {j.payload.model.name: j.id for j in plan.predict_jobs}
         self._correct: dict[str, np.ndarray] = {}
+        self._seen: dict[str, Job] = {}  # every job a stage read: outcome lines describe them
 
     # ------------------------------------------------------------------ stages
     def execute(self) -> LaunchReport:
@@ -159,14 +154,19 @@ class _Run:
         self._requeue_stale()
         self._build_zoo()
         self._predict()
-        if self.opts.until == "predict":
-            return self.report
-        pairs_df = self._compare()
-        if self.opts.until == "compare" or pairs_df is None:
-            return self.report
-        self._select(pairs_df)
-        self._transfer()
+        if self.opts.until != "predict":
+            pairs_df = self._compare()
+            if self.opts.until == "transfer" and pairs_df is not None:
+                self._select(pairs_df)
+                self._transfer()
+        self._check_outcome()
         return self.report
+
+    def _jobs(self, kind: str) -> list[Job]:
+        """The sweep's jobs of one kind, oldest first, payloads parsed (once per stage)."""
+        jobs = [Job.from_row(r, self.paths.home) for r in self.store.sweep_jobs(self.spec.name, kind)]
+        self._seen.update((j.id, j) for j in jobs)
+        return jobs
 
     def _requeue_stale(self, kind: str | None = None) -> list[str]:
         """Jobs whose launcher is gone run again: 'interrupted' ones and 'running' ones whose lease ran out.
@@ -197,93 +197,133 @@ class _Run:
     def _build_zoo(self):
         if self.spec.zoo.source != "digits":
             return
-        from zoo_sweep.pipeline.worker import build_zoo_model
-        from zoo_sweep.zoo.digits import missing_recipes, save_trained
+        from zoo_sweep.zoo.digits import missing_recipes
 
         d, z = self.spec.data, self.spec.zoo
         wanted = {m.name for m in self.plan.models}
         todo = [r for r in missing_recipes(z.recipe, self.paths.cache, d.image_size) if r.name in wanted]
         self.report.reused["zoo models"] = len(wanted) - len(todo)
-        if not todo:
-            return
+        if todo:
+            self._train_zoo(todo)
+
+    def _train_zoo(self, todo: list) -> None:
         import ray
 
-        self._cluster()
+        from zoo_sweep.pipeline.worker import build_zoo_model
+        from zoo_sweep.zoo.digits import save_trained
+
+        size = self.spec.data.image_size
+        self.cluster()
         task = ray.remote(num_cpus=self.opts.cpus_per_job)(build_zoo_model)
         with self._progress() as prog:
             bar = prog.add_task("zoo: train embedded models", total=len(todo))
-            refs = {task.remote(r, str(self.paths.cache), d.image_size, self.opts.cpus_per_job): r for r in todo}
+            refs = {task.remote(r, str(self.paths.cache), size, self.opts.cpus_per_job): r for r in todo}
             while refs:
                 ready, _ = ray.wait(list(refs), num_returns=1)
                 r = refs.pop(ready[0])
                 state, info = ray.get(ready[0])
-                save_trained(r, self.paths.cache, d.image_size, state, info)
+                save_trained(r, self.paths.cache, size, state, info)
                 prog.advance(bar)
         self.report.ran["zoo"] = len(todo)
 
     def _predict(self):
-        jobs = self.store.sweep_jobs(self.spec.name, "predict")
+        jobs = self._jobs("predict")
         todo = []
         for j in jobs:
-            self._predict_id.setdefault(payload_of(j)["model"]["name"], j["id"])
-            rec = load_record(self._record_path(j["id"])) if j["state"] == "done" else None
+            self._predict_id.setdefault(j.payload.model.name, j.id)
+            rec = load_record(self._record_path(j.id)) if j.state is DONE else None
             if rec is not None:
-                self.records[j["id"]] = rec
-            elif j["state"] == "done":  # its record went missing or is unreadable: run it again
-                self.store.set_state([j["id"]], "pending")
-                todo.append({**j, "state": "pending"})
-            else:
-                todo.append(j)
+                self.records[j.id] = rec
+                continue
+            if j.state is DONE:  # its record went missing or is unreadable: run it again
+                self.store.set_state([j.id], PENDING.value)
+                j = j.but(state=PENDING)
+            todo.append(j)
         self.report.reused["prediction records"] = len(jobs) - len(todo)
-        todo = self._filter(todo, limit=None)
-        rows = {r["name"]: r for r in model_rows(self.plan)}
 
-        def on_result(job, res):
-            path = self._record_path(job["id"])
+        def on_result(job: Job, res: dict):
+            path = self._record_path(job.id)
             save_record(path, res["record"])  # the file first: a 'done' job always has its record
-            self.records[job["id"]] = res["record"]
-            name = payload_of(job)["model"]["name"]
-            self.store.finish_job(job["id"], "done", model_rows=[{**rows[name], "accuracy": res["accuracy"],
-                                                                  "record": str(path)}], seconds=res["seconds"],
-                                  owner=self.lease.owner)
+            self.records[job.id] = res["record"]
+            self.store.finish_job(job.id, DONE.value, model_rows=[self._model_row(job, res["accuracy"], path)],
+                                  seconds=res["seconds"], owner=self.lease.owner)
 
-        self._run_jobs("predict", todo, lambda job: {"batch_size": self.spec.run.predict_batch_size}, on_result)
+        self._run_jobs("predict", self._filter(todo, limit=None),
+                       lambda job: {"batch_size": self.spec.run.predict_batch_size}, on_result)
 
-    def _compare(self):
-        job = next(j for j in self.store.sweep_jobs(self.spec.name, "compare"))
-        payload = payload_of(job)
+    def _model_row(self, job: Job, accuracy: float, record) -> dict:
+        """The models row of a finished predict job; a model of an earlier version of the spec keeps the
+        parameter count its own plan stored."""
+        e = job.payload.model
+        row = {"name": e.name, "eval_set": job.payload.eval, "arch": e.arch, "family": e.family,
+               "accuracy": accuracy, "record": str(record)}
+        if e.name in self.plan.params:
+            row["params"] = self.plan.params[e.name]
+        return row
+
+    def _compare(self) -> pd.DataFrame | None:
+        """The current plan's compare job (the spec's models now; never an older version's), then any
+        older compare job of the sweep on the same eval set whose records exist, so none stays pending."""
+        jobs = self._jobs("compare")
+        job = next((j for j in jobs if j.id == self.plan.compare_job.id), self.plan.compare_job)
         if self.opts.shard is not None:
-            self._wait_for_records(payload["records"])
-        self._load_records(payload["records"])  # those other launchers made
-        if any(rid not in self.records for rid in payload["records"]):
-            self.console.print("[yellow]compare skipped: some predict jobs did not finish[/]")
+            self._wait_for_records(job.payload.records)
+        self._load_records(job.payload.records)  # those other launchers made
+        missing = [rid for rid in job.payload.records if rid not in self.records]
+        if missing:
+            self.report.skipped.append(f"compare {job.id} skipped: {self._not_done(missing)}")
             return None
-        if job["state"] == "done" or not self._claim_compare(job["id"]):
+        if job.state is DONE or not self._claim_compare(job.id):
             self.report.reused["compare"] = 1
-            return self.store.query("select * from pairs where eval_set = :e", {"e": self.spec.data.eval})
-        t0 = time.time()
-        recs = [self.records[rid] for rid in payload["records"]]
-        df = pairs_frame(payload["models"], np.stack([r["pred"] for r in recs]), self._labels(),
-                         np.stack([r["p_max"] for r in recs]), self.plan.num_classes)
-        df.insert(0, "eval_set", self.spec.data.eval)
-        self.store.write_pairs(job["id"], df.to_dict("records"))
-        self.lease.release(job["id"])
-        self.report.ran["compare"] = 1
-        self.console.print(f"compare: {len(df)} ordered pairs from {len(recs)} records in {time.time() - t0:.2f} s")
+            df = self._stored_pairs()
+        else:
+            df = self._run_compare(job)
+        for old in jobs:
+            p = old.payload
+            if old.id != job.id and old.state is not DONE and p.eval_key == self.plan.eval_key \
+                    and all(r in self.records for r in p.records) and self._claim_compare(old.id):
+                self._run_compare(old)
         return df
 
     def _claim_compare(self, job_id: str) -> bool:
         """True: this launcher computes the pairs. False: another launcher did (it waits while one does)."""
         while not self.lease.claim(job_id, "launcher"):
             state = self.store.job_states(self.spec.name, "compare").get(job_id)
-            if state == "done":
+            if state == DONE.value:
                 return False
             if state != "running":  # cancelled by hand: computed all the same, as it always was
                 return True
             self._await_others("compare", [job_id])
         return True
 
-    def _select(self, pairs_df):
+    def _stored_pairs(self) -> pd.DataFrame:
+        """The pairs of the plan's models (the table also holds those of other sweeps and older specs)."""
+        df = self.store.query("select * from pairs where eval_set = :e", {"e": self.spec.data.eval})
+        names = [m.name for m in self.plan.models]
+        return df[df["student"].isin(names) & df["teacher"].isin(names)].reset_index(drop=True)
+
+    def _run_compare(self, job: Job) -> pd.DataFrame:
+        t0 = time.time()
+        p = job.payload
+        recs = [self.records[rid] for rid in p.records]
+        df = pairs_frame(p.models, np.stack([r["pred"] for r in recs]), self._labels(),
+                         np.stack([r["p_max"] for r in recs]), self.plan.num_classes)
+        df.insert(0, "eval_set", p.eval)
+        self.store.write_pairs(job.id, df.to_dict("records"))
+        self.lease.release(job.id)
+        self.report.ran["compare"] = self.report.ran.get("compare", 0) + 1
+        self.console.print(f"compare: {len(df)} ordered pairs from {len(recs)} records in {time.time() - t0:.2f} s")
+        return df
+
+    def _not_done(self, record_ids: list[str]) -> str:
+        """Which predict jobs a later stage waits for, and in what state they are."""
+        states = self.store.job_states(self.spec.name, "predict")
+        model = {i: name for name, i in self._predict_id.items()}
+        listed = [f"{i} ({model.get(i, '?')}, {states.get(i, 'not planned')})" for i in record_ids[:5]]
+        more = f" and {len(record_ids) - 5} more" if len(record_ids) > 5 else ""
+        return f"predict job(s) not done: {', '.join(listed)}{more}"
+
+    def _select(self, pairs_df: pd.DataFrame):
         if self.plan.transfer_jobs is None:
             history = None
             if self.spec.pairs.policy == "predicted_gain":
@@ -291,41 +331,39 @@ class _Run:
                 method = self.spec.pairs.gain_method or self.spec.transfer.methods[0]
                 history = (self.store.query("select * from models where eval_set = :e", ev),
                            final_results(self.store, self.spec.data.eval), method)
-            rows = select_transfers(self.plan, pairs_df, history)
-            self.report.new_jobs += self.store.add_jobs(self.spec.name, rows)
+            jobs = select_transfers(self.plan, pairs_df, history)
+            self.report.new_jobs += self.store.add_jobs(self.spec.name, job_rows(jobs, self.paths.home))
 
     def _transfer(self):
         self._requeue_stale("transfer")  # select may have just linked jobs another sweep's launcher left behind
-        jobs = self.store.sweep_jobs(self.spec.name, "transfer")
+        jobs = self._jobs("transfer")
         todo = self._filter(jobs, limit=self.opts.limit)
-        self.report.reused["transfer jobs"] = sum(j["state"] == "done" for j in jobs)
+        self.report.reused["transfer jobs"] = sum(j.state is DONE for j in jobs)
         if not todo and not self._others_running("transfer"):
             return
-        todo = [{**j, "payload": json.loads(j["payload"])} for j in todo]  # parsed once: planner, inputs, pool, store
-        payloads = {j["id"]: j["payload"] for j in todo}
-        streams = self._plan_streams(payloads)
-        todo = streams.order(todo)
+        streams = self._plan_streams(todo)
+        by_id = {j.id: j for j in todo}
+        todo = [by_id[d["id"]] for d in streams.order([{"id": i} for i in by_id])]
 
-        def inputs(job):
-            p = payload_of(job)
-            out = {"s0_correct": self.correct_of(p["student"]["name"]),
-                   "teacher_correct": self.correct_of(p["teacher"]["name"]),
-                   "streams": streams.streams.get(job["id"], {})}
-            if "teachers" in p:  # multi-teacher: every teacher's, so the worker evaluates none of them again
-                out["teachers_correct"] = [self.correct_of(e["name"]) for e in p["teachers"]]
+        def inputs(job: Job) -> dict:
+            p = job.payload
+            out = {"s0_correct": self.correct_of(p.student.name), "teacher_correct": self.correct_of(p.teacher.name),
+                   "streams": streams.streams.get(job.id, {})}
+            if p.multi:  # every teacher's, so the worker evaluates none of them again
+                out["teachers_correct"] = [self.correct_of(n) for n in p.teacher_names]
             return out
 
-        def on_result(job, res):
+        def on_result(job: Job, res: dict):
             record_transfer(self.store, job, res, owner=self.lease.owner)
-            streams.release(job["id"], self.paths.logits)
+            streams.release(job.id, self.paths.logits)
             if res.get("logits_read"):  # epochs of teacher / s0 logits read back instead of recomputed
                 r = self.report.reused
                 r["cached logit epochs"] = r.get("cached logit epochs", 0) + res["logits_read"]
 
         self._run_jobs("transfer", todo, inputs, on_result,
-                       on_final_error=lambda job: streams.release(job["id"], self.paths.logits))
+                       on_final_error=lambda job: streams.release(job.id, self.paths.logits))
 
-    def _plan_streams(self, payloads: dict[str, dict]) -> StreamPlan:
+    def _plan_streams(self, jobs: list[Job]) -> StreamPlan:
         """Which teacher / s0 logits the jobs about to run share, by the spec's teacher_cache policy."""
         from zoo_sweep.data.sets import count_images
 
@@ -333,12 +371,31 @@ class _Run:
         if t.teacher_cache == "off":  # nothing to plan, and no need to count the transfer set
             return StreamPlan({}, Counter())
         n = count_images(d.transfer, d.image_size, d.class_map)
-        plan = plan_streams(list(payloads.items()), t.teacher_cache, self.plan.transfer_key, n,
+        plan = plan_streams([(j.id, j.payload.to_dict()) for j in jobs], t.teacher_cache, self.plan.transfer_key, n,
                             self.plan.num_classes, t.teacher_cache_max_gb * 2**30)
         if plan.skipped_large:
             self.console.print(f"teacher_cache: {plan.skipped_large} shared stream(s) over teacher_cache_max_gb "
                                f"({t.teacher_cache_max_gb:g}) are computed per job")
         return plan
+
+    def _check_outcome(self) -> None:
+        """Failed jobs of the stages this launch covers (this shard's), also those an earlier launch left
+        failed, join the report; diverged and cancelled ones are noted."""
+        kinds = {k[0] for k in STAGES[:STAGES.index(self.opts.until) + 1]}  # job ids start with their kind's initial
+        states = {i: s for i, s in self.store.job_states(self.spec.name, states=("failed", "diverged", "cancelled"))
+                  .items() if i[0] in kinds and in_shard(i, self.opts.shard)}
+        reported = {i for i, _ in self.report.failed}
+        earlier = sorted(i for i, s in states.items() if s == FAILED.value and i not in reported)
+        if earlier:
+            rows = jobs_of(self.store, self.spec.name).drop_duplicates("id").set_index("id").loc[earlier]
+            for i, r in rows.iterrows():
+                what = describe(self._seen[i]) if i in self._seen else r["kind"]
+                self.report.failed.append((i, f"({what}, {r['attempts']} attempt(s), failed in an earlier launch; "
+                                              f"`zoo-sweep reset` retries it) {_last_line(r['error'])}"))
+        for state in ("diverged", "cancelled"):
+            n = sum(s == state for s in states.values())
+            if n:
+                self.report.notes.append(f"{n} {state} job(s) (see `zoo-sweep status`)")
 
     # ------------------------------------------------------------------ machinery
     def correct_of(self, name: str) -> np.ndarray:
@@ -358,20 +415,19 @@ class _Run:
             self._eval_labels = eval_labels(self.spec, self.paths)
         return self._eval_labels
 
-    def _filter(self, jobs: list[dict], limit: int | None) -> list[dict]:
+    def _filter(self, jobs: list[Job], limit: int | None) -> list[Job]:
         """The jobs this launch runs: by state, then --only-failed, --shard and --limit."""
         o = self.opts
         if o.only_failed:
-            todo = [j for j in jobs if j["state"] == "failed"]
+            todo = [j for j in jobs if j.state is FAILED]
         else:
-            todo = [j for j in jobs if j["state"] == "pending"
-                    or (j["state"] == "failed" and j["attempts"] <= self.max_retries)]
-        todo = [j for j in todo if in_shard(j["id"], o.shard)]
+            todo = [j for j in jobs if j.state is PENDING or (j.state is FAILED and j.attempts <= self.max_retries)]
+        todo = [j for j in todo if in_shard(j.id, o.shard)]
         if limit is not None:
             todo = todo[:limit]
         if o.only_failed and todo:  # a fresh retry budget
-            self.store.set_state([j["id"] for j in todo], "pending", attempts=0)
-            todo = [{**j, "state": "pending", "attempts": 0} for j in todo]
+            self.store.set_state([j.id for j in todo], PENDING.value, attempts=0)
+            todo = [j.but(state=PENDING, attempts=0) for j in todo]
         return todo
 
     def _wait_for_records(self, record_ids: list[str]) -> None:
@@ -391,7 +447,7 @@ class _Run:
         the predict jobs' states."""
         states = self.store.job_states(self.spec.name, "predict")
         for rid in record_ids:
-            if rid not in self.records and states.get(rid) == "done":
+            if rid not in self.records and states.get(rid) == DONE.value:
                 rec = load_record(self._record_path(rid))
                 if rec is not None:
                     self.records[rid] = rec
@@ -400,70 +456,66 @@ class _Run:
     def _record_path(self, job_id: str):
         return self.paths.records / f"{job_id}.npz"
 
-    def _cluster(self):
-        return connect(self.address, self.opts.cpus, int(self.opts.gpus) if self.opts.gpus >= 1 else 0)
+    def cluster(self):
+        if self._cluster_info is None:
+            self._cluster_info = connect(self.address, self.opts.cpus, self.opts.gpus)
+        return self._cluster_info
 
-    def _run_jobs(self, kind: str, todo: list[dict], inputs: Callable, on_result: Callable,
+    def _run_jobs(self, kind: str, todo: list[Job], inputs: Callable, on_result: Callable,
                   on_final_error: Callable | None = None):
         if todo:
             self._run_pool(kind, todo, inputs, on_result, on_final_error)
         if self.opts.limit is None and not self.opts.only_failed:  # a subset run leaves the rest to others
             self._run_taken_over(kind, inputs, on_result, on_final_error)
 
-    def _run_pool(self, kind: str, todo: list[dict], inputs: Callable, on_result: Callable,
+    def _run_pool(self, kind: str, todo: list[Job], inputs: Callable, on_result: Callable,
                   on_final_error: Callable | None):
         if self._pool is None:
-            self._pool = _Pool(self._cluster(), self.opts, self.paths)
-        failed = []
-        running = 0
-
-        def describe():
-            return (f"{kind}: {self._pool.size} worker(s), {running} running"
-                    + (f", [red]{len(failed)} failed[/]" if failed else ""))
-
-        skipped = 0
+            o = self.opts
+            self._pool = Pool(actor_shape(self.cluster(), o.gpus, o.gpus_per_job, o.cpus_per_job), self.paths)
         with self._progress() as prog:
-            bar = prog.add_task(describe(), total=len(todo))
+            bar = _StageBar(prog, kind, self._pool.size, len(todo))
 
-            def on_start(job_id, worker) -> bool:
-                nonlocal running, skipped
-                if not self.lease.claim(job_id, worker):  # another launcher took it first
+            skipped = 0
+
+            def on_start(job: Job, worker: str) -> bool:
+                nonlocal skipped
+                if not self.lease.claim(job.id, worker):  # another launcher took it first
                     skipped += 1
-                    prog.update(bar, advance=1)
+                    bar.ended()
                     return False
-                running += 1
-                prog.update(bar, description=describe())
+                bar.started()
                 return True
 
-            def on_done(job, res):
-                nonlocal running
+            def on_done(job: Job, res: dict):
                 on_result(job, res)
-                self.lease.release(job["id"])
-                running -= 1
-                prog.update(bar, advance=1, description=describe())
+                self.lease.release(job.id)
+                bar.ended()
 
-            def on_error(job, err: str, final: bool):
-                nonlocal running
-                self.store.finish_job(job["id"], "failed" if final else "pending", error=err, owner=self.lease.owner)
-                self.lease.release(job["id"])
-                running -= 1
+            def on_error(job: Job, err: str, final: bool):
+                self.store.finish_job(job.id, FAILED.value if final else PENDING.value, error=err,
+                                      owner=self.lease.owner)
+                self.lease.release(job.id)
                 if final:
-                    failed.append((job["id"], err.strip().splitlines()[-1] if err.strip() else err))
+                    bar.failed.append((job.id, f"({describe(job)}) {_last_line(err)}"))
                     if on_final_error is not None:
                         on_final_error(job)
-                prog.update(bar, advance=1 if final else 0, description=describe())
+                bar.ended(final)
 
-            self._pool.run(todo, inputs, on_start, on_done, on_error, self.max_retries, self.store)
+            def on_interrupt(ids: list[str]):
+                self.store.set_state(ids, JobState.INTERRUPTED.value)
+
+            self._pool.run(todo, Handlers(inputs, on_start, on_done, on_error, on_interrupt), self.max_retries)
         if len(todo) > skipped:
             self.report.ran[kind] = self.report.ran.get(kind, 0) + len(todo) - skipped
-        self.report.failed.extend(failed)
+        self.report.failed.extend(bar.failed)
 
     def _run_taken_over(self, kind, inputs, on_result, on_final_error):
         """Wait for the stage's jobs other launchers run; run those whose launcher died."""
         taken = self._await_others(kind)
         if taken:
-            rows = [j for j in self.store.sweep_jobs(self.spec.name, kind) if j["id"] in set(taken)]
-            self._run_jobs(kind, [j for j in rows if j["state"] == "pending"], inputs, on_result, on_final_error)
+            jobs = [j for j in self._jobs(kind) if j.id in set(taken)]
+            self._run_jobs(kind, [j for j in jobs if j.state is PENDING], inputs, on_result, on_final_error)
 
     def _progress(self) -> Progress:
         return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -476,87 +528,42 @@ class _Run:
             self._pool.close()
 
 
-class _Pool:
-    """Warm Ray actors fed with a ``ray.wait`` loop; two jobs in flight per actor so none idles."""
+class _StageBar:
+    """One stage's progress bar: workers, jobs running, jobs failed for good."""
 
-    def __init__(self, cluster, opts: LaunchOptions, paths: Paths):
-        import ray
+    def __init__(self, prog: Progress, kind: str, workers: int, total: int):
+        self.prog, self.kind, self.workers = prog, kind, workers
+        self.running = 0
+        self.failed: list[tuple[str, str]] = []
+        self.task = prog.add_task(self._text(), total=total)
 
-        from zoo_sweep.pipeline.worker import Worker
+    def _text(self) -> str:
+        return (f"{self.kind}: {self.workers} worker(s), {self.running} running"
+                + (f", [red]{len(self.failed)} failed[/]" if self.failed else ""))
 
-        if opts.gpus > 0:
-            per = dict(num_gpus=opts.gpus_per_job, num_cpus=opts.cpus_per_job)
-            size = max(1, int(opts.gpus / opts.gpus_per_job))
-        else:
-            per = dict(num_gpus=0, num_cpus=opts.cpus_per_job)
-            size = max(1, int(cluster.cpus // opts.cpus_per_job))
-        self.size = size
-        self._actor_cls = ray.remote(Worker).options(**per, max_concurrency=1)
-        self._args = (str(paths.home), opts.cpus_per_job)
-        self.actors = [self._actor_cls.remote(*self._args) for _ in range(size)]
-        self.names = ray.get([a.info.remote() for a in self.actors])  # host:pid:device, kept in jobs.worker
+    def started(self) -> None:
+        self.running += 1
+        self.prog.update(self.task, description=self._text())
 
-    def run(self, jobs: list[dict], inputs: Callable, on_start: Callable, on_done: Callable, on_error: Callable,
-            max_retries: int, store: Store):
-        import ray
-
-        queue = deque(jobs)
-        attempts = {j["id"]: j["attempts"] for j in jobs}
-        inflight: dict = {}  # object ref -> (job, actor index)
-        # started and not yet recorded: wider than inflight, so a Ctrl-C while a job is being sent or its
-        # result written leaves no job 'running'
-        unrecorded: set[str] = set()
-        load = [0] * len(self.actors)
-        try:
-            while queue or inflight:
-                # least-loaded actor first, so the queue's first jobs start at once on different actors
-                # (the transfer order puts the jobs that compute shared teacher logits first)
-                while queue and min(load) < 2:
-                    i = load.index(min(load))
-                    job = queue.popleft()
-                    if not on_start(job["id"], self.names[i]):  # claimed by another launcher
-                        continue
-                    unrecorded.add(job["id"])
-                    attempts[job["id"]] += 1
-                    ref = self.actors[i].run.remote({**job, "payload": payload_of(job), "inputs": inputs(job)})
-                    inflight[ref] = (job, i)
-                    load[i] += 1
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
-                for ref in ready:
-                    job, i = inflight.pop(ref)
-                    load[i] -= 1
-                    try:
-                        on_done(job, ray.get(ref))
-                    except ray.exceptions.RayActorError as e:  # the worker process died: replace it
-                        self.actors[i] = self._actor_cls.remote(*self._args)
-                        self.names[i] = ray.get(self.actors[i].info.remote())
-                        self._retry(job, f"worker died: {e}", attempts, max_retries, queue, on_error)
-                    except ray.exceptions.RayTaskError as e:
-                        self._retry(job, _task_error(e), attempts, max_retries, queue, on_error)
-                    unrecorded.discard(job["id"])
-        except KeyboardInterrupt:
-            store.set_state(sorted(unrecorded), "interrupted")  # released: the next launch runs them at once
-            raise
-
-    @staticmethod
-    def _retry(job, err, attempts, max_retries, queue, on_error):
-        final = attempts[job["id"]] > max_retries
-        on_error(job, err, final)
-        if not final:
-            queue.append(job)
-
-    def close(self):
-        import ray
-
-        for a in self.actors:
-            ray.kill(a)
+    def ended(self, counts: bool = True) -> None:
+        """A job left the worker: done or failed for good (``counts``), or back in the queue for a retry."""
+        self.running -= 1
+        self.prog.update(self.task, advance=1 if counts else 0, description=self._text())
 
 
-def _task_error(e) -> str:
-    cause = getattr(e, "cause", None)
-    if cause is not None:
-        return f"{type(cause).__name__}: {cause}"
-    return str(e).strip().splitlines()[-1]
+def describe(job: Job) -> str:
+    """A job in a few words, for error lines: its kind and the models it is about."""
+    p = job.payload
+    if job.kind == "predict":
+        return f"predict {p.model.name}"
+    if job.kind == "transfer":
+        return f"transfer {'+'.join(p.teacher_names)} -> {p.student.name}, {p.method}, seed {p.seed}"
+    return job.kind
+
+
+def _last_line(err) -> str:
+    lines = str(err or "").strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 def eval_labels(spec: SweepSpec, paths: Paths) -> np.ndarray:
@@ -564,33 +571,3 @@ def eval_labels(spec: SweepSpec, paths: Paths) -> np.ndarray:
 
     return load_image_set(spec.data.eval, spec.data.image_size, paths.cache, spec.data.class_map).labels.numpy()
 
-
-def payload_of(job: dict) -> dict:
-    """A job's payload. The store keeps it as JSON text; a stage that reads it itself passes it on parsed."""
-    return job["payload"] if isinstance(job["payload"], dict) else json.loads(job["payload"])
-
-
-def record_transfer(store: Store, job: dict, res: dict, owner: str | None = None) -> None:
-    """A transfer job's outcome in the store: its per-epoch rows, its teachers (multi-teacher jobs) and its
-    state, in one transaction. The launcher (``owner``: its lease) and Tune trials both record through here."""
-    if res["state"] != "done":
-        store.finish_job(job["id"], res["state"], error=res.get("error"), seconds=res.get("seconds"), owner=owner)
-        return
-    p = payload_of(job)
-    key = {"job_id": job["id"], "eval_set": p["eval"], "student": p["student"]["name"],
-           "teacher": p["teacher"]["name"], "method": p["method"], "seed": p["seed"]}
-    last = len(res["rows"])
-    # a row may name its own teacher: multi-teacher rows carry a label ("a+b+c"), their teachers go to job_teachers
-    rows = [{**key, **{k: plain(v) for k, v in r.items()}, "teacher": r.get("teacher", key["teacher"]),
-             "final": r["epoch"] == last} for r in res["rows"]]
-    teachers = [t["name"] for t in p["teachers"]] if "teachers" in p else None
-    store.finish_job(job["id"], "done", results=rows, seconds=res.get("seconds"), owner=owner, teachers=teachers)
-
-
-def plain(v):
-    """A numpy scalar as a Python one; NaN (e.g. a transfer rate with no positive flips) as None (NULL)."""
-    if isinstance(v, (np.floating, np.integer)):
-        v = v.item()
-    if isinstance(v, float) and v != v:
-        return None
-    return v

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -19,8 +20,14 @@ from zoo_sweep.config.params import TransferParams
 from zoo_sweep.config.spec import SweepSpec, load_spec
 from zoo_sweep.data.sets import image_set_key, num_classes_of  # noqa: F401  (num_classes_of re-exported)
 from zoo_sweep.errors import UserError
-from zoo_sweep.ids import content_id
 from zoo_sweep.paths import Paths
+from zoo_sweep.pipeline.jobs import (
+    ComparePayload,
+    Job,
+    PredictPayload,
+    TransferPayload,
+    job_rows,
+)
 from zoo_sweep.pipeline.select import all_pairs, needs_measurement, select_pairs
 from zoo_sweep.transfer.catalog import CATALOG
 from zoo_sweep.zoo.models import (
@@ -48,7 +55,12 @@ def check_names(spec: SweepSpec) -> SweepSpec:
     """Names a spec picks from a registry (zoo source, pair policy, methods, multi-teacher modes, cache policy)
     against those registries; none needs torch, so dry runs on a login node check them too."""
     from zoo_sweep.pipeline.select import POLICIES
-    from zoo_sweep.transfer.catalog import CACHE_POLICIES, CATALOG, MULTI_MODES, single_teacher
+    from zoo_sweep.transfer.catalog import (
+        CACHE_POLICIES,
+        CATALOG,
+        MULTI_MODES,
+        single_teacher,
+    )
     from zoo_sweep.zoo.models import SOURCES
 
     z, p, t = spec.zoo, spec.pairs, spec.transfer
@@ -108,24 +120,20 @@ class Plan:
     num_classes: int
     eval_key: str
     transfer_key: str
-    predict_jobs: list[dict]
-    compare_job: dict
-    transfer_jobs: list[dict] | None  # None: chosen after stage 2 (the policy needs measured accuracies)
+    predict_jobs: list[Job]
+    compare_job: Job
+    transfer_jobs: list[Job] | None  # None: chosen after stage 2 (the policy needs measured accuracies)
     params: dict[str, int]
+    home: Path | None = None  # the results folder: stored payloads name paths under it relative to it
 
     @property
-    def all_jobs(self) -> list[dict]:
+    def all_jobs(self) -> list[Job]:
         return self.predict_jobs + [self.compare_job] + (self.transfer_jobs or [])
 
     def entry(self, name: str) -> ModelEntry:
         if getattr(self, "_by_name", None) is None or len(self._by_name) != len(self.models):
             self._by_name = {m.name: m for m in self.models}  # zoo-wide plans look names up millions of times
         return self._by_name[name]
-
-
-def _row(kind: str, ident: dict, payload: dict) -> dict:
-    return {"id": f"{kind[0]}-{content_id({'kind': kind, **ident})}", "kind": kind,
-            "payload": json.dumps(payload, sort_keys=True, default=list)}
 
 
 def make_plan(spec: SweepSpec, paths: Paths, dry_run: bool = False) -> Plan:
@@ -150,15 +158,12 @@ def make_plan(spec: SweepSpec, paths: Paths, dry_run: bool = False) -> Plan:
     params = param_counts(models, paths.cache)
     check_transfer(spec, models, k)
 
-    predict = []
-    for m in models:
-        ident = {"model": m.ident, "eval": eval_key, "topk": spec.run.topk}
-        predict.append(_row("predict", ident, {"model": m.to_dict(), "eval": d.eval, "image_size": d.image_size,
-                                               "class_map": d.class_map, "topk": spec.run.topk}))
-    compare = _row("compare", {"eval": eval_key, "records": [j["id"] for j in predict]},
-                   {"eval": d.eval, "eval_key": eval_key, "models": [m.name for m in models],
-                    "records": [j["id"] for j in predict]})
-    plan = Plan(spec, models, k, eval_key, transfer_key, predict, compare, None, params)
+    predict = [Job.new({"model": m.ident, "eval": eval_key, "topk": spec.run.topk},
+                       PredictPayload(m, d.eval, d.image_size, d.class_map, spec.run.topk)) for m in models]
+    records = [j.id for j in predict]
+    compare = Job.new({"eval": eval_key, "records": records},
+                      ComparePayload(d.eval, eval_key, [m.name for m in models], records))
+    plan = Plan(spec, models, k, eval_key, transfer_key, predict, compare, None, params, paths.home)
     if not spec.transfer.methods and not spec.transfer.multi_teacher:
         plan.transfer_jobs = []  # measure-only (a flip study): no pair lists, even for 1.6M ordered pairs
     elif not needs_measurement(spec.pairs):
@@ -166,47 +171,56 @@ def make_plan(spec: SweepSpec, paths: Paths, dry_run: bool = False) -> Plan:
     return plan
 
 
-def transfer_jobs(plan: Plan, pairs: list[tuple[str, str]]) -> list[dict]:
-    t, d = plan.spec.transfer, plan.spec.data
-    data = {"eval": d.eval, "transfer": d.transfer, "image_size": d.image_size, "class_map": d.class_map}
+def transfer_jobs(plan: Plan, pairs: list[tuple[str, str]]) -> list[Job]:
+    """One job per (pair, method, seed), then the multi-teacher jobs (independent of the pair policy)."""
+    t = plan.spec.transfer
     hps = {method: method_hp(t, method) for method in t.methods}
-    seen: dict[str, tuple[dict, dict]] = {}
+    ident_data, data = _data_fields(plan)
+    seen: dict[str, tuple] = {}
 
-    def model(name: str) -> tuple[dict, dict]:
-        """(ident, payload dict) of a model, built once: zoo-wide plans have millions of pairs."""
+    def model(name: str) -> tuple:
+        """(entry, ident) of a model, built once: zoo-wide plans have millions of pairs."""
         if name not in seen:
             e = plan.entry(name)
-            seen[name] = (e.ident, e.to_dict())
+            seen[name] = (e, e.ident)
         return seen[name]
 
-    rows = []
+    jobs = []
     for student, teacher in pairs:
-        (s_id, s_dict), (t_id, t_dict) = model(student), model(teacher)
+        (s, s_id), (te, t_id) = model(student), model(teacher)
         for method, hp in hps.items():
             for seed in t.seeds:
-                ident = {"student": s_id, "teacher": t_id, "method": method, "seed": seed, "hp": hp,
-                         "eval": plan.eval_key, "transfer": plan.transfer_key}
-                rows.append(_row("transfer", ident, {
-                    "student": s_dict, "teacher": t_dict, "method": method, "seed": seed, "hp": hp, **data}))
-    # multi-teacher jobs (independent of the pair policy). The payload's "teacher" is the first teacher so
-    # the launcher's per-job inputs stay defined; "teachers" is what the worker uses, and its rows name
-    # every teacher ("a+b+c") and the mode as the method.
+                ident = {"student": s_id, "teacher": t_id, "method": method, "seed": seed, "hp": hp, **ident_data}
+                jobs.append(Job.new(ident, TransferPayload(s, te, method, seed, hp, **data)))
+    return jobs + multi_teacher_jobs(plan)
+
+
+def multi_teacher_jobs(plan: Plan) -> list[Job]:
+    """Every multi-teacher student x mode x seed; its rows name every teacher and the mode as the method."""
+    t = plan.spec.transfer
     names = [m.name for m in plan.models]
+    hp = method_hp(t, t.multi_method)
+    ident_data, data = _data_fields(plan)
+    jobs = []
     for student in t.multi_students if t.multi_teacher else ():
-        s, tes = plan.entry(student), [plan.entry(n) for n in multi_teachers(t, names, student)]
-        hp = method_hp(t, t.multi_method)
+        s, tes = plan.entry(student), tuple(plan.entry(n) for n in multi_teachers(t, names, student))
         for mode in t.multi_teacher:
             for seed in t.seeds:
                 ident = {"student": s.ident, "teachers": [x.ident for x in tes], "mode": mode,
-                         "method": t.multi_method, "seed": seed, "hp": hp, "eval": plan.eval_key,
-                         "transfer": plan.transfer_key}
-                rows.append(_row("transfer", ident, {
-                    "student": s.to_dict(), "teacher": tes[0].to_dict(), "teachers": [x.to_dict() for x in tes],
-                    "method": mode, "multi_method": t.multi_method, "seed": seed, "hp": hp, **data}))
-    return rows
+                         "method": t.multi_method, "seed": seed, "hp": hp, **ident_data}
+                jobs.append(Job.new(ident, TransferPayload(s, tes[0], mode, seed, hp, **data, teachers=tes,
+                                                           multi_method=t.multi_method)))
+    return jobs
 
 
-def select_transfers(plan: Plan, pairs_df: pd.DataFrame, history=None) -> list[dict]:
+def _data_fields(plan: Plan) -> tuple[dict, dict]:
+    """(the data part of a transfer job's identity, the data fields of its payload)."""
+    d = plan.spec.data
+    return ({"eval": plan.eval_key, "transfer": plan.transfer_key},
+            {"eval": d.eval, "transfer": d.transfer, "image_size": d.image_size, "class_map": d.class_map})
+
+
+def select_transfers(plan: Plan, pairs_df: pd.DataFrame, history=None) -> list[Job]:
     """Stage 3: the transfer jobs for the measured pairs, by the spec's pair policy (``history``:
     (models, transfer results, method) for the predicted_gain policy)."""
     families = {m.name: m.family for m in plan.models}
@@ -233,16 +247,4 @@ def write_plan(store, plan: Plan) -> int:
     spec = plan.spec
     row = {"name": spec.name, "spec": json.dumps(spec.to_dict(), default=list), "spec_hash": spec.digest,
            "path": spec.path}
-    return store.write_plan(row, model_rows(plan), plan.all_jobs, spec.name)
-
-
-def entry_from_dict(d: dict) -> ModelEntry:
-    """A ModelEntry from a job payload; JSON turned its tuples into lists, timm wants them back."""
-    def tup(v):
-        return tuple(tup(x) for x in v) if isinstance(v, list) else v
-
-    fields = {f.name for f in dataclasses.fields(ModelEntry)}
-    d = {k: v for k, v in d.items() if k in fields}
-    d["kwargs"] = {k: tup(v) for k, v in d.get("kwargs", {}).items()}
-    d["data_cfg"] = {k: tup(v) for k, v in d.get("data_cfg", {}).items()}
-    return ModelEntry(**d)
+    return store.write_plan(row, model_rows(plan), job_rows(plan.all_jobs, plan.home), spec.name)

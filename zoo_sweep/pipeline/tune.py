@@ -21,13 +21,10 @@ from zoo_sweep.config.spec import PairSpec, SweepSpec
 from zoo_sweep.errors import UserError
 from zoo_sweep.paths import Paths
 from zoo_sweep.pipeline.cluster import connect
-from zoo_sweep.pipeline.launch import (
-    LaunchOptions,
-    measure_sweep,
-    plain,
-    record_transfer,
-)
+from zoo_sweep.pipeline.jobs import Job, job_rows
+from zoo_sweep.pipeline.launch import LaunchOptions, measure_sweep
 from zoo_sweep.pipeline.plan import transfer_jobs
+from zoo_sweep.pipeline.results import plain, record_transfer
 from zoo_sweep.pipeline.select import select_pairs
 from zoo_sweep.storage.store import Store
 
@@ -62,6 +59,35 @@ def tune_method(spec: SweepSpec, store: Store, paths: Paths, method: str, sample
                 objective: str = "delta", opts: LaunchOptions | None = None) -> TuneResult:
     from ray import tune
 
+    _check_args(method, objective, samples, pairs)
+    opts = opts or LaunchOptions()
+    measured = measure_sweep(spec, store, paths, opts)  # records + pairs (reused)
+    plan = measured.plan
+    calib = calibration_pairs(store, spec, pairs, {m.name: m.family for m in plan.models})
+    base = spec.transfer
+
+    def jobs_for(config: dict) -> list[Job]:
+        # one method, one seed, the calibration pairs only: the spec's multi-teacher jobs are not part of a trial
+        t = dataclasses.replace(base, methods=(method,), seeds=base.seeds[:1], multi_teacher=(), **config)
+        return transfer_jobs(dataclasses.replace(plan, spec=dataclasses.replace(spec, transfer=t)), calib)
+
+    # join the sweep's cluster ourselves: Tune would otherwise ray.init() whatever cluster
+    # /tmp/ray/ray_current_cluster names (the measure step above starts none when all is cached)
+    connect(opts.address, opts.cpus, opts.gpus)
+    tuner = tune.Tuner(
+        tune.with_resources(_trainable(jobs_for, measured.correct, paths), {"cpu": opts.cpus_per_job}),
+        param_space=search_space(method),
+        tune_config=tune.TuneConfig(metric=OBJECTIVES[objective], mode="max", num_samples=samples),
+        run_config=tune.RunConfig(name=f"{spec.name}-{method}", storage_path=str(paths.home / "tune"), verbose=0),
+    )
+    sweep = f"{spec.name}.tune.{method}"
+    rows = _record_trials(tuner.fit(), store, sweep, paths)
+    trials = pd.DataFrame(rows).sort_values(OBJECTIVES[objective], ascending=False).reset_index(drop=True)
+    best = {k: plain(trials.iloc[0][k]) for k in search_space(method)}
+    return TuneResult(sweep, best, trials, calib)
+
+
+def _check_args(method: str, objective: str, samples: int, pairs: int) -> None:
     from zoo_sweep.transfer.catalog import CATALOG as METHODS
 
     if method not in METHODS:
@@ -70,60 +96,47 @@ def tune_method(spec: SweepSpec, store: Store, paths: Paths, method: str, sample
         raise UserError(f"--objective must be one of {', '.join(OBJECTIVES)}")
     if samples < 1 or pairs < 1:
         raise UserError("--samples and --pairs must be >= 1")
-    opts = opts or LaunchOptions()
-    measured = measure_sweep(spec, store, paths, opts)  # records + pairs (reused)
-    plan, correct = measured.plan, measured.correct
-    calib = calibration_pairs(store, spec, pairs, {m.name: m.family for m in plan.models})
-    base = spec.transfer
 
-    def jobs_for(config: dict) -> list[dict]:
-        # one method, one seed, the calibration pairs only: the spec's multi-teacher jobs are not part of a trial
-        t = dataclasses.replace(base, methods=(method,), seeds=base.seeds[:1], multi_teacher=(), **config)
-        return transfer_jobs(dataclasses.replace(plan, spec=dataclasses.replace(spec, transfer=t)), calib)
 
+def _trainable(jobs_for, correct: dict[str, np.ndarray], paths: Paths):
+    """One trial: every calibration job of its configuration on one worker; the jobs and their outcomes go
+    back to the driver as JSON (the driver stores them: trials never write the store)."""
     def trainable(config: dict):
+        from ray import tune
+
         from zoo_sweep.pipeline.worker import Worker
 
         worker = Worker(str(paths.home), threads=1)
         out = []
         for job in jobs_for(config):
-            p = json.loads(job["payload"])
-            res = worker.run({**job, "payload": p, "inputs": {"s0_correct": correct[p["student"]["name"]],
-                                                           "teacher_correct": correct[p["teacher"]["name"]]}})
-            out.append({"job": job, "res": res})
+            p = job.payload
+            res = worker.run(job, {"s0_correct": correct[p.student.name], "teacher_correct": correct[p.teacher.name]})
+            out.append({"job": job.to_row(paths.home), "res": res})
         final = [o["res"]["rows"][-1]["delta"] for o in out if o["res"]["state"] == "done"]
         tune.report({"mean_delta": float(np.mean(final)) if final else float("-inf"),
                      "success": float(np.mean([d > 0 for d in final]) * 100) if final else 0.0,
                      "jobs": json.dumps(out, default=_jsonable)})
+    return trainable
 
-    # join the sweep's cluster ourselves: Tune would otherwise ray.init() whatever cluster
-    # /tmp/ray/ray_current_cluster names (the measure step above starts none when all is cached)
-    connect(opts.address, opts.cpus, int(opts.gpus))
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": opts.cpus_per_job}),
-        param_space=search_space(method),
-        tune_config=tune.TuneConfig(metric=OBJECTIVES[objective], mode="max", num_samples=samples),
-        run_config=tune.RunConfig(name=f"{spec.name}-{method}", storage_path=str(paths.home / "tune"), verbose=0),
-    )
-    grid = tuner.fit()
-    sweep = f"{spec.name}.tune.{method}"
+
+def _record_trials(grid, store: Store, sweep: str, paths: Paths) -> list[dict]:
+    """Each finished trial's jobs into the store; one row per configuration (its values and objectives)."""
     rows = []
     for r in grid:
         if r.error or not r.metrics:
             continue
-        _store_trial(store, sweep, json.loads(r.metrics["jobs"]))
+        _store_trial(store, sweep, json.loads(r.metrics["jobs"]), paths)
         rows.append({**r.config, "mean_delta": r.metrics["mean_delta"], "success": r.metrics["success"]})
     if not rows:
         raise UserError(f"every Tune trial failed; see {paths.home / 'tune'}")
-    trials = pd.DataFrame(rows).sort_values(OBJECTIVES[objective], ascending=False).reset_index(drop=True)
-    best = {k: plain(trials.iloc[0][k]) for k in search_space(method)}
-    return TuneResult(sweep, best, trials, calib)
+    return rows
 
 
-def _store_trial(store: Store, sweep: str, out: list[dict]) -> None:
-    store.add_jobs(sweep, [o["job"] for o in out])
-    for o in out:
-        record_transfer(store, o["job"], o["res"])
+def _store_trial(store: Store, sweep: str, out: list[dict], paths: Paths) -> None:
+    jobs = [Job.from_row(o["job"], paths.home) for o in out]
+    store.add_jobs(sweep, job_rows(jobs, paths.home))
+    for job, o in zip(jobs, out):
+        record_transfer(store, job, o["res"])
 
 
 def write_back(spec_path: str | Path, values: dict) -> None:

@@ -1,6 +1,7 @@
 """The work a worker does for one job, and the warm worker that keeps imports, data and weights loaded.
 
-``Worker`` is a plain class: a notebook can call ``Worker(home).run(job)`` directly; the launcher wraps it
+``Worker`` is a plain class: a notebook can call ``Worker(home).run(job, inputs)`` directly (a typed job,
+``pipeline.jobs.Job.from_row`` of a store row); the launcher wraps it
 in ``ray.remote`` so it lives on as an actor across jobs (one per GPU, GPU fraction or CPU slot), paying
 torch/timm import, data decoding and model loading once rather than per job. Workers never write the
 store: they return results to the driver.
@@ -42,14 +43,13 @@ class Worker:
             self._sets[key] = load_image_set(ref, image_size, self.paths.cache, class_map)
         return self._sets[key]
 
-    def model(self, entry_dict: dict):
-        """A fresh model instance; weights come from a small in-memory cache after the first load."""
+    def model(self, entry):
+        """A fresh model instance (``entry``: a ModelEntry); weights come from a small in-memory cache after
+        the first load."""
         import copy
 
-        from zoo_sweep.pipeline.plan import entry_from_dict
         from zoo_sweep.zoo.models import create
 
-        entry = entry_from_dict(entry_dict)
         if entry.name in self._weights:
             self._weights.move_to_end(entry.name)
             model = create(entry, pretrained=False)
@@ -67,69 +67,78 @@ class Worker:
 
         return {role: LogitCache(self.paths.logits / key / device_kind(self.device)) for role, key in streams.items()}
 
-    def run(self, job: dict) -> dict:
+    def run(self, job, inputs: dict | None = None) -> dict:
+        """Run one job (a ``pipeline.jobs.Job``) with the launcher's per-job ``inputs``; returns its outcome."""
         t0 = time.time()
-        out = getattr(self, f"_{job['kind']}")(job["payload"], job.get("inputs") or {})
+        out = getattr(self, f"_{job.kind}")(job, inputs or {})
         out.update(worker=self.name, seconds=time.time() - t0)
         return out
 
-    def _noop(self, spec: dict, _inputs: dict) -> dict:
+    def _noop(self, job, _inputs: dict) -> dict:
         """Does nothing (optionally sleeps): measures the scheduler's own per-job cost (bench/scheduler.py)."""
-        if spec.get("sleep"):
-            time.sleep(spec["sleep"])
+        if job.payload.sleep:
+            time.sleep(job.payload.sleep)
         return {"state": "done"}
 
-    def _predict(self, spec: dict, inputs: dict) -> dict:
+    def _predict(self, job, inputs: dict) -> dict:
         from zoo_sweep.science.records import BATCH_MEMO, accuracy, predict
         from zoo_sweep.zoo.models import data_config
 
-        images = self.image_set(spec["eval"], spec["image_size"], spec.get("class_map"))
-        model = self.model(spec["model"])
+        p = job.payload
+        images = self.image_set(p.eval, p.image_size, p.class_map)
+        model = self.model(p.model)
         if model.num_classes != images.num_classes:
-            raise ValueError(f"{spec['model']['name']} has {model.num_classes} outputs but the eval set "
+            raise ValueError(f"{p.model.name} has {model.num_classes} outputs but the eval set "
                              f"has {images.num_classes} classes")
-        rec = predict(model, images, data_config(model), inputs.get("batch_size", "auto"), spec["topk"], self.device,
-                      memo=self.paths.cache / BATCH_MEMO, name=spec["model"]["name"])
+        rec = predict(model, images, data_config(model), inputs.get("batch_size", "auto"), p.topk, self.device,
+                      memo=self.paths.cache / BATCH_MEMO, name=p.model.name)
         return {"state": "done", "record": rec, "accuracy": accuracy(rec, images.labels.numpy())}
 
-    def _transfer(self, spec: dict, inputs: dict) -> dict:
-        from zoo_sweep.transfer.train import Diverged, TransferParams, run_transfer
-        from zoo_sweep.zoo.models import data_config
+    def _transfer(self, job, inputs: dict) -> dict:
+        from zoo_sweep.transfer.train import Diverged, TransferParams
 
-        ev = self.image_set(spec["eval"], spec["image_size"], spec.get("class_map"))
-        tr = self.image_set(spec["transfer"], spec["image_size"], spec.get("class_map"))
-        from zoo_sweep.ids import content_id
-        from zoo_sweep.science.records import predict
-        from zoo_sweep.transfer.multi import run_multi
-
-        # the payload determines the job, so its hash names the checkpoint folder across retries and launches
-        ckpt = self.paths.checkpoints / content_id(spec)
-        hp = TransferParams.from_dict(spec["hp"])
-        student = self.model(spec["student"])
-        s0_correct = np.asarray(inputs["s0_correct"])
+        p = job.payload
+        ev = self.image_set(p.eval, p.image_size, p.class_map)
+        tr = self.image_set(p.transfer, p.image_size, p.class_map)
+        # the job id names the checkpoint folder across retries and launches
+        ckpt = self.paths.checkpoints / job.id
+        hp = TransferParams.from_dict(p.hp)
         try:
-            if "teachers" not in spec:
-                teacher = self.model(spec["teacher"])
-                caches = self.logit_caches(inputs.get("streams") or {})
-                rows = run_transfer(student, teacher, spec["method"], hp, spec["seed"], tr, ev, data_config(student),
-                                    data_config(teacher), s0_correct, np.asarray(inputs["teacher_correct"]),
-                                    self.device, ckpt_dir=ckpt, teacher_cache=caches.get("teacher"),
-                                    s0_cache=caches.get("s0"))
-                return {"state": "done", "rows": rows, "logits_read": sum(c.reads for c in caches.values())}
-            # multi-teacher: every teacher's correctness comes from its prediction record (the launcher sends
-            # them); a caller without records (a notebook) gets one evaluation pass per teacher instead
-            teachers = [self.model(e) for e in spec["teachers"]]
-            cfgs = [data_config(t) for t in teachers]
-            correct = [np.asarray(c) for c in inputs.get("teachers_correct") or
-                       [predict(t, ev, c, topk=1, device=self.device)["pred"] == ev.labels.numpy()
-                        for t, c in zip(teachers, cfgs)]]
-            rows = run_multi(spec["method"], student, teachers, [c.mean() for c in correct], hp, spec["seed"], tr, ev,
-                             data_config(student), cfgs, s0_correct, correct, self.device,
-                             method=spec["multi_method"], ckpt_dir=ckpt)
+            if p.multi:
+                return self._multi(p, inputs, hp, tr, ev, ckpt)
+            return self._single(p, inputs, hp, tr, ev, ckpt)
         except Diverged as e:
             return {"state": "diverged", "error": str(e)}
+
+    def _single(self, p, inputs: dict, hp, tr, ev, ckpt) -> dict:
+        from zoo_sweep.transfer.train import run_transfer
+        from zoo_sweep.zoo.models import data_config
+
+        student, teacher = self.model(p.student), self.model(p.teacher)
+        caches = self.logit_caches(inputs.get("streams") or {})
+        rows = run_transfer(student, teacher, p.method, hp, p.seed, tr, ev, data_config(student), data_config(teacher),
+                            np.asarray(inputs["s0_correct"]), np.asarray(inputs["teacher_correct"]), self.device,
+                            ckpt_dir=ckpt, teacher_cache=caches.get("teacher"), s0_cache=caches.get("s0"))
+        return {"state": "done", "rows": rows, "logits_read": sum(c.reads for c in caches.values())}
+
+    def _multi(self, p, inputs: dict, hp, tr, ev, ckpt) -> dict:
+        """Every teacher's correctness comes from its prediction record (the launcher sends them); a caller
+        without records (a notebook) gets one evaluation pass per teacher instead."""
+        from zoo_sweep.science.records import predict
+        from zoo_sweep.transfer.multi import run_multi
+        from zoo_sweep.zoo.models import data_config
+
+        student = self.model(p.student)
+        teachers = [self.model(e) for e in p.teachers]
+        cfgs = [data_config(t) for t in teachers]
+        correct = [np.asarray(c) for c in inputs.get("teachers_correct") or
+                   [predict(t, ev, c, topk=1, device=self.device)["pred"] == ev.labels.numpy()
+                    for t, c in zip(teachers, cfgs)]]
+        rows = run_multi(p.method, student, teachers, [c.mean() for c in correct], hp, p.seed, tr, ev,
+                         data_config(student), cfgs, np.asarray(inputs["s0_correct"]), correct, self.device,
+                         method=p.multi_method, ckpt_dir=ckpt)
         # the row's own teacher name wins over the launcher's (the payload's first teacher)
-        name = "+".join(e["name"] for e in spec["teachers"])
+        name = "+".join(p.teacher_names)
         return {"state": "done", "rows": [{**r, "teacher": name} for r in rows]}
 
 

@@ -26,7 +26,8 @@ from zoo_sweep.report.queries import (  # noqa: F401  (callers of the report rea
 )
 from zoo_sweep.report.tables import method_summary  # noqa: F401
 from zoo_sweep.science import stats
-from zoo_sweep.storage.store import Store, shown_url
+from zoo_sweep.storage.store import Store
+from zoo_sweep.urls import mask_url
 
 _NO_PAIRS = "nothing to draw: no measured pairs on this eval set yet (`zoo-sweep measure SPEC`)"
 _NO_RESULTS = "nothing to draw: no finished single-teacher transfer results for this sweep yet"
@@ -50,7 +51,7 @@ def make_report(store: Store, sweep: str, eval_set: str, out_dir: str | Path, nu
     matplotlib.use("Agg")
     out = _folder(out_dir)
     url = getattr(store, "url", "")
-    rep = Report(sweep, eval_set, {"sweep": sweep, "eval_set": eval_set}, shown_url(url) if url else "", num_classes)
+    rep = Report(sweep, eval_set, {"sweep": sweep, "eval_set": eval_set}, mask_url(url), num_classes)
     data = sections.read_data(store, sweep, eval_set, out, num_classes, n_boot, seed)
     rep.files += _write_rows(data, out)
     rep.sections += [section(data) for section in sections.SECTIONS]

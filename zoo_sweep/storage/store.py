@@ -34,22 +34,13 @@ from zoo_sweep.storage.schema import (  # noqa: F401  (the tables, re-exported f
     transfer_results,
 )
 from zoo_sweep.transfer.result_metrics import TRANSFER_METRICS  # noqa: F401
+from zoo_sweep.urls import mask_url, scrub
 
 DEFAULT_DB = "sqlite:///results/zoo.db"
 
 
 def resolve_url(url: str | None) -> str:
     return url or os.environ.get("ZOO_SWEEP_DB") or DEFAULT_DB
-
-
-def shown_url(url: str) -> str:
-    """A store URL fit to print: the password masked (the raw text's when it does not parse)."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL: mask whatever sits between ':' and '@'
-        import re
-
-        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 class Store:
@@ -62,10 +53,10 @@ class Store:
         try:
             u = make_url(self.url)
         except Exception:
-            raise UserError(f"not a database URL: {shown_url(self.url)!r} (e.g. sqlite:///results/zoo.db or "
+            raise UserError(f"not a database URL: {mask_url(self.url)!r} (e.g. sqlite:///results/zoo.db or "
                             "postgresql://user@host/db)") from None
         self._u = u
-        self.where = u.database if self.is_sqlite_file else shown_url(self.url)
+        self.where = u.database if self.is_sqlite_file else mask_url(self.url)
         # resolved once: a later chdir must not move the store
         self._path = Path(u.database).resolve() if self.is_sqlite_file else None
         self._file_id = self._open_sqlite_file(create) if self.is_sqlite_file else None
@@ -112,7 +103,7 @@ class Store:
         msg = str(e.orig).strip().splitlines()[0] if str(e.orig).strip() else type(e.orig).__name__
         if "file is not a database" in msg or "file is encrypted" in msg:
             return f"not a zoo-sweep store: {self.where} is not an SQLite database"
-        return f"cannot open the store {shown_url(self.url)}: {msg}"
+        return f"cannot open the store {mask_url(self.url)}: {scrub(msg, self.url)}"
 
     # ------------------------------------------------------------------ guarded access
     def _check_file(self) -> None:

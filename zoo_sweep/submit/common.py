@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from zoo_sweep.errors import UserError
+from zoo_sweep.urls import mask_url, passwords
 
 if TYPE_CHECKING:
     from zoo_sweep.config.spec import SweepSpec
@@ -51,7 +52,7 @@ def cluster_store_url(db: str | None, multi_node: bool, where: str, cwd: Path | 
     try:
         u = make_url(url)
     except Exception:
-        raise UserError(f"not a database URL: {url!r} (e.g. postgresql://user@host/db)") from None
+        raise UserError(f"not a database URL: {mask_url(url)!r} (e.g. postgresql://user@host/db)") from None
     if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
         if u.database == ":memory:":
             raise UserError("an in-memory SQLite store cannot outlive a cluster job; "
@@ -62,19 +63,20 @@ def cluster_store_url(db: str | None, multi_node: bool, where: str, cwd: Path | 
         return url
     if multi_node:
         raise UserError(
-            f"the store {url} is a relative SQLite path, which {where} cannot share: use a PostgreSQL URL "
+            f"the store {mask_url(url)} is a relative SQLite path, which {where} cannot share: use a PostgreSQL URL "
             "(--db postgresql://user@host/db, reachable from the head node), or an absolute SQLite path on the "
             "head node's local disk (--db sqlite:////local/scratch/zoo.db) and `zoo-sweep export` at the end")
     return u.set(database=str((cwd or Path.cwd()) / path)).render_as_string(hide_password=False)
 
 
 def has_password(url: str) -> bool:
+    """In the user part or a password= query parameter: either keeps the URL out of written files."""
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(url).password is not None
+        return make_url(url).password is not None or bool(passwords(url))
     except Exception:
-        return False
+        return bool(passwords(url))
 
 
 def is_sqlite(url: str) -> bool:

@@ -1,0 +1,134 @@
+"""Warm Ray actors fed with a ``ray.wait`` loop: the launcher's executor for predict and transfer jobs.
+
+Each actor is a ``Worker`` that keeps torch, timm, decoded image sets and recent weights loaded across jobs.
+Two jobs are in flight per actor, so none idles while the driver records a result. A job whose worker
+process died, or that raised, is retried up to ``max_retries`` times, on a fresh actor if its died.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+from zoo_sweep.errors import UserError
+from zoo_sweep.paths import Paths
+from zoo_sweep.pipeline.jobs import Job
+
+
+@dataclass(frozen=True)
+class ActorShape:
+    """What one actor claims from Ray, and how many of them the launch starts."""
+    num_gpus: float
+    num_cpus: int
+    count: int
+
+
+def actor_shape(cluster, gpus: float, gpus_per_job: float, cpus_per_job: int) -> ActorShape:
+    """One actor per GPU share (``gpus_per_job``, at most the launch's ``gpus``) or per ``cpus_per_job`` CPUs.
+    An actor that asks for more than the cluster has would wait for ever, so that is an error here."""
+    if cpus_per_job > cluster.cpus:
+        raise UserError(f"--cpus-per-job {cpus_per_job} is more than the {cluster.cpus:g} CPU(s) Ray sees; "
+                        f"use --cpus-per-job {max(1, int(cluster.cpus))} or fewer")
+    if gpus > 0:
+        per = min(gpus_per_job, gpus)
+        return ActorShape(per, cpus_per_job, max(1, int(gpus / per + 1e-9)))
+    return ActorShape(0, cpus_per_job, max(1, int(cluster.cpus // cpus_per_job)))
+
+
+@dataclass
+class Handlers:
+    """The launcher's side of a stage: per-job inputs, and what to record when a job starts, ends or fails."""
+    inputs: Callable[[Job], dict]
+    on_start: Callable[[Job, str], bool]  # False: another launcher claimed the job first; skip it
+    on_done: Callable[[Job, dict], None]
+    on_error: Callable[[Job, str, bool], None]  # (job, error text, final: no retry left)
+    on_interrupt: Callable[[list[str]], None]  # Ctrl-C: the ids started and not yet recorded
+
+
+class Pool:
+    def __init__(self, shape: ActorShape, paths: Paths):
+        import ray
+
+        from zoo_sweep.pipeline.worker import Worker
+
+        self.size = shape.count
+        self._actor_cls = ray.remote(Worker).options(num_gpus=shape.num_gpus, num_cpus=shape.num_cpus,
+                                                     max_concurrency=1)
+        self._args = (str(paths.home), shape.num_cpus)
+        self.actors = [self._actor_cls.remote(*self._args) for _ in range(self.size)]
+        self.names = ray.get([a.info.remote() for a in self.actors])  # host:pid:device, kept in jobs.worker
+
+    def run(self, jobs: list[Job], h: Handlers, max_retries: int) -> None:
+        """Run ``jobs`` to the end (done, or failed after ``max_retries`` retries)."""
+        import ray
+
+        queue = deque(jobs)
+        attempts = {j.id: j.attempts for j in jobs}
+        self._inflight: dict = {}  # object ref -> (job, actor index)
+        self._load = [0] * len(self.actors)
+        # started and not yet recorded: wider than inflight, so a Ctrl-C while a job is being sent or its
+        # result written leaves no job 'running'
+        unrecorded: set[str] = set()
+        try:
+            while queue or self._inflight:
+                self._fill(queue, h, attempts, unrecorded)
+                ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    job, err = self._collect(ref, h)
+                    if err is not None:
+                        self._retry(job, err, attempts, max_retries, queue, h)
+                    unrecorded.discard(job.id)
+        except KeyboardInterrupt:
+            h.on_interrupt(sorted(unrecorded))
+            raise
+
+    def _fill(self, queue: deque, h: Handlers, attempts: dict, unrecorded: set) -> None:
+        # least-loaded actor first, so the queue's first jobs start at once on different actors
+        # (the transfer order puts the jobs that compute shared teacher logits first)
+        while queue and min(self._load) < 2:
+            i = self._load.index(min(self._load))
+            job = queue.popleft()
+            if not h.on_start(job, self.names[i]):
+                continue
+            unrecorded.add(job.id)
+            attempts[job.id] += 1
+            self._inflight[self.actors[i].run.remote(job, h.inputs(job))] = (job, i)
+            self._load[i] += 1
+
+    def _collect(self, ref, h: Handlers) -> tuple[Job, str | None]:
+        """Record a finished job: (job, None), or (job, error) when it raised or its worker died."""
+        import ray
+
+        job, i = self._inflight.pop(ref)
+        self._load[i] -= 1
+        try:
+            h.on_done(job, ray.get(ref))
+        except ray.exceptions.RayActorError as e:  # the worker process died: replace it
+            self.actors[i] = self._actor_cls.remote(*self._args)
+            self.names[i] = ray.get(self.actors[i].info.remote())
+            return job, f"worker died: {e}"
+        except ray.exceptions.RayTaskError as e:
+            return job, task_error(e)
+        return job, None
+
+    @staticmethod
+    def _retry(job: Job, err: str, attempts: dict, max_retries: int, queue: deque, h: Handlers) -> None:
+        final = attempts[job.id] > max_retries
+        h.on_error(job, err, final)
+        if not final:
+            queue.append(job)
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+
+
+def task_error(e) -> str:
+    """The error a job raised, as its type and message (Ray wraps it with the worker's traceback)."""
+    cause = getattr(e, "cause", None)
+    if cause is not None:
+        return f"{type(cause).__name__}: {cause}"
+    return str(e).strip().splitlines()[-1]

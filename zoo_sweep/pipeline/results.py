@@ -1,0 +1,35 @@
+"""A transfer job's outcome in the store; the launcher and Tune trials both record through here."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from zoo_sweep.pipeline.jobs import Job, JobState
+from zoo_sweep.storage.store import Store
+
+
+def record_transfer(store: Store, job: Job, res: dict, owner: str | None = None) -> None:
+    """Its per-epoch rows, its teachers (multi-teacher jobs) and its state, in one transaction. The launcher
+    (``owner``: its lease) and Tune trials both record through here."""
+    if res["state"] != JobState.DONE:
+        store.finish_job(job.id, str(res["state"]), error=res.get("error"), seconds=res.get("seconds"), owner=owner)
+        return
+    p = job.payload
+    key = {"job_id": job.id, "eval_set": p.eval, "student": p.student.name, "teacher": p.teacher.name,
+           "method": p.method, "seed": p.seed}
+    last = len(res["rows"])
+    # a row may name its own teacher: multi-teacher rows carry a label ("a+b+c"), their teachers go to job_teachers
+    rows = [{**key, **{k: plain(v) for k, v in r.items()}, "teacher": r.get("teacher", key["teacher"]),
+             "final": r["epoch"] == last} for r in res["rows"]]
+    teachers = list(p.teacher_names) if p.multi else None
+    store.finish_job(job.id, JobState.DONE.value, results=rows, seconds=res.get("seconds"), owner=owner,
+                     teachers=teachers)
+
+
+def plain(v):
+    """A numpy scalar as a Python one; NaN (e.g. a transfer rate with no positive flips) as None (NULL)."""
+    if isinstance(v, (np.floating, np.integer)):
+        v = v.item()
+    if isinstance(v, float) and v != v:
+        return None
+    return v
