@@ -29,15 +29,17 @@ from zoo_sweep.zoo.models import (
     select_names,
 )
 
-TRANSFER_HP = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "temperature", "alpha", "augment")
+TRANSFER_HP = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "temperature", "alpha", "augment", "inputs",
+               "lr_scaling")
 
 
 def method_hp(t, method: str) -> dict:
     """The hyper-parameters of one method's jobs: the common ones plus the method's own (Method.params), so a
-    changed CD weight re-runs CD jobs only."""
+    changed CD weight re-runs CD jobs only (``job_hp``: options at their older behaviour are left out)."""
+    from zoo_sweep.config.params import job_hp
     from zoo_sweep.transfer.catalog import CATALOG
 
-    return {k: getattr(t, k) for k in TRANSFER_HP + CATALOG[method].params}
+    return job_hp(t, TRANSFER_HP + CATALOG[method].params)
 
 
 def check_names(spec: SweepSpec) -> SweepSpec:

@@ -93,14 +93,14 @@ class Worker:
         return {"state": "done", "record": rec, "accuracy": accuracy(rec, images.labels.numpy())}
 
     def _transfer(self, spec: dict, inputs: dict) -> dict:
-        from zoo_sweep.transfer.train import Diverged, TransferParams, run_transfer
+        from zoo_sweep.transfer.train import Diverged, RunOptions, TransferJob, TransferParams, run_transfer
         from zoo_sweep.zoo.models import data_config
 
         ev = self.image_set(spec["eval"], spec["image_size"], spec.get("class_map"))
         tr = self.image_set(spec["transfer"], spec["image_size"], spec.get("class_map"))
         from zoo_sweep.ids import content_id
         from zoo_sweep.science.records import predict
-        from zoo_sweep.transfer.multi import run_multi
+        from zoo_sweep.transfer.multi import MultiJob, run_multi
 
         # the payload determines the job, so its hash names the checkpoint folder across retries and launches
         ckpt = self.paths.checkpoints / content_id(spec)
@@ -111,10 +111,10 @@ class Worker:
             if "teachers" not in spec:
                 teacher = self.model(spec["teacher"])
                 caches = self.logit_caches(inputs.get("streams") or {})
-                rows = run_transfer(student, teacher, spec["method"], hp, spec["seed"], tr, ev, data_config(student),
-                                    data_config(teacher), s0_correct, np.asarray(inputs["teacher_correct"]),
-                                    self.device, ckpt_dir=ckpt, teacher_cache=caches.get("teacher"),
-                                    s0_cache=caches.get("s0"))
+                single = TransferJob(student, teacher, spec["method"], hp, spec["seed"], tr, ev, data_config(student),
+                                    data_config(teacher), s0_correct, np.asarray(inputs["teacher_correct"]))
+                rows = run_transfer(single, RunOptions(self.device, ckpt_dir=ckpt, teacher_cache=caches.get("teacher"),
+                                                     s0_cache=caches.get("s0")))
                 return {"state": "done", "rows": rows, "logits_read": sum(c.reads for c in caches.values())}
             # multi-teacher: every teacher's correctness comes from its prediction record (the launcher sends
             # them); a caller without records (a notebook) gets one evaluation pass per teacher instead
@@ -123,9 +123,9 @@ class Worker:
             correct = [np.asarray(c) for c in inputs.get("teachers_correct") or
                        [predict(t, ev, c, topk=1, device=self.device)["pred"] == ev.labels.numpy()
                         for t, c in zip(teachers, cfgs)]]
-            rows = run_multi(spec["method"], student, teachers, [c.mean() for c in correct], hp, spec["seed"], tr, ev,
-                             data_config(student), cfgs, s0_correct, correct, self.device,
-                             method=spec["multi_method"], ckpt_dir=ckpt)
+            multi = MultiJob(student, teachers, [c.mean() for c in correct], hp, spec["seed"], tr, ev,
+                             data_config(student), cfgs, s0_correct, correct, method=spec["multi_method"])
+            rows = run_multi(spec["method"], multi, RunOptions(self.device, ckpt_dir=ckpt))
         except Diverged as e:
             return {"state": "diverged", "error": str(e)}
         # the row's own teacher name wins over the launcher's (the payload's first teacher)
