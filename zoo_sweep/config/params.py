@@ -53,33 +53,34 @@ class TransferParams:
     weight_decay: float = key(1e-4, "SGD weight decay", ge=0)
     temperature: float = key(1.0, "distillation temperature T (KL is T^2 * KL(target || softmax(z_s / T)))", gt=0)
     alpha: float = key(0.5, "xekl: weight of KL against cross-entropy", ge=0, le=1)
-    augment: str | bool = key("shift", 'train-time augmentation, drawn from the job\'s seeded stream on the device: '
-                              '"paper" (flip p 0.5, colour distortion p 0.8, grayscale p 0.2, as the reference '
+    augment: str | bool = key("shift", "train-time augmentation, drawn from the job's seeded stream on the device: "
+                              '"paper" (flip p 0.5, colour distortion p 0.8, grayscale p 0.2, as the authors\' '
                               'code), "shift" (random +-2 px shifts), "none"',
                               expect='"paper", "shift" or "none" (true and false, as older specs say: "shift" '
                                      'and "none")')
     inputs: str = key("own", '"own": every model its own timm data config; "student": every model sees the '
-                             "student's resolution and crop, only mean/std per model (reference code)")
-    lr_scaling: str = key("none", '"linear": the learning rate (lr, mcl_lr) times batch_size / 256 (reference '
+                             "student's resolution and crop, only mean/std per model (the authors' code)")
+    lr_scaling: str = key("none", '"linear": the learning rate (lr, mcl_lr) times batch_size / 256 (the authors\' '
                                   'code); "none": as given')
     xe_on: str = key("logits", 'xekl, xekl_mcl: cross-entropy on the student\'s "logits", or on its softmax '
-                               '"probs" (reference code: a far weaker label term)')
+                               '"probs" (the authors\' code: a far weaker label term)')
     top_k: int = key(0, "KL over the teacher's top-k classes only; 0 = all classes", ge=0)
     # XE-KL-Dist + MCL (paper: alpha 0.68, top-k 100, tau 0.9999, every 2 steps, lr 0.01)
     mcl_alpha: float = key(0.68, "xekl_mcl: weight of KL against cross-entropy", ge=0, le=1)
     mcl_top_k: int = key(100, "xekl_mcl: KL over the teacher's top-k classes; 0 = all", ge=0)
     tau: float = key(0.9999, "xekl_mcl: slow-weight momentum", gt=0, lt=1)
-    mcl_every: int = key(2, "xekl_mcl: optimizer steps between slow-weight updates", ge=1)
+    mcl_every: int = key(2, "xekl_mcl: optimizer steps between slow-weight updates (mcl_schedule "
+                            '"reference": at batch 256, scaled by 256 / batch_size)', ge=1)
     mcl_lr: float = key(0.01, "xekl_mcl: learning rate", gt=0)
     mcl_kl_mean: str = key("batch", 'xekl_mcl: the masked KL averaged over the whole "batch", or over the '
-                                    '"kept" samples only (reference code)')
+                                    '"kept" samples only (the authors\' code)')
     mcl_schedule: str = key("steps", 'xekl_mcl: "steps": slow weights updated every mcl_every optimizer steps; '
                                      '"reference": after batch j of each epoch (from 0) when j % (mcl_every * 256 '
                                      '/ batch_size) == 0, starting from the weights after the first step')
     flip_avg_neutral: str = key("s0_probs", 'flip_avg: target where neither model flips: "s0_probs" (mean of '
                                             'the teacher\'s and s0\'s probabilities) or "student_logits" (softmax '
                                             'of the mean of the teacher\'s and the current student\'s logits, '
-                                            'gradient included: reference code)')
+                                            'gradient included: the authors\' code)')
     # contrastive baselines (paper: CD weight 10, XE 0.1; CRD 128-d, 4096 negatives, weight 0.8, XE 1)
     cd_weight: float = key(10.0, "cd: weight of the batch-similarity KL", ge=0)
     cd_xe: float = key(0.1, "cd: weight of cross-entropy", ge=0)
@@ -88,13 +89,14 @@ class TransferParams:
     crd_weight: float = key(0.8, "crd: weight of the contrastive loss", ge=0)
     crd_xe: float = key(1.0, "crd: weight of cross-entropy", ge=0)
     crd_dim: int = key(128, "crd: embedding width", ge=1)
-    crd_negatives: int = key(4096, "crd: negatives per sample (capped at the transfer set's size)", ge=1)
+    crd_negatives: int = key(4096, "crd: negatives per sample (infonce: capped at the other samples of the set; "
+                                   "reference: drawn with replacement)", ge=1)
     crd_temperature: float = key(0.07, "crd: temperature of the contrastive softmax", gt=0)
     crd_form: str = key("infonce", 'crd: "infonce" (InfoNCE against uniform negatives) or "reference" (CRD\'s '
                                    'NCE loss with its memory-bank positives, fixed Z and negatives drawn from '
                                    'other classes)')
     teacher_bn: str = key("eval", 'cd, crd: the teacher in "eval" mode, or in "train" mode (BatchNorm on '
-                                  'batch statistics, as the reference code leaves it)')
+                                  'batch statistics, as the authors\' code leaves it)')
 
     def __post_init__(self):
         if isinstance(self.augment, bool):  # older specs and job payloads: augment = true / false

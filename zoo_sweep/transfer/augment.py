@@ -16,7 +16,7 @@ same pixels, which is what lets a teacher's logits be computed once and read bac
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -27,14 +27,18 @@ import contextlib
 import copy
 import dataclasses
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from zoo_sweep.config.params import TransferParams, used_rows  # noqa: F401  (TransferParams re-exported: callers import it here)
+from zoo_sweep.config.params import (  # TransferParams: callers also import it from here
+    TransferParams,
+    used_rows,
+)
 from zoo_sweep.data.images import ImageSet, model_input
 from zoo_sweep.errors import UserError
 from zoo_sweep.ids import content_id
@@ -107,6 +111,13 @@ def run_transfer(job: TransferJob, opts: RunOptions | None = None, **options) ->
 
 def _as_list(x) -> list:
     return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+@dataclass
+class _Frozen:
+    """A frozen role's logits this epoch: read back from the cache, or a list collecting them to store."""
+    read: torch.Tensor | None
+    new: list | None
 
 
 class TransferRun:
@@ -289,7 +300,7 @@ class TransferRun:
                 cache.save(epoch, torch.cat(frozen.new))
         return torch.stack(losses), share_sum
 
-    def train_step(self, b, b_dev, i: int, span: slice, teacher: "_Frozen", s0: "_Frozen"):
+    def train_step(self, b, b_dev, i: int, span: slice, teacher: _Frozen, s0: _Frozen):
         x = self.batch_images(b, b_dev)
         y = self.train_labels[b_dev]
         z_t, f_t, z_s0 = self.frozen_logits(x, span, teacher, s0)
@@ -305,7 +316,7 @@ class TransferRun:
         return loss.detach(), share
 
     @torch.no_grad()
-    def frozen_logits(self, x, span: slice, teacher: "_Frozen", s0: "_Frozen"):
+    def frozen_logits(self, x, span: slice, teacher: _Frozen, s0: _Frozen):
         """(teacher logits or the K x B x C stack, teacher features, s0 logits): read back or computed (and
         collected for the cache)."""
         if teacher.read is not None:
@@ -363,12 +374,6 @@ class TransferRun:
         if self.ckpt is not None:
             shutil.rmtree(self.ckpt.parent, ignore_errors=True)
 
-
-@dataclass
-class _Frozen:
-    """A frozen role's logits this epoch: read back from the cache, or a list collecting them to store."""
-    read: torch.Tensor | None
-    new: list | None
 
 
 def student_geometry(x: torch.Tensor, student_cfg: dict, device) -> torch.Tensor:
