@@ -34,7 +34,7 @@ from teacher_cache import compare, forward_ms, reuse_floor, sync  # noqa: E402
 from zoo_sweep.data.images import ImageSet  # noqa: E402
 from zoo_sweep.science.complementary import flip_counts  # noqa: E402
 from zoo_sweep.science.records import predict  # noqa: E402
-from zoo_sweep.transfer.train import TransferParams, run_transfer  # noqa: E402
+from zoo_sweep.transfer.train import TransferJob, TransferParams, run_transfer  # noqa: E402
 
 T0 = time.perf_counter()
 SMOKE_INPUT: int | None = None  # set by --smoke
@@ -177,9 +177,10 @@ def part_b(student, teacher, n_steps, bs, size, device):
     warm = tr.head(3 * bs)
     steps = {}
     for method in ("kl", "kl_dp"):
-        run_transfer(s, t, method, hp, 0, warm, ev, s_cfg, t_cfg, ok, ok, device)
+        run_transfer(TransferJob(s, t, method, hp, 0, warm, ev, s_cfg, t_cfg, ok, ok), device=device)
     for method in ("kl", "kl_dp", "kl", "kl_dp"):  # alternating: drift hits both alike
-        sec = timed(lambda: run_transfer(s, t, method, hp, 0, tr, ev, s_cfg, t_cfg, ok, ok, device), device, 1)
+        sec = timed(lambda: run_transfer(TransferJob(s, t, method, hp, 0, tr, ev, s_cfg, t_cfg, ok, ok), device=device),
+                    device, 1)
         steps[method] = max(steps.get(method, 0.0), n_steps / sec)
     result("transfer_steps", student=student, teacher=teacher, batch=bs, kl_steps_s=steps["kl"],
            kl_dp_steps_s=steps["kl_dp"], ratio_kl_dp_over_kl=steps["kl_dp"] / steps["kl"])

@@ -41,7 +41,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from zoo_sweep.science.records import predict  # noqa: E402
 from zoo_sweep.transfer.logit_store import LogitCache, device_kind, plan_streams  # noqa: E402
-from zoo_sweep.transfer.train import TransferParams, run_transfer, used_rows  # noqa: E402
+from zoo_sweep.transfer.train import (  # noqa: E402
+    TransferJob,
+    TransferParams,
+    run_transfer,
+    used_rows,
+)
 
 
 def sync(device: str) -> None:
@@ -85,8 +90,8 @@ def sweep(models: dict[str, torch.nn.Module], cfgs: dict[str, dict], students: l
             caches = {role: LogitCache(root / key / device_kind(device))
                       for role, key in plan.streams.get(jid, {}).items()}
             student = copy.deepcopy(models[s]).requires_grad_(True)  # a model that taught earlier is frozen
-            rows[jid] = run_transfer(student, models[t], method, hp, 0, tr, ev, cfgs[s], cfgs[t], correct[s],
-                                     correct[t], device, teacher_cache=caches.get("teacher"),
+            job = TransferJob(student, models[t], method, hp, 0, tr, ev, cfgs[s], cfgs[t], correct[s], correct[t])
+            rows[jid] = run_transfer(job, device=device, teacher_cache=caches.get("teacher"),
                                      s0_cache=caches.get("s0"))[-1]
             plan.release(jid, root)
         sync(device)

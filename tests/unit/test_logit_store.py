@@ -5,6 +5,8 @@ not run again; the planner and the job order are checked on real plan payloads.
 """
 
 
+import dataclasses
+
 import pytest
 import torch
 from tiny import CFG, assert_same_rows, cnn, correct, digits_slices, mlp, one_thread  # noqa: F401  (one_thread: autouse)
@@ -15,7 +17,7 @@ from zoo_sweep.transfer.logit_store import (
     plan_streams,
     stream_bytes,
 )
-from zoo_sweep.transfer.train import TransferParams, run_transfer
+from zoo_sweep.transfer.train import TransferJob, TransferParams, run_transfer
 
 HP = TransferParams(epochs=2, batch_size=32, lr=0.05)
 
@@ -37,11 +39,12 @@ class Counting(torch.nn.Module):
         return self.model(x)
 
 
-def run(data, student_seed, teacher, method="kl_dp", **caches):
+def run(data, student_seed, teacher, method="kl_dp", hp=HP, **caches):
     tr, ev = data
     student = cnn(student_seed)
-    return run_transfer(student, teacher, method, HP, 0, tr, ev, CFG, CFG, correct(cnn(student_seed), ev),
-                        correct(teacher, ev), **caches), student
+    job = TransferJob(student, teacher, method, hp, 0, tr, ev, CFG, CFG, correct(cnn(student_seed), ev),
+                      correct(teacher, ev))
+    return run_transfer(job, **caches), student
 
 
 def test_cached_teacher_and_s0_give_the_same_results_and_skip_the_forward_passes(data, tmp_path):
@@ -102,7 +105,8 @@ def test_a_teacher_read_from_the_cache_never_goes_to_the_device(data, tmp_path):
     def job(teacher):
         ok = correct(teacher, ev)
         teacher.moves = 0  # what the correctness pass did is not the job's
-        run_transfer(cnn(1), teacher, "kl", HP, 0, tr, ev, CFG, CFG, correct(cnn(1), ev), ok, teacher_cache=t_cache)
+        run_transfer(TransferJob(cnn(1), teacher, "kl", HP, 0, tr, ev, CFG, CFG, correct(cnn(1), ev), ok),
+                     teacher_cache=t_cache)
         return teacher.moves
 
     assert job(Moves(mlp(5))) >= 1  # computes both epochs
@@ -164,3 +168,32 @@ def test_the_spec_names_the_policies_on_a_typo():
     assert parse_spec({"name": "x", "transfer": {"teacher_cache": "off"}}).transfer.teacher_cache == "off"
     with pytest.raises(UserError, match=r"unknown \[transfer\] teacher_cache 'on'; known: auto, off"):
         check_names(parse_spec({"name": "x", "transfer": {"teacher_cache": "on"}}))
+
+
+@pytest.mark.parametrize("options", [{"augment": "paper"}, {"augment": "paper", "inputs": "student"}])
+def test_the_papers_augmentation_and_inputs_keep_cached_logits_exact(data, tmp_path, options):
+    """The "paper" augmentation draws from the data stream a fixed number of times per batch, on any data: a
+    job that reads the teacher's and s0's logits back trains exactly as one that computes them."""
+    hp = dataclasses.replace(HP, **options)
+    plain, s_plain = run(data, 1, mlp(5), hp=hp)
+    t_cache, s0_cache = LogitCache(tmp_path / "t"), LogitCache(tmp_path / "s0")
+    first, _ = run(data, 1, mlp(5), hp=hp, teacher_cache=t_cache, s0_cache=s0_cache)
+    second, s_second = run(data, 1, Counting(mlp(5)), hp=hp, teacher_cache=t_cache, s0_cache=s0_cache)
+    assert (t_cache.writes, t_cache.reads, s0_cache.reads) == (2, 2, 2)
+    assert_same_rows(plain, first)
+    assert_same_rows(plain, second)
+    for (k, v1), v2 in zip(s_plain.state_dict().items(), s_second.state_dict().values()):
+        assert torch.equal(v1, v2), k
+    other, _ = run(data, 1, mlp(5), hp=HP)  # the shift augmentation: another stream, other results
+    assert other[-1]["train_loss"] != plain[-1]["train_loss"]
+
+
+def test_the_stream_names_its_augmentation_and_under_student_inputs_the_student():
+    base = payload("a", "c")
+    paper = {**base, "hp": {**base["hp"], "augment": "paper"}}
+    student_inputs = {**base, "hp": {**base["hp"], "inputs": "student"}}
+    other_student = {**student_inputs, "student": {"name": "b"}}
+    keys = [job_streams(p, "tk")["teacher"] for p in (base, paper, student_inputs, other_student)]
+    assert len(set(keys)) == 4  # under student inputs the teacher's stream depends on the student's geometry
+    # the shift stream of a job planned before augment named its kind keeps its key
+    assert job_streams(payload("b", "c"), "tk")["teacher"] == keys[0]

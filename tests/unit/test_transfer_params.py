@@ -52,3 +52,63 @@ def test_models_with_another_class_count_than_the_data_are_refused(tmp_path):
     zoo = {"source": "timm", "models": ["resnet10t", "resnet14t"], "allow_random_weights": True, "num_classes": 5}
     with pytest.raises(UserError, match="10 classes of digits:eval"):
         _plan(tmp_path, zoo=zoo)
+
+
+# ------------------------------------------------------------------ reference-code options
+from zoo_sweep.config.params import CHOICES, LEGACY, job_hp  # noqa: E402
+from zoo_sweep.pipeline.plan import TRANSFER_HP, method_hp  # noqa: E402
+from zoo_sweep.transfer.catalog import CATALOG  # noqa: E402
+
+
+@pytest.mark.parametrize("value, kind", [(True, "shift"), (False, "none"), ("paper", "paper"), ("none", "none")])
+def test_augment_names_its_kind_and_older_specs_still_read(value, kind):
+    assert parse_spec({"name": "x", "transfer": {"augment": value}}).transfer.augment == kind
+
+
+@pytest.mark.parametrize("transfer, message", [
+    ({"augment": "flip"}, "[transfer] augment must be one of 'paper', 'shift', 'none', got 'flip'"),
+    ({"augment": 1}, '[transfer] augment must be "paper", "shift" or "none"'),
+    ({"xe_on": "probabilities"}, "[transfer] xe_on must be one of 'logits', 'probs', got 'probabilities'"),
+    ({"inputs": "teacher"}, "[transfer] inputs must be one of 'own', 'student'"),
+    ({"crd_form": "nce"}, "[transfer] crd_form must be one of 'infonce', 'reference'"),
+])
+def test_bad_option_values_are_named(transfer, message):
+    with pytest.raises(UserError) as e:
+        parse_spec({"name": "x", "transfer": transfer})
+    assert message in str(e.value)
+
+
+def test_jobs_of_specs_without_the_newer_options_keep_their_ids():
+    """The hyper-parameters a job hashes, for a spec that uses no option added with the reference forms,
+    are exactly those planned before the options existed (ids, results and cached streams stay valid)."""
+    t = parse_spec({"name": "x"}).transfer
+    old_common = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "temperature", "alpha", "augment")
+    old_params = {"kl": ("top_k",), "xekl": ("top_k",), "flip_avg": ("top_k",),
+                  "xekl_mcl": ("mcl_alpha", "mcl_top_k", "tau", "mcl_every", "mcl_lr"), "cd": ("cd_weight", "cd_xe"),
+                  "crd": ("crd_weight", "crd_xe", "crd_dim", "crd_negatives", "crd_temperature")}
+    for method, params in old_params.items():
+        assert method_hp(t, method) == {**{k: getattr(t, k) for k in old_common + params}, "augment": True}
+    none = parse_spec({"name": "x", "transfer": {"augment": False}}).transfer
+    assert method_hp(none, "kl")["augment"] is False
+
+
+def test_every_option_reaches_the_jobs_that_read_it_and_reads_back():
+    options = {"augment": "paper", "inputs": "student", "lr_scaling": "linear", "xe_on": "probs",
+               "mcl_kl_mean": "kept", "mcl_schedule": "reference", "flip_avg_neutral": "student_logits",
+               "cd_form": "reference", "crd_form": "reference", "teacher_bn": "train"}
+    assert set(options) == set(CHOICES)
+    t = parse_spec({"name": "x", "transfer": options}).transfer
+    readers = {k: [m for m, info in CATALOG.items() if k in info.params] for k in options}
+    for key in options:
+        assert key in TRANSFER_HP or readers[key], key  # common, or listed by the methods that read it
+    assert readers["xe_on"] == ["xekl", "xekl_mcl"] and readers["teacher_bn"] == ["cd", "crd"]
+    for method in ("kl", "xekl", "xekl_mcl", "flip_avg", "cd", "crd"):
+        hp = method_hp(t, method)
+        back = TransferParams.from_dict(hp)
+        for k in hp:
+            assert getattr(back, k) == getattr(t, k), (method, k)
+        assert hp["augment"] == "paper" and hp["inputs"] == "student"
+    # a payload written before an option existed reads back as the behaviour it had then
+    old = TransferParams.from_dict({"augment": True, "batch_size": 64})
+    assert old.augment == "shift" and all(getattr(old, k) == v for k, v in LEGACY.items())
+    assert job_hp(old, ["augment", "inputs"]) == {"augment": True}

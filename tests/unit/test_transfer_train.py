@@ -12,8 +12,14 @@ import pytest
 import torch
 from tiny import CFG, assert_same_rows, cnn, correct, digits_slices, mlp, one_thread  # noqa: F401  (one_thread: autouse)
 
-from zoo_sweep.transfer.multi import run_multi
-from zoo_sweep.transfer.train import Diverged, TransferParams, run_transfer
+from zoo_sweep.transfer.multi import MultiJob, run_multi
+from zoo_sweep.transfer.train import (
+    Diverged,
+    RunOptions,
+    TransferJob,
+    TransferParams,
+    run_transfer,
+)
 
 HP = TransferParams(epochs=2, batch_size=32, lr=0.05, mcl_top_k=0, tau=0.9, crd_negatives=64)
 
@@ -27,8 +33,8 @@ def _run(method, data, ckpt_dir=None, on_epoch=None, hp=HP, student=None):
     tr, ev = data
     student = student or cnn()
     teacher = mlp()
-    rows = run_transfer(student, teacher, method, hp, 0, tr, ev, CFG, CFG, correct(cnn(), ev), correct(teacher, ev),
-                        ckpt_dir=ckpt_dir, on_epoch=on_epoch)
+    job = TransferJob(student, teacher, method, hp, 0, tr, ev, CFG, CFG, correct(cnn(), ev), correct(teacher, ev))
+    rows = run_transfer(job, ckpt_dir=ckpt_dir, on_epoch=on_epoch)
     return rows, student
 
 
@@ -94,8 +100,9 @@ def test_multi_teacher_modes(mode, n_rows, data, tmp_path):
     teachers = [mlp(2), mlp(3)]
     corrects = [correct(t, ev) for t in teachers]
     ckpt = tmp_path / "multi"
-    rows = run_multi(mode, student, teachers, [c.mean() for c in corrects], HP, 0, tr, ev, CFG, [CFG, CFG],
-                     correct(cnn(), ev), corrects, ckpt_dir=ckpt)
+    job = MultiJob(student, teachers, [c.mean() for c in corrects], HP, 0, tr, ev, CFG, [CFG, CFG],
+                   correct(cnn(), ev), corrects)
+    rows = run_multi(mode, job, ckpt_dir=ckpt)
     assert [r["epoch"] for r in rows] == list(range(1, n_rows + 1))
     union = np.logical_or(*corrects)
     s0 = correct(cnn(), ev)
@@ -109,7 +116,7 @@ def test_sequential_resumes_after_a_finished_stage(data, tmp_path):
     teachers = [mlp(2), mlp(3)]
     corrects = [correct(t, ev) for t in teachers]
     args = ([c.mean() for c in corrects], HP, 0, tr, ev, CFG, [CFG, CFG], correct(cnn(), ev), corrects)
-    straight = run_multi("sequential_asc", cnn(), teachers, *args)
+    straight = run_multi("sequential_asc", MultiJob(cnn(), teachers, *args))
     ckpt = tmp_path / "seq"
     calls = []
 
@@ -121,7 +128,8 @@ def test_sequential_resumes_after_a_finished_stage(data, tmp_path):
     from zoo_sweep.transfer import multi
 
     with pytest.raises(Killed):
-        multi.sequential(cnn(), teachers, args[0], *args[1:], order="asc", ckpt_dir=ckpt, on_epoch=kill_in_stage_two)
+        multi.sequential(MultiJob(cnn(), teachers, *args), RunOptions(ckpt_dir=ckpt, on_epoch=kill_in_stage_two),
+                         order="asc")
     assert (ckpt / "stage0.pt").is_file()
-    resumed = run_multi("sequential_asc", cnn(), teachers, *args, ckpt_dir=ckpt)
+    resumed = run_multi("sequential_asc", MultiJob(cnn(), teachers, *args), ckpt_dir=ckpt)
     assert_same_rows(straight, resumed, rel=1e-5, abs=1e-6)

@@ -144,6 +144,14 @@ def _print_plan(p) -> None:
         n_f = models["family"].value_counts()
         say("ordered pairs by family (student -> teacher): " + ", ".join(
             f"{a}->{b} {n_f[a] * (n_f[b] - (a == b)):,}" for a in n_f.index for b in n_f.index))
+    hub = [e for e in p.models if e.weights == "hub"]
+    if hub:  # a dry run needs no weights; say which ones a launch on this machine would still have to fetch
+        from zoo_sweep.zoo.models import hub_cached_file
+
+        missing = [e.name for e in hub if not hub_cached_file(e.arch)]
+        if missing:
+            out.print(f"weights not found on this machine for {len(missing)} of {m} models (launch fetches them "
+                      f"from the Hugging Face hub, or fails offline): {', '.join(missing)}")
     n_t = len(p.transfer_jobs) if p.transfer_jobs is not None else None
     t = p.spec.transfer
     per_pair = len(t.methods) * len(t.seeds)

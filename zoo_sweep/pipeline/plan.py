@@ -45,10 +45,11 @@ TRANSFER_HP = tuple(f.name for f in dataclasses.fields(TransferParams)
 
 def method_hp(t, method: str) -> dict:
     """The hyper-parameters of one method's jobs: the common ones plus the method's own (Method.params), so a
-    changed CD weight re-runs CD jobs only."""
+    changed CD weight re-runs CD jobs only (``job_hp``: options at their older behaviour are left out)."""
+    from zoo_sweep.config.params import job_hp
     from zoo_sweep.transfer.catalog import CATALOG
 
-    return {k: getattr(t, k) for k in TRANSFER_HP + CATALOG[method].params}
+    return job_hp(t, TRANSFER_HP + CATALOG[method].params)
 
 
 def check_names(spec: SweepSpec) -> SweepSpec:

@@ -111,21 +111,23 @@ class Worker:
             return {"state": "diverged", "error": str(e)}
 
     def _single(self, p, inputs: dict, hp, tr, ev, ckpt) -> dict:
-        from zoo_sweep.transfer.train import run_transfer
+        from zoo_sweep.transfer.train import RunOptions, TransferJob, run_transfer
         from zoo_sweep.zoo.models import data_config
 
         student, teacher = self.model(p.student), self.model(p.teacher)
         caches = self.logit_caches(inputs.get("streams") or {})
-        rows = run_transfer(student, teacher, p.method, hp, p.seed, tr, ev, data_config(student), data_config(teacher),
-                            np.asarray(inputs["s0_correct"]), np.asarray(inputs["teacher_correct"]), self.device,
-                            ckpt_dir=ckpt, teacher_cache=caches.get("teacher"), s0_cache=caches.get("s0"))
+        job = TransferJob(student, teacher, p.method, hp, p.seed, tr, ev, data_config(student), data_config(teacher),
+                          np.asarray(inputs["s0_correct"]), np.asarray(inputs["teacher_correct"]))
+        rows = run_transfer(job, RunOptions(self.device, ckpt_dir=ckpt, teacher_cache=caches.get("teacher"),
+                                            s0_cache=caches.get("s0")))
         return {"state": "done", "rows": rows, "logits_read": sum(c.reads for c in caches.values())}
 
     def _multi(self, p, inputs: dict, hp, tr, ev, ckpt) -> dict:
         """Every teacher's correctness comes from its prediction record (the launcher sends them); a caller
         without records (a notebook) gets one evaluation pass per teacher instead."""
         from zoo_sweep.science.records import predict
-        from zoo_sweep.transfer.multi import run_multi
+        from zoo_sweep.transfer.multi import MultiJob, run_multi
+        from zoo_sweep.transfer.train import RunOptions
         from zoo_sweep.zoo.models import data_config
 
         student = self.model(p.student)
@@ -134,9 +136,9 @@ class Worker:
         correct = [np.asarray(c) for c in inputs.get("teachers_correct") or
                    [predict(t, ev, c, topk=1, device=self.device)["pred"] == ev.labels.numpy()
                     for t, c in zip(teachers, cfgs)]]
-        rows = run_multi(p.method, student, teachers, [c.mean() for c in correct], hp, p.seed, tr, ev,
-                         data_config(student), cfgs, np.asarray(inputs["s0_correct"]), correct, self.device,
-                         method=p.multi_method, ckpt_dir=ckpt)
+        multi = MultiJob(student, teachers, [c.mean() for c in correct], hp, p.seed, tr, ev, data_config(student),
+                         cfgs, np.asarray(inputs["s0_correct"]), correct, method=p.multi_method)
+        rows = run_multi(p.method, multi, RunOptions(self.device, ckpt_dir=ckpt))
         # the row's own teacher name wins over the launcher's (the payload's first teacher)
         name = "+".join(p.teacher_names)
         return {"state": "done", "rows": [{**r, "teacher": name} for r in rows]}

@@ -30,19 +30,23 @@ def _declare(name: str, needs_s0: bool, description: str, **kw) -> None:
 
 
 _declare("kl", False, "KL-Dist: match the teacher on every sample")
-_declare("xekl", False, "XE-KL-Dist: alpha * KL + (1 - alpha) * cross-entropy with labels")
+_declare("xekl", False, "XE-KL-Dist: alpha * KL + (1 - alpha) * cross-entropy with labels",
+         params=("top_k", "xe_on"))
 _declare("kl_dp", True, "KL-Dist + DP (supervised): teacher where it is surer of the label")
 _declare("kl_dp_unsup", True, "KL-Dist + DP (unsupervised): teacher where it is more confident")
 _declare("self_dist", True, "Self-distillation: always the frozen student (a control)")
 _declare("flip_st", True, "Flip-st: teacher on positive flips of the current student, else s0")
 _declare("flip_t", True, "Flip-t: s0 on negative flips of the current student, else teacher")
-_declare("flip_avg", True, "Flip-avg: teacher on positive flips, s0 on negative flips, their average elsewhere")
+_declare("flip_avg", True, "Flip-avg: teacher on positive flips, s0 on negative flips, their average elsewhere",
+         params=("top_k", "flip_avg_neutral"))
 _declare("xekl_mcl", False, "XE-KL-Dist + MCL: slow weights (momentum interpolation), no KL where only the "
-         "student is right", lr_param="mcl_lr", params=("mcl_alpha", "mcl_top_k", "tau", "mcl_every", "mcl_lr"))
+         "student is right", lr_param="mcl_lr",
+         params=("mcl_alpha", "mcl_top_k", "tau", "mcl_every", "mcl_lr", "xe_on", "mcl_kl_mean", "mcl_schedule"))
 _declare("cd", False, "CD: match the teacher's batch-similarity structure of penultimate features, + XE",
-         needs_features=True, params=("cd_weight", "cd_xe"))
+         needs_features=True, params=("cd_weight", "cd_xe", "cd_form", "teacher_bn"))
 _declare("crd", False, "CRD: contrastive representation distillation with a memory bank, + XE",
-         needs_features=True, params=("crd_weight", "crd_xe", "crd_dim", "crd_negatives", "crd_temperature"))
+         needs_features=True, params=("crd_weight", "crd_xe", "crd_dim", "crd_negatives", "crd_temperature",
+                                      "crd_form", "teacher_bn"))
 _declare("parallel", True, "Multi-teacher parallel (supervised): per sample the model surest of the label",
          multi=True, params=())
 _declare("parallel_unsup", True, "Multi-teacher parallel (unsupervised): per sample the most confident model",

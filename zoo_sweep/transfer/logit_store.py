@@ -33,10 +33,16 @@ STREAM_VERSION = 1  # bump when the order or augmentation of the transfer stream
 
 
 def stream_key(model: dict, job: dict, transfer_key: str) -> str:
-    """Identity of one model's logits on one job's transfer stream (``job``: a transfer job's payload)."""
+    """Identity of one model's logits on one job's transfer stream (``job``: a transfer job's payload).
+
+    With inputs = "student" every model sees the batch at the student's geometry, so the stream depends on the
+    student too (named by its entry: coarser than its geometry, never wrong)."""
     hp = job["hp"]
-    return content_id({"v": STREAM_VERSION, "model": model, "transfer": transfer_key, "image_size": job["image_size"],
-                       "seed": job["seed"], "batch_size": hp["batch_size"], "augment": hp["augment"]})
+    ident = {"v": STREAM_VERSION, "model": model, "transfer": transfer_key, "image_size": job["image_size"],
+             "seed": job["seed"], "batch_size": hp["batch_size"], "augment": hp["augment"]}
+    if hp.get("inputs", "own") == "student":
+        ident["geometry_of"] = job["student"]
+    return content_id(ident)
 
 
 def cacheable_roles(method: str) -> tuple[str, ...]:

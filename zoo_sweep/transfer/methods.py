@@ -11,6 +11,12 @@ is the mean weight of the teacher in the per-sample targets (a tensor or a float
 Methods that carry state across steps (slow weights of MCL, CRD's embedding heads and memory bank) declare
 ``make_state``; the training loop then calls the state's hooks (``after_step``, ``eval_model``, ...) and
 checkpoints its ``state_dict``. Logit-only methods know nothing about the loop.
+
+Where the authors' code (the reference) computes a method differently from its textbook form, both are here,
+chosen by a [transfer] option (config/params.py CHOICES; docs/methods.md says which is the default and why):
+cross-entropy on probabilities (``xe_on``), MCL's masked-KL mean and update schedule (``mcl_kl_mean``,
+``mcl_schedule``), flip-avg's neutral target (``flip_avg_neutral``), CD's and CRD's losses (``cd_form``,
+``crd_form``). tests/unit/test_reference_forms.py holds each reference form to a transcription of that code.
 """
 
 from __future__ import annotations
@@ -59,8 +65,8 @@ class MethodState:
     def parameters(self) -> list[torch.nn.Parameter]:
         return []  # extra trainable parameters, optimised with the student
 
-    def after_step(self, student: torch.nn.Module, step: int) -> None:
-        pass  # step counts optimizer steps from 1
+    def after_step(self, student: torch.nn.Module, step: int, batch: int = 0) -> None:
+        pass  # step counts optimizer steps from 1 through the run; batch is the batch's index in its epoch, from 0
 
     def eval_model(self, student: torch.nn.Module) -> torch.nn.Module:
         return student  # the weights that are evaluated (and kept at the end of the run)
@@ -76,13 +82,23 @@ class MethodState:
 
 
 # ------------------------------------------------------------------ building blocks
-def kl_to_target(z_s: torch.Tensor, target: torch.Tensor, T: float, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """T^2 * KL(target || softmax(z_s / T)), averaged over the batch (masked-out samples count as zero)."""
+def kl_to_target(z_s: torch.Tensor, target: torch.Tensor, T: float, mask: torch.Tensor | None = None,
+                 over: str = "batch") -> torch.Tensor:
+    """T^2 * KL(target || softmax(z_s / T)), averaged over the batch (masked-out samples count as zero), or with
+    ``over="kept"`` over the samples the mask keeps (0 when it keeps none)."""
     log_p = F.log_softmax(z_s / T, dim=1)
     per_sample = (target * (torch.log(target.clamp_min(1e-12)) - log_p)).sum(dim=1)
     if mask is not None:
         per_sample = per_sample * mask
+    if mask is not None and over == "kept":
+        return per_sample.sum() / mask.sum().clamp_min(1) * T * T
     return per_sample.mean() * T * T
+
+
+def cross_entropy(z_s: torch.Tensor, y: torch.Tensor, p) -> torch.Tensor:
+    """The label term of XE-KL-Dist and MCL: on the logits, or (xe_on = "probs", the reference code) on the
+    softmax probabilities taken as logits, whose gradient is scaled down by p_y (1 - p_y)-like factors."""
+    return F.cross_entropy(F.softmax(z_s, dim=1) if p.xe_on == "probs" else z_s, y)
 
 
 def restrict_topk(z_t: torch.Tensor, *others: torch.Tensor | None, k: int | None):
@@ -162,7 +178,7 @@ def _kl(z_s, z_t, z_s0, y, p, ex=None):
 @register("xekl")
 def _xekl(z_s, z_t, z_s0, y, p, ex=None):
     kl, _ = _kl(z_s, z_t, z_s0, y, p)
-    return p.alpha * kl + (1 - p.alpha) * F.cross_entropy(z_s, y), 1.0
+    return p.alpha * kl + (1 - p.alpha) * cross_entropy(z_s, y, p), 1.0
 
 
 @register("kl_dp")
@@ -186,8 +202,21 @@ def _self_dist(z_s, z_t, z_s0, y, p, ex=None):
 def _flip(kind: str):
     def loss(z_s, z_t, z_s0, y, p, ex=None):
         w = flip_weights(kind, z_s, z_t, y)
+        if kind == "avg" and p.flip_avg_neutral == "student_logits":
+            return flip_avg_student_logits(z_s, z_t, z_s0, y, p), w.float().mean()
         return distill(z_s, z_t, z_s0, w, p), w.float().mean()
     return loss
+
+
+def flip_avg_student_logits(z_s, z_t, z_s0, y, p) -> torch.Tensor:
+    """flip-avg as the reference code computes it: teacher on positive flips, s0 on negative flips, and elsewhere
+    the softmax of the mean of the teacher's and the *current student's* logits, through which the gradient
+    also flows (the target moves with the student)."""
+    pos, neg = flip_masks(z_s, z_t, y)
+    z_t, z_s, z_s0 = restrict_topk(z_t, z_s, z_s0, k=p.top_k)
+    neutral = (z_t + z_s) / 2
+    z_target = torch.where(pos.unsqueeze(1), z_t, torch.where(neg.unsqueeze(1), z_s0, neutral))
+    return kl_to_target(z_s, F.softmax(z_target / p.temperature, dim=1), p.temperature)
 
 
 register("flip_st")(_flip("st"))
@@ -197,25 +226,37 @@ register("flip_avg")(_flip("avg"))
 
 # ------------------------------------------------------------------ XE-KL-Dist + MCL (slow weights)
 class SlowWeights(MethodState):
-    """Momentum weight interpolation: every ``every`` steps theta_slow <- tau * theta_slow + (1 - tau) * theta.
+    """Momentum weight interpolation: theta_slow <- tau * theta_slow + (1 - tau) * theta, on a schedule.
 
-    The slow copy starts at the student's weights and is what gets evaluated; floating buffers (BatchNorm
-    statistics) are interpolated like weights, integer ones (batch counters) copied.
+    "steps": every ``every`` optimizer steps through the run; the slow copy starts at the student's weights.
+    "reference" (the authors' code): after batch j of each epoch (j from 0) whenever j % N == 0 with
+    N = every * 256 / batch_size (a float: the code divides its N by the learning-rate scale), and the slow
+    copy starts at the weights after the first step (the code's slow weights alias the live ones until the
+    first update). The slow copy is what gets evaluated; floating buffers (BatchNorm statistics) are
+    interpolated like weights, integer ones (batch counters) copied.
     """
 
-    def __init__(self, student: torch.nn.Module, tau: float, every: int):
+    def __init__(self, student: torch.nn.Module, tau: float, every: int, schedule: str = "steps",
+                 batch_size: int = 256):
         self.slow = copy.deepcopy(student).eval()
         for q in self.slow.parameters():
             q.requires_grad_(False)
-        self.tau, self.every = tau, every
+        self.tau, self.every, self.schedule = tau, every, schedule
+        self.n = every / (batch_size / 256)
+        self.started = schedule != "reference"
+
+    def due(self, step: int, batch: int) -> bool:
+        return batch % self.n == 0 if self.schedule == "reference" else step % self.every == 0
 
     @torch.no_grad()
-    def after_step(self, student, step):
-        if step % self.every:
+    def after_step(self, student, step, batch=0):
+        if not self.due(step, batch):
             return
         slow, fast = self.slow.state_dict(), student.state_dict()
+        tau = self.tau if self.started else 0.0  # the reference's first update lands on the live weights
+        self.started = True
         floats = [k for k, v in slow.items() if v.is_floating_point()]
-        torch._foreach_lerp_([slow[k] for k in floats], [fast[k].to(slow[k].dtype) for k in floats], 1 - self.tau)
+        torch._foreach_lerp_([slow[k] for k in floats], [fast[k].to(slow[k].dtype) for k in floats], 1 - tau)
         for k, v in slow.items():
             if not v.is_floating_point():
                 v.copy_(fast[k])
@@ -224,20 +265,24 @@ class SlowWeights(MethodState):
         return self.slow
 
     def state_dict(self):
-        return {"slow": self.slow.state_dict()}
+        return {"slow": self.slow.state_dict(), "started": self.started}
 
     def load_state_dict(self, d):
         self.slow.load_state_dict(d["slow"])
+        self.started = d.get("started", True)
 
 
-@register("xekl_mcl", make_state=lambda student, teacher, p, info: SlowWeights(student, p.tau,
-                                                                                    p.mcl_every))
+def _slow_weights(student, teacher, p, info) -> SlowWeights:
+    return SlowWeights(student, p.tau, p.mcl_every, p.mcl_schedule, p.batch_size)
+
+
+@register("xekl_mcl", make_state=_slow_weights)
 def _xekl_mcl(z_s, z_t, z_s0, y, p, ex=None):
     _, neg = flip_masks(z_s, z_t, y)  # teacher wrong, current student right: following it would forget
     keep = ~neg
     z_tk, z_sk = restrict_topk(z_t, z_s, k=p.mcl_top_k)
-    kl = kl_to_target(z_sk, F.softmax(z_tk / p.temperature, dim=1), p.temperature, keep.float())
-    return p.mcl_alpha * kl + (1 - p.mcl_alpha) * F.cross_entropy(z_s, y), keep.float().mean()
+    kl = kl_to_target(z_sk, F.softmax(z_tk / p.temperature, dim=1), p.temperature, keep.float(), p.mcl_kl_mean)
+    return p.mcl_alpha * kl + (1 - p.mcl_alpha) * cross_entropy(z_s, y, p), keep.float().mean()
 
 
 # ------------------------------------------------------------------ contrastive baselines (features)
@@ -253,11 +298,26 @@ def batch_similarity(f: torch.Tensor, tau: float) -> torch.Tensor:
     return F.log_softmax(sim.masked_fill(eye, float("-inf")), dim=1).masked_fill(eye, 0.0)
 
 
+def cd_reference(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
+    """CD as the reference code computes it: cosine similarities at temperature 1 with the self-pairs kept,
+    row-wise log-softmax, and the KL of the teacher's matrix to the student's summed over all B x B entries
+    (so it grows with the batch)."""
+    def log_sim(f):
+        f = F.normalize(f.float(), dim=1)
+        f = f / f.norm(dim=1)[:, None]  # normalised twice, as there: keeps the rounding the same
+        return F.log_softmax(f @ f.T, dim=1)
+
+    return F.kl_div(log_sim(f_s), log_sim(f_t), log_target=True, reduction="sum")
+
+
 @register("cd")
 def _cd(z_s, z_t, z_s0, y, p, ex=None):
     # each model's similarities live in its own feature space, so students and teachers of any width compare
-    log_q_t, log_q_s = batch_similarity(ex.f_t, CD_TAU), batch_similarity(ex.f_s, CD_TAU)
-    kl = (log_q_t.exp() * (log_q_t - log_q_s)).sum(dim=1).mean()
+    if p.cd_form == "reference":
+        kl = cd_reference(ex.f_s, ex.f_t)
+    else:
+        log_q_t, log_q_s = batch_similarity(ex.f_t, CD_TAU), batch_similarity(ex.f_s, CD_TAU)
+        kl = (log_q_t.exp() * (log_q_t - log_q_s)).sum(dim=1).mean()
     return p.cd_weight * kl + p.cd_xe * F.cross_entropy(z_s, y), 1.0
 
 
@@ -311,8 +371,100 @@ def _info_nce(anchor, positive, bank, neg_idx, T):
                                                                        device=anchor.device))
 
 
-@register("crd", make_state=CRDState)
+def l2(x: torch.Tensor) -> torch.Tensor:
+    """Rows divided by their norm, without an epsilon (the reference's Normalize and memory update)."""
+    return x.div(x.pow(2).sum(1, keepdim=True).pow(0.5))
+
+
+class ClassNegatives:
+    """Uniform draws, with replacement, among the transfer samples of classes other than a given one."""
+
+    def __init__(self, labels: torch.Tensor):
+        self.labels = labels = labels.cpu()
+        self.order = torch.argsort(labels, stable=True)  # sample indices grouped by class
+        counts = torch.bincount(labels)
+        self.count = counts
+        self.start = torch.cumsum(counts, 0) - counts
+        self.n = len(labels)
+        if (self.n - counts.max()) < 1:
+            raise ValueError("CRD's class-aware negatives need samples of at least two classes")
+
+    def draw(self, idx: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+        """B x k sample indices, row i from classes other than that of sample idx[i] (CPU indices: no wait
+        for the device)."""
+        y = self.labels[idx.cpu()]
+        others = (self.n - self.count[y]).view(-1, 1)
+        r = (torch.rand(len(y), k, generator=gen, dtype=torch.float64) * others).long().clamp_max_(others - 1)
+        # positions in ``order`` before the class's block are kept, the rest skip over it
+        r = r + (r >= self.start[y].view(-1, 1)).long() * self.count[y].view(-1, 1)
+        return self.order[r]
+
+
+class CRDReferenceState(CRDState):
+    """CRD as the reference code (after the CRD authors' own) runs it: linear embeddings L2-normalised, two
+    memory banks (initialised uniformly in +-1/sqrt(dim/3), not normalised), the positive of a sample being
+    its own bank entry, K negatives from other classes drawn with replacement, exp(<v, m> / T) divided by a
+    constant Z fixed on the first batch, and the NCE loss against the uniform noise 1/n."""
+
+    EPS = 1e-7
+
+    def __init__(self, student, teacher, p, info):
+        n, device, dim = info["n_train"], info["device"], p.crd_dim
+        self.embed_s = torch.nn.Linear(feature_dim(student), dim).to(device)
+        self.embed_t = torch.nn.Linear(feature_dim(teacher), dim).to(device)
+        g = torch.Generator().manual_seed(info.get("seed", 0))
+        stdv = 1.0 / (dim / 3) ** 0.5
+        self.bank_s = torch.rand(n, dim, generator=g).mul_(2 * stdv).add_(-stdv).to(device)
+        self.bank_t = torch.rand(n, dim, generator=g).mul_(2 * stdv).add_(-stdv).to(device)
+        self.z = [-1.0, -1.0]  # Z of the student-anchor and teacher-anchor scores; set on the first batch
+        self.k = p.crd_negatives  # with replacement: as many as asked
+        self.negatives = ClassNegatives(info["labels"])
+
+    def state_dict(self):
+        return {**super().state_dict(), "z": list(self.z)}
+
+    def load_state_dict(self, d):
+        super().load_state_dict(d)
+        self.z = list(d["z"])
+
+
+def _make_crd_state(student, teacher, p, info) -> CRDState:
+    return (CRDReferenceState if p.crd_form == "reference" else CRDState)(student, teacher, p, info)
+
+
+def crd_nce(x: torch.Tensor, n_data: int, eps: float = CRDReferenceState.EPS) -> torch.Tensor:
+    """The CRD NCE loss of B x (K+1) normalised scores, the positive first, against noise 1/n_data."""
+    m, pn = x.shape[1] - 1, 1.0 / n_data
+    log_d1 = torch.log(x[:, 0] / (x[:, 0] + m * pn + eps))
+    log_d0 = torch.log((m * pn) / (x[:, 1:] + m * pn + eps))
+    return -(log_d1.sum() + log_d0.sum()) / len(x)
+
+
+def crd_reference(st: CRDReferenceState, f_s, f_t, idx, contrast_idx, T: float) -> torch.Tensor:
+    """Both anchors' NCE losses, then the memory update of the batch's samples (momentum 0.5)."""
+    v_s, v_t = l2(st.embed_s(f_s.float())), l2(st.embed_t(f_t.float()))
+    n = len(st.bank_s)
+    scores = []
+    for i, (anchor, bank) in enumerate(((v_s, st.bank_t), (v_t, st.bank_s))):
+        out = torch.exp(torch.bmm(bank[contrast_idx].detach(), anchor.unsqueeze(2)).squeeze(2) / T)
+        if st.z[i] < 0:
+            st.z[i] = out.mean().item() * n
+        scores.append(out / st.z[i])
+    with torch.no_grad():
+        m = CRDState.MOMENTUM
+        st.bank_s[idx] = l2(st.bank_s[idx] * m + v_s * (1 - m))
+        st.bank_t[idx] = l2(st.bank_t[idx] * m + v_t * (1 - m))
+    return crd_nce(scores[0], n) + crd_nce(scores[1], n)
+
+
+@register("crd", make_state=_make_crd_state)
 def _crd(z_s, z_t, z_s0, y, p, ex=None):
+    if p.crd_form == "reference":
+        st = ex.state
+        idx = ex.idx.to(z_s.device)
+        neg = st.negatives.draw(ex.idx, st.k, ex.gen).to(z_s.device)
+        nce = crd_reference(st, ex.f_s, ex.f_t, idx, torch.cat([idx.view(-1, 1), neg], dim=1), p.crd_temperature)
+        return p.crd_weight * nce + p.crd_xe * F.cross_entropy(z_s, y), 1.0
     st: CRDState = ex.state
     v_s = F.normalize(st.embed_s(ex.f_s.float()), dim=1)
     v_t = F.normalize(st.embed_t(ex.f_t.float()), dim=1)

@@ -1,22 +1,51 @@
 """Transfer metrics of a student after transfer (s_T) against its frozen start (s0) and the teacher (t).
 
-Inputs are per-sample correctness vectors on the eval set; outputs are percentages (METRICS.md,
+Inputs are per-sample correctness vectors on the eval set; outputs are percentages (docs/methods.md,
 "Transfer metrics"). Identity: delta = knowledge_gain - knowledge_loss.
+
+Two transfer rates, under different names:
+
+- sample level (``transfer_rate_sample``): the share of the samples in the positive-flip set of (s0, t) that
+  s_T gets right. Until the store has the columns of ``RATE_METRICS`` the rows also carry it as
+  ``transfer_rate`` (its older name).
+- class level (``transfer_rate_class``, the paper's quantity): the knowledge gain of s_T in the teacher's
+  top-p % flip classes over all positive flips of (s0, t); a gain need not sit on a sample the teacher gets
+  right. ``improve_top{p}`` is the share of s_T's gain that falls in those classes ("top-p % improve").
+
+Top-p % classes are the classes taken in descending count of (s0, t) positive flips until their share reaches
+p %. The exact count is the smallest such number of classes; the authors' loop returns that number + 1, and
+the paper's figures carry it: the ``*_paper`` columns use that convention (ties in the order as numpy's
+``argsort`` reversed, as there). The exact columns break ties by class index.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+TOP_P = (2, 5, 20, 50, 100)
 
-def transfer_metrics(s0_correct, sT_correct, t_correct) -> dict[str, float]:
+LEGACY_METRICS = ("student_acc", "s0_acc", "delta", "knowledge_gain", "knowledge_loss", "rho_pos_before",
+                  "rho_pos_after", "rho_pos_change", "transfer_rate", "damage_rate")
+
+# the transfer-rate columns beyond LEGACY_METRICS, all percentages (storage derives its columns from this)
+RATE_METRICS = (
+    "transfer_rate_sample",
+    "transfer_rate_class", *(f"transfer_rate_class_top{p}" for p in TOP_P if p != 100),
+    *(f"improve_top{p}" for p in TOP_P),
+    "transfer_rate_class_paper", *(f"improve_top{p}_paper" for p in TOP_P),
+)
+
+
+def transfer_metrics(s0_correct, sT_correct, t_correct, labels=None, num_classes: int | None = None) -> dict:
+    """The metrics of one evaluation. With ``labels`` (and the class count) the rates of RATE_METRICS too."""
     s0, sT, t = (np.asarray(v, dtype=bool) for v in (s0_correct, sT_correct, t_correct))
     n = len(s0)
     pct = 100.0 / n
     pos_set, neg_set = ~s0 & t, s0 & ~t
     rho_before = pos_set.sum() * pct
     rho_after = (~sT & t).sum() * pct
-    return {
+    sample_rate = float(sT[pos_set].mean() * 100) if pos_set.any() else float("nan")
+    out = {
         "student_acc": sT.mean() * 100,
         "s0_acc": s0.mean() * 100,
         "delta": (sT.mean() - s0.mean()) * 100,
@@ -25,6 +54,55 @@ def transfer_metrics(s0_correct, sT_correct, t_correct) -> dict[str, float]:
         "rho_pos_before": rho_before,
         "rho_pos_after": rho_after,
         "rho_pos_change": rho_after - rho_before,
-        "transfer_rate": float(sT[pos_set].mean() * 100) if pos_set.any() else float("nan"),
+        "transfer_rate": sample_rate,
         "damage_rate": float((~sT[neg_set]).mean() * 100) if neg_set.any() else float("nan"),
     }
+    if labels is not None:
+        out["transfer_rate_sample"] = sample_rate
+        out.update(class_rates(s0, sT, t, labels, num_classes or int(np.max(labels)) + 1))
+    return out
+
+
+def per_class(mask: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Samples of ``mask`` per true class, as float64 (the dtype the reference sorts)."""
+    return np.bincount(np.asarray(labels)[mask], minlength=num_classes).astype(np.float64)
+
+
+def top_p_classes(counts: np.ndarray, p: float, convention: str = "exact") -> np.ndarray:
+    """The classes of the top-p % of ``counts``, largest first.
+
+    "exact": the fewest classes whose share reaches p % (integer arithmetic; ties by class index).
+    "paper": the authors' loop, one class more (its share in floating point, its order numpy's argsort).
+    An all-zero count has no exact top classes; the authors' loop then returns two.
+    """
+    total = counts.sum()
+    if convention == "paper":
+        order = np.argsort(counts)[::-1]
+        reached = np.flatnonzero(np.cumsum(counts[order]) / total * 100 >= p) if total else []
+        k = (reached[0] + 1 if len(reached) else 1) + 1  # no flips: its share is NaN after one class
+        return order[:k]
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.lexsort((np.arange(len(counts)), -counts))
+    k = int(np.searchsorted(np.cumsum(counts[order]) * 100 >= p * total, True)) + 1
+    return order[:k]
+
+
+def class_rates(s0, sT, t, labels, num_classes: int) -> dict[str, float]:
+    """The class-level transfer rates and top-p % improvements, both conventions (module docstring)."""
+    flips = per_class(~s0 & t, labels, num_classes)  # c_k: the teacher's complementary knowledge per class
+    gains = per_class(~s0 & sT, labels, num_classes)  # g_k: the knowledge gain of s_T per class
+    out = {}
+    for convention, suffix in (("exact", ""), ("paper", "_paper")):
+        for p in TOP_P:
+            g = gains[top_p_classes(flips, p, convention)].sum()
+            out[f"improve_top{p}{suffix}"] = _ratio(g, gains.sum())
+            if convention == "exact":
+                out["transfer_rate_class" + ("" if p == 100 else f"_top{p}")] = _ratio(g, flips.sum())
+            elif p == 100:
+                out["transfer_rate_class_paper"] = _ratio(g, flips.sum())
+    return out
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a / b * 100) if b else float("nan")

@@ -1,6 +1,7 @@
 """Multi-teacher transfer (METRICS.md, "Multi-teacher"): parallel, sequential curricula, and model soups.
 
-Each mode is a plain function over the single-teacher training loop (``run_transfer``):
+A run is a ``MultiJob`` (the student, its teachers and what they are measured against) and the training
+loop's ``RunOptions``. Each mode is a plain function over the single-teacher loop (``run_transfer``):
 
 - ``parallel``: one run; per sample the target comes from the most confident of s0 and all teachers
   (supervised: highest true-class probability; unsupervised: highest max probability).
@@ -21,21 +22,55 @@ progress resumes from its epoch checkpoint; the folder is removed when the run e
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from zoo_sweep.data.images import ImageSet
 from zoo_sweep.science.records import predict
 from zoo_sweep.transfer.catalog import MULTI_MODES
 from zoo_sweep.transfer.metrics import transfer_metrics
 from zoo_sweep.transfer.train import (
     Diverged,
+    RunOptions,
+    TransferJob,
     TransferParams,
     run_transfer,
     save_checkpoint,
 )
+
+
+@dataclass
+class MultiJob:
+    """A student, its teachers (with their data configs, eval-set accuracies and per-sample correctness), and
+    the single-teacher method of sequential stages and soup ingredients."""
+    student: torch.nn.Module
+    teachers: list
+    accuracies: list[float]
+    hp: TransferParams
+    seed: int
+    transfer_set: ImageSet
+    eval_set: ImageSet
+    student_cfg: dict
+    teacher_cfgs: list[dict]
+    s0_correct: np.ndarray
+    teacher_corrects: list
+    method: str = "kl_dp"
+
+    def single(self, i: int, seed: int, teacher_correct: Any = None) -> TransferJob:
+        """The single-teacher job of teacher i (measured against ``teacher_correct``, default its own)."""
+        return TransferJob(self.student, self.teachers[i], self.method, self.hp, seed, self.transfer_set,
+                           self.eval_set, self.student_cfg, self.teacher_cfgs[i], self.s0_correct,
+                           self.teacher_corrects[i] if teacher_correct is None else teacher_correct)
+
+    @property
+    def union(self) -> np.ndarray:
+        return union_correct(self.teacher_corrects)
 
 
 def union_correct(teacher_corrects) -> np.ndarray:
@@ -63,90 +98,86 @@ def average_weights(states: list[dict]) -> dict:
     return out
 
 
-def parallel(student, teachers, hp: TransferParams, seed, transfer_set, eval_set, student_cfg, teacher_cfgs,
-             s0_correct, teacher_corrects, device="cpu", supervised: bool = True, ckpt_dir=None, **kw) -> list[dict]:
-    return run_transfer(student, list(teachers), "parallel" if supervised else "parallel_unsup", hp, seed,
-                        transfer_set, eval_set, student_cfg, list(teacher_cfgs), s0_correct,
-                        union_correct(teacher_corrects), device, ckpt_dir=ckpt_dir, **kw)
+def _sub(opts: RunOptions, name: str) -> Path | None:
+    return Path(opts.ckpt_dir) / name if opts.ckpt_dir is not None else None
 
 
-def sequential(student, teachers, accuracies, hp: TransferParams, seed, transfer_set, eval_set, student_cfg,
-               teacher_cfgs, s0_correct, teacher_corrects, device="cpu", order: str = "asc",
-               method: str = "kl_dp", matched: bool = False, ckpt_dir=None, **kw) -> list[dict]:
-    union = union_correct(teacher_corrects)
-    fraction = compute_matched(len(teachers)) if matched else 1.0
+def parallel(job: MultiJob, opts: RunOptions, supervised: bool = True) -> list[dict]:
+    single = TransferJob(job.student, list(job.teachers), "parallel" if supervised else "parallel_unsup", job.hp,
+                         job.seed, job.transfer_set, job.eval_set, job.student_cfg, list(job.teacher_cfgs),
+                         job.s0_correct, job.union)
+    return run_transfer(single, opts)
+
+
+def sequential(job: MultiJob, opts: RunOptions, order: str = "asc", matched: bool = False) -> list[dict]:
+    union = job.union
+    fraction = compute_matched(len(job.teachers)) if matched else 1.0
     rows: list[dict] = []
-    for stage, i in enumerate(curriculum(accuracies, order)):
-        done = Path(ckpt_dir) / f"stage{stage}.pt" if ckpt_dir is not None else None
+    for stage, i in enumerate(curriculum(job.accuracies, order)):
+        done = _sub(opts, f"stage{stage}.pt")
         if done is not None and done.is_file():  # a finished stage of a killed run
-            c = torch.load(done, map_location=device, weights_only=False)
-            student.load_state_dict(c["student"])
+            c = torch.load(done, map_location=opts.device, weights_only=False)
+            job.student.load_state_dict(c["student"])
             rows = c["rows"]
             continue
-        stage_rows = run_transfer(student, teachers[i], method, hp, seed + stage, transfer_set, eval_set,
-                                  student_cfg, teacher_cfgs[i], s0_correct, union, device,
-                                  ckpt_dir=Path(ckpt_dir) / f"run{stage}" if ckpt_dir is not None else None,
-                                  epoch_fraction=fraction, **kw)
-        rows = rows + [{**r, "epoch": r["epoch"] + stage * hp.epochs} for r in stage_rows]
+        stage_rows = run_transfer(job.single(i, job.seed + stage, union), opts, ckpt_dir=_sub(opts, f"run{stage}"),
+                                  epoch_fraction=fraction)
+        rows = rows + [{**r, "epoch": r["epoch"] + stage * job.hp.epochs} for r in stage_rows]
         if done is not None:
-            save_checkpoint({"student": student.state_dict(), "rows": rows}, done)
-    if ckpt_dir is not None:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+            save_checkpoint({"student": job.student.state_dict(), "rows": rows}, done)
+    _remove(opts)
     return rows
 
 
-def soup(student, teachers, hp: TransferParams, seed, transfer_set, eval_set, student_cfg, teacher_cfgs,
-         s0_correct, teacher_corrects, device="cpu", method: str = "kl_dp", ckpt_dir=None,
-         eval_batch_size: int = 256, **kw) -> list[dict]:
-    start = copy.deepcopy(student.state_dict())
+def soup(job: MultiJob, opts: RunOptions) -> list[dict]:
+    start = copy.deepcopy(job.student.state_dict())
     states, finals = [], []
-    for i, (t, cfg) in enumerate(zip(teachers, teacher_cfgs)):
-        done = Path(ckpt_dir) / f"ingredient{i}.pt" if ckpt_dir is not None else None
+    for i in range(len(job.teachers)):
+        done = _sub(opts, f"ingredient{i}.pt")
         if done is not None and done.is_file():
             c = torch.load(done, map_location="cpu", weights_only=False)
         else:
-            student.load_state_dict(start)
-            r = run_transfer(student, t, method, hp, seed, transfer_set, eval_set, student_cfg, cfg, s0_correct,
-                             teacher_corrects[i], device, eval_batch_size=eval_batch_size,
-                             ckpt_dir=Path(ckpt_dir) / f"run{i}" if ckpt_dir is not None else None, **kw)
-            c = {"student": {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}, "final": r[-1]}
+            job.student.load_state_dict(start)
+            r = run_transfer(job.single(i, job.seed), opts, ckpt_dir=_sub(opts, f"run{i}"))
+            c = {"student": {k: v.detach().cpu().clone() for k, v in job.student.state_dict().items()}, "final": r[-1]}
             if done is not None:
                 save_checkpoint(c, done)
         states.append(c["student"])
         finals.append(c["final"])
-    student.load_state_dict(average_weights(states))
-    rec = predict(student, eval_set, student_cfg, batch_size=eval_batch_size, topk=1, device=device)
-    row = transfer_metrics(s0_correct, rec["pred"] == eval_set.labels.numpy(), union_correct(teacher_corrects))
+    job.student.load_state_dict(average_weights(states))
+    rec = predict(job.student, job.eval_set, job.student_cfg, batch_size=opts.eval_batch_size, topk=1,
+                  device=opts.device)
+    labels = job.eval_set.labels.numpy()
+    row = transfer_metrics(job.s0_correct, rec["pred"] == labels, job.union, labels if opts.all_rates else None,
+                           job.eval_set.num_classes)
     # one row, numbered epoch 1 so it counts as the final one (the launcher marks epoch == number of rows)
     row.update(epoch=1, train_loss=float(np.mean([f["train_loss"] for f in finals])),
                teacher_share=float(np.mean([f["teacher_share"] for f in finals])))
-    if ckpt_dir is not None:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    _remove(opts)
     return [row]
 
 
-def run_multi(mode: str, student, teachers, accuracies, hp: TransferParams, seed, transfer_set, eval_set,
-              student_cfg, teacher_cfgs, s0_correct, teacher_corrects, device="cpu", method: str = "kl_dp",
-              ckpt_dir=None) -> list[dict]:
-    """One multi-teacher mode by its spec name (MULTI_MODES). A diverged run leaves no checkpoint behind."""
+def _remove(opts: RunOptions) -> None:
+    if opts.ckpt_dir is not None:
+        shutil.rmtree(opts.ckpt_dir, ignore_errors=True)
+
+
+def run_multi(mode: str, job: MultiJob, opts: RunOptions | None = None, **options) -> list[dict]:
+    """One multi-teacher mode by its spec name (MULTI_MODES). A diverged run leaves no checkpoint behind.
+    ``options``: fields of ``RunOptions`` that override ``opts``."""
+    opts = dataclasses.replace(opts or RunOptions(), **options)
     try:
-        return _run_multi(mode, student, teachers, accuracies, hp, seed, transfer_set, eval_set, student_cfg,
-                          teacher_cfgs, s0_correct, teacher_corrects, device, method, ckpt_dir)
+        return _run_multi(mode, job, opts)
     except Diverged:
-        if ckpt_dir is not None:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        _remove(opts)
         raise
 
 
-def _run_multi(mode, student, teachers, accuracies, hp, seed, transfer_set, eval_set, student_cfg, teacher_cfgs,
-               s0_correct, teacher_corrects, device, method, ckpt_dir):
-    args = (hp, seed, transfer_set, eval_set, student_cfg, teacher_cfgs, s0_correct, teacher_corrects, device)
+def _run_multi(mode: str, job: MultiJob, opts: RunOptions) -> list[dict]:
     if mode in ("parallel", "parallel_unsup"):
-        return parallel(student, teachers, *args, supervised=mode == "parallel", ckpt_dir=ckpt_dir)
+        return parallel(job, opts, supervised=mode == "parallel")
     if mode.startswith("sequential_"):
-        order = mode.split("_")[1]
-        return sequential(student, teachers, accuracies, *args, order=order, method=method,
-                          matched=mode.endswith("_matched"), ckpt_dir=ckpt_dir)
+        return sequential(job, opts, order=mode.split("_")[1], matched=mode.endswith("_matched"))
     if mode == "soup":
-        return soup(student, teachers, *args, method=method, ckpt_dir=ckpt_dir)
+        return soup(job, opts)
     raise ValueError(f"unknown multi-teacher mode {mode!r}; known: {', '.join(MULTI_MODES)}")

@@ -1,0 +1,51 @@
+"""The paper-reproduction specs plan what they promise: the paper's 20 x 20 ImageNet grid with the reference
+recipe (a dry run: timm's registry, no weights, no data), and every ordered digits pair x the seven methods."""
+
+import json
+from pathlib import Path
+
+import timm  # noqa: F401  (imported at collection: torch's first import starts a process, which unit tests may not)
+
+from zoo_sweep.paths import Paths
+from zoo_sweep.pipeline.plan import load_sweep, make_plan
+
+JOBS = Path(__file__).resolve().parents[2] / "jobs"
+METHODS = ["kl", "xekl", "xekl_mcl", "kl_dp", "kl_dp_unsup", "cd", "crd"]
+
+
+def pairs_per_method(plan):
+    out = {}
+    for j in plan.transfer_jobs:
+        p = json.loads(j["spec"]) if isinstance(j["spec"], str) else j["spec"]
+        if "teachers" not in p:
+            out.setdefault(p["method"], set()).add((p["student"]["name"], p["teacher"]["name"]))
+    return out
+
+
+def test_imagenet_paper_is_twenty_students_by_twenty_teachers_with_the_reference_recipe(tmp_path):
+    spec = load_sweep(JOBS / "imagenet-paper.toml")
+    p, t = spec.pairs, spec.transfer
+    assert p.policy == "explicit" and len(set(p.students)) == 20 and len(set(p.teachers)) == 20
+    assert not set(p.students) & set(p.teachers)
+    assert (t.augment, t.inputs, t.xe_on, t.lr_scaling, t.seeds, t.lr, t.batch_size, t.epochs) == \
+        ("paper", "student", "probs", "linear", (123,), 1e-4, 256, 20)
+    assert (t.mcl_kl_mean, t.mcl_schedule, t.cd_form, t.crd_form, t.teacher_bn) == \
+        ("kept", "reference", "reference", "reference", "train")
+    plan = make_plan(spec, Paths(tmp_path), dry_run=True)
+    by_method = pairs_per_method(plan)
+    assert sorted(by_method) == sorted(METHODS)
+    for pairs in by_method.values():
+        assert pairs == {(s, te) for s in p.students for te in p.teachers}  # 400
+    families = {m.name: m.family for m in plan.models}
+    assert sorted(families[s] for s in p.students).count("mlp") == 7
+    assert sorted(families[s] for s in p.students).count("transformer") == 6
+
+
+def test_digits_paper_is_every_ordered_pair_by_the_seven_methods(tmp_path):
+    spec = load_sweep(JOBS / "digits-paper.toml")
+    plan = make_plan(spec, Paths(tmp_path), dry_run=True)
+    by_method = pairs_per_method(plan)
+    assert sorted(by_method) == sorted(METHODS) and all(len(v) == 72 for v in by_method.values())
+    t = spec.transfer
+    assert (t.xe_on, t.mcl_kl_mean, t.mcl_schedule, t.cd_form, t.crd_form, t.teacher_bn) == \
+        ("probs", "kept", "reference", "reference", "reference", "train")
