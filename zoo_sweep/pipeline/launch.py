@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -44,6 +45,7 @@ from zoo_sweep.science.complementary import pairs_frame
 from zoo_sweep.science.records import load_record, save_record
 from zoo_sweep.storage.store import Store
 from zoo_sweep.transfer.logit_store import StreamPlan, plan_streams
+from zoo_sweep.zoo.entry import chance_note
 
 STAGES = ("predict", "compare", "transfer")
 
@@ -174,12 +176,11 @@ class _Run:
         if self.spec.zoo.source != "digits":
             return
         from zoo_sweep.pipeline.worker import build_zoo_model
-        from zoo_sweep.zoo.digits import missing_recipes, save_trained
+        from zoo_sweep.zoo.digits import save_trained, to_build
 
         d, z = self.spec.data, self.spec.zoo
-        wanted = {m.name for m in self.plan.models}
-        todo = [r for r in missing_recipes(z.recipe, self.paths.cache, d.image_size) if r.name in wanted]
-        self.report.reused["zoo models"] = len(wanted) - len(todo)
+        todo, embedded = to_build(self.plan.models, z.recipe, self.paths.cache, d.image_size)  # missing or altered
+        self.report.reused["zoo models"] = embedded - len(todo)
         if not todo:
             return
         import ray
@@ -221,6 +222,9 @@ class _Run:
             name = json.loads(job["spec"])["model"]["name"]
             self.store.finish_job(job["id"], "done", model_rows=[{**rows[name], "accuracy": res["accuracy"],
                                                                   "record": str(path)}], seconds=res["seconds"])
+            note = chance_note(res["accuracy"], self.plan.num_classes, len(res["record"]["pred"]))
+            if note:  # a warning, not an error: the sweep goes on
+                self.console.print(f"[yellow]warning:[/] {escape(f'{name}: {note}')}")
 
         self._run_jobs("predict", todo, lambda job: {"batch_size": self.spec.run.predict_batch_size}, on_result)
 

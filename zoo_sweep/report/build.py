@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from zoo_sweep.data.sets import count_images
 from zoo_sweep.report.html import write_html
 from zoo_sweep.report.parts import Panel, Report, ReportTable
 from zoo_sweep.report.plots import ci_yerr, decorate, save, subplots
@@ -29,6 +30,7 @@ from zoo_sweep.science import gains, stats
 from zoo_sweep.science.complementary import TOP_P
 from zoo_sweep.science.gains import per_pair
 from zoo_sweep.storage.store import Store
+from zoo_sweep.zoo.entry import chance_note
 
 _NO_PAIRS = "nothing to draw: no measured pairs on this eval set yet (`zoo-sweep measure SPEC`)"
 _NO_RESULTS = "nothing to draw: no finished single-teacher transfer results for this sweep yet"
@@ -226,7 +228,7 @@ def make_report(store: Store, sweep: str, eval_set: str, out_dir: str | Path, nu
         if p.path is None:
             (out / f"{p.key}.png").unlink(missing_ok=True)  # a stale plot of an earlier report in this folder
             p.caption = EMPTY.get(p.key, p.caption)
-    rep.findings = _findings(pairs, summary, diffs, msum, held, ranks)
+    rep.findings = _chance_findings(models, num_classes, eval_set) + _findings(pairs, summary, diffs, msum, held, ranks)
     for t in rep.tables:
         p = out / f"{t.key}.csv"
         t.data.to_csv(p, index=False)
@@ -444,6 +446,16 @@ def _multi_summary(mt, kw) -> pd.DataFrame:
                            "not distinguishable from the best single teacher"))
         rows.append(row)
     return pd.DataFrame(rows, columns=cols)
+
+
+def _chance_findings(models, num_classes, eval_set) -> list[str]:
+    """Models no better than chance head the findings: a warning, most often their preprocessing."""
+    if not num_classes or not len(models):
+        return []
+    n = count_images(eval_set, 0) or None
+    notes = [(r.name, chance_note(float(r.accuracy), num_classes, n)) for r in models.itertuples()
+             if r.accuracy == r.accuracy]  # NaN: not measured yet
+    return [f"Check {name}: {note}." for name, note in notes if note]
 
 
 def _findings(pairs, summary, diffs, msum, held, ranks) -> list[str]:
