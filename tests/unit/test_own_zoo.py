@@ -335,3 +335,28 @@ def test_chance_level_is_flagged_as_a_warning():
     assert chance_note(14.0, 10, n=1000) is None and chance_note(79.2, 10, n=600) is None
     assert "classes are in the eval set's order" in chance_note(2.0, 10, n=1000)
     assert chance_note(0.1, 1000, n=50000).startswith("accuracy 0.1 % = chance for 1000 classes")
+
+
+# ------------------------------------------------------------------ the docs' example
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def test_the_documented_spec_is_the_example_scripts_and_parses():
+    import importlib.util
+    import re
+    import tomllib
+
+    from zoo_sweep.pipeline.plan import check_names
+
+    text = (DOCS / "your-own-zoo.md").read_text()
+    block = re.search(r"```toml\n(name = \"own-zoo\".*?)```", text, re.S).group(1)
+    mod = importlib.util.spec_from_file_location("own_zoo_example", DOCS / "examples" / "own_zoo.py")
+    example = importlib.util.module_from_spec(mod)
+    mod.loader.exec_module(example)
+    assert block == example.SPEC.format(root="/tmp/own-zoo")
+    spec = check_names(parse_spec(tomllib.loads(block)))
+    assert sorted(spec.zoo.model) == ["cnn-seed1", "cnn-seed2", "vit32"]
+    assert spec.zoo.model["vit32"].kwargs["img_size"] == 32
+    for path, cls in sections(ZooSpec, "zoo")[1:]:  # every key of the model tables is documented
+        for row in describe(cls, path):
+            assert f"| `{row['key']}` |" in text, (path, row["key"])

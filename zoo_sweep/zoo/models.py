@@ -20,7 +20,7 @@ from zoo_sweep.config.spec import ZooSpec, check_data
 from zoo_sweep.errors import UserError
 from zoo_sweep.paths import write_atomic
 from zoo_sweep.zoo.entry import FAMILIES, ModelEntry, family_of, select_names  # noqa: F401  (re-exported)
-from zoo_sweep.zoo.own import _tuples, own_entries
+from zoo_sweep.zoo.own import _tuples, head_classes, own_entries  # noqa: F401  (head_classes re-exported)
 from zoo_sweep.zoo.weights import (
     WEIGHT_SUFFIXES,
     HashCache,
@@ -91,24 +91,6 @@ def _timm_entries(spec: ZooSpec, cache_dir, num_classes: int, image_size: int) -
 
 # [zoo] source -> (spec, cache folder, eval classes, image size) -> entries
 SOURCES: dict[str, Callable[..., list[ModelEntry]]] = {"digits": _digits_entries, "timm": _timm_entries}
-
-
-def head_classes(name: str, spec: ZooSpec, eval_classes: int) -> int:
-    """The head size of a timm model: the spec's num_classes when given, else the pretrained tag's own
-    (timm's pretrained cfg, e.g. 1000 for *_in1k, 11821 for *.in12k), else (a bare architecture with local
-    weights or random weights) the eval set's class count."""
-    if spec.num_classes:
-        return spec.num_classes
-    if "." in name:
-        import timm
-
-        try:
-            cfg = timm.models.get_pretrained_cfg(name)
-        except Exception:
-            cfg = None
-        if cfg is not None and getattr(cfg, "num_classes", None):
-            return int(cfg.num_classes)
-    return eval_classes
 
 
 def check_heads(models: list[ModelEntry], eval_classes: int, eval_ref: str) -> None:

@@ -95,11 +95,27 @@ def _entry(alias: str, m: ModelSpec, spec: ZooSpec, hashes: HashCache, eval_clas
     else:  # timm's pretrained weights of the tag; the tag names them
         w = key = None if spec.allow_random_weights else "hub"
     if classes is None:
-        from zoo_sweep.zoo.models import head_classes
-
         classes = head_classes(arch, spec, eval_classes) if w == "hub" else (spec.num_classes or eval_classes)
     return ModelEntry(name=alias, arch=arch, family=family_of(arch), weights=w, kwargs=_tuples(kwargs),
                       data_cfg=_tuples(data), num_classes=classes, weights_key=key, origin=who)
+
+
+def head_classes(name: str, spec: ZooSpec, eval_classes: int) -> int:
+    """The head size of a timm model: the spec's num_classes when given, else the pretrained tag's own
+    (timm's pretrained cfg, e.g. 1000 for *_in1k, 11821 for *.in12k), else (a bare architecture with local
+    weights or random weights) the eval set's class count."""
+    if spec.num_classes:
+        return spec.num_classes
+    if "." in name:
+        import timm
+
+        try:
+            cfg = timm.models.get_pretrained_cfg(name)
+        except Exception:
+            cfg = None
+        if cfg is not None and getattr(cfg, "num_classes", None):
+            return int(cfg.num_classes)
+    return eval_classes
 
 
 def read_saved(folder: Path) -> SavedConfig:
