@@ -236,3 +236,22 @@ def test_changing_one_models_preprocessing_reruns_exactly_its_jobs(own_zoo, ray_
     jobs = json.loads(run_cli(*cli, "query", "select count(*) as n from jobs where kind = 'predict'",
                               "-f", "json").stdout)
     assert jobs == [{"n": 6}]  # the alias's old and new definitions each keep their own job
+
+
+def test_a_truncated_checkpoint_stops_the_launch_in_one_line_before_anything_is_written(own_zoo, ray_address):
+    z = own_zoo
+    cut = z["root"] / "ckpt" / "cut.pth"
+    data = (z["root"] / "ckpt" / "cnn-seed2.pth").read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    spec = z["spec"].read_text().replace('name = "own-zoo"', 'name = "own-zoo-cut"')
+    spec = spec.replace("cnn-seed2.pth", "cut.pth")
+    path = z["root"] / "own-zoo-cut.toml"
+    path.write_text(spec)
+    db = z["root"] / "cut.db"
+    r = run_cli("--db", f"sqlite:///{db}", "--home", z["home"], "launch", str(path), "--address", ray_address,
+                "--no-progress")
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot use the weights ") and "truncated" in lines[0]
+    assert "[zoo.model.cnn-seed2]" in lines[0]  # names the table to fix
+    assert not db.exists() or "own-zoo-cut" not in db.read_bytes().decode("latin-1")

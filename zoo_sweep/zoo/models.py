@@ -78,6 +78,7 @@ def _timm_entries(spec: ZooSpec, cache_dir, num_classes: int, image_size: int) -
             w = _find_weights(n, spec)
             key = w
             if w not in (None, "hub"):
+                w = str(Path(w).expanduser().resolve())  # workers may run elsewhere than this process's cwd
                 require_whole(w, n)
                 key = f"sha256:{hashes.get(w)}"
             out.append(ModelEntry(name=n, arch=n, family=family_of(n), weights=w, kwargs=_tuples(kwargs),
