@@ -4,6 +4,8 @@ Each scenario is its own sweep in its own store, sharing the micro sweep's home 
 not trained again.
 """
 
+import hashlib
+import json
 import random
 import shutil
 import signal
@@ -101,7 +103,11 @@ def test_always_failing_job_ends_failed_and_the_rest_finishes(micro, tmp_path):
     home = tmp_path / "home"
     shutil.copytree(micro["paths"].cache, home / "cache")
     victim = sorted((home / "cache" / "zoo").glob("vit_micro-*.pth"))[0]
-    victim.write_bytes(b"these are not weights")  # every attempt to load this model raises
+    junk = b"these are not weights"
+    victim.write_bytes(junk)  # every attempt to load this model raises
+    # ... and its recorded checksum says so, or the launch would rebuild the file from its recipe first
+    info = victim.with_suffix(".json")
+    info.write_text(json.dumps({**json.loads(info.read_text()), "sha256": hashlib.sha256(junk).hexdigest()}))
     spec, db = spec_and_path(tmp_path, "broken", 2), tmp_path / "b.db"
     r = run_cli("--db", f"sqlite:///{db}", "--home", str(home), "measure", str(spec), "--address",
                 micro["address"], "--no-progress", "--max-retries", "1")

@@ -72,3 +72,50 @@ def test_hub_weights_come_from_the_local_cache_without_network(tmp_path, monkeyp
     entry = resolve_zoo(spec, tmp_path, num_classes=1000, image_size=224)[0]
     x = torch.randn(1, 3, 64, 64)
     assert torch.allclose(create(entry)(x), ref(x))
+
+
+def test_embedded_zoo_weights_that_changed_are_rebuilt(tmp_path):
+    """The recipe key names embedded-zoo weights in job ids; the sha256 recorded when a file is built guards
+    it, so a truncated or altered file is removed and rebuilt rather than used (or a rebuild skipped)."""
+    import json
+    import os
+
+    import timm
+
+    from zoo_sweep.zoo import tiny_archs  # noqa: F401
+    from zoo_sweep.zoo.digits import (
+        digits_entries,
+        recipes,
+        save_trained,
+        to_build,
+        weights_path,
+    )
+
+    entries = digits_entries("micro", tmp_path, 32)
+    first = recipes("micro")[0]
+    assert to_build(entries, "micro", tmp_path, 32) == (recipes("micro"), 3)  # nothing built yet
+    state = timm.create_model(first.arch, num_classes=10, **first.model_kwargs()).state_dict()
+    path = save_trained(first, tmp_path, 32, state, {"seconds": 0})
+    assert json.loads(path.with_suffix(".json").read_text())["sha256"]
+    assert to_build(entries, "micro", tmp_path, 32)[0] == recipes("micro")[1:]
+    assert to_build(entries[1:], "micro", tmp_path, 32) == (recipes("micro")[1:], 2)  # only the plan's models
+
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # altered in place: same size
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert to_build(entries, "micro", tmp_path, 32)[0][0] == first and not path.exists()
+
+    save_trained(first, tmp_path, 32, state, {})
+    path.write_bytes(path.read_bytes()[:1000])  # truncated, as by a full disk or a killed copy
+    assert to_build(entries, "micro", tmp_path, 32)[0][0] == first and not path.exists()
+
+    # a file built before checksums were recorded: used if whole (its checksum recorded now), else rebuilt
+    save_trained(first, tmp_path, 32, state, {})
+    path.with_suffix(".json").write_text("{}")
+    assert first not in to_build(entries, "micro", tmp_path, 32)[0]
+    assert json.loads(path.with_suffix(".json").read_text())["sha256"]
+    path.with_suffix(".json").write_text("{}")
+    path.write_bytes(path.read_bytes()[:1000])
+    assert first in to_build(entries, "micro", tmp_path, 32)[0]
+    assert weights_path(first, tmp_path, 32) == path and not path.exists()

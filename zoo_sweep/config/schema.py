@@ -3,6 +3,12 @@
 A spec section is a frozen dataclass whose fields are declared with :func:`key`. :func:`build` checks a TOML
 table against it (unknown keys, types, ranges, finite numbers) and :func:`describe` turns the same
 declarations into the reference table of docs/specs.md, so the documentation cannot drift from the checks.
+
+Sections nest: a field annotated with another section class (``defaults: ModelSpec``) is a sub-table
+(``[zoo.defaults]``, or an inline ``data = {...}``), and ``dict[str, Section]`` is a table of tables, one
+sub-table per name of the user's choosing (``[zoo.model.NAME]``). Both are checked key by key like a
+section, their errors naming the full path (``[zoo.model.NAME.data] crop_pct ...``); :func:`sections` lists
+every nested section for the reference docs.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from dataclasses import field
 from typing import Any
 
@@ -81,6 +88,27 @@ def _check_range(value: Any, meta: dict) -> str | None:
     return None
 
 
+def _section_of(cls, kind: str, elem: str):
+    """The section class a field's annotation names (a nested table), looked up where ``cls`` is defined."""
+    if kind not in ("scalar", "dict"):
+        return None
+    found = vars(sys.modules[cls.__module__]).get(elem)
+    return found if isinstance(found, type) and dataclasses.is_dataclass(found) else None
+
+
+def _nested(sub, kind: str, value: Any, where: str, name: str) -> Any:
+    """A sub-table built as its own section, or (``dict[str, Section]``) one per key."""
+    if kind == "scalar":
+        return build(sub, value, f"{where}.{name}")
+    if not isinstance(value, dict):
+        raise UserError(f"[{where}] {name} must be a table of tables ([{where}.{name}.NAME]), got {value!r}")
+    bad = [k for k, v in value.items() if not isinstance(v, dict)]
+    if bad:
+        raise UserError(f"[{where}.{name}] {bad[0]} must be a table ([{where}.{name}.{bad[0]}] with its keys), "
+                        f"got {value[bad[0]]!r}")
+    return {str(k): build(sub, v, f"{where}.{name}.{k}") for k, v in value.items()}
+
+
 def check_value(cls, name: str, value: Any, where: str) -> Any:
     """One key's value converted and checked against its declaration; a UserError names key and rule."""
     f = {x.name: x for x in dataclasses.fields(cls)}[name]
@@ -88,6 +116,9 @@ def check_value(cls, name: str, value: Any, where: str) -> Any:
     label = f"[{where}] {name}"
     if value is None and optional:
         return None
+    sub = _section_of(cls, kind, elem)
+    if sub is not None:
+        return _nested(sub, kind, value, where, name)
     try:
         if kind == "list":
             if not isinstance(value, list):
@@ -155,8 +186,9 @@ def _toml(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def describe(cls) -> list[dict[str, str]]:
-    """The reference rows of a section: key, type, default, allowed range, meaning."""
+def describe(cls, where: str = "") -> list[dict[str, str]]:
+    """The reference rows of a section: key, type, default, allowed range, meaning. ``where`` (the section's
+    path, e.g. "zoo") names nested tables in the type column."""
     rows = []
     for f in dataclasses.fields(cls):
         if not f.init or "doc" not in f.metadata:
@@ -165,8 +197,26 @@ def describe(cls) -> list[dict[str, str]]:
         m = f.metadata
         bounds = [f"{w} {m[b]:g}" for b, w in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if m[b] is not None]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        kind_name = m.get("expect") or _type_name(kind, elem)
+        sub = _section_of(cls, kind, elem)
+        if sub is not None:
+            path = f"{where}.{f.name}" if where else f.name
+            kind_name = f"a table ([{path}])" if kind == "scalar" else f"tables ([{path}.NAME])"
+            default = {}
+        else:
+            kind_name = m.get("expect") or _type_name(kind, elem)
         rows.append({"key": f.name, "type": kind_name + (" (optional)" if optional else ""),
                      "default": _toml(default),
                      "range": ", ".join(bounds), "meaning": m["doc"]})
     return rows
+
+
+def sections(cls, where: str) -> list[tuple[str, type]]:
+    """``(path, section class)`` of a section and of every table nested in it, depth first, for the reference
+    docs: ``sections(ZooSpec, "zoo")`` gives zoo, zoo.defaults, zoo.defaults.data, zoo.model.NAME, ..."""
+    out = [(where, cls)]
+    for f in dataclasses.fields(cls):
+        kind, elem, _ = _parse_type(str(f.type))
+        sub = _section_of(cls, kind, elem)
+        if sub is not None:
+            out += sections(sub, f"{where}.{f.name}" + (".NAME" if kind == "dict" else ""))
+    return out

@@ -18,17 +18,65 @@ from zoo_sweep.config.schema import build, key
 from zoo_sweep.errors import UserError
 from zoo_sweep.ids import content_id
 
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # the resize filters the per-batch transform implements
+
+
+@dataclass(frozen=True)
+class DataOverrides:
+    """A model's preprocessing, in timm's pretrained-config keys. A key left out keeps what the checkpoint's own
+    config.json says, else timm's config of the architecture (often 224 px and ImageNet mean/std)."""
+    input_size: tuple[int, ...] | None = key(None, "[channels, height, width] the model sees, e.g. [3, 32, 32] "
+                                                   "(height = width)", ge=1)
+    interpolation: str | None = key(None, 'resize filter: "bilinear", "bicubic" or "nearest"')
+    mean: tuple[float, ...] | None = key(None, "per-channel mean subtracted from pixels scaled to [0, 1]")
+    std: tuple[float, ...] | None = key(None, "per-channel standard deviation the pixels are divided by", gt=0)
+    crop_pct: float | None = key(None, "centre crop: resize to input_size / crop_pct, then crop input_size "
+                                       "(1.0: no crop)", gt=0, le=1)
+
+    def given(self) -> dict:
+        """The keys this table sets (lists as tuples, the form timm's configs use)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of your own zoo ([zoo.model.NAME]); the same keys under [zoo.defaults] apply to every model."""
+    arch: str | None = key(None, "timm architecture or pretrained tag (as in timm.list_models()); optional when "
+                                 "checkpoint is a folder with timm's config.json")
+    checkpoint: str | None = key(None, "weights: a .pth/.pt/.bin/.safetensors file (plain state dict, "
+                                       "{state_dict: ...} or {model: ...}, DDP 'module.' prefixes) or a folder "
+                                       "with timm's config.json and model.safetensors; none: timm's pretrained "
+                                       "weights of arch")
+    kwargs: dict[str, Any] = key(doc="arguments to timm.create_model: img_size, patch_size, num_classes, "
+                                     "drop_rate, ...", factory=dict)
+    data: DataOverrides = key(doc="preprocessing, timm's keys: input_size, interpolation, mean, std, crop_pct",
+                              factory=DataOverrides)
+
 
 @dataclass(frozen=True)
 class ZooSpec:
     source: str = key("digits", '"digits": the embedded zoo, built locally; "timm": timm registry names')
     recipe: str = key("default", 'digits only: which set of embedded recipes ("default" or "micro")')
-    models: tuple[str, ...] = key((), "names or fnmatch patterns; empty means every model of the source")
-    exclude: tuple[str, ...] = key((), "names or fnmatch patterns left out")
+    models: tuple[str, ...] = key((), "names or fnmatch patterns of the source's models; empty: every model of the "
+                                      "source, or none when the spec lists its own ([zoo.model.*], checkpoint_dirs)")
+    exclude: tuple[str, ...] = key((), "names or fnmatch patterns left out (the source's and your own)")
     weights_dir: str | None = key(None, "timm only: a folder with one <model>.(safetensors|pth|bin) per model")
     checkpoints: dict[str, str] = key(doc="timm only: explicit model -> weights file", factory=dict)
     allow_random_weights: bool = key(False, "timm only, for tests: random weights where none are found")
-    num_classes: int | None = key(None, "timm only: head size; default is the eval set's class count", ge=1)
+    num_classes: int | None = key(None, "head size of models that do not say (kwargs, config.json); default: the "
+                                        "eval set's class count", ge=1)
+    checkpoint_dirs: tuple[str, ...] = key((), "folders or glob patterns (\"/ckpt/*\"), each folder holding timm's "
+                                               "config.json and model.safetensors: one model per folder, named by "
+                                               "the folder")
+    defaults: ModelSpec = key(doc="[zoo.defaults]: arch, kwargs and data for every model that does not set them "
+                                  "(not the embedded digits zoo)", factory=ModelSpec)
+    model: dict[str, ModelSpec] = key(doc="[zoo.model.NAME]: a model named NAME (its name in the store, the "
+                                          "report and the pairs): arch, checkpoint, kwargs, data", factory=dict)
+
+    @property
+    def has_own(self) -> bool:
+        """Whether the spec lists models of its own besides (or instead of) the source's."""
+        return bool(self.model or self.checkpoint_dirs)
 
 
 @dataclass(frozen=True)
@@ -145,6 +193,7 @@ def validate(spec: SweepSpec) -> None:
     policies, sources) are checked by ``pipeline.plan.check_names``: the registries live in the layers that
     implement them."""
     t, p = spec.transfer, spec.pairs
+    validate_zoo(spec.zoo)
     if not t.seeds:
         raise UserError("[transfer] seeds must list at least one seed")
     if p.policy in ("top_ck", "predicted_gain") and not p.max_pairs:
@@ -162,6 +211,46 @@ def validate(spec: SweepSpec) -> None:
     clash = sorted(set(t.multi_students) & set(t.teachers))
     if clash:
         raise UserError(f"[transfer] teachers contains the student {', '.join(clash)}: a model cannot teach itself")
+
+
+def validate_zoo(z: ZooSpec) -> None:
+    """[zoo.defaults] and [zoo.model.*]: model names, and preprocessing timm's transforms can follow."""
+    if z.defaults.checkpoint is not None:
+        raise UserError("[zoo.defaults] checkpoint: every model has its own weights; set checkpoint in "
+                        "[zoo.model.NAME] or use checkpoint_dirs")
+    check_data(z.defaults.data.given(), "[zoo.defaults.data]")
+    for alias, m in z.model.items():
+        check_model_name(alias, f"[zoo.model.{alias}]")
+        check_data(m.data.given(), f"[zoo.model.{alias}.data]")
+
+
+def check_data(cfg: dict, where: str) -> None:
+    """Preprocessing keys that go together (the schema checks each alone); also run on configs read from a
+    checkpoint's config.json."""
+    size, ch = cfg.get("input_size"), None
+    if size is not None:
+        if len(size) != 3 or size[1] != size[2]:
+            raise UserError(f"{where} input_size must be [channels, height, width] with height = width, "
+                            f"got {list(size)}")
+        ch = size[0]
+    for k in ("mean", "std"):
+        v = cfg.get(k)
+        if v is not None and len(v) not in {1, ch or 3}:
+            raise UserError(f"{where} {k} must have one value per input channel, got {list(v)}")
+    if cfg.get("interpolation") not in (None, *INTERPOLATIONS):
+        raise UserError(f"{where} interpolation must be one of {', '.join(map(repr, INTERPOLATIONS))}, "
+                        f"got {cfg['interpolation']!r}")
+
+
+# a model name is a column value, a legend entry and part of "a+b" multi-teacher names: no '+'
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+
+
+def check_model_name(name: str, where: str) -> str:
+    if not MODEL_NAME_PATTERN.fullmatch(name):
+        raise UserError(f"{where}: the model name {name!r} is not allowed: use 1-100 letters, digits, '.', '_' "
+                        "or '-', not starting with '.'")
+    return name
 
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")

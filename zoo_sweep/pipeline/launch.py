@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -56,6 +57,7 @@ from zoo_sweep.science.records import load_record, save_record
 from zoo_sweep.storage.leases import Lease
 from zoo_sweep.storage.store import Store, final_results, jobs_of
 from zoo_sweep.transfer.logit_store import StreamPlan, plan_streams
+from zoo_sweep.zoo.entry import chance_note
 
 PENDING, DONE, FAILED = JobState.PENDING, JobState.DONE, JobState.FAILED
 
@@ -197,12 +199,11 @@ class _Run:
     def _build_zoo(self):
         if self.spec.zoo.source != "digits":
             return
-        from zoo_sweep.zoo.digits import missing_recipes
+        from zoo_sweep.zoo.digits import to_build
 
         d, z = self.spec.data, self.spec.zoo
-        wanted = {m.name for m in self.plan.models}
-        todo = [r for r in missing_recipes(z.recipe, self.paths.cache, d.image_size) if r.name in wanted]
-        self.report.reused["zoo models"] = len(wanted) - len(todo)
+        todo, embedded = to_build(self.plan.models, z.recipe, self.paths.cache, d.image_size)  # missing or altered
+        self.report.reused["zoo models"] = embedded - len(todo)
         if todo:
             self._train_zoo(todo)
 
@@ -247,6 +248,9 @@ class _Run:
             self.records[job.id] = res["record"]
             self.store.finish_job(job.id, DONE.value, model_rows=[self._model_row(job, res["accuracy"], path)],
                                   seconds=res["seconds"], owner=self.lease.owner)
+            note = chance_note(res["accuracy"], self.plan.num_classes, len(res["record"]["pred"]))
+            if note:  # a warning, not an error: the sweep goes on
+                self.console.print(f"[yellow]warning:[/] {escape(f'{job.payload.model.name}: {note}')}")
 
         self._run_jobs("predict", self._filter(todo, limit=None),
                        lambda job: {"batch_size": self.spec.run.predict_batch_size}, on_result)

@@ -30,7 +30,7 @@ class Worker:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.name = f"{socket.gethostname()}:{os.getpid()}:{self.device}"
         self._sets: dict = {}
-        self._weights: OrderedDict = OrderedDict()  # model name -> state dict, least recently used first
+        self._weights: OrderedDict = OrderedDict()  # model ident hash -> state dict, least recently used first
 
     def info(self) -> str:
         return self.name
@@ -48,15 +48,17 @@ class Worker:
         the first load."""
         import copy
 
+        from zoo_sweep.ids import content_id
         from zoo_sweep.zoo.models import create
 
-        if entry.name in self._weights:
-            self._weights.move_to_end(entry.name)
+        key = content_id(entry.ident)  # not the name: a model whose weights or config changed is another model
+        if key in self._weights:
+            self._weights.move_to_end(key)
             model = create(entry, pretrained=False)
-            model.load_state_dict(self._weights[entry.name])
+            model.load_state_dict(self._weights[key])
         else:
             model = create(entry)
-            self._weights[entry.name] = copy.deepcopy(model.state_dict())
+            self._weights[key] = copy.deepcopy(model.state_dict())
             while len(self._weights) > 8:
                 self._weights.popitem(last=False)
         return model.eval()

@@ -28,6 +28,7 @@ from zoo_sweep.report.tables import method_summary  # noqa: F401
 from zoo_sweep.science import stats
 from zoo_sweep.storage.store import Store
 from zoo_sweep.urls import mask_url
+from zoo_sweep.zoo.entry import chance_note
 
 _NO_PAIRS = "nothing to draw: no measured pairs on this eval set yet (`zoo-sweep measure SPEC`)"
 _NO_RESULTS = "nothing to draw: no finished single-teacher transfer results for this sweep yet"
@@ -56,7 +57,8 @@ def make_report(store: Store, sweep: str, eval_set: str, out_dir: str | Path, nu
     rep.files += _write_rows(data, out)
     rep.sections += [section(data) for section in sections.SECTIONS]
     _note_empty_panels(rep, out)
-    rep.findings = findings(data.pairs, data.summary, data.diffs, data.msum, data.held, data.ranks)
+    rep.findings = (_chance_findings(data.models, num_classes, eval_set)
+                    + findings(data.pairs, data.summary, data.diffs, data.msum, data.held, data.ranks))
     _write_files(rep, out)
     return rep
 
@@ -89,6 +91,18 @@ def _note_empty_panels(rep: Report, out: Path) -> None:
         if p.path is None:
             (out / f"{p.key}.png").unlink(missing_ok=True)  # a stale plot of an earlier report in this folder
             p.caption = EMPTY.get(p.key, p.caption)
+
+
+def _chance_findings(models, num_classes, eval_set) -> list[str]:
+    """Models no better than chance head the findings: a warning, most often their preprocessing."""
+    from zoo_sweep.data.sets import count_images
+
+    if not num_classes or not len(models):
+        return []
+    n = count_images(eval_set, 0) or None
+    notes = [(r.name, chance_note(float(r.accuracy), num_classes, n)) for r in models.itertuples()
+             if r.accuracy == r.accuracy]  # NaN: not measured yet
+    return [f"Check {name}: {note}." for name, note in notes if note]
 
 
 def _write_files(rep: Report, out: Path) -> None:

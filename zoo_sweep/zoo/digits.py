@@ -3,7 +3,9 @@
 Each model is a recipe (architecture, size overrides, data config, training recipe). Recipes vary in seed,
 epochs, amount of data, augmentation and label smoothing so that accuracies spread out and models make
 different mistakes. A trained model is cached under ``CACHE/zoo/`` keyed by its own recipe, so changing
-one recipe rebuilds one model.
+one recipe rebuilds one model. The recipe key names the weights in job ids (they do not exist yet when a sweep
+is planned); the sha256 recorded beside each file when it is built guards it: a file that no longer matches
+(truncated, altered) is rebuilt from its recipe before anything uses it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zoo_sweep.ids import content_id
+from zoo_sweep.paths import write_atomic
 from zoo_sweep.zoo.entry import ModelEntry, family_of
 
 IMAGENET_NORM = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -121,6 +124,45 @@ def missing_recipes(recipe_set: str, cache_dir: str | Path, image_size: int) -> 
     return [r for r in recipes(recipe_set) if not weights_path(r, cache_dir, image_size).exists()]
 
 
+def to_build(models: list[ModelEntry], recipe_set: str, cache_dir: str | Path,
+             image_size: int) -> tuple[list[Recipe], int]:
+    """The recipes behind ``models`` (the embedded-zoo entries among them) whose weights must be (re)built:
+    missing, or not what was built (the file's sha256 differs from the one recorded when it was saved, or a
+    file from before checksums is not whole). Such files are removed, so nothing loads them meanwhile.
+    Also returns how many of ``models`` are embedded-zoo models."""
+    from zoo_sweep.zoo.weights import HashCache, check_whole
+
+    used = {m.weights for m in models}
+    hashes = HashCache(cache_dir)
+    todo, embedded = [], 0
+    for r in recipes(recipe_set):
+        path = weights_path(r, cache_dir, image_size)
+        if str(path) not in used:
+            continue
+        embedded += 1
+        if not path.exists() or not _intact(path, hashes, check_whole):
+            path.unlink(missing_ok=True)
+            path.with_suffix(".json").unlink(missing_ok=True)
+            todo.append(r)
+    hashes.save()
+    return todo, embedded
+
+
+def _intact(path: Path, hashes, check_whole) -> bool:
+    info_path = path.with_suffix(".json")
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError):
+        info = {}
+    if info.get("sha256"):
+        return hashes.get(path) == info["sha256"]
+    if check_whole(path):  # built before checksums were recorded: trust it if whole, and record it now
+        return False
+    info["sha256"] = hashes.get(path)
+    write_atomic(info_path, lambda tmp: tmp.write_text(json.dumps(info, indent=1, default=str)))
+    return True
+
+
 def train_recipe(recipe: Recipe, cache_dir: str, image_size: int) -> tuple[dict, dict]:
     """Train one zoo model from scratch; returns (state_dict, info). Plain CPU/GPU torch, no Ray."""
     import timm
@@ -160,9 +202,10 @@ def train_recipe(recipe: Recipe, cache_dir: str, image_size: int) -> tuple[dict,
 def save_trained(recipe: Recipe, cache_dir: str | Path, image_size: int, state: dict, info: dict) -> Path:
     import torch
 
-    from zoo_sweep.paths import write_atomic
+    from zoo_sweep.zoo.weights import file_sha256
 
     path = weights_path(recipe, cache_dir, image_size)
     write_atomic(path, lambda tmp: torch.save(state, tmp))
-    path.with_suffix(".json").write_text(json.dumps(info, indent=1, default=str))
+    info = {**info, "sha256": file_sha256(path)}
+    write_atomic(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(info, indent=1, default=str)))
     return path

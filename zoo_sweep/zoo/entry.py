@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import math
 from dataclasses import dataclass, field
 
 from zoo_sweep.errors import UserError
@@ -52,11 +53,15 @@ class ModelEntry:
     kwargs: dict = field(default_factory=dict)  # create_model size overrides
     data_cfg: dict = field(default_factory=dict)  # pretrained_cfg overlay: input_size, mean, std, crop_pct
     num_classes: int | None = None
-    weights_key: str | None = None  # identifies the weights' content (recipe hash, or file name/size/mtime)
+    # identifies the weights' content: "sha256:<hex>" of a file, the recipe hash of the embedded zoo (whose
+    # files are checked against the checksum recorded when they were built), or "hub" for a pretrained tag
+    weights_key: str | None = None
+    origin: str = ""  # where the spec defines it ("[zoo.model.NAME]", a checkpoint folder), for messages
 
     @property
     def ident(self) -> dict:
-        """What determines this model's outputs: part of every job id that uses it."""
+        """What determines this model's outputs: part of every job id that uses it. Changing a model's arch,
+        kwargs, preprocessing or weights changes the ids of exactly its jobs."""
         return {"name": self.name, "arch": self.arch, "kwargs": self.kwargs, "cfg": self.data_cfg,
                 "weights": self.weights_key or self.weights, "classes": self.num_classes}
 
@@ -78,3 +83,17 @@ def select_names(available: list[str], include: tuple[str, ...], exclude: tuple[
                 raise UserError(f"unknown model {pat!r}{hint}")
             chosen.extend(h for h in hits if h not in chosen)
     return [n for n in chosen if not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
+
+
+def chance_note(accuracy: float, num_classes: int, n: int | None = None) -> str | None:
+    """A warning when an accuracy (percent) is not above chance: almost always the wrong preprocessing (input
+    size, mean/std) or a class order other than the eval set's. Within two standard errors of chance on ``n``
+    samples counts as chance; None when the model does better."""
+    chance = 100.0 / num_classes
+    slack = 200.0 * math.sqrt((1 / num_classes) * (1 - 1 / num_classes) / n) if n else 0.0
+    if accuracy > chance + slack:
+        return None
+    if accuracy >= chance - slack:
+        return f"accuracy {accuracy:.1f} % = chance for {num_classes} classes: check its preprocessing"
+    return (f"accuracy {accuracy:.1f} % < chance ({chance:.1f} %) for {num_classes} classes: check its preprocessing "
+            "and that its classes are in the eval set's order")

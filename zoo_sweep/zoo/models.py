@@ -1,8 +1,9 @@
 """The zoo: which models a sweep covers, what family each belongs to, and how to instantiate it with weights.
 
-Two sources share one entry type (``ModelEntry``): the embedded digits zoo (timm architectures at tiny
-sizes, trained locally and cached, see ``digits_zoo``) and the timm registry (pretrained tags such as
-``resnet50.a1_in1k``, weights from the hub cache, a local weights folder or explicit checkpoints).
+Three kinds of model share one entry type (``ModelEntry``): the embedded digits zoo (timm architectures at
+tiny sizes, trained locally and cached, see ``digits_zoo``), the timm registry (pretrained tags such as
+``resnet50.a1_in1k``, weights from the hub cache, a local weights folder or explicit checkpoints), and your
+own models (``[zoo.model.NAME]`` tables and timm checkpoint folders, see ``own``).
 Weights are never silently random: a model without weights fails with the ways to provide them.
 """
 
@@ -15,17 +16,37 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from zoo_sweep.config.spec import ZooSpec
+from zoo_sweep.config.spec import ZooSpec, check_data
 from zoo_sweep.errors import UserError
 from zoo_sweep.paths import write_atomic
 from zoo_sweep.zoo.entry import FAMILIES, ModelEntry, family_of, select_names  # noqa: F401  (re-exported)
-
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+from zoo_sweep.zoo.own import _tuples, head_classes, own_entries  # noqa: F401  (head_classes re-exported)
+from zoo_sweep.zoo.weights import (
+    WEIGHT_SUFFIXES,
+    HashCache,
+    fit_state,
+    load_state,
+    require_whole,
+)
 
 
 def resolve_zoo(spec: ZooSpec, cache_dir: str | Path, num_classes: int, image_size: int) -> list[ModelEntry]:
-    """The sweep's models, in a stable order. Nothing is downloaded or trained here."""
-    entries = SOURCES[spec.source](spec, cache_dir, num_classes, image_size)
+    """The sweep's models, in a stable order: the source's (all of them when ``models`` is empty and the spec
+    has none of its own), then the spec's own. Nothing is downloaded or trained here; weights files are
+    checked and hashed."""
+    entries = SOURCES[spec.source](spec, cache_dir, num_classes, image_size) \
+        if spec.models or not spec.has_own else []
+    hashes = HashCache(cache_dir)
+    try:
+        entries += own_entries(spec, hashes, num_classes)
+    finally:
+        hashes.save()
+    seen: dict[str, ModelEntry] = {}
+    for e in entries:
+        if e.name in seen:
+            where = " and ".join(x.origin or f"[zoo] source {spec.source}" for x in (seen[e.name], e))
+            raise UserError(f"two models are named {e.name!r} ({where}): rename one")
+        seen[e.name] = e
     if len(entries) < 2:
         raise UserError(f"the zoo has {len(entries)} model(s) after filtering; a sweep needs at least two")
     return entries
@@ -40,39 +61,37 @@ def _digits_entries(spec: ZooSpec, cache_dir, num_classes: int, image_size: int)
 
 
 def _timm_entries(spec: ZooSpec, cache_dir, num_classes: int, image_size: int) -> list[ModelEntry]:
+    """Registry names; [zoo.defaults] kwargs and data apply to them as to your own models."""
     import timm
 
     # pretrained tags (resnet50.a1_in1k), bare architectures, and whatever the manifest names
     available = sorted(set(timm.list_models(pretrained=True)) | set(timm.list_models()) | set(spec.checkpoints))
     names = select_names(available, spec.models, spec.exclude)
+    kwargs = dict(spec.defaults.kwargs)
+    given_classes = kwargs.pop("num_classes", None)
+    data = spec.defaults.data.given()
+    check_data(data, "[zoo.defaults.data]")
+    hashes = HashCache(cache_dir)
     out = []
-    for n in names:
-        w = _find_weights(n, spec)
-        out.append(ModelEntry(name=n, arch=n, family=family_of(n), weights=w, num_classes=head_classes(n, spec, num_classes),
-                              weights_key=_weights_key(w)))
+    try:
+        for n in names:
+            w = _find_weights(n, spec)
+            key = w
+            if w not in (None, "hub"):
+                w = str(Path(w).expanduser().resolve())  # workers may run elsewhere than this process's cwd
+                require_whole(w, n)
+                key = f"sha256:{hashes.get(w)}"
+            out.append(ModelEntry(name=n, arch=n, family=family_of(n), weights=w, kwargs=_tuples(kwargs),
+                                  data_cfg=_tuples(data),
+                                  num_classes=given_classes or head_classes(n, spec, num_classes),
+                                  weights_key=key))
+    finally:
+        hashes.save()
     return out
 
 
 # [zoo] source -> (spec, cache folder, eval classes, image size) -> entries
 SOURCES: dict[str, Callable[..., list[ModelEntry]]] = {"digits": _digits_entries, "timm": _timm_entries}
-
-
-def head_classes(name: str, spec: ZooSpec, eval_classes: int) -> int:
-    """The head size of a timm model: the spec's num_classes when given, else the pretrained tag's own
-    (timm's pretrained cfg, e.g. 1000 for *_in1k, 11821 for *.in12k), else (a bare architecture with local
-    weights or random weights) the eval set's class count."""
-    if spec.num_classes:
-        return spec.num_classes
-    if "." in name:
-        import timm
-
-        try:
-            cfg = timm.models.get_pretrained_cfg(name)
-        except Exception:
-            cfg = None
-        if cfg is not None and getattr(cfg, "num_classes", None):
-            return int(cfg.num_classes)
-    return eval_classes
 
 
 def check_heads(models: list[ModelEntry], eval_classes: int, eval_ref: str) -> None:
@@ -83,13 +102,6 @@ def check_heads(models: list[ModelEntry], eval_classes: int, eval_ref: str) -> N
         more = f" and {len(odd) - 5} more" if len(odd) > 5 else ""
         raise UserError(f"{listed}{more}: the head does not match the {eval_classes} classes of {eval_ref}; "
                         "exclude these models, or give an eval set (or [data] class_map) with their classes")
-
-
-def _weights_key(path: str | None) -> str | None:
-    if path is None or path == "hub":
-        return path
-    p = Path(path)
-    return f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" if p.exists() else p.name
 
 
 def _find_weights(name: str, spec: ZooSpec) -> str | None:
@@ -133,17 +145,31 @@ def create(entry: ModelEntry, pretrained: bool = True):
         except Exception as e:  # offline, or no such tag on the hub
             raise UserError(f"{no_weights_message(entry.name)} ({type(e).__name__})") from None
     else:
-        model = timm.create_model(entry.arch, pretrained=False, **kwargs)
+        model = _build(entry, kwargs)
         if w:
             if not Path(w).exists():
                 raise UserError(no_weights_message(entry.name) + f" (missing file {w})")
-            state = _load_state(w)
+            who = entry.name if entry.name == entry.arch else f"{entry.name} ({entry.arch})"
+            state = fit_state(model, load_state(w), w, who)
             try:
                 model.load_state_dict(state)
-            except RuntimeError as e:
+            except RuntimeError as e:  # what fit_state does not compare (e.g. a tensor of another dtype kind)
                 first = str(e).strip().splitlines()[0]
-                raise UserError(f"weights {w} do not fit {entry.arch}: {first}") from None
+                raise UserError(f"weights {w} do not fit {who}: {first}") from None
     return model.eval()
+
+
+def _build(entry: ModelEntry, kwargs: dict):
+    """``timm.create_model`` without weights; a constructor that rejects the spec's kwargs is the user's to fix."""
+    import timm
+
+    try:
+        return timm.create_model(entry.arch, pretrained=False, **kwargs)
+    except (TypeError, ValueError, AssertionError, RuntimeError) as e:
+        where = entry.origin or entry.name
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{where}: timm.create_model({entry.arch!r}, ...) fails with these kwargs: "
+                        f"{type(e).__name__}: {first}") from None
 
 
 def hub_cached_file(arch: str) -> str | None:
@@ -165,25 +191,6 @@ def hub_cached_file(arch: str) -> str | None:
     return None
 
 
-def _load_state(path: str):
-    import torch
-
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or not a weights file: say which file, not a pickle internals error
-        raise UserError(f"cannot read weights {path}: {type(e).__name__}: {e}") from None
-    for key in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-            break
-    return state
-
-
 def data_config(model) -> dict:
     """The model's eval-time data config, the same dict timm's own transforms are built from."""
     import timm.data
@@ -194,7 +201,6 @@ def data_config(model) -> dict:
 
 def count_params(entry: ModelEntry) -> int:
     """Parameter count without allocating weights (meta device)."""
-    import timm
     import torch
 
     from zoo_sweep.zoo import tiny_archs  # noqa: F401
@@ -203,7 +209,7 @@ def count_params(entry: ModelEntry) -> int:
     if entry.num_classes is not None:
         kwargs["num_classes"] = entry.num_classes
     with torch.device("meta"):
-        model = timm.create_model(entry.arch, pretrained=False, **kwargs)
+        model = _build(entry, kwargs)  # at plan time: kwargs a constructor rejects fail here, in one line
     return sum(p.numel() for p in model.parameters())
 
 
