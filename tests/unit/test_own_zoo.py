@@ -303,13 +303,11 @@ def test_job_ids_follow_each_models_definition(tmp_path):
                "data": {"eval": f"imagefolder:{data}", "transfer": f"imagefolder:{data}"},
                "transfer": {"methods": ["kl"]}}
         p = make_plan(parse_spec(doc), Paths(tmp_path / "home"))
-        return {j["id"]: j for j in p.all_jobs}
+        return {j.id: j for j in p.all_jobs}
 
     def touching(jobs, name):
-        import json
-
-        return {i for i, j in jobs.items() if j["kind"] != "compare" and f'"name": "{name}"' in j["spec"]
-                and name in {json.loads(j["spec"]).get(r, {}).get("name") for r in ("model", "student", "teacher")}}
+        return {i for i, j in jobs.items() if j.kind != "compare"
+                and name in {j.payload.to_dict().get(r, {}).get("name") for r in ("model", "student", "teacher")}}
 
     base = plan()
     assert len(base) == 3 + 1 + 6
@@ -317,14 +315,14 @@ def test_job_ids_follow_each_models_definition(tmp_path):
     for change in ({"data": {**HALF, "crop_pct": 0.875}}, {"kwargs": {"drop_rate": 0.1}}):
         new = plan(m1=change)
         gone = set(base) - set(new)
-        compare = {i for i, j in base.items() if j["kind"] == "compare"}
+        compare = {i for i, j in base.items() if j.kind == "compare"}
         assert gone == touching(base, "m1") | compare  # m1's predict job, its 4 transfer jobs and the compare
         assert len(gone) == 1 + 4 + 1
     # same bytes under another file name: the same model; other bytes under the same name: another model
     (tmp_path / "copy.pth").write_bytes((tmp_path / "m1.pth").read_bytes())
     assert set(plan(m1={"checkpoint": str(tmp_path / "copy.pth")})) == set(base)
     torch.save(cnn(9).state_dict(), tmp_path / "m1.pth")
-    assert set(base) - set(plan()) == touching(base, "m1") | {i for i, j in base.items() if j["kind"] == "compare"}
+    assert set(base) - set(plan()) == touching(base, "m1") | {i for i, j in base.items() if j.kind == "compare"}
 
 
 # ------------------------------------------------------------------ chance
