@@ -16,7 +16,12 @@ from dataclasses import dataclass
 import pandas as pd
 
 from zoo_sweep.config.spec import SweepSpec, load_spec
-from zoo_sweep.data.sets import image_set_key, num_classes_of  # noqa: F401  (num_classes_of re-exported)
+from zoo_sweep.data.sets import (  # noqa: F401  (num_classes_of re-exported)
+    image_set_key,
+    num_classes_of,
+    set_args,
+    subset_fields,
+)
 from zoo_sweep.errors import UserError
 from zoo_sweep.ids import content_id
 from zoo_sweep.paths import Paths
@@ -141,8 +146,8 @@ def make_plan(spec: SweepSpec, paths: Paths, dry_run: bool = False) -> Plan:
         names = [m.name for m in models]
         select_names(names, spec.pairs.students, ())
         select_names(names, spec.pairs.teachers, ())
-    eval_key = image_set_key(d.eval, d.image_size, d.class_map)
-    transfer_key = image_set_key(d.transfer, d.image_size, d.class_map)
+    eval_key = image_set_key(**set_args(d, "eval"))
+    transfer_key = image_set_key(**set_args(d, "transfer"))
     params = param_counts(models, paths.cache)
     check_transfer(spec, models, k)
 
@@ -150,7 +155,7 @@ def make_plan(spec: SweepSpec, paths: Paths, dry_run: bool = False) -> Plan:
     for m in models:
         ident = {"model": m.ident, "eval": eval_key, "topk": spec.run.topk}
         predict.append(_row("predict", ident, {"model": m.to_dict(), "eval": d.eval, "image_size": d.image_size,
-                                               "class_map": d.class_map, "topk": spec.run.topk}))
+                                               "class_map": d.class_map, "topk": spec.run.topk, **subset_fields(d)}))
     compare = _row("compare", {"eval": eval_key, "records": [j["id"] for j in predict]},
                    {"eval": d.eval, "eval_key": eval_key, "models": [m.name for m in models],
                     "records": [j["id"] for j in predict]})
@@ -164,7 +169,8 @@ def make_plan(spec: SweepSpec, paths: Paths, dry_run: bool = False) -> Plan:
 
 def transfer_jobs(plan: Plan, pairs: list[tuple[str, str]]) -> list[dict]:
     t, d = plan.spec.transfer, plan.spec.data
-    data = {"eval": d.eval, "transfer": d.transfer, "image_size": d.image_size, "class_map": d.class_map}
+    data = {"eval": d.eval, "transfer": d.transfer, "image_size": d.image_size, "class_map": d.class_map,
+            **subset_fields(d)}
     hps = {method: method_hp(t, method) for method in t.methods}
     seen: dict[str, tuple[dict, dict]] = {}
 

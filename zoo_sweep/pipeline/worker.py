@@ -34,12 +34,16 @@ class Worker:
     def info(self) -> str:
         return self.name
 
-    def image_set(self, ref: str, image_size: int, class_map: str | None):
+    def image_set(self, spec: dict, role: str):
+        """A job payload's eval or transfer set (``role``), mapped from the cache (decoded on first use)."""
         from zoo_sweep.data.images import load_image_set
+        from zoo_sweep.data.sets import SUBSET_SEED
 
-        key = (ref, image_size, class_map)
+        args = dict(ref=spec[role], image_size=spec["image_size"], class_map=spec.get("class_map"),
+                    subset=spec.get(f"{role}_subset"), subset_seed=spec.get("subset_seed", SUBSET_SEED))
+        key = tuple(args.values())
         if key not in self._sets:
-            self._sets[key] = load_image_set(ref, image_size, self.paths.cache, class_map)
+            self._sets[key] = load_image_set(**args, cache_dir=self.paths.cache)
         return self._sets[key]
 
     def model(self, entry_dict: dict):
@@ -83,7 +87,7 @@ class Worker:
         from zoo_sweep.science.records import BATCH_MEMO, accuracy, predict
         from zoo_sweep.zoo.models import data_config
 
-        images = self.image_set(spec["eval"], spec["image_size"], spec.get("class_map"))
+        images = self.image_set(spec, "eval")
         model = self.model(spec["model"])
         if model.num_classes != images.num_classes:
             raise ValueError(f"{spec['model']['name']} has {model.num_classes} outputs but the eval set "
@@ -96,8 +100,7 @@ class Worker:
         from zoo_sweep.transfer.train import Diverged, TransferParams, run_transfer
         from zoo_sweep.zoo.models import data_config
 
-        ev = self.image_set(spec["eval"], spec["image_size"], spec.get("class_map"))
-        tr = self.image_set(spec["transfer"], spec["image_size"], spec.get("class_map"))
+        ev, tr = self.image_set(spec, "eval"), self.image_set(spec, "transfer")
         from zoo_sweep.ids import content_id
         from zoo_sweep.science.records import predict
         from zoo_sweep.transfer.multi import run_multi
