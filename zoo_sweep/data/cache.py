@@ -210,7 +210,7 @@ def _run(folder: Path, source: Source, bounds: list, todo: list[tuple[int, int]]
     import multiprocessing
 
     # spawned, not forked: the caller may be a Ray actor or hold threads, and a fork copies their locks
-    with multiprocessing.get_context("spawn").Pool(workers, initializer=init_worker) as pool:
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=init_worker, initargs=(os.getpid(),)) as pool:
         return _collect(folder, pool.imap_unordered(decode_shard, jobs), n_items, progress, label)
 
 

@@ -15,6 +15,9 @@ that decoded it. Non-JPEG files (PNG, BMP, ...) always go through Pillow.
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 
 JPEG_MAGIC = b"\xff\xd8"
@@ -88,8 +91,18 @@ def decode_file(path: str, size: int, decoder: str = "auto") -> np.ndarray | Non
         return None
 
 
-def init_worker() -> None:
-    """Decode workers run one image at a time each: torch's own threads would only oversubscribe the cores."""
+def init_worker(parent: int | None = None) -> None:
+    """Decode workers run one image at a time each (torch's own threads would only oversubscribe the cores), and
+    die with the process that started them: a pool's workers hold both ends of its task pipe, so a killed
+    parent would otherwise leave them waiting forever."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass
+    if parent is not None and os.getppid() != parent:  # it died before the line above
+        os._exit(1)
     try:
         import torch
 
