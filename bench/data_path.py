@@ -209,19 +209,49 @@ def old_decode(root: str, size: int, out: str) -> dict:
 
 
 def new_decode(root: str, size: int, cache: str, workers: int, decoder: str = "auto") -> dict:
-    import resource
+    import threading
 
     import torch  # noqa: F401  (imported before the baseline, as in every worker of the tool)
+    import torchvision  # noqa: F401  (its import, ~1 s, is start-up, not decoding)
 
     from zoo_sweep.data.images import load_image_set
 
     base = status()["VmRSS"]
+    peaks: dict[str, int] = {}
+    stop = threading.Event()
+
+    def sample_workers():  # the pool's processes, 4 times a second: peak RSS, its anonymous part, PSS
+        while not stop.wait(0.25):
+            for pid in children(os.getpid()):
+                try:
+                    st, p = status(pid), pss(pid)
+                except (OSError, ValueError):
+                    continue
+                for k, v in (("rss", st["VmRSS"]), ("anon", st["RssAnon"]), ("pss", p)):
+                    peaks[k] = max(peaks.get(k, 0), v)
+
+    sampler = threading.Thread(target=sample_workers, daemon=True)
+    sampler.start()
     t0 = time.perf_counter()
     s = load_image_set(f"imagefolder:{root}", size, cache, workers=workers, progress=False, decoder=decoder)
     dt = time.perf_counter() - t0
-    worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    stop.set()
+    sampler.join()
     return {"n": len(s), "seconds": dt, "rate": len(s) / dt, "base": base, "peak": status()["VmHWM"],
-            "worker_peak": worker_peak, "set_bytes": s.images.nbytes}
+            "worker_peak": peaks.get("rss", 0), "worker_anon": peaks.get("anon", 0),
+            "worker_pss": peaks.get("pss", 0), "set_bytes": s.images.nbytes}
+
+
+def children(pid: int) -> list[str]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(d.name)
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
 
 
 # ---------------------------------------------------------------- sections
@@ -272,7 +302,8 @@ def bench_decode(root: Path, size: int, old_images: int, repeat: int, workdir: P
         r["load"] = f"{before} -> {load()}"
         res[name].append(r)
         shutil.rmtree(cache, ignore_errors=True)
-        extra = f", largest worker peak {gb(r['worker_peak'])}" if r.get("worker_peak") else ""
+        extra = (f"; each worker at most RSS {gb(r['worker_peak'])}, of it anonymous {gb(r['worker_anon'])}, "
+                 f"PSS {gb(r['worker_pss'])}" if r.get("worker_peak") else "")
         print(f"  {name:9s} {r['n']:6d} images {r['seconds']:7.1f} s {r['rate']:7.1f} img/s; peak RSS "
               f"{gb(r['peak'] - r['base'])} above baseline {gb(r['base'])}{extra} ({r['load']})", flush=True)
 
@@ -392,15 +423,16 @@ def extrapolate(decode: dict, size: int, cores: int = 64) -> None:
     rate = cores * per_worker * eff
     runs = decode["runs"]
     main_peak = max(r["peak"] - r["base"] for r in runs["new2"])
-    worker_peak = max(r["worker_peak"] for r in runs["new2"])
+    worker_pss = max(r["worker_pss"] for r in runs["new2"])
+    worker_anon = max(r["worker_anon"] for r in runs["new2"])
     old_rate = med["old"]
     print(f"extrapolated, ImageNet val + the 10 % train subset ({n:,} images at {size} px, {gb(n * row)} decoded), "
           f"{cores}-core node, files like these:")
     print(f"  decode: {n / rate / 60:.1f} min at {rate:,.0f} img/s ({cores} workers x {per_worker:.0f} img/s x "
           f"{eff:.2f} efficiency measured at 2 workers); the old single-process path: {n / old_rate / 3600:.1f} h")
-    print(f"  RAM while decoding: the driver +{gb(main_peak)}, {cores} workers x <= {gb(worker_peak)} peak each "
-          f"(their own imports included) = {gb(main_peak + cores * worker_peak)} at most; the old path: "
-          f"~4 x the set = {gb(4 * n * row)} in one process")
+    print(f"  RAM while decoding: the decoding process +{gb(main_peak)}; {cores} workers x {gb(worker_pss)} PSS "
+          f"(their torch import included; {gb(worker_anon)} anonymous) = {gb(main_peak + cores * worker_pss)}, "
+          f"whatever the set size; the old path: ~4 x the set = {gb(4 * n * row)} in one process")
     print(f"  RAM holding it: {gb(n * row)} of page cache per node, shared by every actor on it (each adds only "
           f"its batches); the old path: {gb(n * row)} per actor, {gb(8 * n * row)} for 8 GPU actors")
 

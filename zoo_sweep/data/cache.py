@@ -112,6 +112,11 @@ def locked(folder: Path, say: Callable[[str], None] | None = None):
             if say:
                 say(f"waiting for another process decoding into {folder}")
             fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (some NFS mounts): decoders of one set may then collide
+            if say:
+                say(f"no file locks on {folder}: decode each image set from one process first")
+            yield
+            return
         try:
             yield
         finally:
@@ -208,10 +213,19 @@ def _run(folder: Path, source: Source, bounds: list, todo: list[tuple[int, int]]
         with _single_thread():
             return _collect(folder, map(decode_shard, jobs), n_items, progress, label)
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    # spawned, not forked: the caller may be a Ray actor or hold threads, and a fork copies their locks
-    with multiprocessing.get_context("spawn").Pool(workers, initializer=init_worker, initargs=(os.getpid(),)) as pool:
-        return _collect(folder, pool.imap_unordered(decode_shard, jobs), n_items, progress, label)
+    # spawned, not forked: the caller may be a Ray actor or hold threads, and a fork copies their locks. A worker
+    # that dies (out of memory, killed) fails the build with BrokenProcessPool; the next build resumes.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
+                             initargs=(os.getpid(),)) as pool:
+        futures = [pool.submit(decode_shard, job) for job in jobs]
+        try:
+            return _collect(folder, (f.result() for f in as_completed(futures)), n_items, progress, label)
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
 
 
 def _collect(folder: Path, results: Iterable[dict], n_items: int, progress: bool,

@@ -42,7 +42,9 @@ from zoo_sweep.errors import UserError
 @dataclass
 class ImageSet:
     ref: str
-    images: torch.Tensor  # uint8, N x 3 x S x S; from the cache: a read-only memory map (index it, never write)
+    # uint8, N x 3 x S x S. From the cache: a read-only map of the shared file (index it; a write is a
+    # segmentation fault, not an exception: in_memory() gives a writable copy)
+    images: torch.Tensor
     labels: torch.Tensor  # int64, N
     classes: list[str]
     source_ids: torch.Tensor  # int64, N: which source image a sample came from (distortions share it)
