@@ -25,15 +25,21 @@ def test_digits_split_by_source_image(digits):
     assert sorted(set(ev.labels.tolist())) == list(range(10))
 
 
-def test_cache_is_reused_and_survives_truncation(digits):
+def test_cache_is_reused_and_survives_truncation(digits, monkeypatch):
+    from zoo_sweep.data import cache as image_cache
+
     cache, ev, _ = digits
-    files = list((cache / "images").glob("*.pt"))
-    assert len(files) == 2
+    folders = [p for p in (cache / "images").iterdir() if p.is_dir()]
+    assert len(folders) == 2 and not list((cache / "images").glob("*.pt"))
+    built = []
+    real_build = image_cache.build
+    monkeypatch.setattr(image_cache, "build", lambda *a, **k: built.append(1) or real_build(*a, **k))
     again = load_image_set("digits:eval", 32, cache)
-    assert torch.equal(again.images, ev.images)
-    target = next(f for f in files if torch.load(f, weights_only=False)["labels"].shape[0] == len(ev))
-    target.write_bytes(target.read_bytes()[:100])  # a run killed while writing
-    assert torch.equal(load_image_set("digits:eval", 32, cache).images, ev.images)
+    assert torch.equal(again.images, ev.images) and not built  # mapped, not decoded
+    target = next(f for f in folders if np.load(f / "samples.npz")["labels"].shape[0] == len(ev))
+    data = target / "images.u8"
+    data.write_bytes(data.read_bytes()[:100])  # a run killed while writing
+    assert torch.equal(load_image_set("digits:eval", 32, cache).images, ev.images) and built
 
 
 def test_model_input_follows_the_timm_data_config():

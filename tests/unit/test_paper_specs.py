@@ -1,7 +1,6 @@
 """The paper-reproduction specs plan what they promise: the paper's 20 x 20 ImageNet grid with the reference
 recipe (a dry run: timm's registry, no weights, no data), and every ordered digits pair x the seven methods."""
 
-import json
 from pathlib import Path
 
 import timm  # noqa: F401  (imported at collection: torch's first import starts a process, which unit tests may not)
@@ -16,7 +15,7 @@ METHODS = ["kl", "xekl", "xekl_mcl", "kl_dp", "kl_dp_unsup", "cd", "crd"]
 def pairs_per_method(plan):
     out = {}
     for j in plan.transfer_jobs:
-        p = json.loads(j["spec"]) if isinstance(j["spec"], str) else j["spec"]
+        p = j.payload.to_dict()
         if "teachers" not in p:
             out.setdefault(p["method"], set()).add((p["student"]["name"], p["teacher"]["name"]))
     return out

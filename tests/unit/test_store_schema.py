@@ -39,7 +39,9 @@ def test_transfer_columns_are_what_a_transfer_reports():
 
 def test_common_hyper_parameters_are_derived_and_unchanged():
     """TRANSFER_HP (part of every transfer job's id) is TransferParams' fields that no method declares as its
-    own; it must stay what it was, or every job id changes."""
+    own. Options added later (inputs, lr_scaling) are left out of a job's hp at their older behaviour
+    (config.params.job_hp), so the ids of jobs planned before them stay (tests/unit/test_jobs.py)."""
     from zoo_sweep.pipeline.plan import TRANSFER_HP
 
-    assert TRANSFER_HP == ("epochs", "batch_size", "lr", "momentum", "weight_decay", "temperature", "alpha", "augment")
+    assert TRANSFER_HP == ("epochs", "batch_size", "lr", "momentum", "weight_decay", "temperature", "alpha", "augment",
+                           "inputs", "lr_scaling")

@@ -171,10 +171,10 @@ def _print_plan(p) -> None:
 
 def _estimate(p, n_transfer: int) -> str:
     """Rough compute from parameter counts (no timings are known before the first run)."""
-    from zoo_sweep.data.sets import count_images
+    from zoo_sweep.data.sets import count_images, set_args
 
-    n_eval = count_images(p.spec.data.eval, p.spec.data.image_size, p.spec.data.class_map)
-    n_tr = count_images(p.spec.data.transfer, p.spec.data.image_size, p.spec.data.class_map) if n_transfer else 0
+    n_eval = count_images(**set_args(p.spec.data, "eval"))
+    n_tr = count_images(**set_args(p.spec.data, "transfer")) if n_transfer else 0
     if n_eval == 0:  # a dry run away from the data: nothing to count the images of
         return (f"estimate: the eval set {p.spec.data.eval} is not reachable from here, so no compute estimate; "
                 f"{sum(p.params.values()) / 1e6:,.0f} M parameters in all, one forward pass each per eval image")

@@ -85,6 +85,18 @@ class DataSpec:
     transfer: str = key("digits:transfer", "the transfer set, as eval")
     image_size: int = key(32, "decode-once cache resolution; each model's data config is applied on top", ge=8)
     class_map: str | None = key(None, "imagefolder only: file with one class folder name per line, in head order")
+    eval_subset: int | float | None = key(None, "a class-stratified subset of the eval set: a fraction (0.1) or a "
+                                                "count of images; part of every cache and job key", gt=0)
+    transfer_subset: int | float | None = key(None, "as eval_subset, for the transfer set (the paper: 0.1 of "
+                                                    "ImageNet train)", gt=0)
+    subset_seed: int = key(1234, "random_state of the stratified subsets (scikit-learn's StratifiedShuffleSplit)")
+
+    def __post_init__(self):
+        for name in ("eval_subset", "transfer_subset"):
+            v = getattr(self, name)
+            if isinstance(v, float) and not 0 < v < 1:
+                raise UserError(f"[data] {name} must be a fraction below 1 (0.1) or a whole count of images "
+                                f"(12800), got {v!r}")
 
 
 @dataclass(frozen=True)

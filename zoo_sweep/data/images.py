@@ -1,10 +1,13 @@
-"""Image sets, decoded once into a compact uint8 cache, and the per-model transform applied at batch time.
+"""Image sets, decoded once into a shared memory-mapped uint8 cache, and the per-model transform applied at batch
+time.
 
 An image set is referenced by a string: ``digits:eval`` / ``digits:transfer`` (scikit-learn's bundled
-handwritten digits, split by source image) or ``imagefolder:/path`` (the ImageNet val layout). Decoding,
-resizing and centre-cropping to the cache resolution happen once; each model's own timm data config
-(input size, crop, interpolation, mean/std) is applied on the device per batch, so N models cost one
-decode, not N.
+handwritten digits, split by source image) or ``imagefolder:/path`` (the ImageNet layout), optionally narrowed
+to a class-stratified subset. Decoding, resizing and centre-cropping to the cache resolution happen once, in
+parallel worker processes, into the sharded cache of data/cache.py; every process then maps that file, so
+``ImageSet.images`` is a read-only uint8 tensor whose pages live in the node's page cache, shared by every
+process on the node and read batch by batch. Each model's own timm data config (input size, crop,
+interpolation, mean/std) is applied on the device per batch, so N models cost one decode, not N.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,21 +25,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from zoo_sweep.data import cache
 from zoo_sweep.data.sets import (  # noqa: F401
     DIGITS_EVAL_SHARE,
     DIGITS_SOURCES,
     DIGITS_VARIANTS,
+    SUBSET_SEED,
+    folder_items,
     image_files,
     image_set_key,
+    subset_positions,
 )
 from zoo_sweep.errors import UserError
-from zoo_sweep.paths import write_atomic
 
 
 @dataclass
 class ImageSet:
     ref: str
-    images: torch.Tensor  # uint8, N x 3 x S x S
+    # uint8, N x 3 x S x S. From the cache: a read-only map of the shared file (index it; a write is a
+    # segmentation fault, not an exception: in_memory() gives a writable copy)
+    images: torch.Tensor
     labels: torch.Tensor  # int64, N
     classes: list[str]
     source_ids: torch.Tensor  # int64, N: which source image a sample came from (distortions share it)
@@ -52,27 +62,89 @@ class ImageSet:
         return dataclasses.replace(self, images=self.images[:n], labels=self.labels[:n],
                                    source_ids=self.source_ids[:n])
 
+    def in_memory(self) -> "ImageSet":
+        """A copy whose pixels are in this process's memory (not the shared map): for comparisons and sets
+        written to."""
+        return dataclasses.replace(self, images=self.images.clone())
 
-def load_image_set(ref: str, image_size: int, cache_dir: str | Path, class_map: str | None = None) -> ImageSet:
-    """The decoded set from the cache, decoding it first when missing."""
-    key = image_set_key(ref, image_size, class_map)
-    path = Path(cache_dir) / "images" / f"{key}.pt"
-    if path.exists():
-        try:
-            d = torch.load(path, weights_only=False)
-            return _warn_skipped(ImageSet(**d))
-        except Exception:
-            path.unlink(missing_ok=True)  # truncated by a killed run: decode again
+
+def load_image_set(ref: str, image_size: int, cache_dir: str | Path, class_map: str | None = None,
+                   subset: float | int | None = None, subset_seed: int = SUBSET_SEED, *,
+                   workers: int | None = None, progress: bool | None = None, verify: bool = False,
+                   decoder: str = "auto") -> ImageSet:
+    """The set from the cache, decoding what is missing first.
+
+    ``subset``: a class-stratified fraction or count of the set (data/sets.py ``subset_positions``); only its
+    images are decoded. ``workers``: decode processes (default: every CPU this process may run on).
+    ``progress``: a bar in images/s on stderr (default: when stderr is a terminal). ``verify``: check every
+    shard's checksum and decode damaged ones again, even when the cache looks untouched.
+    """
+    key = image_set_key(ref, image_size, class_map, subset, subset_seed)
+    folder = Path(cache_dir) / "images" / key
+    opened = None if verify else cache.open_set(folder)
+    if opened is None:
+        with cache.locked(folder, say=lambda line: print(line, file=sys.stderr)):
+            opened = None if verify else cache.open_set(folder)  # another process may have finished it
+            if opened is None:
+                source = _source(ref, image_size, class_map, subset, subset_seed, folder.with_suffix(".pt"))
+                cache.build(folder, source, _workers(workers), _progress(progress), decoder, label=ref)
+                folder.with_suffix(".pt").unlink(missing_ok=True)  # an old single-file cache, now converted
+                opened = cache.open_set(folder)
+    return _warn_skipped(_image_set(ref, opened))
+
+
+def _image_set(ref: str, o: cache.Opened) -> ImageSet:
+    with warnings.catch_warnings():  # read-only on purpose: the map is shared by every process on the node
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        images = torch.from_numpy(o.images)
+    return ImageSet(ref, images, torch.from_numpy(o.labels.astype(np.int64)), list(o.classes),
+                    torch.from_numpy(o.source_ids.astype(np.int64)), o.skipped)
+
+
+def _workers(workers: int | None) -> int:
+    return workers if workers else len(os.sched_getaffinity(0))
+
+
+def _progress(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
+
+
+def _source(ref: str, image_size: int, class_map: str | None, subset, subset_seed: int, old: Path) -> cache.Source:
+    """What the set is made of: an old single-file cache of it (converted: no decode), the digits, or a folder's
+    file list, narrowed to the subset."""
     kind, _, arg = ref.partition(":")
+    if kind not in ("digits", "imagefolder"):
+        raise UserError(f"unknown image set {ref!r}: use digits:eval, digits:transfer or imagefolder:PATH")
+    src = _old_cache(old) if subset is None else None
+    if src is not None:
+        return src
     if kind == "digits":
         s = _digits(arg, image_size)
-    elif kind == "imagefolder":
-        s = _image_folder(Path(arg), image_size, class_map)
+        src = cache.Source(s.classes, s.labels.numpy(), s.source_ids.numpy(), image_size, pixels=s.images.numpy())
     else:
-        raise UserError(f"unknown image set {ref!r}: use digits:eval, digits:transfer or imagefolder:PATH")
-    s.ref = ref
-    write_atomic(path, lambda tmp: torch.save(s.__dict__, tmp))
-    return _warn_skipped(s)
+        classes, files, labels = folder_items(Path(arg), class_map)
+        src = cache.Source(classes, labels, np.arange(len(files)), image_size, files=[str(f) for f in files],
+                           root=arg)
+    if subset is None:
+        return src
+    keep = subset_positions(src.labels, subset, subset_seed, where=ref)
+    return dataclasses.replace(src, labels=src.labels[keep], source_ids=src.source_ids[keep],
+                               files=None if src.files is None else [src.files[i] for i in keep],
+                               pixels=None if src.pixels is None else src.pixels[keep])
+
+
+def _old_cache(path: Path) -> cache.Source | None:
+    """The single ``.pt`` file earlier versions wrote, mapped rather than read (it may be large); None when
+    absent or unreadable (then the set is decoded again)."""
+    if not path.is_file():
+        return None
+    try:
+        d = torch.load(path, mmap=True, weights_only=False)
+        return cache.Source(list(d["classes"]), d["labels"].numpy(), d["source_ids"].numpy(),
+                            int(d["images"].shape[-1]), pixels=d["images"].numpy(), skipped=int(d["skipped"]))
+    except Exception:  # truncated by a killed run
+        path.unlink(missing_ok=True)
+        return None
 
 
 def _warn_skipped(s: ImageSet) -> ImageSet:
@@ -134,51 +206,6 @@ def _distort(x: torch.Tensor, gen: torch.Generator, strength: float) -> torch.Te
             r, c = torch.randint(0, h - ph, (2,), generator=gen).tolist()
             x[i, :, r:r + ph, c:c + ph] = 0.0
     return x
-
-
-# ---------------------------------------------------------------- image folders
-def _image_folder(root: Path, image_size: int, class_map: str | None) -> ImageSet:
-    """An ImageFolder tree (one sub-folder per class), resized on the short side and centre-cropped."""
-    from PIL import Image
-
-    if not root.is_dir():
-        raise UserError(f"image folder not found: {root}")
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if class_map:
-        classes = [line.strip() for line in Path(class_map).read_text().splitlines() if line.strip()]
-        missing = sorted(set(folders) - set(classes))
-        if missing:
-            raise UserError(f"{root} has class folders not in {class_map}: {', '.join(missing[:5])}")
-    else:
-        classes = folders  # sorted names: the torchvision ImageFolder order, and the ImageNet synset order
-    if not folders:
-        raise UserError(f"{root} has no class sub-folders (expected ROOT/CLASS/IMAGE files)")
-    index = {c: i for i, c in enumerate(classes)}
-    imgs, labels, skipped = [], [], 0
-    for cls in folders:
-        for f in sorted(image_files(root / cls)):
-            try:
-                with Image.open(f) as im:
-                    imgs.append(_square(im.convert("RGB"), image_size))
-                labels.append(index[cls])
-            except Exception:  # a corrupt file costs one sample, not the set
-                skipped += 1
-    if not imgs:
-        raise UserError(f"no readable images under {root} ({skipped} unreadable)")
-    images = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
-    lab = torch.tensor(labels, dtype=torch.int64)
-    return ImageSet("", images, lab, classes, torch.arange(len(lab)), skipped)
-
-
-def _square(im, size: int) -> np.ndarray:
-    from PIL import Image
-
-    w, h = im.size
-    s = size / min(w, h)
-    im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
-    w, h = im.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
 # ---------------------------------------------------------------- per-model transform, on the device

@@ -1,14 +1,19 @@
-"""Image sets by reference, without decoding anything and without torch: their content keys, sizes and
-class counts, for planning and dry runs.
+"""Image sets by reference, without decoding anything and without torch: their content keys, sizes, class
+counts, file lists and subsets, for planning and dry runs.
 
 An image set is referenced by a string: ``digits:eval`` / ``digits:transfer`` (scikit-learn's bundled
-handwritten digits, split by source image) or ``imagefolder:/path`` (the ImageNet val layout).
+handwritten digits, split by source image) or ``imagefolder:/path`` (the ImageNet layout), optionally narrowed
+to a class-stratified subset (``[data] eval_subset`` / ``transfer_subset``, a fraction or a count, drawn with
+``subset_seed``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
+
+import numpy as np
 
 from zoo_sweep.errors import UserError
 from zoo_sweep.ids import content_id
@@ -18,10 +23,13 @@ DIGITS_SOURCES = 1797  # scikit-learn's bundled digits
 DIGITS_EVAL_SHARE = 0.4  # of the source images; the rest is the transfer split
 DIGITS_VARIANTS = {"eval": 3, "transfer": 5}  # distorted copies per source image (the first undistorted)
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".JPEG")
+SUBSET_SEED = 1234  # the paper's random_state for its 10 % split of ImageNet train
 
 
-def image_set_key(ref: str, image_size: int, class_map: str | None = None) -> str:
-    """Content key of a decoded set: changes when anything that changes its pixels changes."""
+def image_set_key(ref: str, image_size: int, class_map: str | None = None, subset: float | int | None = None,
+                  subset_seed: int = SUBSET_SEED) -> str:
+    """Content key of a decoded set: changes when anything that changes its pixels or its samples changes.
+    A set without a subset keeps the key it had before subsets existed, so its caches and records stay valid."""
     kind, _, arg = ref.partition(":")
     ident: dict = {"ref": ref, "size": image_size, "class_map": class_map}
     if kind == "digits":
@@ -30,17 +38,63 @@ def image_set_key(ref: str, image_size: int, class_map: str | None = None) -> st
         root = Path(arg)
         files = sorted(str(p.relative_to(root)) for p in image_files(root)) if root.is_dir() else []
         ident["files"] = content_id(files)
+    if subset is not None:
+        ident.update(subset=subset, subset_seed=subset_seed)
     return content_id(ident)
 
 
-def count_images(ref: str, image_size: int, class_map: str | None = None) -> int:
+def set_args(data, role: str) -> dict:
+    """The arguments that name one set of a [data] section (``role``: "eval" or "transfer"), for
+    ``image_set_key``, ``count_images`` and ``load_image_set`` alike."""
+    return {"ref": getattr(data, role), "image_size": data.image_size, "class_map": data.class_map,
+            "subset": getattr(data, f"{role}_subset"), "subset_seed": data.subset_seed}
+
+
+def subset_fields(data) -> dict:
+    """The subset keys a job payload carries: only those set, so payloads (and the checkpoint folders named by
+    their hash) of sweeps without subsets stay as they were."""
+    out = {k: getattr(data, k) for k in ("eval_subset", "transfer_subset") if getattr(data, k) is not None}
+    if out:
+        out["subset_seed"] = data.subset_seed
+    return out
+
+
+def subset_size(n: int, subset: float | int | None) -> int:
+    """Samples in a subset of ``n``, by scikit-learn's rule for ``test_size`` (a fraction rounds up)."""
+    if subset is None:
+        return n
+    return min(n, math.ceil(subset * n) if isinstance(subset, float) else subset)
+
+
+def subset_positions(labels: np.ndarray, subset: float | int, seed: int = SUBSET_SEED,
+                     where: str = "image set") -> np.ndarray:
+    """Sorted positions of a class-stratified subset of a set whose samples have ``labels``: the test part of
+    ``StratifiedShuffleSplit(n_splits=1, test_size=subset, random_state=seed)`` (the paper's 10 % split of
+    ImageNet train is ``subset=0.1, seed=1234`` over the sorted ImageFolder file list)."""
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    labels = np.asarray(labels)
+    if isinstance(subset, int) and subset >= len(labels):
+        raise UserError(f"{where}: a subset of {subset} needs more than the {len(labels)} images there are")
+    try:
+        split = StratifiedShuffleSplit(n_splits=1, test_size=subset, random_state=seed)
+        _, test = next(split.split(np.zeros(len(labels)), labels))
+    except ValueError as e:  # too few per class, or fewer subset samples than classes
+        raise UserError(f"{where}: cannot draw a stratified subset of {subset!r}: {e}") from None
+    return np.sort(test)
+
+
+def count_images(ref: str, image_size: int, class_map: str | None = None, subset: float | int | None = None,
+                 subset_seed: int = SUBSET_SEED) -> int:
     """Number of samples without decoding anything (for estimates and dry runs)."""
     kind, _, arg = ref.partition(":")
     if kind == "digits":
         n_eval = int(round(DIGITS_EVAL_SHARE * DIGITS_SOURCES))
-        return (n_eval if arg == "eval" else DIGITS_SOURCES - n_eval) * DIGITS_VARIANTS.get(arg, 0)
-    root = Path(arg)
-    return sum(1 for _ in image_files(root)) if root.is_dir() else 0
+        n = (n_eval if arg == "eval" else DIGITS_SOURCES - n_eval) * DIGITS_VARIANTS.get(arg, 0)
+    else:
+        root = Path(arg)
+        n = sum(1 for _ in image_files(root)) if root.is_dir() else 0
+    return subset_size(n, subset)
 
 
 def image_files(root: Path):
@@ -48,6 +102,32 @@ def image_files(root: Path):
         for f in files:
             if f.endswith(IMG_EXTENSIONS) or f.lower().endswith(IMG_EXTENSIONS):
                 yield Path(dirpath) / f
+
+
+def folder_items(root: Path, class_map: str | None) -> tuple[list[str], list[Path], np.ndarray]:
+    """(classes, files, labels) of an ImageFolder tree (one sub-folder per class): class folders in sorted order
+    and, within each, its files sorted. This is the order of torchvision's ImageFolder, the order a subset
+    is drawn from, and the order of the decoded set."""
+    if not root.is_dir():
+        raise UserError(f"image folder not found: {root}")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if class_map:
+        classes = [line.strip() for line in Path(class_map).read_text().splitlines() if line.strip()]
+        missing = sorted(set(folders) - set(classes))
+        if missing:
+            raise UserError(f"{root} has class folders not in {class_map}: {', '.join(missing[:5])}")
+    else:
+        classes = folders  # sorted names: the torchvision ImageFolder order, and the ImageNet synset order
+    if not folders:
+        raise UserError(f"{root} has no class sub-folders (expected ROOT/CLASS/IMAGE files)")
+    index = {c: i for i, c in enumerate(classes)}
+    files: list[Path] = []
+    labels: list[int] = []
+    for cls in folders:
+        found = sorted(image_files(root / cls))
+        files += found
+        labels += [index[cls]] * len(found)
+    return classes, files, np.asarray(labels, dtype=np.int64)
 
 
 def num_classes_of(ref: str, class_map: str | None) -> int:

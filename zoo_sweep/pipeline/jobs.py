@@ -105,6 +105,9 @@ class PredictPayload(Payload):
     image_size: int
     class_map: str | None
     topk: int
+    eval_subset: float | None = None  # [data] subsets: only when set, so older payloads stay as they were
+    transfer_subset: float | None = None
+    subset_seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,9 @@ class TransferPayload(Payload):
     image_size: int
     class_map: str | None
     teachers: tuple[ModelEntry, ...] | None = _models(default=None)
+    eval_subset: float | None = None
+    transfer_subset: float | None = None
+    subset_seed: int | None = None
     multi_method: str | None = None
 
     @property

@@ -369,12 +369,12 @@ class _Run:
 
     def _plan_streams(self, jobs: list[Job]) -> StreamPlan:
         """Which teacher / s0 logits the jobs about to run share, by the spec's teacher_cache policy."""
-        from zoo_sweep.data.sets import count_images
+        from zoo_sweep.data.sets import count_images, set_args
 
         t, d = self.spec.transfer, self.spec.data
         if t.teacher_cache == "off":  # nothing to plan, and no need to count the transfer set
             return StreamPlan({}, Counter())
-        n = count_images(d.transfer, d.image_size, d.class_map)
+        n = count_images(**set_args(d, "transfer"))
         plan = plan_streams([(j.id, j.payload.to_dict()) for j in jobs], t.teacher_cache, self.plan.transfer_key, n,
                             self.plan.num_classes, t.teacher_cache_max_gb * 2**30)
         if plan.skipped_large:
@@ -572,6 +572,7 @@ def _last_line(err) -> str:
 
 def eval_labels(spec: SweepSpec, paths: Paths) -> np.ndarray:
     from zoo_sweep.data.images import load_image_set
+    from zoo_sweep.data.sets import set_args
 
-    return load_image_set(spec.data.eval, spec.data.image_size, paths.cache, spec.data.class_map).labels.numpy()
+    return load_image_set(**set_args(spec.data, "eval"), cache_dir=paths.cache).labels.numpy()
 

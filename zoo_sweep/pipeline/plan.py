@@ -18,7 +18,12 @@ import pandas as pd
 
 from zoo_sweep.config.params import TransferParams
 from zoo_sweep.config.spec import SweepSpec, load_spec
-from zoo_sweep.data.sets import image_set_key, num_classes_of  # noqa: F401  (num_classes_of re-exported)
+from zoo_sweep.data.sets import (  # noqa: F401  (num_classes_of re-exported)
+    image_set_key,
+    num_classes_of,
+    set_args,
+    subset_fields,
+)
 from zoo_sweep.errors import UserError
 from zoo_sweep.paths import Paths
 from zoo_sweep.pipeline.jobs import (
@@ -154,13 +159,14 @@ def make_plan(spec: SweepSpec, paths: Paths, dry_run: bool = False) -> Plan:
         names = [m.name for m in models]
         select_names(names, spec.pairs.students, ())
         select_names(names, spec.pairs.teachers, ())
-    eval_key = image_set_key(d.eval, d.image_size, d.class_map)
-    transfer_key = image_set_key(d.transfer, d.image_size, d.class_map)
+    eval_key = image_set_key(**set_args(d, "eval"))
+    transfer_key = image_set_key(**set_args(d, "transfer"))
     params = param_counts(models, paths.cache)
     check_transfer(spec, models, k)
 
     predict = [Job.new({"model": m.ident, "eval": eval_key, "topk": spec.run.topk},
-                       PredictPayload(m, d.eval, d.image_size, d.class_map, spec.run.topk)) for m in models]
+                       PredictPayload(m, d.eval, d.image_size, d.class_map, spec.run.topk,
+                                      **subset_fields(d))) for m in models]
     records = [j.id for j in predict]
     compare = Job.new({"eval": eval_key, "records": records},
                       ComparePayload(d.eval, eval_key, [m.name for m in models], records))
@@ -218,7 +224,8 @@ def _data_fields(plan: Plan) -> tuple[dict, dict]:
     """(the data part of a transfer job's identity, the data fields of its payload)."""
     d = plan.spec.data
     return ({"eval": plan.eval_key, "transfer": plan.transfer_key},
-            {"eval": d.eval, "transfer": d.transfer, "image_size": d.image_size, "class_map": d.class_map})
+            {"eval": d.eval, "transfer": d.transfer, "image_size": d.image_size, "class_map": d.class_map,
+             **subset_fields(d)})
 
 
 def select_transfers(plan: Plan, pairs_df: pd.DataFrame, history=None) -> list[Job]:

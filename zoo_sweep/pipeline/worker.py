@@ -35,12 +35,17 @@ class Worker:
     def info(self) -> str:
         return self.name
 
-    def image_set(self, ref: str, image_size: int, class_map: str | None):
+    def image_set(self, p, role: str):
+        """A job payload's eval or transfer set (``role``), mapped from the cache (decoded on first use)."""
         from zoo_sweep.data.images import load_image_set
+        from zoo_sweep.data.sets import SUBSET_SEED
 
-        key = (ref, image_size, class_map)
+        seed = p.subset_seed if p.subset_seed is not None else SUBSET_SEED
+        args = dict(ref=getattr(p, role), image_size=p.image_size, class_map=p.class_map,
+                    subset=getattr(p, f"{role}_subset"), subset_seed=seed)
+        key = tuple(args.values())
         if key not in self._sets:
-            self._sets[key] = load_image_set(ref, image_size, self.paths.cache, class_map)
+            self._sets[key] = load_image_set(**args, cache_dir=self.paths.cache)
         return self._sets[key]
 
     def model(self, entry):
@@ -87,7 +92,7 @@ class Worker:
         from zoo_sweep.zoo.models import data_config
 
         p = job.payload
-        images = self.image_set(p.eval, p.image_size, p.class_map)
+        images = self.image_set(p, "eval")
         model = self.model(p.model)
         if model.num_classes != images.num_classes:
             raise ValueError(f"{p.model.name} has {model.num_classes} outputs but the eval set "
@@ -100,8 +105,7 @@ class Worker:
         from zoo_sweep.transfer.train import Diverged, TransferParams
 
         p = job.payload
-        ev = self.image_set(p.eval, p.image_size, p.class_map)
-        tr = self.image_set(p.transfer, p.image_size, p.class_map)
+        ev, tr = self.image_set(p, "eval"), self.image_set(p, "transfer")
         # the job id names the checkpoint folder across retries and launches
         ckpt = self.paths.checkpoints / job.id
         hp = TransferParams.from_dict(p.hp)

@@ -66,7 +66,10 @@ class ModelEntry:
                 "weights": self.weights_key or self.weights, "classes": self.num_classes}
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not d["origin"]:  # messages only: payloads of models without one stay as they were written before
+            del d["origin"]
+        return d
 
 
 def select_names(available: list[str], include: tuple[str, ...], exclude: tuple[str, ...]) -> list[str]:
