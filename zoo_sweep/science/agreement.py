@@ -1,0 +1,41 @@
+"""Same-wrong counts for the agreement metric: sw[s, t] = #{x : s and t both wrong at x, same predicted class}.
+
+Per block of samples, the wrong predictions are grouped by (sample, predicted class) with one bincount (no
+sort). Every group of two or more models is one table row (the 0/1 vector of its members), and each member
+adds its group's row to its own counts (bags.take_sums): ~M adds per wrong entry in a group, where a product
+column per group costs M^2 multiply-adds (and an int8 unit to be cheap). Singletons are dropped: they only
+touch the diagonal, which agreement sets to n anyway.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from zoo_sweep.science.bags import Layout, fill_table, run_blocks, take_sums
+
+_BINS = 1 << 22  # (sample, class) bins of one block's bincount
+
+
+def same_wrong_counts(preds: torch.Tensor, wrong: torch.Tensor, num_classes: int, span: int | None = None,
+                      workers: int | None = None) -> torch.Tensor:
+    """sw as int64 M x M (off-diagonal exact; the diagonal counts a model's wrong entries that share their
+    class with another model). Work and result stay on the device of ``preds``."""
+    m, n = preds.shape
+    k = max(1, int(num_classes))
+    wrong = wrong.to(device=preds.device, dtype=torch.bool)
+    span = span or max(1, min(256, _BINS // k))
+
+    def block(x0, x1, table, sums):
+        nx = x1 - x0
+        w = wrong[:, x0:x1].T
+        key = preds[:, x0:x1].T.to(torch.int64) + (torch.arange(nx, device=preds.device) * k).view(-1, 1)
+        multi = (torch.bincount(key[w], minlength=nx * k) >= 2).view(nx, k)
+        gid = torch.cumsum(multi, dim=1, dtype=torch.int32)  # group number among the classes of 2+ wrongs
+        code = gid.view(-1)[key] * (w & multi.view(-1)[key])  # each wrong entry's group (0: none)
+        layout = Layout(multi.sum(dim=1))
+        taker = -(code + layout.first.to(torch.int32).view(-1, 1))  # -(row + 1) of the group's table row
+        fill_table(table, layout, code, equal=True)
+        code_mm = code.T
+        sums[0].add(take_sums(table, taker.T, code_mm > 0))
+
+    return run_blocks(n, span, block, m, preds.device, outputs=1, workers=workers)[0]
