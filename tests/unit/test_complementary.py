@@ -1,8 +1,10 @@
 """Every pair metric against a brute-force per-pair, per-sample reference (METRICS.md definitions)."""
 
+import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -313,3 +315,106 @@ def test_class_concentration_threads_and_unequal_classes(threads):
     for key in whole:
         assert torch.equal(whole[key], rows[key]), key
         assert torch.allclose(whole[key].double(), ref[key].double(), atol=1e-12), key
+
+
+# ---------------------------------------------------------------- product kernels and where the compare runs
+from zoo_sweep.errors import UserError  # noqa: E402
+from zoo_sweep.science import kernels  # noqa: E402
+
+_HERE = [name for name, k in kernels.KERNELS.items() if k.available()]
+
+
+@pytest.mark.parametrize("name", list(kernels.KERNELS))
+def test_every_kernel_gives_exact_products(name):
+    """Each kernel available on this machine (the CUDA one only where a GPU is) against numpy, with inner
+    sizes past the bf16 chunk of 256, batched and symmetric (block-triangle) products too."""
+    if name not in _HERE:
+        pytest.skip(f"kernel {name} is not available on this machine")
+    rng = np.random.default_rng(50)
+    a, b = rng.random((37, 700)) < 0.6, rng.random((700, 29)) < 0.5
+    ref = a.astype(np.int64) @ b.astype(np.int64)
+    assert np.array_equal(kernels.mm01(torch.as_tensor(a), torch.as_tensor(b), name).cpu().numpy(), ref)
+    c = rng.random((300, 513)) < 0.5  # >= 256 rows: the block-triangle path
+    g = kernels.gram01(torch.as_tensor(c), name, blocks=3)
+    assert g.dtype == torch.int64 and np.array_equal(g.numpy(), c.astype(np.int64) @ c.T.astype(np.int64))
+    x, y = rng.random((3, 8, 300)) < 0.5, rng.random((3, 300, 5)) < 0.5
+    got = kernels.bmm01(torch.as_tensor(x), torch.as_tensor(y), name).cpu().numpy()
+    assert np.array_equal(got, x.astype(np.int64) @ y.astype(np.int64))
+
+
+@pytest.mark.parametrize("name", list(kernels.KERNELS))
+def test_pair_matrices_identical_with_every_kernel(name):
+    """Every kernel gives the brute-force reference, so identical matrices (equal-class and padded class
+    blocks both)."""
+    if name not in _HERE:
+        pytest.skip(f"kernel {name} is not available on this machine")
+    for case in (dict(seed=60, m=6, n=350, k=70), dict(seed=61, m=5, n=420, k=70, skew=True)):
+        preds, labels, pmax = _records(**case)
+        mats = pair_matrices(torch.as_tensor(preds), torch.as_tensor(labels), torch.as_tensor(pmax), case["k"],
+                             kernel=name)
+        ref = brute_force(preds, labels, pmax, case["k"])
+        for (s, t), r in ref.items():
+            for key, val in r.items():
+                assert float(mats[key][s, t]) == pytest.approx(val, abs=1e-9), (name, key, s, t)
+        base = pair_matrices(torch.as_tensor(preds), torch.as_tensor(labels), torch.as_tensor(pmax), case["k"],
+                             kernel="fp32")
+        for key in base:
+            assert torch.equal(mats[key].nan_to_num(-1), base[key].nan_to_num(-1)), (name, key)
+
+
+def test_kernel_forced_by_name_or_environment(monkeypatch):
+    monkeypatch.setenv(kernels.ENV, "bf16")
+    assert kernels.kernel().name == "bf16"
+    assert kernels.kernel("fp32").name == "fp32"  # an explicit name wins over the environment
+    monkeypatch.setenv(kernels.ENV, "fast")
+    with pytest.raises(UserError, match="unknown matmul kernel 'fast'"):
+        kernels.kernel()
+    monkeypatch.delenv(kernels.ENV)
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="not available here"):
+            kernels.kernel("cuda")
+    threads = torch.get_num_threads()
+    assert kernels.kernel("fp32").describe() == f"compare: fp32 GEMM kernel, {threads} threads"
+
+
+def test_calibration_chooses_once_and_is_cached_per_host(monkeypatch, tmp_path):
+    monkeypatch.delenv(kernels.ENV, raising=False)
+    monkeypatch.setattr(kernels, "_CHOSEN", {})
+    times = kernels.calibrate()
+    assert "fp32" in times and all(t > 0 for t in times.values())
+    monkeypatch.setattr(kernels, "calibrate", lambda: {"bf16": 1.0, "fp32": 2.0})
+    assert kernels.kernel(cache_dir=tmp_path).name == "bf16"
+    saved = json.loads(kernels.cache_file(tmp_path).read_text())
+    assert saved["kernel"] == "bf16" and saved["torch"] == torch.__version__
+    assert kernels.cache_file(tmp_path).parent == tmp_path / "matmul"
+
+    def must_not_run():
+        raise AssertionError("calibrated again")
+
+    monkeypatch.setattr(kernels, "calibrate", must_not_run)
+    assert kernels.kernel(cache_dir=tmp_path).name == "bf16"  # once per process
+    monkeypatch.setattr(kernels, "_CHOSEN", {})
+    assert kernels.kernel(cache_dir=tmp_path).name == "bf16"  # a new process reads the cache
+    monkeypatch.setattr(kernels, "_CHOSEN", {})
+    kernels.cache_file(tmp_path).write_text("{not json")  # a damaged cache: measured again
+    monkeypatch.setattr(kernels, "calibrate", lambda: {"fp32": 1.0})
+    assert kernels.kernel(cache_dir=tmp_path).name == "fp32"
+
+
+def test_compare_job_on_a_worker_matches_the_driver(tmp_path):
+    """The compare job as a GPU worker runs it (Worker._compare: the same function on the worker's device),
+    here on the CPU (no GPU on the test machine: device "cpu"), against pairs_frame in the caller."""
+    from zoo_sweep.pipeline.worker import Worker, compare_pairs
+
+    preds, labels, pmax = _records(62, m=5, n=300, k=70)
+    names = list("abcde")
+    inputs = {"preds": preds.astype(np.int32), "pmax": pmax, "labels": labels, "num_classes": 70}
+    worker = Worker(str(tmp_path))
+    worker.device = "cpu"
+    res = worker.run({"kind": "compare", "spec": {"models": names, "records": []}, "inputs": inputs})
+    assert res["state"] == "done" and res["kernel"].startswith("compare: ")
+    direct = pairs_frame(names, preds, labels, pmax, 70)
+    pd.testing.assert_frame_equal(res["pairs"], direct)
+    again = compare_pairs(names, {**inputs, "kernel": "bf16"}, "cpu", tmp_path)
+    pd.testing.assert_frame_equal(again["pairs"], direct)
+    assert "bf16" in again["kernel"]

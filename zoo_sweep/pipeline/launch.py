@@ -2,7 +2,7 @@
 
     zoo       train missing embedded-zoo models (Ray tasks; the digits source only)
     predict   one forward pass per model -> prediction records        (warm actors)
-    compare   all pairs from the records, vectorised                  (driver, seconds)
+    compare   all pairs from the records, vectorised        (a GPU worker, else the driver; seconds)
     select    pick the pairs to transfer (pair policy)                (driver)
     transfer  one job per (student, teacher, method, seed)            (warm actors)
 
@@ -40,7 +40,6 @@ from zoo_sweep.pipeline.plan import (
     select_transfers,
     write_plan,
 )
-from zoo_sweep.science.complementary import pairs_frame
 from zoo_sweep.science.records import load_record, save_record
 from zoo_sweep.storage.store import Store
 from zoo_sweep.transfer.logit_store import StreamPlan, plan_streams
@@ -235,15 +234,31 @@ class _Run:
         if job["state"] == "done":
             self.report.reused["compare"] = 1
             return self.store.query("select * from pairs where eval_set = :e", {"e": self.spec.data.eval})
+        from zoo_sweep.pipeline.worker import compare_pairs
+
         t0 = time.time()
         recs = [self.records[rid] for rid in payload["records"]]
-        df = pairs_frame(payload["models"], np.stack([r["pred"] for r in recs]), self._labels(),
-                         np.stack([r["p_max"] for r in recs]), self.plan.num_classes)
+        inputs = {"preds": np.stack([r["pred"] for r in recs]), "pmax": np.stack([r["p_max"] for r in recs]),
+                  "labels": self._labels(), "num_classes": self.plan.num_classes}
+        res = self._compare_on_gpu(job, inputs) if self.opts.gpus > 0 else None
+        res = res or compare_pairs(payload["models"], inputs, "cpu", self.paths.cache)
+        df = res["pairs"]
         df.insert(0, "eval_set", self.spec.data.eval)
         self.store.write_pairs(job["id"], df.to_dict("records"))
         self.report.ran["compare"] = 1
+        self.console.print(res["kernel"])
         self.console.print(f"compare: {len(df)} ordered pairs from {len(recs)} records in {time.time() - t0:.2f} s")
         return df
+
+    def _compare_on_gpu(self, job: dict, inputs: dict) -> dict | None:
+        """The compare job on a GPU worker (records sent once); None if it failed there (then the driver
+        computes it on the CPU: same code, same results)."""
+        out: dict = {}
+        self._run_jobs("compare", [job], lambda _: inputs, lambda _, res: out.update(res))
+        if not out:  # the CPU run below finishes the job: it is no failure of this launch
+            self.console.print("[yellow]compare on the GPU worker failed: computing it here on the CPU[/]")
+            self.report.failed = [f for f in self.report.failed if f[0] != job["id"]]
+        return out or None
 
     def _select(self, pairs_df):
         if self.plan.transfer_jobs is None:

@@ -43,9 +43,11 @@ __all__ = ["METRIC_GROUPS", "DEFAULT_METRICS", "TOP_P", "pair_matrices", "pairs_
            "concentration_from_hist", "per_class_flips", "compare_kernel"]
 
 
-def compare_kernel(name: str | None = None, device: str | None = None, cache_dir=None) -> Kernel:
+def compare_kernel(name: Kernel | str | None = None, device: str | None = None, cache_dir=None) -> Kernel:
     """The product kernel of a compare run: ``name`` (or $ZOO_SWEEP_MATMUL), else CUDA when ``device`` is a
     GPU, else the calibrated fastest CPU kernel."""
+    if isinstance(name, Kernel):
+        return name
     if name is None and device is not None and torch.device(device).type == "cuda":
         name = "cuda"
     return kernel(name, cache_dir)

@@ -201,30 +201,33 @@ def _cached_choice(cache_dir) -> str:
     return best
 
 
-def calibrate(kernels=CPU_KERNELS, screen=(128, 1024, 128), size=(256, 8192, 256)) -> dict[str, float]:
-    """Seconds per 0/1 product of ``size`` (m, k, n) for each available CPU kernel, best of 2 (a few ms).
-    A first product of ``screen`` size drops kernels over 4x slower than the best (a reference int8 loop
-    would take seconds at full size)."""
+def calibrate(kernels=CPU_KERNELS, screen=(64, 1024, 64), size=(256, 4096, 256)) -> dict[str, float]:
+    """CPU seconds per 0/1 product of ``size`` (m, k, n) for each available CPU kernel, best of 3 (a few
+    milliseconds in all). Kernels over 3x slower than the best on a first, smaller product are dropped before
+    the larger one (a reference int8 loop would take a second there). Measured on one torch thread in thread
+    CPU time: on a shared machine wall time mostly measures the neighbours, and a thread team waiting for a
+    descheduled member even more so; the kernels' ranking is the same on more threads."""
     gen = torch.Generator().manual_seed(0)
 
-    def operands(m, k, n):
-        return torch.rand(m, k, generator=gen) < 0.7, torch.rand(k, n, generator=gen) < 0.3
-
-    def best_of(kern, a, b, reps):
-        kern.mm(a, b)  # warm: first-call setup (thread pool, packing buffers)
+    def best_of(kern, m, k, n, reps=3):
+        a, b = torch.rand(m, k, generator=gen) < 0.7, torch.rand(k, n, generator=gen) < 0.3
+        kern.mm(a, b)  # warm: first-call setup (packing buffers, dispatch)
         best = float("inf")
         for _ in range(reps):
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             kern.mm(a, b)
-            best = min(best, time.perf_counter() - t0)
-        return best
+            best = min(best, time.thread_time() - t0)
+        return max(best, 1e-7)
 
     cands = [KERNELS[k] for k in kernels if KERNELS[k].device == "cpu" and KERNELS[k].available()]
-    a, b = operands(*screen)
-    first = {k.name: best_of(k, a, b, 1) for k in cands}
-    fastest = min(first.values())
-    a, b = operands(*size)
-    return {name: best_of(KERNELS[name], a, b, 2) for name, s in first.items() if s <= 4 * fastest}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        first = {k.name: best_of(k, *screen) for k in cands}
+        fastest = min(first.values())
+        return {name: best_of(KERNELS[name], *size) for name, s in first.items() if s <= 3 * fastest}
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------- row sums
