@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from zoo_sweep.science.bags import Layout, fill_table, run_blocks, take_sums
+from zoo_sweep.science.bags import Layout, fill_table, run_blocks, spans, take_sums
 
 _BINS = 1 << 22  # (sample, class) bins of one block's bincount
 
@@ -38,4 +38,4 @@ def same_wrong_counts(preds: torch.Tensor, wrong: torch.Tensor, num_classes: int
         code_mm = code.T
         sums[0].add(take_sums(table, taker.T, code_mm > 0))
 
-    return run_blocks(n, span, block, m, preds.device, outputs=1, workers=workers)[0]
+    return run_blocks(spans(n, span), block, m, preds.device, outputs=1, workers=workers)[0]

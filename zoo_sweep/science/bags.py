@@ -98,36 +98,41 @@ def take_sums(table: BagTable, code_mm: torch.Tensor, take: torch.Tensor) -> tor
     return table.sum(code_mm[take].neg_().sub_(1), offsets)
 
 
-def run_blocks(n: int, span: int, block: Callable, m: int, device, outputs: int = 1,
+def run_blocks(ranges: list[tuple[int, int]], block: Callable, m: int, device, outputs: int = 1,
                workers: int | None = None) -> list[torch.Tensor]:
-    """Calls block(x0, x1, table, sums) for consecutive sample blocks, ``outputs`` ExactSum accumulators per
-    worker; returns the int64 totals. On CPU the blocks are shared by worker threads (one per torch thread,
-    each holding torch to one thread: many small ops parallelise better across blocks than inside each),
+    """Calls block(x0, x1, table, sums) for each sample range, ``outputs`` ExactSum accumulators per worker;
+    returns the int64 totals. On CPU the ranges are shared by worker threads (one per torch thread, each
+    holding torch to one thread: many small ops parallelise better across blocks than inside each),
     elsewhere they run in order."""
-    starts = list(range(0, n, span))
+    span = max((x1 - x0 for x0, x1 in ranges), default=1)
     if workers is None:
         workers = torch.get_num_threads() if torch.device(device).type == "cpu" else 1
-    workers = max(1, min(workers, len(starts)))
+    workers = max(1, min(workers, len(ranges)))
 
-    def run(mine: list[int]):
+    def run(mine: list[tuple[int, int]]):
         if workers > 1:
             torch.set_num_threads(1)  # OpenMP's thread count is per calling thread: set it in this one
         table = BagTable(m, device)
         sums = [ExactSum(m, device, span) for _ in range(outputs)]
-        for x0 in mine:
-            block(x0, min(n, x0 + span), table, sums)
+        for x0, x1 in mine:
+            block(x0, x1, table, sums)
         return [s.result() for s in sums]
 
     if workers == 1:
-        return run(starts)
+        return run(ranges)
     with _THREADS_LOCK:
         before = torch.get_num_threads()
         try:
             with ThreadPoolExecutor(workers) as pool:
-                parts = list(pool.map(run, [starts[i::workers] for i in range(workers)]))
+                parts = list(pool.map(run, [ranges[i::workers] for i in range(workers)]))
         finally:
             torch.set_num_threads(before)
     return [sum(p[i] for p in parts) for i in range(outputs)]
+
+
+def spans(n: int, span: int, start: int = 0) -> list[tuple[int, int]]:
+    """[start, start + n) cut into ranges of ``span``."""
+    return [(x0, min(start + n, x0 + span)) for x0 in range(start, start + n, span)]
 
 
 _THREADS_LOCK = threading.Lock()

@@ -14,8 +14,8 @@ alternations in confidence order (~40-80 at 1,000 models), far fewer than its wr
 Ties (a right and a wrong entry with equal pmax) sort wrong-first, so they count in ge; gt = ge - ties, the
 ties counted the same way with one row per mixed tie group, only in samples that have one.
 
-When right entries outnumber wrong ones the roles flip (rights gather the wrongs below them), so the gathers
-are min(#right, #wrong). Every step is a torch op on the input's device (the sort goes through numpy on CPU,
+In a sample with more wrong entries than right ones the roles flip (rights gather the wrongs below them), so
+the gathers are sum over samples of min(#right, #wrong) (~35 % fewer than #wrong on an ImageNet-like zoo). Every step is a torch op on the input's device (the sort goes through numpy on CPU,
 where its SIMD sort is several times faster), so the same code runs on CUDA tensors.
 """
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from zoo_sweep.science.bags import Layout, fill_table, run_blocks, take_sums
+from zoo_sweep.science.bags import Layout, fill_table, run_blocks, spans, take_sums
 from zoo_sweep.science.kernels import BagTable
 
 SPAN = 256  # samples per block: a table of a few MB (in cache), the M x M bag output amortised
@@ -112,19 +112,26 @@ def dominance_counts(correct: torch.Tensor, pmax: torch.Tensor, span: int = SPAN
     if m >= 1 << _IDX_BITS:
         raise ValueError(f"at most {1 << _IDX_BITS} models")
     correct = correct.to(torch.bool)
-    p = pmax.to(device=correct.device, dtype=torch.float32)
-    flip = int(correct.sum()) * 2 > m * n  # gather from the rarer kind of entry
-    if flip:  # sum R_s W_t [p_s >= p_t] is the same count with rights and wrongs swapped and -p, transposed
-        correct, p = ~correct, -p
+    mono = monotone_bits(pmax.to(device=correct.device))
+    # per sample, the rarer kind of entry gathers: samples with more wrong than right entries go to the end,
+    # where rights and wrongs swap roles and the confidence order reverses (~mono reverses it exactly, ties
+    # kept): the swapped count of W_t R_s [p_t <= p_s] is ge itself, not its transpose
+    rights = correct.sum(dim=0)
+    order = torch.argsort((2 * rights < m).to(torch.int8), stable=True)
+    n_plain = int((2 * rights >= m).sum())
+    if n_plain < n:
+        correct, mono = correct[:, order], mono[:, order]
     span = max(1, min(int(span), BagTable.MAX_BAG, n))
-    mono = monotone_bits(p)
     low = torch.arange(m, device=correct.device, dtype=torch.int64)
     low_right = low | (1 << _IDX_BITS)
 
     def block(x0, x1, table, sums):
-        _block(correct[:, x0:x1], mono[:, x0:x1], low, low_right, table, sums)
+        swap = x0 >= n_plain
+        c, key = correct[:, x0:x1], mono[:, x0:x1]
+        _block(~c if swap else c, ~key if swap else key, low, low_right, table, sums[2 * swap:2 * swap + 2])
 
-    ge_t, ties_t = run_blocks(n, span, block, m, correct.device, outputs=2, workers=workers)
-    if flip:  # rows were the swapped problem's wrong entries, the original rights: ge itself
-        return ge_t, ge_t - ties_t
-    return ge_t.T.contiguous(), (ge_t - ties_t).T.contiguous()
+    ranges = spans(n_plain, span) + spans(n - n_plain, span, n_plain)
+    ge_t, ties_t, ge, ties = run_blocks(ranges, block, m, correct.device, outputs=4, workers=workers)
+    ge += ge_t.T  # rows of the plain blocks are the wrong entries' models
+    ties += ties_t.T
+    return ge, ge - ties
