@@ -23,7 +23,7 @@ def same_wrong_counts(preds: torch.Tensor, wrong: torch.Tensor, num_classes: int
     m, n = preds.shape
     k = max(1, int(num_classes))
     wrong = wrong.to(device=preds.device, dtype=torch.bool)
-    span = span or max(1, min(256, _BINS // k))
+    span = span or max(1, min(256 if preds.device.type == "cpu" else 2048, _BINS // k))
 
     def block(x0, x1, table, sums):
         nx = x1 - x0

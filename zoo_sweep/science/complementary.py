@@ -63,13 +63,14 @@ def flip_counts(correct: torch.Tensor, k: Kernel | str | None = None) -> torch.T
 # ---------------------------------------------------------------------------------------------- all pairs
 def pair_matrices(preds: torch.Tensor, labels: torch.Tensor, pmax: torch.Tensor, num_classes: int,
                   chunk_bytes: int = 256 << 20, metrics=DEFAULT_METRICS, timings: dict | None = None,
-                  kernel: Kernel | str | None = None, device: str | torch.device | None = None
-                  ) -> dict[str, torch.Tensor]:
+                  kernel: Kernel | str | None = None, device: str | torch.device | None = None,
+                  cpu_timings: dict | None = None) -> dict[str, torch.Tensor]:
     """Every pair metric as an M x M matrix (row: student, column: teacher), percentages of the eval set.
 
     ``metrics`` picks the optional groups: "agreement", "ensemble" (ensemble_acc), "classes" (flip_entropy,
     top-p class counts); accuracies, flips and the oracle are always computed. A group left out is NaN.
-    ``timings``, when given, receives the seconds spent per group. ``kernel`` forces a product kernel
+    ``timings``, when given, receives the seconds spent per group (``cpu_timings``: the process's CPU
+    seconds, every thread's, which a busy shared machine inflates far less than wall time). ``kernel`` forces a product kernel
     (int8, fp32, bf16, cuda; default: $ZOO_SWEEP_MATMUL, else the calibrated one); ``device`` the device the
     work runs on (default: CUDA for the cuda kernel, else CPU). Results are CPU tensors, identical whatever
     the kernel and device.
@@ -83,16 +84,18 @@ def pair_matrices(preds: torch.Tensor, labels: torch.Tensor, pmax: torch.Tensor,
     preds = (preds if not preds.is_floating_point() else preds.long()).to(dev)
     labels = torch.as_tensor(labels).long().to(dev)
     m, n = preds.shape
-    clock = time.perf_counter()
+    clock, cpu_clock = time.perf_counter(), time.process_time()
 
     def lap(name):
-        nonlocal clock
+        nonlocal clock, cpu_clock
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-        now = time.perf_counter()
+        now, cpu_now = time.perf_counter(), time.process_time()
         if timings is not None:
             timings[name] = timings.get(name, 0.0) + now - clock
-        clock = now
+        if cpu_timings is not None:
+            cpu_timings[name] = cpu_timings.get(name, 0.0) + cpu_now - cpu_clock
+        clock, cpu_clock = now, cpu_now
 
     correct = preds == labels.view(1, -1)
     both = gram01(correct, kern)

@@ -27,7 +27,8 @@ import torch
 from zoo_sweep.science.bags import Layout, fill_table, run_blocks, spans, take_sums
 from zoo_sweep.science.kernels import BagTable
 
-SPAN = 256  # samples per block: a table of a few MB (in cache), the M x M bag output amortised
+SPAN = 256  # samples per block on CPU: a table of a few MB (in cache), the M x M bag output amortised
+SPAN_GPU = 2048  # on a GPU: fewer, larger launches (a bag of float16 rows stays exact up to 2048 rows)
 _IDX_BITS = 30  # sort key: confidence in the top 32 bits, the right/wrong bit, then the model index
 
 
@@ -104,7 +105,8 @@ def _ties(key, idx, right, table: BagTable, out):
     out.add(take_sums(table, code_mm, code_mm < 0))
 
 
-def dominance_counts(correct: torch.Tensor, pmax: torch.Tensor, span: int = SPAN, workers: int | None = None):
+def dominance_counts(correct: torch.Tensor, pmax: torch.Tensor, span: int | None = None,
+                     workers: int | None = None):
     """(ge, gt) as int64 M x M: ge[s, t] = #{x : s right, t wrong, pmax_s >= pmax_t}, gt the same with >.
 
     pmax is compared as float32; work and results stay on the device of ``correct``."""
@@ -121,6 +123,7 @@ def dominance_counts(correct: torch.Tensor, pmax: torch.Tensor, span: int = SPAN
     n_plain = int((2 * rights >= m).sum())
     if n_plain < n:
         correct, mono = correct[:, order], mono[:, order]
+    span = span or (SPAN if correct.device.type == "cpu" else SPAN_GPU)
     span = max(1, min(int(span), BagTable.MAX_BAG, n))
     low = torch.arange(m, device=correct.device, dtype=torch.int64)
     low_right = low | (1 << _IDX_BITS)
