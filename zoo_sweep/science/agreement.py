@@ -27,15 +27,18 @@ def same_wrong_counts(preds: torch.Tensor, wrong: torch.Tensor, num_classes: int
 
     def block(x0, x1, table, sums):
         nx = x1 - x0
-        w = wrong[:, x0:x1].T
-        key = preds[:, x0:x1].T.to(torch.int64) + (torch.arange(nx, device=preds.device) * k).view(-1, 1)
-        multi = (torch.bincount(key[w], minlength=nx * k) >= 2).view(nx, k)
+        # model-major (M x X), the bags' order: no transposing copies
+        key = torch.empty(m, nx, dtype=torch.int64, device=preds.device).copy_(preds[:, x0:x1])
+        key += (torch.arange(nx, device=preds.device) * k).view(1, -1)
+        key.masked_fill_(~wrong[:, x0:x1], nx * k)  # right entries count in a spare bin: no compaction pass
+        multi = (torch.bincount(key.view(-1), minlength=nx * k + 1)[:-1] >= 2).view(nx, k)
         gid = torch.cumsum(multi, dim=1, dtype=torch.int32)  # group number among the classes of 2+ wrongs
-        code = gid.view(-1)[key] * (w & multi.view(-1)[key])  # each wrong entry's group (0: none)
+        gid.mul_(multi)
+        gid = torch.cat([gid.view(-1), gid.new_zeros(1)])  # the spare bin: no group
+        code = gid.index_select(0, key.view(-1)).view(m, nx)  # each wrong entry's group (0: none)
         layout = Layout(multi.sum(dim=1))
-        taker = -(code + layout.first.to(torch.int32).view(-1, 1))  # -(row + 1) of the group's table row
-        fill_table(table, layout, code, equal=True)
-        code_mm = code.T
-        sums[0].add(take_sums(table, taker.T, code_mm > 0))
+        fill_table(table, layout, code.T, equal=True)
+        take = code > 0
+        sums[0].add(take_sums(table, code.neg_().sub_(layout.first.to(torch.int32).view(1, -1)), take))
 
     return run_blocks(spans(n, span), block, m, preds.device, outputs=1, workers=workers)[0]

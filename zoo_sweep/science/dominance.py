@@ -48,7 +48,8 @@ def sort_rows(key: torch.Tensor) -> torch.Tensor:
 
 def _sorted_block(right_blk, mono_blk, low, low_right):
     """Sample-major sorted keys of a block, with each position's model index and right flag."""
-    key = mono_blk.T.to(torch.int64)
+    m, nx = mono_blk.shape
+    key = torch.empty(nx, m, dtype=torch.int64, device=mono_blk.device).copy_(mono_blk.T)  # rows contiguous
     key <<= 32
     key |= torch.where(right_blk.T, low_right, low)
     key = sort_rows(key)
@@ -79,11 +80,12 @@ def _ties(key, idx, right, table: BagTable, out):
     step = torch.nonzero(right[:, 1:] & ~right[:, :-1])
     if step.numel() == 0:
         return
-    x, j = step[:, 0], step[:, 1]
-    tied = (key[x, j] >> 32) == (key[x, j + 1] >> 32)
+    flat = key.view(-1)
+    at = step[:, 0] * key.shape[1] + step[:, 1]
+    tied = (flat.index_select(0, at) >> 32) == (flat.index_select(0, at + 1) >> 32)
     if not bool(tied.any()):
         return
-    xs = torch.unique(x[tied])
+    xs = torch.unique(step[:, 0][tied])
     m = key.shape[1]
     key, right, idx = key[xs], right[xs], idx[xs]
     conf = key >> 32
@@ -121,8 +123,6 @@ def dominance_counts(correct: torch.Tensor, pmax: torch.Tensor, span: int | None
     rights = correct.sum(dim=0)
     order = torch.argsort((2 * rights < m).to(torch.int8), stable=True)
     n_plain = int((2 * rights >= m).sum())
-    if n_plain < n:
-        correct, mono = correct[:, order], mono[:, order]
     span = span or (SPAN if correct.device.type == "cpu" else SPAN_GPU)
     span = max(1, min(int(span), BagTable.MAX_BAG, n))
     low = torch.arange(m, device=correct.device, dtype=torch.int64)
@@ -130,7 +130,11 @@ def dominance_counts(correct: torch.Tensor, pmax: torch.Tensor, span: int | None
 
     def block(x0, x1, table, sums):
         swap = x0 >= n_plain
-        c, key = correct[:, x0:x1], mono[:, x0:x1]
+        if n_plain == n:  # no sample swaps roles: blocks are slices
+            c, key = correct[:, x0:x1], mono[:, x0:x1]
+        else:  # a block of samples in the order plain, then swapped (copied per block: stays in cache)
+            idx = order[x0:x1]
+            c, key = correct.index_select(1, idx), mono.index_select(1, idx)
         _block(~c if swap else c, ~key if swap else key, low, low_right, table, sums[2 * swap:2 * swap + 2])
 
     ranges = spans(n_plain, span) + spans(n - n_plain, span, n_plain)
