@@ -30,3 +30,12 @@ $PY -c "import torch, timm" || { echo "error: python3 needs torch and timm"; exi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 export PYTHONUNBUFFERED=1
 timeout "${ZOO_GPU_CHECK_TIMEOUT:-290}" $PY bench/gpu_check.py "$@"
+rc=$?
+# ZOO_GPU_PAIRS=1: also the compare stage on the GPU (all pair metrics, 1,000 models x 50,000 samples, CUDA
+# kernel, best of 3, checked against the per-pair loop on a subset); about 2 more minutes, most of them making
+# the synthetic records on the CPU
+if [ "${ZOO_GPU_PAIRS:-0}" = 1 ]; then
+  timeout "${ZOO_GPU_PAIRS_TIMEOUT:-240}" $PY bench/pairs_at_scale.py --kernel cuda --repeat 3 --ref-models 3 \
+    --ref-samples 1000 | sed 's/^/pairs: /'
+fi
+exit $rc

@@ -1,8 +1,10 @@
 """Every pair metric against a brute-force per-pair, per-sample reference (METRICS.md definitions)."""
 
+import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -132,23 +134,23 @@ def test_pair_matrices_match_brute_force_on_every_path(case):
             assert float(mats[key][s, t]) == pytest.approx(val, abs=1e-9), (key, s, t)
 
 
-@pytest.mark.parametrize("dense_min", [2, 3, 1000])
-def test_same_wrong_counts_enumerated_and_dense_groups_agree(dense_min):
+@pytest.mark.parametrize("span,workers", [(1, 1), (7, 2), (400, 1)])
+def test_same_wrong_counts_over_blocks_and_workers(span, workers):
     preds, labels, _ = _records(8, m=7, n=400, k=6)
     wrong = preds != labels
-    sw = same_wrong_counts(torch.as_tensor(preds), torch.as_tensor(wrong), 6, dense_min=dense_min).numpy()
+    sw = same_wrong_counts(torch.as_tensor(preds), torch.as_tensor(wrong), 6, span=span, workers=workers).numpy()
     for s in range(7):
         for t in range(7):
             if s != t:
                 assert sw[s, t] == int((wrong[s] & wrong[t] & (preds[s] == preds[t])).sum())
 
 
-@pytest.mark.parametrize("buckets", [1, 2, 5, 64])
+@pytest.mark.parametrize("span", [1, 5, 400])
 @pytest.mark.parametrize("ties", [False, True])
-def test_dominance_counts_with_confidence_buckets(buckets, ties):
+def test_dominance_counts_over_blocks(span, ties):
     preds, labels, pmax = _records(9, m=6, n=400, k=4, ties=ties)
     right = preds == labels
-    ge, gt = dominance_counts(torch.as_tensor(right), torch.as_tensor(pmax), buckets=buckets)
+    ge, gt = dominance_counts(torch.as_tensor(right), torch.as_tensor(pmax), span=span)
     for s in range(6):
         for t in range(6):
             mask = right[s] & ~right[t]
@@ -211,7 +213,7 @@ def test_per_class_and_flip_count_helpers():
                 assert pk[s - 1, t, k] == (flips & (labels == k)).sum()
 
 
-# ---------------------------------------------------------------- issue 3 performance paths (exactness)
+# ---------------------------------------------------------------- the fast paths (exactness)
 def _dominance_brute(right, pmax):
     r, w = right[:, None, :], ~right[None, :, :]
     ge = (r & w & (pmax[:, None, :] >= pmax[None, :, :])).sum(-1)
@@ -219,19 +221,7 @@ def _dominance_brute(right, pmax):
     return ge, gt
 
 
-@pytest.mark.parametrize("buckets", [1, 3, 17, 64, 127])
-@pytest.mark.parametrize("pattern", ["random", "ties", "one_value", "signed"])
-def test_dominance_counts_match_brute_force_on_wide_zoos(monkeypatch, buckets, pattern):
-    """Many models (same-bucket groups above and below the window widths, > 32 wrongs facing one right), many
-    product columns through a tiny column buffer, several sample blocks, quantile buckets from a subsample
-    (cells the subsample never saw), ties in pmax, negative values and -0.0 against +0.0."""
-    import zoo_sweep.science.complementary as comp
-
-    monkeypatch.setattr(comp, "_COLS", 64)
-    monkeypatch.setattr(comp, "_QUANTILE_SAMPLE", 97)
-    rng = np.random.default_rng(20 + buckets)
-    m, n = 70, 90
-    right = rng.random((m, n)) < rng.uniform(0.2, 0.9, (m, 1))
+def _pmax(rng, m, n, pattern):
     pmax = rng.random((m, n)).astype(np.float32)
     if pattern == "ties":
         pmax = (np.round(pmax * 3) / 3).astype(np.float32)
@@ -242,36 +232,72 @@ def test_dominance_counts_match_brute_force_on_wide_zoos(monkeypatch, buckets, p
         pmax = (np.round(pmax * 6) / 3 - 1).astype(np.float32)  # -1 .. 1 with many zeros
         zeros = pmax == 0
         pmax[zeros & (rng.random((m, n)) < 0.5)] = -0.0
-    ge, gt = dominance_counts(torch.as_tensor(right), torch.as_tensor(pmax), buckets=buckets, span=16)
+    return pmax
+
+
+@pytest.mark.parametrize("accuracy", [(0.2, 0.5), (0.5, 0.95)])  # wrongs gather / rights gather (roles flip)
+@pytest.mark.parametrize("span,workers", [(16, 1), (37, 2), (90, 1)])
+@pytest.mark.parametrize("pattern", ["random", "ties", "one_value", "signed"])
+def test_dominance_counts_match_brute_force_on_wide_zoos(accuracy, span, workers, pattern):
+    """Many models (long confidence orders with many right/wrong runs; table rows padded per group of 32
+    samples), several sample blocks shared by worker threads, ties in pmax (mixed tie groups of every size,
+    a sample where all but a few models tie), negative values and -0.0 against +0.0."""
+    rng = np.random.default_rng(20 + span)
+    m, n = 70, 90
+    right = rng.random((m, n)) < rng.uniform(*accuracy, (m, 1))
+    pmax = _pmax(rng, m, n, pattern)
+    ge, gt = dominance_counts(torch.as_tensor(right), torch.as_tensor(pmax), span=span, workers=workers)
     ref_ge, ref_gt = _dominance_brute(right, pmax)
     assert np.array_equal(ge.numpy(), ref_ge) and np.array_equal(gt.numpy(), ref_gt)
 
 
-def test_dominance_counts_choose_buckets_on_their_own():
-    rng = np.random.default_rng(31)
-    m, n = 80, 400
-    right = rng.random((m, n)) < 0.7
-    pmax = np.where(right, rng.beta(5, 2, (m, n)), rng.beta(2, 4, (m, n))).astype(np.float32)
-    ge, gt = dominance_counts(torch.as_tensor(right), torch.as_tensor(pmax))
-    ref_ge, ref_gt = _dominance_brute(right, pmax)
-    assert np.array_equal(ge.numpy(), ref_ge) and np.array_equal(gt.numpy(), ref_gt)
+def test_dominance_counts_on_degenerate_blocks():
+    """A block with no wrong entry, one with no right entry, a single model, a single sample."""
+    rng = np.random.default_rng(30)
+    right = np.ones((5, 12), bool)
+    right[:, 6:] = False
+    pmax = rng.random((5, 12)).astype(np.float32)
+    for r, p, span in [(right, pmax, 6), (right[:1], pmax[:1], 4), (right[:, :1], pmax[:, :1], 1)]:
+        ge, gt = dominance_counts(torch.as_tensor(r), torch.as_tensor(p), span=span)
+        ref_ge, ref_gt = _dominance_brute(r, p)
+        assert np.array_equal(ge.numpy(), ref_ge) and np.array_equal(gt.numpy(), ref_gt)
 
 
-@pytest.mark.parametrize("dense_min", [None, 2, 5, 10_000])
-def test_same_wrong_counts_with_split_column_buffers(monkeypatch, dense_min):
-    """Groups on both sides of the dense threshold, one-hot columns split over a tiny buffer and sample
-    blocks smaller than the data."""
-    import zoo_sweep.science.complementary as comp
-
-    monkeypatch.setattr(comp, "_COLS", 64)
+@pytest.mark.parametrize("span,workers", [(None, 1), (3, 2), (64, 1)])
+def test_same_wrong_counts_with_many_groups(span, workers):
+    """Groups of 2 to many models, several per sample (table rows padded per group of 32 samples), blocks
+    smaller than the data."""
     rng = np.random.default_rng(41)
     m, n, k = 60, 300, 9
     labels = rng.integers(0, k, n)
     preds = np.where(rng.random((m, n)) < 0.4, labels, rng.integers(0, k, (m, n)))
     wrong = preds != labels
-    sw = same_wrong_counts(torch.as_tensor(preds), torch.as_tensor(wrong), k, dense_min=dense_min).numpy()
+    sw = same_wrong_counts(torch.as_tensor(preds), torch.as_tensor(wrong), k, span=span, workers=workers).numpy()
     both = wrong[:, None, :] & wrong[None, :, :] & (preds[:, None, :] == preds[None, :, :])
     ref = both.sum(-1)
+    off = ~np.eye(m, dtype=bool)
+    assert np.array_equal(sw[off], ref[off])
+
+
+def test_half_precision_row_sums_give_the_same_counts(monkeypatch):
+    """The float16 embedding-bag path (what CUDA and torch builds without FBGEMM's byte kernel use), run here
+    on the CPU through the same code."""
+    import zoo_sweep.science.kernels as kernels
+
+    monkeypatch.setattr(kernels, "_BYTE_OK", [False])
+    assert kernels.BagTable(4).dtype == torch.float16
+    rng = np.random.default_rng(42)
+    m, n, k = 40, 200, 5
+    labels = rng.integers(0, k, n)
+    preds = np.where(rng.random((m, n)) < 0.6, labels, rng.integers(0, k, (m, n)))
+    right = preds == labels
+    pmax = _pmax(rng, m, n, "ties")
+    ge, gt = dominance_counts(torch.as_tensor(right), torch.as_tensor(pmax), span=50)
+    ref_ge, ref_gt = _dominance_brute(right, pmax)
+    assert np.array_equal(ge.numpy(), ref_ge) and np.array_equal(gt.numpy(), ref_gt)
+    sw = same_wrong_counts(torch.as_tensor(preds), torch.as_tensor(~right), k, span=50).numpy()
+    wrong = ~right
+    ref = (wrong[:, None, :] & wrong[None, :, :] & (preds[:, None, :] == preds[None, :, :])).sum(-1)
     off = ~np.eye(m, dtype=bool)
     assert np.array_equal(sw[off], ref[off])
 
@@ -289,3 +315,107 @@ def test_class_concentration_threads_and_unequal_classes(threads):
     for key in whole:
         assert torch.equal(whole[key], rows[key]), key
         assert torch.allclose(whole[key].double(), ref[key].double(), atol=1e-12), key
+
+
+# ---------------------------------------------------------------- product kernels and where the compare runs
+from zoo_sweep.errors import UserError  # noqa: E402
+from zoo_sweep.science import kernels  # noqa: E402
+
+_HERE = [name for name, k in kernels.KERNELS.items() if k.available()]
+
+
+@pytest.mark.parametrize("name", list(kernels.KERNELS))
+def test_every_kernel_gives_exact_products(name):
+    """Each kernel available on this machine (the CUDA one only where a GPU is) against numpy, with inner
+    sizes past the bf16 chunk of 256, batched and symmetric (block-triangle) products too."""
+    if name not in _HERE:
+        pytest.skip(f"kernel {name} is not available on this machine")
+    rng = np.random.default_rng(50)
+    a, b = rng.random((37, 700)) < 0.6, rng.random((700, 29)) < 0.5
+    ref = a.astype(np.int64) @ b.astype(np.int64)
+    assert np.array_equal(kernels.mm01(torch.as_tensor(a), torch.as_tensor(b), name).cpu().numpy(), ref)
+    c = rng.random((300, 513)) < 0.5  # >= 256 rows: the block-triangle path
+    g = kernels.gram01(torch.as_tensor(c), name, blocks=3)
+    assert g.dtype == torch.int64 and np.array_equal(g.numpy(), c.astype(np.int64) @ c.T.astype(np.int64))
+    x, y = rng.random((3, 8, 300)) < 0.5, rng.random((3, 300, 5)) < 0.5
+    got = kernels.bmm01(torch.as_tensor(x), torch.as_tensor(y), name).cpu().numpy()
+    assert np.array_equal(got, x.astype(np.int64) @ y.astype(np.int64))
+
+
+@pytest.mark.parametrize("name", list(kernels.KERNELS))
+def test_pair_matrices_identical_with_every_kernel(name):
+    """Every kernel gives the brute-force reference, so identical matrices (equal-class and padded class
+    blocks both)."""
+    if name not in _HERE:
+        pytest.skip(f"kernel {name} is not available on this machine")
+    for case in (dict(seed=60, m=6, n=350, k=70), dict(seed=61, m=5, n=420, k=70, skew=True)):
+        preds, labels, pmax = _records(**case)
+        mats = pair_matrices(torch.as_tensor(preds), torch.as_tensor(labels), torch.as_tensor(pmax), case["k"],
+                             kernel=name)
+        ref = brute_force(preds, labels, pmax, case["k"])
+        for (s, t), r in ref.items():
+            for key, val in r.items():
+                assert float(mats[key][s, t]) == pytest.approx(val, abs=1e-9), (name, key, s, t)
+        base = pair_matrices(torch.as_tensor(preds), torch.as_tensor(labels), torch.as_tensor(pmax), case["k"],
+                             kernel="fp32")
+        for key in base:
+            assert torch.equal(mats[key].nan_to_num(-1), base[key].nan_to_num(-1)), (name, key)
+
+
+def test_kernel_forced_by_name_or_environment(monkeypatch):
+    monkeypatch.setenv(kernels.ENV, "bf16")
+    assert kernels.kernel().name == "bf16"
+    assert kernels.kernel("fp32").name == "fp32"  # an explicit name wins over the environment
+    monkeypatch.setenv(kernels.ENV, "fast")
+    with pytest.raises(UserError, match="unknown matmul kernel 'fast'"):
+        kernels.kernel()
+    monkeypatch.delenv(kernels.ENV)
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="not available here"):
+            kernels.kernel("cuda")
+    threads = torch.get_num_threads()
+    assert kernels.kernel("fp32").describe() == f"compare: fp32 GEMM kernel, {threads} threads"
+
+
+def test_calibration_chooses_once_and_is_cached_per_host(monkeypatch, tmp_path):
+    monkeypatch.delenv(kernels.ENV, raising=False)
+    monkeypatch.setattr(kernels, "_CHOSEN", {})
+    times = kernels.calibrate()
+    assert "fp32" in times and all(t > 0 for t in times.values())
+    monkeypatch.setattr(kernels, "calibrate", lambda: {"bf16": 1.0, "fp32": 2.0})
+    assert kernels.kernel(cache_dir=tmp_path).name == "bf16"
+    saved = json.loads(kernels.cache_file(tmp_path).read_text())
+    assert saved["kernel"] == "bf16" and saved["torch"] == torch.__version__
+    assert kernels.cache_file(tmp_path).parent == tmp_path / "matmul"
+
+    def must_not_run():
+        raise AssertionError("calibrated again")
+
+    monkeypatch.setattr(kernels, "calibrate", must_not_run)
+    assert kernels.kernel(cache_dir=tmp_path).name == "bf16"  # once per process
+    monkeypatch.setattr(kernels, "_CHOSEN", {})
+    assert kernels.kernel(cache_dir=tmp_path).name == "bf16"  # a new process reads the cache
+    monkeypatch.setattr(kernels, "_CHOSEN", {})
+    kernels.cache_file(tmp_path).write_text("{not json")  # a damaged cache: measured again
+    monkeypatch.setattr(kernels, "calibrate", lambda: {"fp32": 1.0})
+    assert kernels.kernel(cache_dir=tmp_path).name == "fp32"
+
+
+def test_compare_job_on_a_worker_matches_the_driver(tmp_path):
+    """The compare job as a GPU worker runs it (Worker._compare: the same function on the worker's device),
+    here on the CPU (no GPU on the test machine: device "cpu"), against pairs_frame in the caller."""
+    from zoo_sweep.pipeline.jobs import ComparePayload, Job
+    from zoo_sweep.pipeline.worker import Worker, compare_pairs
+
+    preds, labels, pmax = _records(62, m=5, n=300, k=70)
+    names = list("abcde")
+    inputs = {"preds": preds.astype(np.int32), "pmax": pmax, "labels": labels, "num_classes": 70}
+    worker = Worker(str(tmp_path))
+    worker.device = "cpu"
+    res = worker.run(Job("c-test", ComparePayload("digits:eval", "key", names, [])), inputs)
+    assert res["state"] == "done" and res["kernel"].startswith("compare: ")
+    direct = pairs_frame(names, preds, labels, pmax, 70)
+    pd.testing.assert_frame_equal(res["pairs"], direct)
+    again = compare_pairs(names, {**inputs, "kernel": "bf16"}, "cpu", tmp_path)
+    pd.testing.assert_frame_equal(again["pairs"], direct)
+    assert "bf16" in again["kernel"]

@@ -2,7 +2,7 @@
 
     zoo       train missing embedded-zoo models (Ray tasks; the digits source only)
     predict   one forward pass per model -> prediction records        (warm actors)
-    compare   all pairs from the records, vectorised                  (driver, seconds)
+    compare   all pairs from the records, vectorised        (a GPU worker, else the driver; seconds)
     select    pick the pairs to transfer (pair policy)                (driver)
     transfer  one job per (student, teacher, method, seed)            (warm actors)
 
@@ -52,7 +52,6 @@ from zoo_sweep.pipeline.options import (  # noqa: F401  (LaunchOptions, parse_sh
 from zoo_sweep.pipeline.plan import Plan, make_plan, select_transfers, write_plan
 from zoo_sweep.pipeline.pool import Handlers, Pool, actor_shape
 from zoo_sweep.pipeline.results import plain, record_transfer  # noqa: F401  (re-exported)
-from zoo_sweep.science.complementary import pairs_frame
 from zoo_sweep.science.records import load_record, save_record
 from zoo_sweep.storage.leases import Lease
 from zoo_sweep.storage.store import Store, final_results, jobs_of
@@ -307,17 +306,35 @@ class _Run:
         return df[df["student"].isin(names) & df["teacher"].isin(names)].reset_index(drop=True)
 
     def _run_compare(self, job: Job) -> pd.DataFrame:
+        from zoo_sweep.pipeline.worker import compare_pairs
+
         t0 = time.time()
         p = job.payload
         recs = [self.records[rid] for rid in p.records]
-        df = pairs_frame(p.models, np.stack([r["pred"] for r in recs]), self._labels(),
-                         np.stack([r["p_max"] for r in recs]), self.plan.num_classes)
+        inputs = {"preds": np.stack([r["pred"] for r in recs]), "pmax": np.stack([r["p_max"] for r in recs]),
+                  "labels": self._labels(), "num_classes": self.plan.num_classes}
+        res = self._compare_on_gpu(job, inputs) if self.opts.gpus > 0 else None
+        res = res or compare_pairs(p.models, inputs, "cpu", self.paths.cache)
+        df = res["pairs"]
         df.insert(0, "eval_set", p.eval)
         self.store.write_pairs(job.id, df.to_dict("records"))
         self.lease.release(job.id)
         self.report.ran["compare"] = self.report.ran.get("compare", 0) + 1
+        self.console.print(res["kernel"])
         self.console.print(f"compare: {len(df)} ordered pairs from {len(recs)} records in {time.time() - t0:.2f} s")
         return df
+
+    def _compare_on_gpu(self, job: Job, inputs: dict) -> dict | None:
+        """The compare job on a GPU worker (the stacked records sent once); None if it failed there: the driver
+        then computes it on the CPU (the same code, the same results). The job stays claimed by this launcher."""
+        import ray
+
+        try:
+            return ray.get(self._workers().actors[0].run.remote(job, inputs))
+        except ray.exceptions.RayError as e:
+            self.console.print(f"[yellow]compare on the GPU worker failed ({escape(_last_line(str(e)))}): "
+                               "computing it here on the CPU[/]")
+            return None
 
     def _not_done(self, record_ids: list[str]) -> str:
         """Which predict jobs a later stage waits for, and in what state they are."""
@@ -474,11 +491,9 @@ class _Run:
 
     def _run_pool(self, kind: str, todo: list[Job], inputs: Callable, on_result: Callable,
                   on_final_error: Callable | None):
-        if self._pool is None:
-            o = self.opts
-            self._pool = Pool(actor_shape(self.cluster(), o.gpus, o.gpus_per_job, o.cpus_per_job), self.paths)
+        pool = self._workers()
         with self._progress() as prog:
-            bar = _StageBar(prog, kind, self._pool.size, len(todo))
+            bar = _StageBar(prog, kind, pool.size, len(todo))
 
             skipped = 0
 
@@ -509,10 +524,17 @@ class _Run:
             def on_interrupt(ids: list[str]):
                 self.store.set_state(ids, JobState.INTERRUPTED.value)
 
-            self._pool.run(todo, Handlers(inputs, on_start, on_done, on_error, on_interrupt), self.max_retries)
+            pool.run(todo, Handlers(inputs, on_start, on_done, on_error, on_interrupt), self.max_retries)
         if len(todo) > skipped:
             self.report.ran[kind] = self.report.ran.get(kind, 0) + len(todo) - skipped
         self.report.failed.extend(bar.failed)
+
+    def _workers(self) -> Pool:
+        """The stage's warm actors, started on first use and kept for every later stage of the launch."""
+        if self._pool is None:
+            o = self.opts
+            self._pool = Pool(actor_shape(self.cluster(), o.gpus, o.gpus_per_job, o.cpus_per_job), self.paths)
+        return self._pool
 
     def _run_taken_over(self, kind, inputs, on_result, on_final_error):
         """Wait for the stage's jobs other launchers run; run those whose launcher died."""

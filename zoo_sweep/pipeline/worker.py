@@ -87,6 +87,10 @@ class Worker:
             time.sleep(job.payload.sleep)
         return {"state": "done"}
 
+    def _compare(self, job, inputs: dict) -> dict:
+        """All pairs of a compare job on this worker's device (the launcher sends the stacked records once)."""
+        return compare_pairs(job.payload.models, inputs, self.device, self.paths.cache)
+
     def _predict(self, job, inputs: dict) -> dict:
         from zoo_sweep.science.records import BATCH_MEMO, accuracy, predict
         from zoo_sweep.zoo.models import data_config
@@ -148,6 +152,18 @@ class Worker:
         # the row's own teacher name wins over the launcher's (the payload's first teacher)
         name = "+".join(p.teacher_names)
         return {"state": "done", "rows": [{**r, "teacher": name} for r in rows]}
+
+
+def compare_pairs(models: list[str], inputs: dict, device: str, cache_dir) -> dict:
+    """The compare job: every ordered pair's metrics from the stacked records (``inputs``: preds, pmax,
+    labels, num_classes; optional kernel). The launcher runs it in the driver, or on a GPU worker when the
+    launch has GPUs: the same code, on CPU or CUDA tensors, with identical results."""
+    from zoo_sweep.science.complementary import compare_kernel, pairs_frame
+
+    kern = compare_kernel(inputs.get("kernel"), device, cache_dir)
+    df = pairs_frame(models, inputs["preds"], inputs["labels"], inputs["pmax"], inputs["num_classes"],
+                     kernel=kern, device=device)
+    return {"state": "done", "pairs": df, "kernel": kern.describe()}
 
 
 def build_zoo_model(recipe, cache_dir: str, image_size: int, threads: int = 1):
