@@ -65,8 +65,6 @@ def test_no_command_prints_or_writes_the_password(secret_store):
     assert any(p.suffix == ".sh" for p in files) and any(p.suffix == ".parquet" for p in files)
 
 
-@pytest.mark.xfail(strict=False, raises=AssertionError,
-                   reason="the report's queries use round(double precision, integer), which PostgreSQL lacks")
 def test_a_report_names_the_store_masked(secret_store):
     s = secret_store
     r = _invoke(s, "report", s["spec"], "--out", str(s["out"] / "report"))
