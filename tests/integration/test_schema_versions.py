@@ -239,3 +239,14 @@ def test_export_writes_every_column_of_every_table(store_url, tmp_path, capsys):
     rc, out, err = cli(capsys, "--db", store_url, "export", "--out", str(tmp_path / "afile"))
     assert rc == 2 and "is a file" in err and len(err.strip().splitlines()) == 1
     store.dispose()
+
+
+def test_report_out_at_a_file_is_one_line(tmp_path):
+    from zoo_sweep.report.build import make_report
+
+    store = Store(f"sqlite:///{tmp_path / 'zoo.db'}")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="is a file; give a folder"):
+        make_report(store, "s", "e", tmp_path / "afile", n_boot=10)
+    with pytest.raises(UserError, match="cannot write the report to"):
+        make_report(store, "s", "e", "/proc/no/such/place", n_boot=10)

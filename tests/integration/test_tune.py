@@ -12,7 +12,7 @@ from zoo_sweep.storage.store import Store
 
 def _stored_trials(db: str, sweep: str) -> dict[tuple, float]:
     """(lr, temperature) -> mean final delta over the calibration pairs, from the trials' stored jobs."""
-    rows = Store(db).query("select j.spec, r.delta from jobs j join sweep_jobs sj on sj.job_id = j.id "
+    rows = Store(db).query("select j.payload, r.delta from jobs j join sweep_jobs sj on sj.job_id = j.id "
                            "join transfer_results r on r.job_id = j.id where sj.sweep = :s and r.final", {"s": sweep})
     deltas: dict[tuple, list[float]] = {}
     for payload, delta in rows.itertuples(index=False):

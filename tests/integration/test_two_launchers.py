@@ -118,3 +118,22 @@ def test_a_killed_launchers_jobs_are_taken_over(micro, tmp_path):
     assert all(attempts[i] == 2 for i, _ in left) and left, left  # taken over: its second start
     assert all(attempts[i] == 1 for i in attempts if i not in dict(left))
     _assert_same_results_as_one_launcher(micro, db)
+
+
+def test_a_store_deleted_during_a_launch_ends_in_one_line(micro, tmp_path):
+    """The SQLite file vanishes while transfer jobs run: the launcher stops with one line and exit code 2
+    instead of writing results into the unlinked file, and creates no empty store in its place."""
+    spec, db = _spec(tmp_path, "deleted"), tmp_path / "d.db"
+    proc = _launcher(micro, db, spec, "--address", micro["address"])
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        if db.exists() and _rows(db, "select count(*) from jobs where kind = 'transfer' and state = 'running'")[0][0]:
+            break
+    db.unlink()
+    out, _ = proc.communicate(timeout=300)
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert proc.returncode == 2, out
+    assert lines[-1].startswith(f"error: the store {db} was deleted or replaced while in use"), out
+    assert "Traceback" not in out
+    assert not db.exists()

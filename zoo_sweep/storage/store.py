@@ -7,6 +7,7 @@ half-written result.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -120,14 +121,26 @@ class Store:
             raise UserError(f"the store {self.where} was deleted or replaced while in use; what this command "
                             "had not yet written is lost: restore the store, or launch again on a new one")
 
+    @contextlib.contextmanager
     def begin(self):
-        """A write transaction (the store checked first)."""
+        """A write transaction (the store checked first, and again when the database refuses)."""
         self._check_file()
-        return self.engine.begin()
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.DBAPIError:
+            self._check_file()  # SQLite refuses writes to a file unlinked meanwhile: say why in one line
+            raise
 
+    @contextlib.contextmanager
     def connect(self):
         self._check_file()
-        return self.engine.connect()
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except sa.exc.DBAPIError:
+            self._check_file()
+            raise
 
     @property
     def readonly(self) -> sa.Engine:
@@ -305,7 +318,11 @@ class Store:
     def query(self, sql: str, params: dict | None = None) -> pd.DataFrame:
         """One read-only statement (storage/readonly.py: the store cannot be changed through it)."""
         self._check_file()
-        return run_query(self.readonly, sql, params)
+        try:
+            return run_query(self.readonly, sql, params)
+        except UserError:
+            self._check_file()  # a store that went away meanwhile is that, not a failed query
+            raise
 
     def table(self, name: str) -> pd.DataFrame:
         """Every row and column of one table, as the database has it."""
