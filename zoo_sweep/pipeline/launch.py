@@ -437,33 +437,40 @@ class _Pool:
 
         queue = deque(jobs)
         attempts = {j["id"]: j["attempts"] for j in jobs}
-        inflight: dict = {}  # object ref -> (job, actor index)
+        inflight: dict = {}  # object ref -> (job, actor index, actor)
         # started and not yet recorded: wider than inflight, so a Ctrl-C while a job is being sent or its
         # result written leaves no job 'running'
         unrecorded: set[str] = set()
         load = [0] * len(self.actors)
+        starting: dict = {}  # info ref of a replacement worker -> its index; it takes jobs once it answers
         try:
             while queue or inflight:
                 # least-loaded actor first, so the queue's first jobs start at once on different actors
                 # (the transfer order puts the jobs that compute shared teacher logits first)
-                while queue and min(load) < 2:
-                    i = load.index(min(load))
+                while queue and (free := [i for i, n in enumerate(self.names) if n is not None and load[i] < 2]):
+                    i = min(free, key=load.__getitem__)
                     job = queue.popleft()
                     unrecorded.add(job["id"])
                     on_start(job["id"], self.names[i])
                     attempts[job["id"]] += 1
                     ref = self.actors[i].run.remote({**job, "spec": payload_of(job), "inputs": inputs(job)})
-                    inflight[ref] = (job, i)
+                    inflight[ref] = (job, i, self.actors[i])
                     load[i] += 1
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+                if queue and not inflight and not starting:
+                    raise UserError("every Ray worker of this launch died and none could be restarted; "
+                                    "see the Ray logs, then launch again to resume")
+                ready, _ = ray.wait([*inflight, *starting], num_returns=1, timeout=1.0)
                 for ref in ready:
-                    job, i = inflight.pop(ref)
+                    if ref in starting:
+                        self._started(starting.pop(ref), ref)
+                        continue
+                    job, i, actor = inflight.pop(ref)
                     load[i] -= 1
                     try:
                         on_done(job, ray.get(ref))
-                    except ray.exceptions.RayActorError as e:  # the worker process died: replace it
-                        self.actors[i] = self._actor_cls.remote(*self._args)
-                        self.names[i] = ray.get(self.actors[i].info.remote())
+                    except ray.exceptions.RayActorError as e:  # the worker process (or its node) died
+                        if self.actors[i] is actor:  # not yet replaced (it may have had two jobs in flight)
+                            self._replace(i, starting)
                         self._retry(job, f"worker died: {e}", attempts, max_retries, queue, on_error)
                     except ray.exceptions.RayTaskError as e:
                         self._retry(job, _task_error(e), attempts, max_retries, queue, on_error)
@@ -471,6 +478,24 @@ class _Pool:
         except KeyboardInterrupt:
             store.set_state(sorted(unrecorded), "interrupted")
             raise
+
+    def _replace(self, i: int, starting: dict) -> None:
+        """A new worker in place of a dead one, without waiting for it: when its node died with it, the
+        replacement may find no room until the cluster gains a node, and the other workers carry on
+        meanwhile (a lost node's jobs are retried on the nodes left)."""
+        import ray
+
+        ray.kill(self.actors[i], no_restart=True)  # an actor that is only unreachable must not hold its slot
+        self.actors[i], self.names[i] = self._actor_cls.remote(*self._args), None
+        starting[self.actors[i].info.remote()] = i
+
+    def _started(self, i: int, ref) -> None:
+        import ray
+
+        try:
+            self.names[i] = ray.get(ref)
+        except ray.exceptions.RayError:  # it failed while starting: the slot stays empty
+            self.actors[i] = None
 
     @staticmethod
     def _retry(job, err, attempts, max_retries, queue, on_error):
@@ -483,7 +508,8 @@ class _Pool:
         import ray
 
         for a in self.actors:
-            ray.kill(a)
+            if a is not None:
+                ray.kill(a)
 
 
 def _task_error(e) -> str:
