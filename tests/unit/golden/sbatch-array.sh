@@ -120,7 +120,13 @@ else
     trap stop_ray EXIT
     # `ray start --block`, up to three tries: on a busy node or a slow shared filesystem Ray's agents can miss
     # their start-up window, which fails the node's start; a second try usually makes it
-    retry='for try in 1 2 3; do "$@" && exit 0; rc=$?; echo "ray start on $(hostname) failed (exit $rc), try $try of 3" >&2; sleep 5; done; exit "$rc"'
+    retry='for try in 1 2 3; do
+        "$@" && exit 0
+        rc=$?
+        echo "ray start on $(hostname) failed (exit $rc), try $try of 3" >&2
+        sleep 5
+    done
+    exit "$rc"'
     srun --overlap --nodes=1 --ntasks=1 -w "$head_node" bash -c "$retry" ray-start ray start --head --block \
         --node-ip-address="$head_ip" --port="$ray_port" ${ray_head_args[@]+"${ray_head_args[@]}"} "${ray_node_args[@]}" &
     ray_pids+=($!)
