@@ -1,5 +1,6 @@
-"""Cluster submission: generated sbatch scripts (checked, then run through fake sbatch/srun/scontrol on this
-machine), --shard partitions, and Ray Jobs against a local head with the job server.
+"""Cluster submission: generated sbatch scripts read by bash, the CLI's checks, --shard partitions, the GPU
+path of a script (through fake sbatch/srun/scontrol: a SLURM cluster on this machine has no GPUs), and Ray
+Jobs against a local head with the job server. Scripts on a real SLURM cluster: test_cluster.py.
 
 Every Ray cluster started here runs on free loopback ports in its own process group and is stopped by
 signalling that group (or by the script's own PID bookkeeping); nothing calls `ray stop`.
@@ -65,55 +66,32 @@ def _token_file(tmp_path: Path) -> Path:
     return p
 
 
-# ---------------------------------------------------------------------- rendering
-def test_sbatch_names_every_resource(spec_file, tmp_path, monkeypatch):
-    monkeypatch.setenv("RAY_AUTH_TOKEN", SECRET)
-    db = f"sqlite:///{tmp_path / 'zoo.db'}"
-    for mode in ("symmetric", "classic"):
-        text = render_sbatch(spec_file, nodes="3", gpus_per_node="4", partition="gpu", time="1:00:00",
-                             account="lab", cpus_per_node=8, mem="32G", setup="module load cuda/12", mode=mode,
-                             db=db, home=str(tmp_path / "res"), log_dir=tmp_path)
+# ---------------------------------------------------------------------- rendering (contents: tests/unit/test_sbatch_template.py)
+HOSTILE = "a b'c\"d $(touch PWNED) `touch PWNED` ${HOME} %j"
+
+
+def test_scripts_read_hostile_values_back_exactly(tmp_path, monkeypatch):
+    """Every mode's script is valid bash, and bash itself reads each value back as given: a spec folder,
+    store path, results folder and --launch-args full of shell syntax run nothing."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / f"specs {HOSTILE}"
+    folder.mkdir()
+    spec = folder / "tiny.toml"
+    spec.write_text((ROOT / "jobs" / "digits-demo.toml").read_text())
+    db = f"sqlite:///{tmp_path}/{HOSTILE}/zoo.db"
+    home = str(tmp_path / f"home {HOSTILE}")
+    for opts in ({"nodes": 2, "mode": "symmetric"}, {"nodes": 2, "port": 23000, "dashboard": False}, {"array": 2}):
+        text = render_sbatch(spec, db=db, home=home, log_dir=tmp_path / f"logs {HOSTILE}",
+                             launch_args=["--limit", HOSTILE], setup="echo setup", **opts)
         _bash_ok(text, tmp_path)
-        for s in ("#SBATCH --nodes=3", "#SBATCH --ntasks-per-node=1", "#SBATCH --cpus-per-task=8",
-                  "#SBATCH --gres=gpu:4", "#SBATCH --mem=32G", "#SBATCH --partition=gpu", "#SBATCH --time=1:00:00",
-                  "#SBATCH --account=lab", 'num_cpus="8"', '"--num-cpus=$num_cpus" --num-gpus=4',
-                  "--gpus 12", "module load cuda/12", "export RAY_AUTH_MODE=token", f"export ZOO_SWEEP_DB={db}",
-                  f"export ZOO_SWEEP_HOME={tmp_path / 'res'}", "--address \"$head_addr\"", str(spec_file.resolve())):
-            assert s in text, (mode, s)
-        assert f"mode={mode}" in text
-        assert SECRET not in text and "RAY_AUTH_TOKEN=" not in text
-        assert re.search(r"^\s*ray stop", text, re.M) is None  # never stop every Ray cluster on a node
-    # symmetric-run with the documented pattern; classic head/worker through srun, stopped by PID
-    assert 'ray symmetric-run --address "$head_addr" --min-nodes "$SLURM_JOB_NUM_NODES"' in text
-    assert "ray start --head --block" in text and 'kill -TERM "${ray_pids[@]}"' in text
-
-
-def test_sbatch_ports_and_defaults(spec_file, tmp_path):
-    text = render_sbatch(spec_file, nodes=2, gpus_per_node=0, port=23000, dashboard=False,
-                         db="postgresql://me@db.example/zoo", log_dir=tmp_path)
-    _bash_ok(text, tmp_path)
-    assert "mode=classic" in text  # --port means shared nodes: symmetric-run's final `ray stop` is unsafe there
-    for s in ("--port=23000", "--ray-client-server-port=23001", "--dashboard-port=23002", "--node-manager-port=23003",
-              "--object-manager-port=23004", "--min-worker-port=23100", "--max-worker-port=23999",
-              "--include-dashboard=false", "--num-gpus=0", 'head_addr="$head_ip:23000"',
-              "${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:?}}"):
-        assert s in text, s
-    assert "--gres" not in text and "zoo-sweep export" not in text  # PostgreSQL: no export needed
-    # a password never lands in the script: the job takes the URL from the submitting environment
-    text = render_sbatch(spec_file, db="postgresql://me:hunter2@db/zoo", log_dir=tmp_path)
-    assert "hunter2" not in text and "${ZOO_SWEEP_DB:?" in text
-
-
-def test_sbatch_array_mode(spec_file, tmp_path):
-    warnings = []
-    text = render_sbatch(spec_file, array=4, gpus_per_node=1, cpus_per_node=4, db=f"sqlite:///{tmp_path}/z.db",
-                         log_dir=tmp_path, warn=warnings.append)
-    _bash_ok(text, tmp_path)
-    for s in ("#SBATCH --array=0-3", "#SBATCH --nodes=1", "#SBATCH --gres=gpu:1", '"${SLURM_ARRAY_TASK_ID:?}/4"',
-              "--gpus 1 --cpus \"$num_cpus\"", "%A_%a.out"):
-        assert s in text, s
-    assert "ray start" not in text and "symmetric-run" not in text
-    assert warnings and "SQLite" in warnings[0]
+        values = text.split("# What `zoo-sweep submit slurm` was given, each value shell-quoted.\n", 1)[1]
+        values = values.split("\n\n", 1)[0]
+        probe = tmp_path / "probe.sh"
+        probe.write_text(values + '\nprintf "%s\\0" "$spec" "$store" "$home" "${launch_args[@]}"\n')
+        r = subprocess.run(["bash", str(probe)], capture_output=True, text=True, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split("\0")[:-1] == [str(spec), db, home, "--limit", HOSTILE]
+    assert not list(tmp_path.rglob("PWNED"))
 
 
 def test_relative_sqlite_store(spec_file, tmp_path, monkeypatch):
@@ -125,7 +103,7 @@ def test_relative_sqlite_store(spec_file, tmp_path, monkeypatch):
         render_sbatch(spec_file, array=3)
     # one node: the same file the user would get locally, as an absolute path
     text = render_sbatch(spec_file, nodes=1, log_dir=tmp_path)
-    assert f"export ZOO_SWEEP_DB=sqlite:///{tmp_path}/results/zoo.db" in text
+    assert f"\nstore=sqlite:///{tmp_path}/results/zoo.db\n" in text
 
 
 def _cli(capsys, *args):
@@ -260,51 +238,27 @@ def _free_base() -> int:
     raise RuntimeError("no free port range")
 
 
-def test_sbatch_script_runs_through_fake_slurm(micro, tmp_path):
-    """One node, classic mode: the script starts its own Ray head, the launch joins it and finds everything
-    done, the store is exported, and the head is stopped by PID."""
+def test_gpu_script_through_fake_slurm(micro, tmp_path):
+    """The GPU path of a script, which a SLURM cluster on this machine cannot run (it has no GPUs, so sbatch
+    refuses --gres=gpu: test_cluster.py): fake sbatch/srun run a --gpus-per-node 1 script in place, so its
+    Ray head claims the GPU (--num-gpus=1) and the launch asks for it (--gpus 1), which fails unless both
+    reach Ray. Classic mode on one node; the launch finds the sweep done; the head is stopped by PID."""
     db = _copy_db(micro["db"], tmp_path / "zoo.db")
     base = _free_base()
     env = _shim_env(tmp_path, RAY_AUTH_TOKEN_PATH=str(_token_file(tmp_path)), FAKE_SLURM_JOB_ID="4242")
     r = _run("--db", db, "--home", micro["home"], "submit", "slurm", str(micro["spec_path"]), "--nodes", "1",
-                "--gpus-per-node", "0", "--cpus-per-node", "2", "--mode", "classic", "--port", str(base),
-                "--no-dashboard", "--out", str(tmp_path / "slurm"), env=env, timeout=400)
+             "--gpus-per-node", "1", "--cpus-per-node", "2", "--mode", "classic", "--port", str(base),
+             "--no-dashboard", "--out", str(tmp_path / "slurm"), env=env, timeout=400)
     assert r.returncode == 0, r.stderr
     assert "submitted SLURM job 4242" in r.stdout
     log = (tmp_path / "slurm" / "micro-4242.out").read_text()
     assert (tmp_path / "rc").read_text().strip() == "0", log
-    assert f"Ray head at 127.0.0.1:{base}" in log
-    # the launch joined the script's head and found the finished sweep in the store
+    assert re.search(rf"Ray head at [0-9.]+:{base} on localhost, 1 node\(s\) x 1 GPU\(s\) x 2 CPU\(s\)", log), log
     assert "12 transfer jobs" in log and "launch exited with 0" in log, log
     assert sorted(p.name for p in (Path(micro["home"]) / "export" / "slurm-4242").glob("*.parquet"))
     assert not _listening(base)  # the head this job started is gone
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert f"--port={base}" not in ps
-
-
-def test_array_shards_run_every_job_once(micro, tmp_path):
-    """--array 2 through fake sbatch (tasks run concurrently, joining the session's Ray cluster through
-    RAY_ADDRESS): with one transfer job reset per shard, each runs exactly once, in its own shard."""
-    from zoo_sweep.storage.store import Store
-
-    db = _copy_db(micro["db"], tmp_path / "zoo.db")
-    store = Store(db)
-    transfer = list(store.job_states("micro", "transfer"))
-    reset = [next(j for j in transfer if in_shard(j, (i, 2))) for i in range(2)]
-    store.set_state(reset, "pending", attempts=0)
-    before = store.table("jobs").set_index("id")["attempts"]
-    env = _shim_env(tmp_path, RAY_ADDRESS=micro["address"], FAKE_SLURM_JOB_ID="77")
-    r = _run("--db", db, "--home", micro["home"], "submit", "slurm", str(micro["spec_path"]), "--array", "2",
-                "--cpus-per-node", "1", "--out", str(tmp_path / "slurm"), env=env, timeout=400)
-    assert r.returncode == 0, r.stderr
-    logs = [(tmp_path / "slurm" / f"micro-77_{i}.out").read_text() for i in range(2)]
-    assert (tmp_path / "rc").read_text().strip() == "0", logs
-    for i, log in enumerate(logs):
-        assert f"shard {i}/2" in log and re.search(r"ran .*\b1 transfer\b", log), log
-    jobs = store.table("jobs").set_index("id")
-    assert (jobs.loc[reset, "state"] == "done").all() and (jobs.loc[reset, "attempts"] == 1).all()
-    others = [j for j in jobs.index if j not in reset]
-    assert (jobs.loc[others, "attempts"] == before[others]).all()  # nothing else ran again
 
 
 # ---------------------------------------------------------------------- Ray Jobs

@@ -65,16 +65,23 @@ class Pool:
 
         queue = deque(jobs)
         attempts = {j.id: j.attempts for j in jobs}
-        self._inflight: dict = {}  # object ref -> (job, actor index)
+        self._inflight: dict = {}  # object ref -> (job, actor index, actor)
         self._load = [0] * len(self.actors)
+        self._starting: dict = {}  # info ref of a replacement worker -> its index; it takes jobs once it answers
         # started and not yet recorded: wider than inflight, so a Ctrl-C while a job is being sent or its
         # result written leaves no job 'running'
         unrecorded: set[str] = set()
         try:
             while queue or self._inflight:
                 self._fill(queue, h, attempts, unrecorded)
-                ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=1.0)
+                if queue and not self._inflight and not self._starting:
+                    raise UserError("every Ray worker of this launch died and none could be restarted; "
+                                    "see the Ray logs, then launch again to resume")
+                ready, _ = ray.wait([*self._inflight, *self._starting], num_returns=1, timeout=1.0)
                 for ref in ready:
+                    if ref in self._starting:
+                        self._started(self._starting.pop(ref), ref)
+                        continue
                     job, err = self._collect(ref, h)
                     if err is not None:
                         self._retry(job, err, attempts, max_retries, queue, h)
@@ -84,33 +91,51 @@ class Pool:
             raise
 
     def _fill(self, queue: deque, h: Handlers, attempts: dict, unrecorded: set) -> None:
-        # least-loaded actor first, so the queue's first jobs start at once on different actors
+        # least-loaded live actor first, so the queue's first jobs start at once on different actors
         # (the transfer order puts the jobs that compute shared teacher logits first)
-        while queue and min(self._load) < 2:
-            i = self._load.index(min(self._load))
+        while queue and (free := [i for i, n in enumerate(self.names) if n is not None and self._load[i] < 2]):
+            i = min(free, key=self._load.__getitem__)
             job = queue.popleft()
             if not h.on_start(job, self.names[i]):
                 continue
             unrecorded.add(job.id)
             attempts[job.id] += 1
-            self._inflight[self.actors[i].run.remote(job, h.inputs(job))] = (job, i)
+            self._inflight[self.actors[i].run.remote(job, h.inputs(job))] = (job, i, self.actors[i])
             self._load[i] += 1
 
     def _collect(self, ref, h: Handlers) -> tuple[Job, str | None]:
         """Record a finished job: (job, None), or (job, error) when it raised or its worker died."""
         import ray
 
-        job, i = self._inflight.pop(ref)
+        job, i, actor = self._inflight.pop(ref)
         self._load[i] -= 1
         try:
             h.on_done(job, ray.get(ref))
-        except ray.exceptions.RayActorError as e:  # the worker process died: replace it
-            self.actors[i] = self._actor_cls.remote(*self._args)
-            self.names[i] = ray.get(self.actors[i].info.remote())
+        except ray.exceptions.RayActorError as e:  # the worker process (or its node) died
+            if self.actors[i] is actor:  # not yet replaced (it may have had two jobs in flight)
+                self._replace(i)
             return job, f"worker died: {e}"
         except ray.exceptions.RayTaskError as e:
             return job, task_error(e)
         return job, None
+
+    def _replace(self, i: int) -> None:
+        """A new worker in place of a dead one, without waiting for it: when its node died with it, the
+        replacement may find no room until the cluster gains a node, and the other workers carry on
+        meanwhile (a lost node's jobs are retried on the nodes left)."""
+        import ray
+
+        ray.kill(self.actors[i], no_restart=True)  # an actor that is only unreachable must not hold its slot
+        self.actors[i], self.names[i] = self._actor_cls.remote(*self._args), None
+        self._starting[self.actors[i].info.remote()] = i
+
+    def _started(self, i: int, ref) -> None:
+        import ray
+
+        try:
+            self.names[i] = ray.get(ref)
+        except ray.exceptions.RayError:  # it failed while starting: the slot stays empty
+            self.actors[i] = None
 
     @staticmethod
     def _retry(job: Job, err: str, attempts: dict, max_retries: int, queue: deque, h: Handlers) -> None:
@@ -123,7 +148,8 @@ class Pool:
         import ray
 
         for a in self.actors:
-            ray.kill(a)
+            if a is not None:  # a slot whose replacement failed to start stays empty
+                ray.kill(a)
 
 
 def task_error(e) -> str:

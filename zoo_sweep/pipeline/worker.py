@@ -18,6 +18,19 @@ from pathlib import Path
 import numpy as np
 
 
+def _ray_node() -> str | None:
+    """The first 8 hex digits of this process's Ray node id, inside a Ray worker; None elsewhere."""
+    import sys
+
+    ray = sys.modules.get("ray")  # a plain Worker (a notebook, tune's trials on one node) never imports Ray
+    if ray is None or not ray.is_initialized():
+        return None
+    try:
+        return ray.get_runtime_context().get_node_id()[:8]
+    except Exception:
+        return None
+
+
 class Worker:
     def __init__(self, home: str, threads: int | None = None):
         import torch
@@ -28,7 +41,9 @@ class Worker:
             torch.set_num_threads(threads)
         self.paths = Paths(Path(home))
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.name = f"{socket.gethostname()}:{os.getpid()}:{self.device}"
+        # the Ray node too: several Ray nodes may share a host name (containers, nodes of one machine)
+        node = _ray_node()
+        self.name = f"{socket.gethostname()}:{node + ':' if node else ''}{os.getpid()}:{self.device}"
         self._sets: dict = {}
         self._weights: OrderedDict = OrderedDict()  # model ident hash -> state dict, least recently used first
 

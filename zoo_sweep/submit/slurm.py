@@ -3,8 +3,8 @@
 Ray stays the distributed engine; these functions only start it and hand it the same
 ``zoo-sweep launch SPEC`` a user runs locally, so resuming, retries and the store behave the same.
 
-* :func:`render_sbatch` / :func:`write_sbatch` / :func:`submit_slurm`: an sbatch script that starts a
-  Ray cluster across the allocation (``ray symmetric-run``, or ``ray start`` head/workers through
+* :func:`render_sbatch` / :func:`write_sbatch` / :func:`submit_slurm`: an sbatch script (the template
+  ``templates/sbatch.sh.tmpl`` filled with shell-quoted values) that starts a Ray cluster across the allocation (``ray symmetric-run``, or ``ray start`` head/workers through
   ``srun``), runs the launch on the head node and stops the cluster; or, with ``array=K``, one array
   task per shard (``zoo-sweep launch SPEC --shard i/K``) against a shared store, no cross-node Ray.
 * :func:`submit_ray_job` / :func:`ray_job_status` / :func:`ray_job_logs` / :func:`stop_ray_job`: the
@@ -24,7 +24,10 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, fields
+from importlib import resources
 from pathlib import Path
+from string import Template
 from typing import TYPE_CHECKING, Sequence
 
 from zoo_sweep.errors import UserError
@@ -54,29 +57,53 @@ NODE_PORTS = {"node-manager-port": 3, "object-manager-port": 4, "dashboard-agent
 
 
 # ---------------------------------------------------------------------- SLURM
-def render_sbatch(spec: str | Path | SweepSpec, *, nodes: int | str = 1, gpus_per_node: int | str = 0,
-                  partition: str | None = None, time: str | None = None, account: str | None = None,
-                  cpus_per_node: int | str | None = None, mem: str | None = None,
-                  setup: str | Sequence[str] = (), mode: str | None = None, port: int | str | None = None,
-                  array: int | str | None = None, dashboard: bool = True, db: str | None = None,
-                  home: str | None = None, launch_args: str | Sequence[str] = (),
-                  log_dir: str | Path = SLURM_DIR, job_name: str | None = None,
-                  warn=None) -> str:
-    """The text of an sbatch script that runs the sweep on a SLURM allocation. ``spec``: its file, or the
-    spec already loaded from one.
+TEMPLATE = "sbatch.sh.tmpl"
 
-    Ray mode (default): one Ray node per SLURM node, each started with exactly the allocated CPUs and
-    GPUs; ``zoo-sweep launch SPEC --address HEAD:PORT --gpus NODES*GPUS`` runs on the head (the first
-    node). ``mode``: ``symmetric`` (``ray symmetric-run``; falls back to classic at run time when the
-    cluster's Ray lacks it) or ``classic`` (``ray start`` head/workers through ``srun``, stopped by
-    process at the end); default symmetric, or classic when ``port`` is given (symmetric-run ends with
-    ``ray stop``, which also stops your other Ray clusters on those nodes).
-    ``array=K``: K array tasks, task i runs ``zoo-sweep launch SPEC --shard i/K`` with a local Ray.
-    ``db`` / ``home``: the store URL and results folder (default: ``ZOO_SWEEP_DB`` / ``ZOO_SWEEP_HOME``);
-    ``warn``: called with one-line warnings (default: print to stderr).
-    """
+
+@dataclass(frozen=True)
+class SbatchContext:
+    """Everything a generated sbatch script depends on, checked. Every value reaches the script shell-quoted
+    (``#SBATCH`` lines included: sbatch reads quotes there as the shell does); only ``setup`` is shell code,
+    by design."""
+
+    sweep: str
+    spec: str  # absolute path of the spec file
+    job_name: str
+    chdir: str  # the submit directory
+    log_dir: str
+    zoo_bin: str  # the folder of the zoo-sweep and ray commands of the submitting environment
+    home: str
+    store: str  # the store URL; "" when it has a password (the job reads ZOO_SWEEP_DB from the environment)
+    mode: str  # symmetric | classic | array
+    nodes: int = 1
+    gpus_per_node: int = 0
+    cpus_per_node: int | None = None
+    array: int | None = None
+    port: int | None = None  # base of every Ray port of the job; None: Ray's defaults
+    dashboard: bool = True
+    partition: str | None = None
+    time: str | None = None
+    account: str | None = None
+    mem: str | None = None
+    setup: tuple[str, ...] = ()
+    launch_args: tuple[str, ...] = ()
+    export_store: bool = False  # SQLite: a Parquet copy into the results folder at the end
+
+
+def sbatch_context(spec: str | Path | SweepSpec, *, nodes: int | str = 1, gpus_per_node: int | str = 0,
+                   partition: str | None = None, time: str | None = None, account: str | None = None,
+                   cpus_per_node: int | str | None = None, mem: str | None = None,
+                   setup: str | Sequence[str] = (), mode: str | None = None, port: int | str | None = None,
+                   array: int | str | None = None, dashboard: bool = True, db: str | None = None,
+                   home: str | None = None, launch_args: str | Sequence[str] = (),
+                   log_dir: str | Path = SLURM_DIR, job_name: str | None = None, warn=None) -> SbatchContext:
+    """The checked inputs of :func:`render_sbatch` (same arguments); one clear line on bad input."""
+    from zoo_sweep.config.spec import check_name
+    from zoo_sweep.paths import Paths
+
     warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr))
     s, spec_path = spec_and_path(spec)
+    check_name(s.name)  # it names the log file: never a path of its own
     n_nodes = whole_number(nodes, "--nodes", 1)
     gpus = whole_number(gpus_per_node, "--gpus-per-node", 0)
     cpus = whole_number(cpus_per_node, "--cpus-per-node", 1) if cpus_per_node is not None else None
@@ -91,168 +118,141 @@ def render_sbatch(spec: str | Path | SweepSpec, *, nodes: int | str = 1, gpus_pe
     for opt, v in (("--partition", partition), ("--time", time), ("--account", account), ("--mem", mem),
                    ("--job-name", job_name)):
         one_word(v, opt)
-    setup_lines = [ln for ln in (setup.splitlines() if isinstance(setup, str) else
-                                 [x for item in setup for x in str(item).splitlines()]) if ln.strip()]
-    extra = shlex.split(launch_args) if isinstance(launch_args, str) else list(launch_args)
+    setup_lines = tuple(_setup_lines(setup))
+    extra = tuple(shlex.split(launch_args) if isinstance(launch_args, str) else map(str, launch_args))
     cwd = Path.cwd()
     multi = n_nodes > 1 or (k or 1) > 1
-    where = (f"{k} array tasks on different nodes" if k and k > 1 else f"a {n_nodes}-node run")
+    where = f"{k} array tasks on different nodes" if k and k > 1 else f"a {n_nodes}-node run"
     db_url = cluster_store_url(db, multi, where, cwd)
     if k and k > 1 and is_sqlite(db_url):
         warn(f"{k} array tasks write one SQLite store at once: this needs a local or lock-safe filesystem "
              "(SQLite WAL does not work on NFS); a PostgreSQL URL is safer")
-    from zoo_sweep.paths import Paths
-
-    home_dir = Paths.default(home).home  # absolute against the submit directory
-    log_dir = Path(log_dir).absolute()
-    for what, d in (("the submit directory", cwd), ("--out", log_dir)):
-        if re.search(r"\s", str(d)):
-            raise UserError(f"{what} {d} contains whitespace, which #SBATCH lines cannot carry; use another folder")
-    name = job_name or f"zoo-sweep-{s.name}"
-    if mode is None:
+    if k:
+        mode = "array"
+    elif mode is None:
         mode = "classic" if base is not None else "symmetric"
     elif mode == "symmetric" and base is not None:
         warn("--mode symmetric with --port: ray symmetric-run ends with `ray stop`, which also stops your other "
              "Ray clusters on these nodes; --mode classic stops only what this job started")
-
-    q = shlex.quote
-    L: list[str] = ["#!/bin/bash"]
-    add = L.append
-    if k:
-        add(f"# zoo-sweep: sweep {s.name!r} as {k} SLURM array task(s); task i runs shard i/{k} of every stage")
-        add("# on its own node with a local Ray. Shards never take the same job; the store is shared.")
-    else:
-        add(f"# zoo-sweep: sweep {s.name!r} on a Ray cluster across {n_nodes} SLURM node(s), started with "
-            f"`ray {'symmetric-run' if mode == 'symmetric' else 'start'}`;")
-        add("# the launch runs on the head (first) node. Resubmitting resumes: finished jobs are skipped.")
-    add(f"# Generated by `zoo-sweep submit slurm` from {spec_path}. Submit with: sbatch THIS_FILE")
-    add(f"#SBATCH --job-name={name}")
-    add(f"#SBATCH --nodes={1 if k else n_nodes}")
-    add("#SBATCH --ntasks-per-node=1")
-    if cpus:
-        add(f"#SBATCH --cpus-per-task={cpus}")
-    if gpus:
-        add(f"#SBATCH --gres=gpu:{gpus}")
-    for opt, v in (("mem", mem), ("partition", partition), ("time", time), ("account", account)):
-        if v:
-            add(f"#SBATCH --{opt}={v}")
-    if k:
-        add(f"#SBATCH --array=0-{k - 1}")
-    add(f"#SBATCH --chdir={cwd}")
-    add(f"#SBATCH --output={log_dir}/{s.name}-{'%A_%a' if k else '%j'}.out")
-    add("")
-    add("set -euo pipefail")
-    add(f"export PATH={q(str(Path(sys.executable).parent))}:\"$PATH\"  # the environment zoo-sweep was submitted from")
-    if setup_lines:
-        add("# --setup")
-        L.extend(setup_lines)
-    add("")
-    add("# The store (reachable from the launching node) and the results folder (on a filesystem every node sees).")
-    if has_password(db_url):
-        add(': "${ZOO_SWEEP_DB:?the store URL has a password: it comes from the submitting environment, not this file}"')
-        add("export ZOO_SWEEP_DB")
-    else:
-        add(f"export ZOO_SWEEP_DB={q(db_url)}")
-    add(f"export ZOO_SWEEP_HOME={q(str(home_dir))}")
-    add("export RAY_USAGE_STATS_ENABLED=0")
-    add("")
-    add("# Ray token authentication for the head, the workers and the driver alike. No token is written here:")
-    add("# Ray reads $RAY_AUTH_TOKEN (exported by sbatch from your environment), $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.")
-    add("export RAY_AUTH_MODE=token")
-    add('if [[ -n "${RAY_AUTH_TOKEN_PATH:-}" && ! -s "$RAY_AUTH_TOKEN_PATH" ]]; then')
-    add('    echo "error: RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH is missing or empty" >&2; exit 2')
-    add("fi")
-    if k:
-        # every task runs its own local Ray, so a task-private token will do; generating ~/.ray/auth_token
-        # from K tasks at once would race
-        add('if [[ -z "${RAY_AUTH_TOKEN:-}" && -z "${RAY_AUTH_TOKEN_PATH:-}" && ! -s "$HOME/.ray/auth_token" ]]; then')
-        add('    token_dir=$(mktemp -d); trap \'rm -rf "$token_dir"\' EXIT')
-        add('    (umask 077; od -An -tx1 -N32 /dev/urandom | tr -d " \\n" > "$token_dir/auth_token")')
-        add('    export RAY_AUTH_TOKEN_PATH="$token_dir/auth_token"')
-        add("fi")
-    else:
-        add('if [[ -z "${RAY_AUTH_TOKEN:-}" && -z "${RAY_AUTH_TOKEN_PATH:-}" && ! -s "$HOME/.ray/auth_token" ]]; then')
-        add("    ray get-auth-token --generate >/dev/null  # writes ~/.ray/auth_token (a shared home reaches every node)")
-        add("fi")
-    add("")
-    add('num_cpus="' + (str(cpus) if cpus else "${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:?}}") + '"')
-    if k:
-        launch = ["zoo-sweep", "launch", str(spec_path), "--shard", f"${{SLURM_ARRAY_TASK_ID:?}}/{k}",
-                  "--gpus", str(gpus), "--cpus", "$num_cpus", "--no-progress", *extra]
-        add(f"echo \"zoo-sweep: shard $SLURM_ARRAY_TASK_ID/{k} of {s.name} on $(hostname)\"")
-        add(" ".join(_dq(a) for a in launch))
-        return "\n".join(L) + "\n"
-
-    ports = base or DEFAULT_PORT
-    node_args = ["--num-cpus=$num_cpus", f"--num-gpus={gpus}", "--disable-usage-stats"]
-    head_ports: list[str] = []
-    if base is not None:
-        node_args += [f"--{opt}={base + off}" for opt, off in NODE_PORTS.items()]
-        head_ports += [f"--{opt}={base + off}" for opt, off in HEAD_PORTS.items()]
-    head_args = head_ports + ([] if dashboard else ["--include-dashboard=false"])  # head-only flags
     if mode == "symmetric" and not dashboard:
         warn("--no-dashboard is ignored with --mode symmetric (symmetric-run passes the same flags to every node, "
              "and workers reject --include-dashboard)")
-    add("nodes=($(scontrol show hostnames \"$SLURM_JOB_NODELIST\"))")
-    add('head_node=${nodes[0]}')
-    add("# the head's address: its first IPv4 address (the first address if it has none)")
-    add('head_ips=($(srun --nodes=1 --ntasks=1 -w "$head_node" hostname --ip-address))')
-    add('head_ip=${head_ips[0]}')
-    add('for ip in "${head_ips[@]}"; do if [[ $ip == *.*.*.* ]]; then head_ip=$ip; break; fi; done')
-    add(f"head_addr=\"$head_ip:{ports}\"")
-    add("ray_node_args=(" + " ".join(_dq(a) for a in node_args) + ")  # every resource explicit: no over-claiming")
-    add("launch=(" + " ".join(_dq(a) for a in ["zoo-sweep", "launch", str(spec_path), "--address", "$head_addr",
-                                               "--gpus", str(n_nodes * gpus), "--no-progress", *extra]) + ")")
-    add(f"echo \"zoo-sweep: Ray head at $head_addr on $head_node, {n_nodes} node(s) x {gpus} GPU(s) x $num_cpus CPU(s)\"")
-    add("")
-    add(f"mode={mode}")
-    add('if [[ $mode == symmetric ]] && ! ray symmetric-run --help >/dev/null 2>&1; then')
-    add('    echo "ray symmetric-run is not available (Ray < 2.49): starting head and workers with srun" >&2')
-    add("    mode=classic")
-    add("fi")
-    add("rc=0")
-    add('if [[ $mode == symmetric ]]; then')
-    add("    # one task per node: the node whose address is head_addr starts the head and runs the launch, the")
-    add("    # others join it; all stop when the launch ends")
-    sym_extra = " ".join(_dq(a) for a in head_ports)  # workers ignore these; --port comes from --address
-    add('    srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 \\')
-    add('        ray symmetric-run --address "$head_addr" --min-nodes "$SLURM_JOB_NUM_NODES" "${ray_node_args[@]}" '
-        + (sym_extra + " " if sym_extra else "") + '-- "${launch[@]}" || rc=$?')
-    add("else")
-    add("    ray_pids=()")
-    add("    stop_ray() {  # stop only the Ray processes this job started (never a bare `ray stop`)")
-    add('        if (( ${#ray_pids[@]} )); then')
-    add('            kill -TERM "${ray_pids[@]}" 2>/dev/null || true; wait "${ray_pids[@]}" 2>/dev/null || true')
-    add("        fi")
-    add("        ray_pids=()")
-    add("    }")
-    add("    trap stop_ray EXIT")
-    add('    srun --nodes=1 --ntasks=1 -w "$head_node" ray start --head --block --node-ip-address="$head_ip" '
-        f'--port={ports} ' + (" ".join(_dq(a) for a in head_args) + " " if head_args else "")
-        + '"${ray_node_args[@]}" &')
-    add("    ray_pids+=($!)")
-    add('    if (( ${#nodes[@]} > 1 )); then zoo-sweep submit wait-nodes "$head_addr" 0 --timeout 300; fi  # head up')
-    add('    for node in "${nodes[@]:1}"; do')
-    add('        srun --nodes=1 --ntasks=1 -w "$node" ray start --block --address="$head_addr" "${ray_node_args[@]}" &')
-    add("        ray_pids+=($!)")
-    add("    done")
-    add('    zoo-sweep submit wait-nodes "$head_addr" "${#nodes[@]}" --timeout 300')
-    add('    "${launch[@]}" || rc=$?')
-    add("    stop_ray")
-    add("fi")
-    if is_sqlite(db_url):
-        add("# an SQLite store may live on the head's local disk: keep a Parquet copy in the shared results folder")
-        add('zoo-sweep export --out "$ZOO_SWEEP_HOME/export/slurm-${SLURM_JOB_ID:-local}" || true')
-    add('echo "zoo-sweep: launch exited with $rc"')
-    add('exit "$rc"')
-    return "\n".join(L) + "\n"
+    ctx = SbatchContext(
+        sweep=s.name, spec=str(spec_path), job_name=job_name or f"zoo-sweep-{s.name}", chdir=str(cwd),
+        log_dir=str(Path(log_dir).absolute()), zoo_bin=str(Path(sys.executable).parent),
+        home=str(Paths.default(home).home), store="" if has_password(db_url) else db_url, mode=mode,
+        nodes=1 if k else n_nodes, gpus_per_node=gpus, cpus_per_node=cpus, array=k, port=base,
+        dashboard=dashboard, partition=partition, time=time, account=account, mem=mem, setup=setup_lines,
+        launch_args=extra, export_store=is_sqlite(db_url) and not k)
+    _single_lines(ctx)
+    return ctx
 
 
-def _dq(arg: str) -> str:
-    """Quote for bash, keeping $VAR / ${...} expansions of the script's own variables."""
-    if "$" in arg:
-        return '"' + arg.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`") + '"'
-    return shlex.quote(arg)
+def _setup_lines(setup: str | Sequence[str]) -> list[str]:
+    """--setup lines, each a complete shell line: an open quote would swallow the rest of the script."""
+    items = [setup] if isinstance(setup, str) else [str(x) for x in setup]
+    lines = [ln for item in items for ln in item.splitlines() if ln.strip()]
+    for ln in lines:
+        try:
+            shlex.split(ln, comments=True)
+        except ValueError as e:
+            raise UserError(f"--setup line {ln!r} is not a complete shell line ({e})") from None
+    return lines
+
+
+def _single_lines(ctx: SbatchContext) -> None:
+    """Quoting keeps a value one shell word; a line break or control character would still end an
+    #SBATCH line or a comment, so no value carries one."""
+    for f in fields(ctx):
+        if f.name == "setup":
+            continue
+        value = getattr(ctx, f.name)
+        for v in (value if isinstance(value, tuple) else (value,)):
+            if isinstance(v, str) and re.search(r"[\x00-\x1f\x7f]", v):
+                raise UserError(f"{f.name.replace('_', '-')} {v!r} holds a line break or control character")
+
+
+def render_sbatch(spec: str | Path | SweepSpec, **options) -> str:
+    """The text of an sbatch script that runs the sweep on a SLURM allocation. ``spec``: its file, or the
+    spec already loaded from one; ``options``: those of :func:`sbatch_context`.
+
+    Ray mode (default): one Ray node per SLURM node, each started with exactly the allocated CPUs and
+    GPUs; ``zoo-sweep launch SPEC --address HEAD:PORT --gpus NODES*GPUS`` runs on the head (the first
+    node). ``mode``: ``symmetric`` (``ray symmetric-run``; falls back to classic at run time when the
+    cluster's Ray lacks it) or ``classic`` (``ray start`` head/workers through ``srun``, stopped by
+    process at the end); default symmetric, or classic when ``port`` is given (symmetric-run ends with
+    ``ray stop``, which also stops your other Ray clusters on those nodes).
+    ``array=K``: K array tasks, task i runs ``zoo-sweep launch SPEC --shard i/K`` with a local Ray.
+    ``db`` / ``home``: the store URL and results folder (default: ``ZOO_SWEEP_DB`` / ``ZOO_SWEEP_HOME``);
+    ``warn``: called with one-line warnings (default: print to stderr).
+    """
+    return render(sbatch_context(spec, **options))
+
+
+class _ScriptTemplate(Template):
+    """``{{name}}`` placeholders: ``$`` belongs to the shell script."""
+
+    delimiter = "{{"
+    pattern = r"""\{\{(?:
+        (?P<escaped>(?!))|
+        (?P<named>[a-z_]+)\}\}|
+        (?P<braced>(?!))|
+        (?P<invalid>)
+    )"""
+
+
+def render(ctx: SbatchContext) -> str:
+    """The script for a checked context: the template file filled with quoted values."""
+    text = resources.files("zoo_sweep.submit").joinpath("templates", TEMPLATE).read_text()
+    return _ScriptTemplate(text).substitute(summary=_summary(ctx), directives="\n".join(_directives(ctx)),
+                                            values="\n".join(_values(ctx)), setup=_setup_block(ctx.setup))
+
+
+def _setup_block(lines: tuple[str, ...]) -> str:
+    return "\n".join(("# --setup lines, run as written", *lines)) if lines else "# (no --setup lines)"
+
+
+def _summary(ctx: SbatchContext) -> str:
+    if ctx.mode == "array":
+        return (f"sweep {ctx.sweep} as {ctx.array} SLURM array task(s); task i runs shard i/{ctx.array} of "
+                "every stage\n# on its own node with a local Ray; the store is shared.")
+    return (f"sweep {ctx.sweep} on a Ray cluster across {ctx.nodes} SLURM node(s), started with "
+            f"`ray {'symmetric-run' if ctx.mode == 'symmetric' else 'start'}`;\n# the launch runs on the first node.")
+
+
+def _directives(ctx: SbatchContext) -> list[str]:
+    q = shlex.quote
+    out = [("job-name", ctx.job_name), ("nodes", ctx.nodes), ("ntasks-per-node", 1)]
+    if ctx.cpus_per_node:
+        out.append(("cpus-per-task", ctx.cpus_per_node))
+    if ctx.gpus_per_node:
+        out.append(("gres", f"gpu:{ctx.gpus_per_node}"))
+    out += [(opt, v) for opt, v in (("mem", ctx.mem), ("partition", ctx.partition), ("time", ctx.time),
+                                    ("account", ctx.account)) if v]
+    if ctx.array:
+        out.append(("array", f"0-{ctx.array - 1}"))
+    # a literal % in a folder name would be read as one of sbatch's file-name patterns
+    log = f"{ctx.log_dir.replace('%', '%%')}/{ctx.sweep}-{'%A_%a' if ctx.array else '%j'}.out"
+    out += [("chdir", ctx.chdir), ("output", log)]
+    return [f"#SBATCH --{opt}={q(str(v))}" for opt, v in out]
+
+
+def _values(ctx: SbatchContext) -> list[str]:
+    q = shlex.quote
+    head_args: list[str] = []
+    port_args: list[str] = []
+    if ctx.port is not None:
+        port_args = [f"--{opt}={ctx.port + off}" for opt, off in NODE_PORTS.items()]
+        head_args = [f"--{opt}={ctx.port + off}" for opt, off in HEAD_PORTS.items()]
+    if not ctx.dashboard and ctx.mode == "classic":
+        head_args.append("--include-dashboard=false")  # a head-only flag: symmetric-run gives every node the same
+    scalars = {"sweep": ctx.sweep, "spec": ctx.spec, "zoo_bin": ctx.zoo_bin, "home": ctx.home, "store": ctx.store,
+               "mode": ctx.mode, "gpus_per_node": ctx.gpus_per_node, "launch_gpus": ctx.nodes * ctx.gpus_per_node,
+               "cpus_per_node": ctx.cpus_per_node or "", "array_tasks": ctx.array or "",
+               "ray_port": ctx.port if ctx.port is not None else DEFAULT_PORT, "export_store": int(ctx.export_store)}
+    arrays = {"launch_args": ctx.launch_args, "ray_head_args": head_args, "ray_port_args": port_args}
+    return ([f"{k}={q(str(v))}" for k, v in scalars.items()]
+            + [f"{k}=({' '.join(q(a) for a in v)})" for k, v in arrays.items()])
 
 
 def write_sbatch(text: str, name: str, out_dir: str | Path = SLURM_DIR) -> Path:
@@ -277,6 +277,8 @@ def submit_slurm(script: str | Path, env: dict | None = None) -> str:
     r = subprocess.run([sbatch, "--parsable", str(script)], capture_output=True, text=True, env=env)
     if r.returncode != 0:
         msg = (r.stderr.strip() or r.stdout.strip() or f"exit code {r.returncode}").splitlines()[-1]
+        if "gres" in msg.lower():
+            msg += " (--gpus-per-node asks for --gres=gpu:G: use a partition with GPUs, or --gpus-per-node 0)"
         raise UserError(f"sbatch rejected {script}: {msg}")
     job = r.stdout.strip().splitlines()[-1].split(";")[0] if r.stdout.strip() else ""
     if not job:
