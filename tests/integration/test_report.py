@@ -82,7 +82,7 @@ def _result(job, s, t, m, delta, acc_s=70.0):
     return {"job_id": job, "epoch": 1, "final": True, "eval_set": "e", "student": s, "teacher": t, "method": m,
             "seed": 0, "student_acc": acc_s + delta, "s0_acc": acc_s, "delta": delta, "knowledge_gain": gain,
             "knowledge_loss": gain - delta, "rho_pos_before": 10.0, "rho_pos_after": 8.0, "rho_pos_change": -2.0,
-            "transfer_rate": 30.0, "damage_rate": 5.0, "teacher_share": 50.0, "train_loss": 0.1}
+            "transfer_rate_sample": 30.0, "damage_rate": 5.0, "teacher_share": 50.0, "train_loss": 0.1}
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from zoo_sweep.science.complementary import (
 from zoo_sweep.science.pair_metrics import CLASS_COUNTS, PAIR_METRICS, TOP_P
 from zoo_sweep.storage.schema import pairs, transfer_results
 from zoo_sweep.transfer.result_metrics import (
+    CLASS_RATE_METRICS,
     EVAL_METRICS,
     TRAINING_METRICS,
     TRANSFER_METRICS,
@@ -32,7 +33,11 @@ def test_transfer_columns_are_what_a_transfer_reports():
 
     got = transfer_metrics([True, False, False, True], [True, True, False, False], [False, True, True, True])
     assert tuple(got) == EVAL_METRICS
-    assert TRANSFER_METRICS == EVAL_METRICS + TRAINING_METRICS
+    with_labels = transfer_metrics([True, False, False, True], [True, True, False, False], [False, True, True, True],
+                                   labels=[0, 1, 1, 0], num_classes=2)
+    assert tuple(with_labels)[:len(EVAL_METRICS)] == EVAL_METRICS
+    assert sorted(tuple(with_labels)[len(EVAL_METRICS):]) == sorted(CLASS_RATE_METRICS)
+    assert TRANSFER_METRICS == EVAL_METRICS + CLASS_RATE_METRICS + TRAINING_METRICS
     keys = ["job_id", "epoch", "final", "eval_set", "student", "teacher", "method", "seed"]
     assert [c.name for c in transfer_results.columns] == keys + list(TRANSFER_METRICS)
 

@@ -21,12 +21,12 @@ def test_transfer_metrics_match_brute_force():
     assert m["delta"] == pytest.approx((sT.mean() - s0.mean()) * 100)
     assert m["rho_pos_before"] == pytest.approx(len(pos) * 100 / n)
     assert m["rho_pos_after"] == pytest.approx(sum(1 for i in range(n) if not sT[i] and t[i]) * 100 / n)
-    assert m["transfer_rate"] == pytest.approx(100 * sum(sT[i] for i in pos) / len(pos))
+    assert m["transfer_rate_sample"] == pytest.approx(100 * sum(sT[i] for i in pos) / len(pos))
     assert m["damage_rate"] == pytest.approx(100 * sum(not sT[i] for i in neg) / len(neg))
 
 
 def test_rates_are_undefined_without_flips():
     same = np.array([True, False, True])
     m = transfer_metrics(same, same, same)
-    assert np.isnan(m["transfer_rate"]) and np.isnan(m["damage_rate"])
+    assert np.isnan(m["transfer_rate_sample"]) and np.isnan(m["damage_rate"])
     assert m["delta"] == 0 and m["knowledge_gain"] == 0 and m["knowledge_loss"] == 0

@@ -14,7 +14,7 @@ from tiny import CFG, cnn, correct, digits_slices, mlp, one_thread  # noqa: F401
 from torchvision import transforms
 
 from zoo_sweep.data.images import model_input
-from zoo_sweep.transfer.metrics import LEGACY_METRICS, RATE_METRICS
+from zoo_sweep.transfer.result_metrics import TRANSFER_METRICS
 from zoo_sweep.transfer.train import (
     RunOptions,
     TransferJob,
@@ -111,13 +111,9 @@ def test_linear_lr_scaling_multiplies_by_batch_over_256(data, method, field):
         assert run.opt.param_groups[0]["lr"] == pytest.approx(getattr(HP, field) * factor)
 
 
-def test_rows_keep_the_stores_columns_unless_all_rates_are_asked_for(data):
+def test_rows_carry_every_column_of_the_store(data):
     tr, ev = data
     teacher = mlp()
     job = TransferJob(cnn(), teacher, "kl", HP, 0, tr, ev, CFG, CFG, correct(cnn(), ev), correct(teacher, ev))
     rows = run_transfer(job)
-    assert set(rows[0]) == {*LEGACY_METRICS, "epoch", "train_loss", "teacher_share"}
-    job.student = cnn()
-    wide = run_transfer(job, all_rates=True)
-    assert set(wide[0]) == {*LEGACY_METRICS, *RATE_METRICS, "epoch", "train_loss", "teacher_share"}
-    assert wide[0]["transfer_rate_sample"] == pytest.approx(rows[0]["transfer_rate"], nan_ok=True)
+    assert set(rows[0]) == {*TRANSFER_METRICS, "epoch"}

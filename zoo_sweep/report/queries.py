@@ -27,7 +27,8 @@ SQL = {
     "transfer_pairs": """
         select r.method, r.student, r.teacher, count(*) as seeds,
                avg(r.delta) as delta, avg(r.knowledge_gain) as knowledge_gain,
-               avg(r.knowledge_loss) as knowledge_loss, avg(r.transfer_rate) as transfer_rate,
+               avg(r.knowledge_loss) as knowledge_loss, avg(r.transfer_rate_sample) as transfer_rate_sample,
+               avg(r.transfer_rate_class) as transfer_rate_class,
                avg(r.s0_acc) as student_acc, max(p.acc_gap) as acc_gap, max(p.rho_pos) as rho_pos,
                max(p.rho_neg) as rho_neg, max(ms.family) as student_family,
                max(ms.params) as student_params, max(mt.family) as teacher_family

@@ -25,7 +25,8 @@ def method_summary(results: pd.DataFrame, n_boot: int = stats.N_BOOT, seed: int 
     student's share of teachers with delta > 0.
     """
     kw = {"n_boot": n_boot, "seed": seed}
-    means = {"mean_gain": "knowledge_gain", "mean_loss": "knowledge_loss", "transfer_rate": "transfer_rate"}
+    means = {"mean_gain": "knowledge_gain", "mean_loss": "knowledge_loss",
+             "transfer_rate_sample": "transfer_rate_sample", "transfer_rate_class": "transfer_rate_class"}
     cols = ["method", "pairs"] + with_ci(["mean_delta", "success", "student_success", *means])
     rows = []
     for method, g in (per_pair(results).groupby("method", sort=True) if len(results) else []):

@@ -6,8 +6,7 @@ Inputs are per-sample correctness vectors on the eval set; outputs are percentag
 Two transfer rates, under different names:
 
 - sample level (``transfer_rate_sample``): the share of the samples in the positive-flip set of (s0, t) that
-  s_T gets right. Until the store has the columns of ``RATE_METRICS`` the rows also carry it as
-  ``transfer_rate`` (its older name).
+  s_T gets right.
 - class level (``transfer_rate_class``, the paper's quantity): the knowledge gain of s_T in the teacher's
   top-p % flip classes over all positive flips of (s0, t); a gain need not sit on a sample the teacher gets
   right. ``improve_top{p}`` is the share of s_T's gain that falls in those classes ("top-p % improve").
@@ -22,22 +21,16 @@ from __future__ import annotations
 
 import numpy as np
 
-TOP_P = (2, 5, 20, 50, 100)
-
-LEGACY_METRICS = ("student_acc", "s0_acc", "delta", "knowledge_gain", "knowledge_loss", "rho_pos_before",
-                  "rho_pos_after", "rho_pos_change", "transfer_rate", "damage_rate")
-
-# the transfer-rate columns beyond LEGACY_METRICS, all percentages (storage derives its columns from this)
-RATE_METRICS = (
-    "transfer_rate_sample",
-    "transfer_rate_class", *(f"transfer_rate_class_top{p}" for p in TOP_P if p != 100),
-    *(f"improve_top{p}" for p in TOP_P),
-    "transfer_rate_class_paper", *(f"improve_top{p}_paper" for p in TOP_P),
+from zoo_sweep.transfer.result_metrics import (
+    RATE_TOP_P,
 )
+
+TOP_P = RATE_TOP_P
 
 
 def transfer_metrics(s0_correct, sT_correct, t_correct, labels=None, num_classes: int | None = None) -> dict:
-    """The metrics of one evaluation. With ``labels`` (and the class count) the rates of RATE_METRICS too."""
+    """The metrics of one evaluation (``EVAL_METRICS``); with ``labels`` (and the class count) the class-level
+    rates of ``CLASS_RATE_METRICS`` too."""
     s0, sT, t = (np.asarray(v, dtype=bool) for v in (s0_correct, sT_correct, t_correct))
     n = len(s0)
     pct = 100.0 / n
@@ -54,11 +47,10 @@ def transfer_metrics(s0_correct, sT_correct, t_correct, labels=None, num_classes
         "rho_pos_before": rho_before,
         "rho_pos_after": rho_after,
         "rho_pos_change": rho_after - rho_before,
-        "transfer_rate": sample_rate,
+        "transfer_rate_sample": sample_rate,
         "damage_rate": float((~sT[neg_set]).mean() * 100) if neg_set.any() else float("nan"),
     }
     if labels is not None:
-        out["transfer_rate_sample"] = sample_rate
         out.update(class_rates(s0, sT, t, labels, num_classes or int(np.max(labels)) + 1))
     return out
 

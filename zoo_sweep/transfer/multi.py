@@ -148,7 +148,7 @@ def soup(job: MultiJob, opts: RunOptions) -> list[dict]:
     rec = predict(job.student, job.eval_set, job.student_cfg, batch_size=opts.eval_batch_size, topk=1,
                   device=opts.device)
     labels = job.eval_set.labels.numpy()
-    row = transfer_metrics(job.s0_correct, rec["pred"] == labels, job.union, labels if opts.all_rates else None,
+    row = transfer_metrics(job.s0_correct, rec["pred"] == labels, job.union, labels,
                            job.eval_set.num_classes)
     # one row, numbered epoch 1 so it counts as the final one (the launcher marks epoch == number of rows)
     row.update(epoch=1, train_loss=float(np.mean([f["train_loss"] for f in finals])),

@@ -79,8 +79,7 @@ class RunOptions:
     each epoch's checkpoint. ``epoch_fraction`` < 1 trains on that share of each epoch's batches
     (compute-matched sequential stages). ``teacher_cache`` / ``s0_cache``: ``LogitCache`` objects
     (single-teacher, logits-only methods): an epoch whose logits are stored is read back instead of running
-    that model, one that is not is computed and stored. ``all_rates``: rows also carry the transfer rates of
-    ``metrics.RATE_METRICS`` (off while the store has no columns for them)."""
+    that model, one that is not is computed and stored."""
     device: str = "cpu"
     eval_batch_size: int = 256
     ckpt_dir: str | Path | None = None
@@ -88,7 +87,6 @@ class RunOptions:
     epoch_fraction: float = 1.0
     teacher_cache: Any = None
     s0_cache: Any = None
-    all_rates: bool = False
 
 
 def _checkpoint_key(method: str, hp: TransferParams, seed: int, n_teachers: int, epoch_fraction: float) -> str:
@@ -341,7 +339,7 @@ class TransferRun:
                       device=self.device)
         labels = j.eval_set.labels.numpy()
         row = transfer_metrics(j.s0_correct, rec["pred"] == labels, j.teacher_correct,
-                               labels if self.opts.all_rates else None, j.eval_set.num_classes)
+                               labels, j.eval_set.num_classes)
         row.update(epoch=epoch, train_loss=float(losses.mean()), teacher_share=float(share_sum) / len(losses) * 100)
         return row
 
