@@ -378,8 +378,8 @@ def query(ctx: typer.Context, sql: str = typer.Argument(..., help='SQL, e.g. "se
 @app.command()
 def export(ctx: typer.Context, out_dir: Optional[Path] = typer.Option(None, "--out", help="Default: results/export/all")):
     """Write every table of the store as Parquet, one file per table."""
-    target = writable_dir(out_dir or ctx.obj.paths().export(), "--out")
-    paths = ctx.obj.store(create=False).export(target)
+    store = ctx.obj.store(create=False)  # a broken store fails before any folder is made
+    paths = store.export(writable_dir(out_dir or ctx.obj.paths().export(), "--out"))
     for p in paths:
         say(str(p))
 
@@ -398,8 +398,8 @@ def _report(ctx, s, out_dir=None):
     from zoo_sweep.data.sets import num_classes_of
     from zoo_sweep.report.build import make_report
 
+    store = ctx.obj.store(create=False)  # a broken store fails before any folder is made
     target = writable_dir(out_dir or ctx.obj.paths().report(s.name), "--out")
-    store = ctx.obj.store(create=False)
     try:
         k = num_classes_of(s.data.eval, s.data.class_map)
     except UserError:  # the eval images are not reachable from here: the report says K is unknown
