@@ -60,6 +60,16 @@ def _rows(db, sql):
         return c.execute(sql).fetchall()
 
 
+def _count(db, sql) -> int:
+    """While the launcher creates the store, its file may exist before its tables: count 0 then."""
+    if not db.exists():
+        return 0
+    try:
+        return _rows(db, sql)[0][0]
+    except sqlite3.OperationalError:
+        return 0
+
+
 def _assert_same_results_as_one_launcher(micro, db):
     """Final transfer rows of the jobs the micro sweep ran too: equal to the last bit."""
     with sqlite3.connect(db) as c:
@@ -97,11 +107,10 @@ def test_a_killed_launchers_jobs_are_taken_over(micro, tmp_path):
     done = []
     while time.time() < deadline and first.poll() is None:
         time.sleep(0.5)
-        if db.exists():
+        running = _count(db, "select count(*) from jobs where kind = 'transfer' and state = 'running'")
+        if running and _count(db, "select count(*) from jobs where kind = 'transfer' and state = 'done'") >= 4:
             done = _rows(db, "select id, finished_at from jobs where kind = 'transfer' and state = 'done'")
-            running = _rows(db, "select count(*) from jobs where kind = 'transfer' and state = 'running'")[0][0]
-            if len(done) >= 4 and running:
-                break
+            break
     assert first.poll() is None and len(done) >= 4, first.communicate()[0] if first.poll() is not None else done
     second = _launcher(micro, db, spec, "--address", micro["address"])
     time.sleep(2.0)  # the second launcher has planned and waits for the cluster's CPUs the first one holds
@@ -128,7 +137,7 @@ def test_a_store_deleted_during_a_launch_ends_in_one_line(micro, tmp_path):
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
-        if db.exists() and _rows(db, "select count(*) from jobs where kind = 'transfer' and state = 'running'")[0][0]:
+        if _count(db, "select count(*) from jobs where kind = 'transfer' and state = 'running'"):
             break
     db.unlink()
     out, _ = proc.communicate(timeout=300)

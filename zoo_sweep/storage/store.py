@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -81,8 +82,11 @@ class Store:
         if not path.exists():
             if not create:
                 raise UserError(f"no store at {self.where}; run `zoo-sweep plan SPEC` or `zoo-sweep demo` first")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            sqlite3_connect(path, "rwc").close()
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                sqlite3_connect(path, "rwc").close()
+            except (OSError, sqlite3.Error) as e:
+                raise UserError(f"cannot create the store {self.where}: {getattr(e, 'strerror', None) or e}") from None
         if path.is_dir():
             raise UserError(f"not a zoo-sweep store: {self.where} is a folder")
         st = path.stat()
@@ -404,8 +408,6 @@ def final_results(store: Store, eval_set: str) -> pd.DataFrame:
 
 def sqlite3_connect(path, mode: str):
     """A SQLite connection by URI: ``mode`` rw (the file must exist) or rwc (created when missing)."""
-    import sqlite3
-
     return sqlite3.connect(Path(path).resolve().as_uri() + f"?mode={mode}", uri=True, check_same_thread=False)
 
 
