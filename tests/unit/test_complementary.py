@@ -302,6 +302,26 @@ def test_half_precision_row_sums_give_the_same_counts(monkeypatch):
     assert np.array_equal(sw[off], ref[off])
 
 
+@pytest.mark.parametrize("kernel", ["fp32", "bf16"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_class_concentration_in_chunks_and_histogram_slices(monkeypatch, kernel, threads):
+    """Product chunks of 6 student rows (the last one short), histograms of 2 rows at a time inside each,
+    the histogram offsets added by the product itself (fp32) or afterwards (bf16)."""
+    import zoo_sweep.science.classes as classes
+
+    monkeypatch.setattr(classes, "_HIST_BYTES", 2 * 50 * 20 * 8)
+    preds, labels, _ = _records(43, m=50, n=700, k=70)
+    right = torch.as_tensor(preds == labels)
+    per_row = 50 * 70 * (4 if kernel == "fp32" else 2)
+    got = class_concentration(right, torch.as_tensor(labels), 70, chunk_bytes=per_row * threads * 7,
+                              threads=threads, k=kernel)
+    flips = (~right.numpy())[:, None, :] & right.numpy()[None, :, :]
+    counts = torch.as_tensor(np.stack([(flips & (labels == c)).sum(-1) for c in range(70)], -1))
+    ref = concentration(counts)
+    for key in ref:
+        assert torch.allclose(got[key].double(), ref[key].double(), atol=1e-12), key
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_class_concentration_threads_and_unequal_classes(threads):
     preds, labels, _ = _records(42, m=12, n=900, k=90)

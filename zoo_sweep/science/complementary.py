@@ -97,7 +97,7 @@ def pair_matrices(preds: torch.Tensor, labels: torch.Tensor, pmax: torch.Tensor,
             cpu_timings[name] = cpu_timings.get(name, 0.0) + cpu_now - cpu_clock
         clock, cpu_clock = now, cpu_now
 
-    correct = preds == labels.view(1, -1)
+    correct = preds == labels.to(preds.dtype).view(1, -1)
     both = gram01(correct, kern)
     right = correct.sum(dim=1)
     pct = 100.0 / n
