@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, ROOT
-from real_cluster import RayPair, SlurmCluster, TcpRelay, free_port, slurm_missing
+from real_cluster import RayPair, SlurmCluster, TcpRelay, slurm_missing
 
 from zoo_sweep.pipeline.launch import in_shard
 from zoo_sweep.storage.store import Store
