@@ -33,8 +33,9 @@ SLURM_PROGRAMS = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "srun", "s
                   "scancel")
 
 # PID 1 of a node's PID and mount namespace: gives the node its own /tmp/ray (Ray's session files are
-# per host; nodes sharing one folder mix them up) and, in its own network, its own resolv.conf, starts slurmd, forwards SIGTERM to it, reaps every orphan
-# (Ray's daemons outlive the commands that start them), and ends when slurmd ends, which ends the namespace.
+# per host; nodes sharing one folder mix them up) and, in its own network, its own resolv.conf; starts
+# slurmd, forwards SIGTERM to it, reaps every orphan (Ray's daemons outlive the commands that start them),
+# and ends when slurmd ends, which ends the namespace.
 _NODE_INIT = r"""
 import json, os, signal, subprocess, sys
 for src, dst in json.loads(sys.argv.pop(1)).items():  # this node's own files over the machine's

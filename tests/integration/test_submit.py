@@ -66,7 +66,7 @@ def _token_file(tmp_path: Path) -> Path:
     return p
 
 
-# ---------------------------------------------------------------------- rendering (contents: tests/unit/test_sbatch_template.py)
+# ---------------------------------------------------------------------- rendering (contents: unit tier)
 HOSTILE = "a b'c\"d $(touch PWNED) `touch PWNED` ${HOME} %j"
 
 

@@ -4,9 +4,10 @@ Ray stays the distributed engine; these functions only start it and hand it the 
 ``zoo-sweep launch SPEC`` a user runs locally, so resuming, retries and the store behave the same.
 
 * :func:`render_sbatch` / :func:`write_sbatch` / :func:`submit_slurm`: an sbatch script (the template
-  ``templates/sbatch.sh.tmpl`` filled with shell-quoted values) that starts a Ray cluster across the allocation (``ray symmetric-run``, or ``ray start`` head/workers through
-  ``srun``), runs the launch on the head node and stops the cluster; or, with ``array=K``, one array
-  task per shard (``zoo-sweep launch SPEC --shard i/K``) against a shared store, no cross-node Ray.
+  ``templates/sbatch.sh.tmpl`` filled with shell-quoted values) that starts a Ray cluster across the
+  allocation (``ray symmetric-run``, or ``ray start`` head/workers through ``srun``), runs the launch on
+  the head node and stops the cluster; or, with ``array=K``, one array task per shard
+  (``zoo-sweep launch SPEC --shard i/K``) against a shared store, no cross-node Ray.
 * :func:`submit_ray_job` / :func:`ray_job_status` / :func:`ray_job_logs` / :func:`stop_ray_job`: the
   launch as a Ray Job on an existing cluster (needs the job server: ``pip install 'zoo-sweep[cluster]'``).
 
@@ -51,9 +52,6 @@ HEAD_PORTS = {"ray-client-server-port": 1, "dashboard-port": 2}
 NODE_PORTS = {"node-manager-port": 3, "object-manager-port": 4, "dashboard-agent-listen-port": 5,
               "dashboard-agent-grpc-port": 6, "runtime-env-agent-port": 7, "metrics-export-port": 8,
               "min-worker-port": 100, "max-worker-port": 999}
-
-
-
 
 
 # ---------------------------------------------------------------------- SLURM
@@ -121,22 +119,8 @@ def sbatch_context(spec: str | Path | SweepSpec, *, nodes: int | str = 1, gpus_p
     setup_lines = tuple(_setup_lines(setup))
     extra = tuple(shlex.split(launch_args) if isinstance(launch_args, str) else map(str, launch_args))
     cwd = Path.cwd()
-    multi = n_nodes > 1 or (k or 1) > 1
-    where = f"{k} array tasks on different nodes" if k and k > 1 else f"a {n_nodes}-node run"
-    db_url = cluster_store_url(db, multi, where, cwd)
-    if k and k > 1 and is_sqlite(db_url):
-        warn(f"{k} array tasks write one SQLite store at once: this needs a local or lock-safe filesystem "
-             "(SQLite WAL does not work on NFS); a PostgreSQL URL is safer")
-    if k:
-        mode = "array"
-    elif mode is None:
-        mode = "classic" if base is not None else "symmetric"
-    elif mode == "symmetric" and base is not None:
-        warn("--mode symmetric with --port: ray symmetric-run ends with `ray stop`, which also stops your other "
-             "Ray clusters on these nodes; --mode classic stops only what this job started")
-    if mode == "symmetric" and not dashboard:
-        warn("--no-dashboard is ignored with --mode symmetric (symmetric-run passes the same flags to every node, "
-             "and workers reject --include-dashboard)")
+    db_url = _store_url(db, n_nodes, k, cwd, warn)
+    mode = _mode(mode, base, k, dashboard, warn)
     ctx = SbatchContext(
         sweep=s.name, spec=str(spec_path), job_name=job_name or f"zoo-sweep-{s.name}", chdir=str(cwd),
         log_dir=str(Path(log_dir).absolute()), zoo_bin=str(Path(sys.executable).parent),
@@ -146,6 +130,31 @@ def sbatch_context(spec: str | Path | SweepSpec, *, nodes: int | str = 1, gpus_p
         launch_args=extra, export_store=is_sqlite(db_url) and not k)
     _single_lines(ctx)
     return ctx
+
+
+def _store_url(db: str | None, n_nodes: int, k: int | None, cwd: Path, warn) -> str:
+    multi = n_nodes > 1 or (k or 1) > 1
+    where = f"{k} array tasks on different nodes" if k and k > 1 else f"a {n_nodes}-node run"
+    url = cluster_store_url(db, multi, where, cwd)
+    if k and k > 1 and is_sqlite(url):
+        warn(f"{k} array tasks write one SQLite store at once: this needs a local or lock-safe filesystem "
+             "(SQLite WAL does not work on NFS); a PostgreSQL URL is safer")
+    return url
+
+
+def _mode(mode: str | None, base: int | None, k: int | None, dashboard: bool, warn) -> str:
+    """array, or how Ray starts: symmetric by default, classic with --port (shared nodes)."""
+    if k:
+        return "array"
+    if mode is None:
+        mode = "classic" if base is not None else "symmetric"
+    elif mode == "symmetric" and base is not None:
+        warn("--mode symmetric with --port: ray symmetric-run ends with `ray stop`, which also stops your other "
+             "Ray clusters on these nodes; --mode classic stops only what this job started")
+    if mode == "symmetric" and not dashboard:
+        warn("--no-dashboard is ignored with --mode symmetric (symmetric-run passes the same flags to every node, "
+             "and workers reject --include-dashboard)")
+    return mode
 
 
 def _setup_lines(setup: str | Sequence[str]) -> list[str]:
@@ -160,6 +169,10 @@ def _setup_lines(setup: str | Sequence[str]) -> list[str]:
     return lines
 
 
+_WHAT = {"spec": "the spec path", "chdir": "the submit directory", "log_dir": "--out", "zoo_bin": "the Python folder",
+         "home": "--home", "store": "the store URL", "launch_args": "--launch-args"}
+
+
 def _single_lines(ctx: SbatchContext) -> None:
     """Quoting keeps a value one shell word; a line break or control character would still end an
     #SBATCH line or a comment, so no value carries one."""
@@ -169,7 +182,8 @@ def _single_lines(ctx: SbatchContext) -> None:
         value = getattr(ctx, f.name)
         for v in (value if isinstance(value, tuple) else (value,)):
             if isinstance(v, str) and re.search(r"[\x00-\x1f\x7f]", v):
-                raise UserError(f"{f.name.replace('_', '-')} {v!r} holds a line break or control character")
+                what = _WHAT.get(f.name, f"--{f.name.replace('_', '-')}")
+                raise UserError(f"{what} {v!r} holds a line break or control character")
 
 
 def render_sbatch(spec: str | Path | SweepSpec, **options) -> str:
