@@ -46,19 +46,19 @@ def sort_rows(key: torch.Tensor) -> torch.Tensor:
     return torch.sort(key, dim=1).values
 
 
-def _sorted_block(right_blk, mono_blk, low, low_right):
-    """Sample-major sorted keys of a block, with each position's model index and right flag."""
-    m, nx = mono_blk.shape
-    key = torch.empty(nx, m, dtype=torch.int64, device=mono_blk.device).copy_(mono_blk.T)  # rows contiguous
+def _sorted_block(right_t, mono_t, low, low_right):
+    """Sorted keys of a block (sample-major rows), with each position's model index and right flag."""
+    key = mono_t.to(torch.int64)
     key <<= 32
-    key |= torch.where(right_blk.T, low_right, low)
+    key |= torch.where(right_t, low_right, low)
     key = sort_rows(key)
     return key, key & ((1 << _IDX_BITS) - 1), (key & (1 << _IDX_BITS)) != 0
 
 
-def _block(right_blk, mono_blk, low, low_right, table: BagTable, sums):
-    """Adds ge^T and ties^T of one block (rows: wrong model t; columns: right model s) to sums."""
-    key, idx, right = _sorted_block(right_blk, mono_blk, low, low_right)
+def _block(right_t, mono_t, low, low_right, table: BagTable, sums):
+    """Adds, for one block of samples (sample-major X x M inputs), the dominance and tie counts per taking
+    entry's model (rows) and table model (columns) to sums."""
+    key, idx, right = _sorted_block(right_t, mono_t, low, low_right)
     start = ~right  # a wrong entry opening a run: the first position, or one after a right entry
     start[:, 1:] &= right[:, :-1]
     runs = torch.cumsum(start, dim=1, dtype=torch.int32)  # wrong runs opened at or before each position
@@ -68,8 +68,7 @@ def _block(right_blk, mono_blk, low, low_right, table: BagTable, sums):
     first = layout.first.to(torch.int32).view(-1, 1)
     code = torch.empty_like(runs).scatter_(1, idx, torch.where(right, runs, -(runs + first)))
     fill_table(table, layout, code, equal=False)
-    take = ~right_blk
-    sums[0].add(take_sums(table, code.T, take))
+    sums[0].add(take_sums(table, code.T, ~right_t.T))
     _ties(key, idx, right, table, sums[1])
 
 
@@ -115,12 +114,13 @@ def dominance_counts(correct: torch.Tensor, pmax: torch.Tensor, span: int | None
     m, n = correct.shape
     if m >= 1 << _IDX_BITS:
         raise ValueError(f"at most {1 << _IDX_BITS} models")
-    correct = correct.to(torch.bool)
-    mono = monotone_bits(pmax.to(device=correct.device))
+    # sample-major copies, once: every block then reads contiguous rows (sorting is per sample)
+    correct = correct.to(torch.bool).T.contiguous()
+    mono = monotone_bits(pmax.to(device=correct.device)).T.contiguous()
     # per sample, the rarer kind of entry gathers: samples with more wrong than right entries go to the end,
     # where rights and wrongs swap roles and the confidence order reverses (~mono reverses it exactly, ties
     # kept): the swapped count of W_t R_s [p_t <= p_s] is ge itself, not its transpose
-    rights = correct.sum(dim=0)
+    rights = correct.sum(dim=1)
     order = torch.argsort((2 * rights < m).to(torch.int8), stable=True)
     n_plain = int((2 * rights >= m).sum())
     span = span or (SPAN if correct.device.type == "cpu" else SPAN_GPU)
@@ -131,10 +131,10 @@ def dominance_counts(correct: torch.Tensor, pmax: torch.Tensor, span: int | None
     def block(x0, x1, table, sums):
         swap = x0 >= n_plain
         if n_plain == n:  # no sample swaps roles: blocks are slices
-            c, key = correct[:, x0:x1], mono[:, x0:x1]
-        else:  # a block of samples in the order plain, then swapped (copied per block: stays in cache)
+            c, key = correct[x0:x1], mono[x0:x1]
+        else:  # a block of samples in the order plain, then swapped
             idx = order[x0:x1]
-            c, key = correct.index_select(1, idx), mono.index_select(1, idx)
+            c, key = correct.index_select(0, idx), mono.index_select(0, idx)
         _block(~c if swap else c, ~key if swap else key, low, low_right, table, sums[2 * swap:2 * swap + 2])
 
     ranges = spans(n_plain, span) + spans(n - n_plain, span, n_plain)
