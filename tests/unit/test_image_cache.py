@@ -303,3 +303,18 @@ def test_subsets_reach_every_job_key_and_the_worker(tmp_path):
     worker = Worker(str(tmp_path))
     assert len(worker.image_set(payload, "transfer")) == 300
     assert len(worker.image_set(payload, "eval")) == count_images("digits:eval", 32, subset=0.25)
+
+
+def test_jpeg_size_reads_the_frame_header(folder):
+    import io
+
+    from zoo_sweep.data.decode import jpeg_size
+
+    for f in sorted(folder.rglob("*.jpg")):
+        data = f.read_bytes()
+        if data.startswith(b"\xff\xd8\xff"):
+            assert jpeg_size(data) == Image.open(io.BytesIO(data)).size
+    progressive = io.BytesIO()
+    Image.new("RGB", (77, 33), (9, 99, 199)).save(progressive, "JPEG", progressive=True)
+    assert jpeg_size(progressive.getvalue()) == (77, 33)
+    assert jpeg_size(b"\xff\xd8 not a jpeg") is None
