@@ -5,6 +5,8 @@ Each scenario has its own store and its own results folder holding a copy of the
 embedded zoo is not trained again and the micro sweep's own files are never touched.
 """
 
+import hashlib
+import json
 import shutil
 import sqlite3
 
@@ -73,8 +75,12 @@ def test_a_model_added_to_the_spec_is_predicted_compared_and_transferred(micro, 
 def test_a_failed_stage_fails_every_launch_until_it_is_fixed(micro, tmp_path):
     spec, db, home = _setup(micro, tmp_path, "broken")
     victim = sorted((home / "cache" / "zoo").glob("vit_micro-*.pth"))[0]
-    good = victim.read_bytes()
-    victim.write_bytes(b"these are not weights")
+    good, junk = victim.read_bytes(), b"these are not weights"
+    victim.write_bytes(junk)
+    # ... and its recorded checksum says so, or the launch would rebuild the file from its recipe first
+    info = victim.with_suffix(".json")
+    good_info = info.read_text()
+    info.write_text(json.dumps({**json.loads(good_info), "sha256": hashlib.sha256(junk).hexdigest()}))
     first = _launch(micro, db, home, spec)
     assert first.exit_code == 1, first.output
     for r in (first, _launch(micro, db, home, spec)):  # the second launch runs nothing and must not pass
@@ -86,6 +92,7 @@ def test_a_failed_stage_fails_every_launch_until_it_is_fixed(micro, tmp_path):
         assert "vit_micro, failed" in skipped
     assert "failed in an earlier launch" in r.stdout
     victim.write_bytes(good)
+    info.write_text(good_info)
     assert CliRunner().invoke(app, ["--db", f"sqlite:///{db}", "reset", str(spec)]).exit_code == 0
     r = _launch(micro, db, home, spec)
     assert r.exit_code == 0 and "ran 1 predict, 1 compare, 6 transfer" in r.stdout, r.output
@@ -95,7 +102,7 @@ def test_a_store_planned_with_another_home_runs_with_this_one(micro, tmp_path):
     spec, db, home = _setup(micro, tmp_path, "moved")
     r = CliRunner().invoke(app, ["--db", f"sqlite:///{db}", "--home", str(tmp_path / "elsewhere"), "plan", str(spec)])
     assert r.exit_code == 0, r.output
-    assert not any(str(tmp_path) in p for (p,) in _rows(db, "select spec from jobs"))
+    assert not any(str(tmp_path) in p for (p,) in _rows(db, "select payload from jobs"))
     r = _launch(micro, db, home, spec, command="measure")
     assert r.exit_code == 0, r.output
     assert _rows(db, "select count(*) from models where accuracy > 40") == [(3,)]
