@@ -115,6 +115,9 @@ def test_a_ray_actor_decodes_with_a_process_pool(tmp_path, ray_address):
             s = load_image_set(f"imagefolder:{root}", SIZE, cache, workers=2)
             return s.images.numpy().copy(), os.getpid()
 
+    from zoo_sweep.pipeline.cluster import send_token_if_available
+
+    send_token_if_available()  # a token made by an earlier Ray start on this machine: the cluster wants it
     ray.init(address=ray_address, ignore_reinit_error=True,
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     images, _ = ray.get(Decoder.remote().load.remote(str(root), str(tmp_path / "ray")), timeout=600)
