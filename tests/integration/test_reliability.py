@@ -86,7 +86,7 @@ def test_killed_worker_job_is_retried(micro, tmp_path):
                 victim = running[0]
     assert victim is not None, "no transfer job was seen running"
     time.sleep(1.0)
-    pid = int(victim[1].split(":")[1])  # workers report host:pid:device
+    pid = int(victim[1].split(":")[-2])  # workers report host:[ray node:]pid:device
     import os
 
     os.kill(pid, signal.SIGKILL)
