@@ -44,7 +44,7 @@ def test_altered_or_truncated_zoo_weights_are_rebuilt_before_use(micro, tmp_path
     state = torch.load(victim, weights_only=True)
     torch.save({k: v + torch.randn_like(v) if v.is_floating_point() else v for k, v in state.items()}, victim)
     with sqlite3.connect(db) as c:
-        (job,) = c.execute("select id from jobs where kind = 'predict' and spec like '%cnn_micro%'").fetchone()
+        (job,) = c.execute("select id from jobs where kind = 'predict' and payload like '%cnn_micro%'").fetchone()
     (home / "records" / f"{job}.npz").unlink()
     r = run_cli(*cli, "launch", str(spec), "--address", micro["address"], "--no-progress")
     assert r.returncode == 0, r.stdout + r.stderr
