@@ -1,4 +1,4 @@
-"""The GPU check of issue 8, in one run (bench/gpu_check.sh starts it): predict and transfer throughput.
+"""The GPU check, in one run (bench/gpu_check.sh starts it): predict and transfer throughput.
 
     (a) predict images/s for three timm architectures against a plain timm evaluation loop over pre-decoded
         tensors at the same batch size and precision (bf16 autocast, channels-last), as ratios; plus

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 8: one prepared run for a single-GPU CUDA machine without network, under 5 minutes.
+# The GPU check: one prepared run for a single-GPU CUDA machine without network, under 5 minutes.
 #
 #   bash bench/gpu_check.sh            # on the GPU machine, from the repository root (or anywhere)
 #   bash bench/gpu_check.sh --smoke    # the same code, tiny and on the CPU: checks the script only
@@ -8,7 +8,7 @@
 # needed by any part (the jobs run in-process through the same training and predict code the Ray workers
 # call; dispatch cost is measured on the CPU by bench/scheduler.py). If they are missing and wheels were
 # brought along in $ZOO_WHEELS (default: .whl), they are installed from there; either way the script says
-# which. Prints one "RESULT ..." line per figure; BENCHMARKS.md ("GPU (issue 8)") records them.
+# which. Prints one "RESULT ..." line per figure; BENCHMARKS.md ("GPU") records them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

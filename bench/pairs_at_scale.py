@@ -99,7 +99,7 @@ def synthetic_records(m: int, n: int, k: int, seed: int = 0):
 
 
 def reference_loop(preds, labels, pmax, k):
-    """The reference method: every ordered pair, every sample, in Python (METRICS.md definitions)."""
+    """The reference method: every ordered pair, every sample, in Python (docs/methods.md definitions)."""
     m, n = preds.shape
     out = {}
     p, y, c = preds.tolist(), labels.tolist(), pmax.tolist()

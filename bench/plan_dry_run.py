@@ -1,4 +1,4 @@
-"""`zoo-sweep plan jobs/imagenet-zoo-flips.toml --dry-run` at zoo scale (issue 3): wall time end to end.
+"""`zoo-sweep plan jobs/imagenet-zoo-flips.toml --dry-run` at zoo scale: wall time end to end.
 
     .venv/bin/python bench/plan_dry_run.py [--spec jobs/imagenet-zoo-flips.toml] [--repeat 2] [--no-table]
 

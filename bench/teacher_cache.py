@@ -1,4 +1,4 @@
-"""Teacher-output reuse (issue 8): an S students x T teachers transfer sweep, teacher_cache "auto" vs "off".
+"""Teacher-output reuse: an S students x T teachers transfer sweep, teacher_cache "auto" vs "off".
 
 The jobs are what the launcher runs for S x T pairs: the same payloads, the same policy
 (``logit_cache.plan_streams``) and the same job order (``StreamPlan.order``), run one after another on one

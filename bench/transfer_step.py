@@ -1,4 +1,4 @@
-"""Cost of one KL-Dist + DP training step against one KL-Dist step, and of DP's target selection (issue 4).
+"""Cost of one KL-Dist + DP training step against one KL-Dist step, and of DP's target selection.
 
     .venv/bin/python bench/transfer_step.py                 # CPU, batch 256, 1,000 classes, resnet10t at 32 px
     .venv/bin/python bench/transfer_step.py --repeat 20 --size 48

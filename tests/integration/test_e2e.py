@@ -24,7 +24,7 @@ def test_transfer_results_are_consistent(micro):
     res = micro["store"].table("transfer_results")
     final = res[res["final"]]
     assert len(final) == 12 and set(final["method"]) == {"kl", "kl_dp"}
-    # identity of METRICS.md on real runs: delta = gain - loss
+    # identity of docs/methods.md on real runs: delta = gain - loss
     assert ((final["delta"] - (final["knowledge_gain"] - final["knowledge_loss"])).abs() < 1e-9).all()
     # s0 accuracy in a transfer row is the student's own predict-stage accuracy
     acc = micro["store"].table("models").set_index("name")["accuracy"]

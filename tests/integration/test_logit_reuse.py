@@ -1,4 +1,4 @@
-"""Teacher-output reuse (issue 8): cached teacher / s0 logits give the same results as computing them.
+"""Teacher-output reuse: cached teacher / s0 logits give the same results as computing them.
 
 Real tiny timm models on a slice of the digits data, no Ray. A counting wrapper proves the cached model is
 not run again; the planner and the job order are checked on real plan payloads.

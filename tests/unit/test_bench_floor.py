@@ -1,4 +1,4 @@
-"""The reuse floor that bench/teacher_cache.py and bench/gpu_check.py print next to each ratio (issue 8):
+"""The reuse floor that bench/teacher_cache.py and bench/gpu_check.py print next to each ratio:
 the closed forms of README "On GPUs" for disjoint S x T sweeps and for all ordered pairs of N models."""
 
 import sys

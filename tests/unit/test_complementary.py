@@ -1,4 +1,4 @@
-"""Every pair metric against a brute-force per-pair, per-sample reference (METRICS.md definitions)."""
+"""Every pair metric against a brute-force per-pair, per-sample reference (docs/methods.md definitions)."""
 
 import json
 import math
@@ -89,7 +89,7 @@ def test_concentration_of_uniform_and_single_class_flips():
     assert c["top2_classes"].tolist() == [1, 1, 0]
 
 
-# ---------------------------------------------------------------- zoo-scale formulations (issue 3)
+# ---------------------------------------------------------------- zoo-scale formulations
 from zoo_sweep.science.complementary import (  # noqa: E402
     DEFAULT_METRICS,
     class_concentration,

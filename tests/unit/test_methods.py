@@ -54,7 +54,7 @@ def test_kl_dp_loss_equals_kl_to_the_partitioned_target():
     assert torch.allclose(kl_loss, kl_to_target(z_s, F.softmax(Z_T, 1), 1.0)) and kl_share == 1.0
 
 
-# ------------------------------------------------------------------ issue 4: every method of the paper
+# ------------------------------------------------------------------ every method of the paper
 from zoo_sweep.transfer.methods import (  # noqa: E402
     CRDState,
     Extras,

@@ -15,7 +15,7 @@ JOBS = Path(__file__).resolve().parents[2] / "jobs"
 def test_shipped_specs_parse(path):
     spec = load_sweep(path)
     assert spec.name
-    # every shipped spec transfers, except the measure-only flip studies ([transfer] methods = [], issue 3)
+    # every shipped spec transfers, except the measure-only flip studies ([transfer] methods = [])
     assert spec.transfer.methods or path.name.endswith("-flips.toml")
 
 

@@ -1,6 +1,6 @@
 """Ray Tune search of one transfer method's hyper-parameters on a small calibration subset of pairs.
 
-Tune is the right tool for a few dozen trials, not for executing thousands of pairs (DESIGN.md), so the
+Tune is the right tool for a few dozen trials, not for executing thousands of pairs, so the
 sweep itself keeps its own launcher. Each trial runs the method on the same calibration pairs with one
 configuration; every (configuration, pair) is an ordinary content-addressed transfer job, stored like any
 other under the sweep ``<spec name>.tune.<method>``.

@@ -1,4 +1,4 @@
-"""Report panel for issue 3: how concentrated over classes is the complementary knowledge of each pair?
+"""Report panel: how concentrated over classes is the complementary knowledge of each pair?
 
 A plain function over the pairs table (``zoo-sweep query "select * from pairs"`` or the store's pairs
 frame), so any report can call it:
@@ -9,7 +9,7 @@ frame), so any report can call it:
 Left: entropy of each pair's per-class positive flips against ρ_pos, with the uniform reference ln K
 (hexagonal bins above a few thousand pairs, so 1.6 million pairs plot in seconds). Right: the number of
 classes that hold p % of the positive flips (p = 2, 5, 20, 50) as box plots, with the uniform reference
-ceil(p/100 * K). Definitions: ../shared/METRICS.md. ``concentration_data`` gives the rows drawn and
+ceil(p/100 * K). Definitions: docs/methods.md. ``concentration_data`` gives the rows drawn and
 ``concentration_figure`` the figure without writing it (e.g. to show it in a notebook).
 """
 

@@ -13,7 +13,7 @@ none loops over pairs or samples in Python. With the correctness matrix C (model
 - per-class positive flips, their entropy and top-p % class counts (classes.py: one batched product and a
   histogram of per-class counts).
 
-The same code runs on CPU or CUDA tensors (``device``). Definitions: ../shared/METRICS.md ("Complementary
+The same code runs on CPU or CUDA tensors (``device``). Definitions: docs/methods.md ("Complementary
 knowledge"); how and how fast: docs/compare.md.
 """
 

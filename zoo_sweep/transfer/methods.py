@@ -1,7 +1,7 @@
 """Transfer methods, registered by name (as timm registers models).
 
 A method turns one batch of logits into a loss. All per-sample choices are masks and ``torch.where``:
-no Python loop over samples. Definitions follow ../shared/METRICS.md ("Methods").
+no Python loop over samples. Definitions follow docs/methods.md ("Methods").
 
 Every loss has the signature ``loss(z_s, z_t, z_s0, y, p, ex=None) -> (loss, teacher_share)``: student,
 teacher and frozen-student logits (B x C), labels, the run's ``TransferParams``, and ``Extras`` for the

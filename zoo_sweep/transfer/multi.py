@@ -1,4 +1,4 @@
-"""Multi-teacher transfer (METRICS.md, "Multi-teacher"): parallel, sequential curricula, and model soups.
+"""Multi-teacher transfer (docs/methods.md, "Multi-teacher"): parallel, sequential curricula, and model soups.
 
 A run is a ``MultiJob`` (the student, its teachers and what they are measured against) and the training
 loop's ``RunOptions``. Each mode is a plain function over the single-teacher loop (``run_transfer``):
