@@ -252,7 +252,8 @@ def main(argv=None) -> int:
     seconds = kernels.calibrate()
     print(f"calibration ({(time.perf_counter() - t0) * 1e3:.0f} ms wall): one 256 x 4096 x 256 0/1 product on one "
           "thread in " + ", ".join(f"{name} {s * 1e3:.2f} ms CPU" for name, s in seconds.items())
-          + f" (kernels over 3x slower on a smaller product first: dropped); fastest here: {min(seconds, key=seconds.get)}")
+          + " (kernels over 3x slower on a smaller product first: dropped); fastest here: "
+          + min(seconds, key=seconds.get))
     kern = compare_kernel(args.kernel)
     print(kern.describe() + ("" if args.kernel else f" (chosen; cached in {kernels.cache_file()})"))
     print(f"machine speed now: one {m} x 8192 x {m} 0/1 product with it in {machine_speed(kern, m) * 1e3:.1f} ms")

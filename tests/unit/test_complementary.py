@@ -11,6 +11,14 @@ import torch
 from zoo_sweep.science.complementary import concentration, pair_matrices, pairs_frame
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _kernel_cache_in_tmp(tmp_path_factory):
+    """The calibrated kernel choice is cached under $ZOO_SWEEP_HOME: a temporary one here, not ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ZOO_SWEEP_HOME", str(tmp_path_factory.mktemp("home")))
+        yield
+
+
 def brute_force(preds, labels, pmax, k):
     m, n = preds.shape
     out = {}

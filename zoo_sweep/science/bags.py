@@ -11,8 +11,8 @@ model takes part. Blocks run in worker threads, each with its own table and exac
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import torch
 

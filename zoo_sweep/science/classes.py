@@ -120,9 +120,9 @@ def class_concentration(correct: torch.Tensor, labels: torch.Tensor, num_classes
                         k: Kernel | str | None = None) -> dict[str, torch.Tensor]:
     """flip_entropy and top-p class counts for all pairs, in chunks of student rows.
 
-    Per chunk: one batched product gives the per-class counts (classes x students x teachers), one copy
-    turns them into histogram indices (pair * (g + 1) + count: a pair's increments stay within its own
-    bins, those of a few students' pairs in L2) and torch.bincount counts them. bincount is single-threaded, so two chunks run at once in
+    Per chunk: one batched product gives the per-class counts (classes x students x teachers), one copy turns them
+    into histogram indices (pair * (g + 1) + count: a pair's increments stay within its own bins, those of a few
+    students' pairs in L2) and torch.bincount counts them. bincount is single-threaded, so two chunks run at once in
     two Python threads (torch releases the GIL) when torch has more than one thread.
     """
     kern = kernel(k) if not isinstance(k, Kernel) else k

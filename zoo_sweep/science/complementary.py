@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from zoo_sweep.science.agreement import same_wrong_counts
-from zoo_sweep.science.classes import (  # noqa: F401  (re-exported: the per-class helpers live there)
+from zoo_sweep.science.classes import (  # re-exported: the per-class helpers live there
     TOP_P,
     class_concentration,
     concentration,
@@ -38,9 +38,9 @@ from zoo_sweep.science.kernels import Kernel, gram01, kernel
 
 METRIC_GROUPS = ("flips", "agreement", "ensemble", "classes")  # "flips" (accuracy, rho, oracle) is always on
 DEFAULT_METRICS = METRIC_GROUPS
-__all__ = ["METRIC_GROUPS", "DEFAULT_METRICS", "TOP_P", "pair_matrices", "pairs_frame", "flip_counts",
-           "same_wrong_counts", "dominance_counts", "class_concentration", "concentration",
-           "concentration_from_hist", "per_class_flips", "compare_kernel"]
+__all__ = ["DEFAULT_METRICS", "METRIC_GROUPS", "TOP_P", "class_concentration", "compare_kernel", "concentration",
+           "concentration_from_hist", "dominance_counts", "flip_counts", "pair_matrices", "pairs_frame",
+           "per_class_flips", "same_wrong_counts"]
 
 
 def compare_kernel(name: Kernel | str | None = None, device: str | None = None, cache_dir=None) -> Kernel:
@@ -67,13 +67,12 @@ def pair_matrices(preds: torch.Tensor, labels: torch.Tensor, pmax: torch.Tensor,
                   cpu_timings: dict | None = None) -> dict[str, torch.Tensor]:
     """Every pair metric as an M x M matrix (row: student, column: teacher), percentages of the eval set.
 
-    ``metrics`` picks the optional groups: "agreement", "ensemble" (ensemble_acc), "classes" (flip_entropy,
-    top-p class counts); accuracies, flips and the oracle are always computed. A group left out is NaN.
-    ``timings``, when given, receives the seconds spent per group (``cpu_timings``: the process's CPU
-    seconds, every thread's, which a busy shared machine inflates far less than wall time). ``kernel`` forces a product kernel
-    (int8, fp32, bf16, cuda; default: $ZOO_SWEEP_MATMUL, else the calibrated one); ``device`` the device the
-    work runs on (default: CUDA for the cuda kernel, else CPU). Results are CPU tensors, identical whatever
-    the kernel and device.
+    ``metrics`` picks the optional groups: "agreement", "ensemble" (ensemble_acc), "classes" (flip_entropy, top-p
+    class counts); accuracies, flips and the oracle are always computed. A group left out is NaN. ``timings``, when
+    given, receives the seconds spent per group (``cpu_timings``: the process's CPU seconds, every thread's, which a
+    busy shared machine inflates far less than wall time). ``kernel`` forces a product kernel (int8, fp32, bf16,
+    cuda; default: $ZOO_SWEEP_MATMUL, else the calibrated one); ``device`` the device the work runs on (default:
+    CUDA for the cuda kernel, else CPU). Results are CPU tensors, identical whatever the kernel and device.
     """
     unknown = set(metrics) - set(METRIC_GROUPS)
     if unknown:

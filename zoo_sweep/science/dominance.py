@@ -7,16 +7,17 @@ model index rides in the low bits, so no argsort). In that order the wrong entri
 right entry between them, and all wrong entries of one run are dominated by the same right entries: those
 after the run. One table row per (sample, wrong run) holds them as a 0/1 vector over the models (a uint8
 comparison of each right entry's run count with the row's level), and column t of ge is the sum of the rows
-of t's wrong entries (bags.level_sums): ~M adds per wrong entry, instead of a product column of M^2
+of t's wrong entries (bags.take_sums): ~M adds per wrong entry, instead of a product column of M^2
 multiply-adds per (sample, level). A sample has about as many wrong runs as half its right/wrong
 alternations in confidence order (~40-80 at 1,000 models), far fewer than its wrong entries.
 
 Ties (a right and a wrong entry with equal pmax) sort wrong-first, so they count in ge; gt = ge - ties, the
 ties counted the same way with one row per mixed tie group, only in samples that have one.
 
-In a sample with more wrong entries than right ones the roles flip (rights gather the wrongs below them), so
-the gathers are sum over samples of min(#right, #wrong) (~35 % fewer than #wrong on an ImageNet-like zoo). Every step is a torch op on the input's device (the sort goes through numpy on CPU,
-where its SIMD sort is several times faster), so the same code runs on CUDA tensors.
+In a sample with more wrong entries than right ones the roles flip (rights gather the wrongs below them), so the
+gathers are sum over samples of min(#right, #wrong) (~35 % fewer than #wrong on an ImageNet-like zoo). Every step is
+a torch op on the input's device (the sort goes through numpy on CPU, where its SIMD sort is several times faster),
+so the same code runs on CUDA tensors.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ Every count product of the compare stage (a @ b for 0/1 matrices, batched or not
            summed in int32 (fast only with AMX or AVX512-BF16).
     cuda   float32 GEMM on the GPU (0/1 inputs are exact in TF32 too; accumulation is float32).
 
-The CPU choice comes from a calibration of a few milliseconds (:func:`calibrate`), cached per host and torch
-version under ``CACHE/matmul/``; ``ZOO_SWEEP_MATMUL=int8|fp32|bf16|cuda`` or an explicit name forces one.
+The CPU choice comes from a calibration of about a tenth of a second (:func:`calibrate`), cached per host and
+torch version under ``CACHE/matmul/``; ``ZOO_SWEEP_MATMUL=int8|fp32|bf16|cuda`` or an explicit name forces one.
 The choice is made once per process (:func:`kernel`).
 """
 
@@ -22,9 +22,9 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
