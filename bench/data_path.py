@@ -212,58 +212,108 @@ def old_decode(root: str, size: int, out: str) -> dict:
 
 
 def cpu_seconds() -> float:
-    """User + system CPU time of this process and of its finished children (the decode workers)."""
+    """User + system CPU time of this process and of its reaped children."""
     import resource
 
     return sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime
                for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
 
 
-def new_decode(root: str, size: int, cache: str, workers: int, decoder: str = "auto") -> dict:
-    import threading
+class Helpers:
+    """The processes a decode starts below this one (the fork server and its workers), sampled 4 times a second:
+    their CPU time (the last value seen per process: a worker's last quarter second can be missed), and every
+    2 s their memory: the largest RSS / anonymous RSS / PSS of one process and the largest PSS of all of them
+    together."""
 
+    def __init__(self):
+        import threading
+
+        self.cpu: dict[str, float] = {}
+        self.peak = {"rss": 0, "anon": 0, "pss": 0, "pss_total": 0}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self):
+        self.sample(memory=False)
+        self.base = dict(self.cpu)  # CPU the processes already there (a warm fork server) had spent before
+        self.thread.start()
+        return self
+
+    @property
+    def cpu_spent(self) -> float:
+        return sum(v - self.base.get(pid, 0.0) for pid, v in self.cpu.items())
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.sample(memory=False)
+
+    def _run(self):
+        i = 0
+        while not self.stop.wait(0.25):
+            self.sample(memory=i % 8 == 0)
+            i += 1
+
+    def sample(self, memory: bool) -> None:
+        parent, cpu = {}, {}
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    f = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                except (OSError, IndexError):
+                    continue
+                parent[d.name], cpu[d.name] = f[1], (int(f[11]) + int(f[12])) / self.tick
+        mine, frontier = set(), {str(os.getpid())}
+        while frontier:
+            frontier = {p for p, pp in parent.items() if pp in frontier} - mine
+            mine |= frontier
+        total = 0
+        for pid in mine:
+            self.cpu[pid] = max(self.cpu.get(pid, 0.0), cpu[pid])
+            if memory:
+                try:
+                    st, p = status(pid), pss(pid)
+                except (OSError, ValueError, KeyError):
+                    continue
+                total += p
+                for k, v in (("rss", st["VmRSS"]), ("anon", st["RssAnon"]), ("pss", p)):
+                    self.peak[k] = max(self.peak[k], v)
+        self.peak["pss_total"] = max(self.peak["pss_total"], total)
+
+
+def new_decode(root: str, size: int, cache: str, workers: int, decoder: str = "auto") -> dict:
     import torch  # noqa: F401  (imported before the baseline, as in every worker of the tool)
-    import torchvision  # noqa: F401  (its import, ~1 s, is start-up, not decoding)
+    import torchvision.io  # noqa: F401  (a once-per-process ~2 s; worker processes pay it in their fork server)
 
     from zoo_sweep.data.images import load_image_set
 
+    startup = start_fork_server(workers) if workers > 1 else 0.0
     base = status()["VmRSS"]
-    peaks: dict[str, int] = {}
-    stop = threading.Event()
-
-    def sample_workers():  # the pool's processes, 4 times a second: peak RSS, its anonymous part, PSS
-        while not stop.wait(0.25):
-            for pid in children(os.getpid()):
-                try:
-                    st, p = status(pid), pss(pid)
-                except (OSError, ValueError):
-                    continue
-                for k, v in (("rss", st["VmRSS"]), ("anon", st["RssAnon"]), ("pss", p)):
-                    peaks[k] = max(peaks.get(k, 0), v)
-
-    sampler = threading.Thread(target=sample_workers, daemon=True)
-    sampler.start()
-    t0, c0 = time.perf_counter(), cpu_seconds()
-    s = load_image_set(f"imagefolder:{root}", size, cache, workers=workers, progress=False, decoder=decoder)
-    dt = time.perf_counter() - t0
-    stop.set()
-    sampler.join()
+    with Helpers() as helpers:
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        s = load_image_set(f"imagefolder:{root}", size, cache, workers=workers, progress=False, decoder=decoder)
+        dt, c1 = time.perf_counter() - t0, cpu_seconds()
+    cpu = c1 - c0 + helpers.cpu_spent
     return {"n": len(s), "seconds": dt, "rate": len(s) / dt, "base": base, "peak": status()["VmHWM"],
-            "worker_peak": peaks.get("rss", 0), "worker_anon": peaks.get("anon", 0),
-            "worker_pss": peaks.get("pss", 0), "set_bytes": s.images.nbytes,
-            "cpu_rate": len(s) / (cpu_seconds() - c0)}
+            "worker_peak": helpers.peak["rss"], "worker_anon": helpers.peak["anon"],
+            "worker_pss": helpers.peak["pss"], "helpers_pss": helpers.peak["pss_total"],
+            "set_bytes": s.images.nbytes, "cpu_rate": len(s) / cpu, "startup": startup}
 
 
-def children(pid: int) -> list[str]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(d.name)
-            except (OSError, IndexError, ValueError):
-                pass
-    return out
+def start_fork_server(workers: int) -> float:
+    """Seconds to start the decoders' fork server (importing torch and torchvision once), a once-per-process
+    cost that is kept out of the decode timings, as the in-process decoder's torchvision import is."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from zoo_sweep.data import cache
+    from zoo_sweep.data.decode import init_worker
+
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(workers, mp_context=cache._worker_context(), initializer=init_worker,
+                             initargs=(os.getpid(),)) as pool:
+        list(pool.map(abs, range(workers)))
+    return time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------- sections
@@ -315,8 +365,10 @@ def bench_decode(root: Path, size: int, old_images: int, repeat: int, workdir: P
         r["load"] = f"{before} -> {load()}"
         res[name].append(r)
         shutil.rmtree(cache, ignore_errors=True)
-        extra = (f"; each worker at most RSS {gb(r['worker_peak'])}, of it anonymous {gb(r['worker_anon'])}, "
-                 f"PSS {gb(r['worker_pss'])}" if r.get("worker_peak") else "")
+        extra = (f"; fork server started beforehand in {r['startup']:.1f} s"
+                 f"; decode processes: each at most RSS {gb(r['worker_peak'])} (anonymous "
+                 f"{gb(r['worker_anon'])}), PSS {gb(r['worker_pss'])}; PSS of all together {gb(r['helpers_pss'])}"
+                 if r.get("worker_peak") else "")
         print(f"  {name:9s} {r['n']:6d} images {r['seconds']:7.1f} s {r['rate']:7.1f} img/s "
               f"({r['cpu_rate']:.0f} per CPU-second); peak RSS "
               f"{gb(r['peak'] - r['base'])} above baseline {gb(r['base'])}{extra} ({r['load']})", flush=True)
@@ -446,8 +498,7 @@ def extrapolate(decode: dict, size: int, cores: int = 64) -> None:
     wall_eff = med["new2"] / (2 * med["new1"])
     runs = decode["runs"]
     main_peak = max(r["peak"] - r["base"] for r in runs["new2"])
-    worker_pss = max(r["worker_pss"] for r in runs["new2"])
-    worker_anon = max(r["worker_anon"] for r in runs["new2"])
+    helpers = max(r["helpers_pss"] for r in runs["new2"])  # fork server + 2 workers
     print(f"extrapolated, ImageNet val + the 10 % train subset ({n:,} images at {size} px, {gb(n * row)} decoded), "
           f"{cores}-core node, files like these:")
     print(f"  decode: {n / rate / 60:.1f} min at {rate:,.0f} img/s ({cores} workers x {per_core:.0f} images per "
@@ -455,9 +506,9 @@ def extrapolate(decode: dict, size: int, cores: int = 64) -> None:
           f"{rate * 55e3 / 1e6:.0f} MB/s of ~55 KB JPEGs); at the wall-clock efficiency this run saw at 2 workers "
           f"({wall_eff:.2f}): {n / (rate * wall_eff) / 60:.1f} min; the old single-process path: "
           f"{n / med['cpu_old'] / 3600:.1f} h of one core")
-    print(f"  RAM while decoding: the decoding process +{gb(main_peak)}; {cores} workers x {gb(worker_pss)} PSS "
-          f"(their torch import included; {gb(worker_anon)} anonymous) = {gb(main_peak + cores * worker_pss)}, "
-          f"whatever the set size; the old path: ~4 x the set = {gb(4 * n * row)} in one process")
+    print(f"  RAM while decoding: the decoding process +{gb(main_peak)}; its fork server and 2 workers "
+          f"{gb(helpers)} PSS together here, so {cores} workers ~{gb(helpers / 3 * (cores + 1))} if each costs "
+          f"what these did; whatever the set size; the old path: ~4 x the set = {gb(4 * n * row)} in one process")
     print(f"  RAM holding it: {gb(n * row)} of page cache per node, shared by every actor on it (each adds only "
           f"its batches); the old path: {gb(n * row)} per actor, {gb(8 * n * row)} for 8 GPU actors")
 

@@ -103,6 +103,8 @@ def test_sigkilled_decode_resumes_and_leaves_no_worker(tmp_path, monkeypatch, wo
 def test_a_ray_actor_decodes_with_a_process_pool(tmp_path, ray_address):
     import ray
 
+    from zoo_sweep.pipeline.cluster import connect
+
     root = make_folder(tmp_path / "train", 40)
 
     @ray.remote(num_cpus=1)
@@ -115,11 +117,7 @@ def test_a_ray_actor_decodes_with_a_process_pool(tmp_path, ray_address):
             s = load_image_set(f"imagefolder:{root}", SIZE, cache, workers=2)
             return s.images.numpy().copy(), os.getpid()
 
-    from zoo_sweep.pipeline.cluster import send_token_if_available
-
-    send_token_if_available()  # a token made by an earlier Ray start on this machine: the cluster wants it
-    ray.init(address=ray_address, ignore_reinit_error=True,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    connect(ray_address)
     images, _ = ray.get(Decoder.remote().load.remote(str(root), str(tmp_path / "ray")), timeout=600)
     here = quiet_load(f"imagefolder:{root}", SIZE, tmp_path / "here", workers=1)
     assert np.array_equal(images, here.images.numpy())

@@ -205,24 +205,27 @@ def _run(folder: Path, source: Source, bounds: list, todo: list[tuple[int, int]]
     tasks = [(i, first, *bounds[i]) for i, first in todo]
     n_items = sum(b - a for _, _, a, b in tasks)
     if source.files is None:  # pixels in memory: copied in this process
-        results = (_copy_shard(data, row_bytes, i, first, source.pixels[a:b]) for i, first, a, b in tasks)
-        return _collect(folder, results, n_items, False, None)
+        with _Bar(None, n_items, False) as bar:
+            return _collect(folder, (_copy_shard(data, row_bytes, i, first, source.pixels[a:b])
+                                     for i, first, a, b in tasks), bar)
     jobs = [(data, row_bytes, i, first, source.files[a:b], source.size, decoder) for i, first, a, b in tasks]
     workers = max(1, min(workers, len(jobs)))
-    if workers == 1 or n_items < POOL_MIN_ITEMS:
-        with _single_thread():
-            return _collect(folder, map(decode_shard, jobs), n_items, progress, label)
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    with _Bar(label, n_items, progress) as bar:  # from here: the rate includes starting the workers
+        if workers == 1 or n_items < POOL_MIN_ITEMS:
+            with _single_thread():
+                return _collect(folder, map(decode_shard, jobs), bar)
+        from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    # A dead worker (out of memory, killed) fails the build with BrokenProcessPool; the next build resumes.
-    with ProcessPoolExecutor(workers, mp_context=_worker_context(), initializer=init_worker) as pool:
-        futures = [pool.submit(decode_shard, job) for job in jobs]
-        try:
-            return _collect(folder, (f.result() for f in as_completed(futures)), n_items, progress, label)
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
+        # a dead worker (out of memory, killed) fails the build with BrokenProcessPool; the next build resumes
+        with ProcessPoolExecutor(workers, mp_context=_worker_context(), initializer=init_worker,
+                                 initargs=(os.getpid(),)) as pool:
+            futures = [pool.submit(decode_shard, job) for job in jobs]
+            try:
+                return _collect(folder, (f.result() for f in as_completed(futures)), bar)
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
 
 
 def _worker_context():
@@ -237,17 +240,14 @@ def _worker_context():
     return ctx
 
 
-def _collect(folder: Path, results: Iterable[dict], n_items: int, progress: bool,
-             label: str | None) -> dict[int, dict]:
-    """Markers of the shards in ``results`` as they come; ``label``: the bar's and the summary line's (None:
-    neither, for sets copied from memory)."""
+def _collect(folder: Path, results: Iterable[dict], bar: "_Bar") -> dict[int, dict]:
+    """Markers of the shards in ``results``, written as they come."""
     done = {}
-    with _Bar(label, n_items, progress) as bar:
-        for r in results:
-            i, items = r.pop("shard"), r.pop("items")
-            write_atomic(_marker_path(folder, i), lambda t: t.write_text(json.dumps(r)))
-            done[i] = r
-            bar.advance(items)
+    for r in results:
+        i, items = r.pop("shard"), r.pop("items")
+        write_atomic(_marker_path(folder, i), lambda t: t.write_text(json.dumps(r)))
+        done[i] = r
+        bar.advance(items)
     return done
 
 
@@ -381,7 +381,8 @@ def _single_thread():
 
 
 class _Bar:
-    """A progress bar in images/s on stderr (when asked), and one summary line per decode either way."""
+    """A progress bar in images/s on stderr (when asked), and one summary line per decode either way (``label``
+    None: neither, for sets copied from memory)."""
 
     def __init__(self, label: str, total: int, show: bool):
         self.label, self.total, self.show, self.n = label, total, show and total > 0 and label is not None, 0

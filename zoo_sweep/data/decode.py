@@ -15,7 +15,10 @@ that decoded it. Non-JPEG files (PNG, BMP, ...) always go through Pillow.
 
 from __future__ import annotations
 
-import signal
+import os
+import select
+import threading
+import time
 
 import numpy as np
 
@@ -102,19 +105,37 @@ def decode_file(path: str, size: int, decoder: str = "auto") -> np.ndarray | Non
         return None
 
 
-def init_worker() -> None:
+def init_worker(client: int) -> None:
     """Decode workers run one image at a time each (torch's own threads would only oversubscribe the cores), and
-    die with the process that forked them (the fork server, which itself ends with the decoding process): a
-    pool's workers hold both ends of its task pipe, so they would otherwise outlive a killed decode, waiting."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
-    except (OSError, AttributeError):
-        pass
+    end when the process that asked for them (``client``) ends: a pool's workers hold both ends of its task
+    pipe, and the fork server they come from lives as long as they do, so nothing else would stop them after a
+    killed decode."""
+    threading.Thread(target=_exit_with, args=(client,), daemon=True).start()
     try:
         import torch
 
         torch.set_num_threads(1)
     except ImportError:
         pass
+
+
+def _exit_with(pid: int) -> None:
+    """Ends this process once process ``pid`` has ended."""
+    try:
+        fd = os.pidfd_open(pid)  # readable once that process has ended (Linux 5.3+)
+    except (AttributeError, OSError):
+        while _alive(pid):
+            time.sleep(1.0)
+    else:
+        select.select([fd], [], [])
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
