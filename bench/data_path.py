@@ -324,7 +324,7 @@ def bench_decoders(root: Path, size: int, n: int, repeat: int) -> dict:
     step = max(1, len(files) // n)
     sample = [str(f) for f in files[::step][:n]]
     out = {}
-    for s in (size, size // 2):
+    for s in (size, size // 2, size // 4):
         r = in_child(_time_decoders, sample, s, repeat)
         r = dict(sorted(r.items()))
         out[s] = r

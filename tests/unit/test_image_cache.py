@@ -32,7 +32,7 @@ def folder(tmp_path_factory):
     unreadable file in the middle of the first class."""
     root = tmp_path_factory.mktemp("imgs") / "train"
     rng = np.random.default_rng(0)
-    shapes = [(50, 40), (40, 56), (20, 18), (120, 90), (64, 64)]
+    shapes = [(50, 40), (40, 56), (20, 18), (120, 90), (64, 64), (130, 100)]
     for c in range(3):
         (root / f"n0{c}").mkdir(parents=True)
         for i in range(10):
@@ -235,9 +235,11 @@ def test_decoders_match_the_earlier_decode(folder, decoder):
             continue
         assert ours.shape == ref.shape == (3, SIZE, SIZE)
         diff = np.abs(ours.astype(int) - ref.astype(int))
-        # full-scale decodes agree within one level; draft() (DCT downscaling) is a different, close image
-        big = min(Image.open(f).size) >= 2 * SIZE and f.suffix == ".jpg" and decoder != "torchvision"
-        assert diff.max() <= (24 if big else 1) and diff.mean() < (3 if big else 0.05), (f.name, diff.max())
+        # full-scale decodes agree within a level or two (resize rounding); draft()'s DCT-domain downscaling is a
+        # slightly different image of the same geometry (a misplaced crop would differ by tens of levels)
+        short, jpeg = min(Image.open(f).size), f.suffix == ".jpg"
+        big = jpeg and (decoder == "pil" and short >= 2 * SIZE or decoder == "auto" and short >= 4 * SIZE)
+        assert diff.max() <= (8 if big else 2) and diff.mean() < (1.5 if big else 0.05), (f.name, diff.max())
     assert decode_file(str(folder / "n00" / "05b.jpg"), SIZE, decoder) is None
 
 
