@@ -315,3 +315,12 @@ def test_jpeg_size_reads_the_frame_header(folder):
     Image.new("RGB", (77, 33), (9, 99, 199)).save(progressive, "JPEG", progressive=True)
     assert jpeg_size(progressive.getvalue()) == (77, 33)
     assert jpeg_size(b"\xff\xd8 not a jpeg") is None
+
+
+def test_impossible_subsets_fail_when_the_key_is_made(folder):
+    with pytest.raises(UserError, match="at least one per class"):
+        image_set_key("digits:transfer", 32, subset=5)  # 10 classes
+    with pytest.raises(UserError, match="at least one per class"):
+        image_set_key(f"imagefolder:{folder}", SIZE, subset=0.95)  # 30 of 31: one left outside, 3 classes
+    image_set_key(f"imagefolder:{folder}", SIZE, subset=3)
+    image_set_key("imagefolder:/not/reachable/from/here", SIZE, subset=5)  # checked where the set is decoded

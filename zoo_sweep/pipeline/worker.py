@@ -39,8 +39,8 @@ class Worker:
         from zoo_sweep.data.images import load_image_set
         from zoo_sweep.data.sets import SUBSET_SEED
 
-        args = dict(ref=spec[role], image_size=spec["image_size"], class_map=spec.get("class_map"),
-                    subset=spec.get(f"{role}_subset"), subset_seed=spec.get("subset_seed", SUBSET_SEED))
+        args = {"ref": spec[role], "image_size": spec["image_size"], "class_map": spec.get("class_map"),
+                "subset": spec.get(f"{role}_subset"), "subset_seed": spec.get("subset_seed", SUBSET_SEED)}
         key = tuple(args.values())
         if key not in self._sets:
             self._sets[key] = load_image_set(**args, cache_dir=self.paths.cache)
