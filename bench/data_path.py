@@ -220,65 +220,92 @@ def cpu_seconds() -> float:
 
 
 class Helpers:
-    """The processes a decode starts below this one (the fork server and its workers), sampled 4 times a second:
-    their CPU time (the last value seen per process: a worker's last quarter second can be missed), and every
-    2 s their memory: the largest RSS / anonymous RSS / PSS of one process and the largest PSS of all of them
-    together."""
+    """The processes a decode starts below this one, sampled while it runs: their CPU time 4 times a second (the
+    last value seen per process: a worker's last quarter second can be missed), their memory every 2 s. Depth 1
+    is the fork server (and multiprocessing's resource tracker), depth 2 its workers. The sampling itself is
+    kept light: it shares the CPU with an in-process decode."""
 
     def __init__(self):
         import threading
 
         self.cpu: dict[str, float] = {}
-        self.peak = {"rss": 0, "anon": 0, "pss": 0, "pss_total": 0}
+        self.depth: dict[str, int] = {}
+        self.peak = {"worker_rss": 0, "worker_anon": 0, "worker_pss": 0, "server_pss": 0, "pss_total": 0}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.tick = os.sysconf("SC_CLK_TCK")
 
     def __enter__(self):
-        self.sample(memory=False)
+        self.scan()
         self.base = dict(self.cpu)  # CPU the processes already there (a warm fork server) had spent before
         self.thread.start()
         return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.scan()
 
     @property
     def cpu_spent(self) -> float:
         return sum(v - self.base.get(pid, 0.0) for pid, v in self.cpu.items())
 
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
-        self.sample(memory=False)
-
     def _run(self):
         i = 0
         while not self.stop.wait(0.25):
-            self.sample(memory=i % 8 == 0)
             i += 1
+            if i % 8 == 0:
+                self.scan()
+                self.memory()
+            else:
+                for pid in list(self.depth):
+                    self._cpu(pid)
 
-    def sample(self, memory: bool) -> None:
-        parent, cpu = {}, {}
+    def _cpu(self, pid: str) -> str | None:
+        """Its parent, and its CPU time noted; None once it is gone."""
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        self.cpu[pid] = max(self.cpu.get(pid, 0.0), (int(f[11]) + int(f[12])) / self.tick)
+        return f[1]
+
+    def scan(self) -> None:
+        parent = {}
         for d in Path("/proc").iterdir():
             if d.name.isdigit():
-                try:
-                    f = (d / "stat").read_text().rsplit(")", 1)[1].split()
-                except (OSError, IndexError):
-                    continue
-                parent[d.name], cpu[d.name] = f[1], (int(f[11]) + int(f[12])) / self.tick
-        mine, frontier = set(), {str(os.getpid())}
-        while frontier:
-            frontier = {p for p, pp in parent.items() if pp in frontier} - mine
-            mine |= frontier
+                pp = self._cpu(d.name) if d.name in self.depth else self._ppid(d.name)
+                if pp is not None:
+                    parent[d.name] = pp
+        level, depth = {str(os.getpid())}, 0
+        while level:
+            depth += 1
+            level = {p for p, pp in parent.items() if pp in level}
+            for p in level:
+                if p not in self.depth:
+                    self.depth[p] = depth
+                    self._cpu(p)
+
+    @staticmethod
+    def _ppid(pid: str) -> str | None:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        except (OSError, IndexError):
+            return None
+
+    def memory(self) -> None:
         total = 0
-        for pid in mine:
-            self.cpu[pid] = max(self.cpu.get(pid, 0.0), cpu[pid])
-            if memory:
-                try:
-                    st, p = status(pid), pss(pid)
-                except (OSError, ValueError, KeyError):
-                    continue
-                total += p
-                for k, v in (("rss", st["VmRSS"]), ("anon", st["RssAnon"]), ("pss", p)):
+        for pid, depth in list(self.depth.items()):
+            try:
+                st, p = status(pid), pss(pid)
+            except (OSError, ValueError, KeyError):
+                continue
+            total += p
+            if depth >= 2:
+                for k, v in (("worker_rss", st["VmRSS"]), ("worker_anon", st["RssAnon"]), ("worker_pss", p)):
                     self.peak[k] = max(self.peak[k], v)
+            else:
+                self.peak["server_pss"] = max(self.peak["server_pss"], p)
         self.peak["pss_total"] = max(self.peak["pss_total"], total)
 
 
@@ -296,8 +323,9 @@ def new_decode(root: str, size: int, cache: str, workers: int, decoder: str = "a
         dt, c1 = time.perf_counter() - t0, cpu_seconds()
     cpu = c1 - c0 + helpers.cpu_spent
     return {"n": len(s), "seconds": dt, "rate": len(s) / dt, "base": base, "peak": status()["VmHWM"],
-            "worker_peak": helpers.peak["rss"], "worker_anon": helpers.peak["anon"],
-            "worker_pss": helpers.peak["pss"], "helpers_pss": helpers.peak["pss_total"],
+            "worker_peak": helpers.peak["worker_rss"], "worker_anon": helpers.peak["worker_anon"],
+            "worker_pss": helpers.peak["worker_pss"], "server_pss": helpers.peak["server_pss"],
+            "helpers_pss": helpers.peak["pss_total"],
             "set_bytes": s.images.nbytes, "cpu_rate": len(s) / cpu, "startup": startup}
 
 
@@ -324,7 +352,7 @@ def bench_decoders(root: Path, size: int, n: int, repeat: int) -> dict:
     step = max(1, len(files) // n)
     sample = [str(f) for f in files[::step][:n]]
     out = {}
-    for s in (size, size // 2):
+    for s in (size, size // 2, size // 4):
         r = in_child(_time_decoders, sample, s, repeat)
         r = dict(sorted(r.items()))
         out[s] = r
@@ -366,8 +394,9 @@ def bench_decode(root: Path, size: int, old_images: int, repeat: int, workdir: P
         res[name].append(r)
         shutil.rmtree(cache, ignore_errors=True)
         extra = (f"; fork server started beforehand in {r['startup']:.1f} s"
-                 f"; decode processes: each at most RSS {gb(r['worker_peak'])} (anonymous "
-                 f"{gb(r['worker_anon'])}), PSS {gb(r['worker_pss'])}; PSS of all together {gb(r['helpers_pss'])}"
+                 f"; each worker at most RSS {gb(r['worker_peak'])} (anonymous {gb(r['worker_anon'])}), PSS "
+                 f"{gb(r['worker_pss'])}; fork server {gb(r['server_pss'])} PSS; all together "
+                 f"{gb(r['helpers_pss'])} PSS"
                  if r.get("worker_peak") else "")
         print(f"  {name:9s} {r['n']:6d} images {r['seconds']:7.1f} s {r['rate']:7.1f} img/s "
               f"({r['cpu_rate']:.0f} per CPU-second); peak RSS "
@@ -498,17 +527,21 @@ def extrapolate(decode: dict, size: int, cores: int = 64) -> None:
     wall_eff = med["new2"] / (2 * med["new1"])
     runs = decode["runs"]
     main_peak = max(r["peak"] - r["base"] for r in runs["new2"])
-    helpers = max(r["helpers_pss"] for r in runs["new2"])  # fork server + 2 workers
+    server = max(r["server_pss"] for r in runs["new2"])
+    worker = max(r["worker_pss"] for r in runs["new2"])
     print(f"extrapolated, ImageNet val + the 10 % train subset ({n:,} images at {size} px, {gb(n * row)} decoded), "
           f"{cores}-core node, files like these:")
-    print(f"  decode: {n / rate / 60:.1f} min at {rate:,.0f} img/s ({cores} workers x {per_core:.0f} images per "
-          f"CPU-second, measured with 2 workers; assumes every core free and the disk keeping up, "
-          f"{rate * 55e3 / 1e6:.0f} MB/s of ~55 KB JPEGs); at the wall-clock efficiency this run saw at 2 workers "
-          f"({wall_eff:.2f}): {n / (rate * wall_eff) / 60:.1f} min; the old single-process path: "
-          f"{n / med['cpu_old'] / 3600:.1f} h of one core")
-    print(f"  RAM while decoding: the decoding process +{gb(main_peak)}; its fork server and 2 workers "
-          f"{gb(helpers)} PSS together here, so {cores} workers ~{gb(helpers / 3 * (cores + 1))} if each costs "
-          f"what these did; whatever the set size; the old path: ~4 x the set = {gb(4 * n * row)} in one process")
+    cpu_s, write_s = n / rate, n * row / 1e9
+    print(f"  decode: CPU-bound {cpu_s:.0f} s at {rate:,.0f} img/s ({cores} workers x {per_core:.0f} images per "
+          f"CPU-second, measured with 2 workers; assumes every core free); it reads {n * 55e3 / 1e9:.0f} GB of "
+          f"~55 KB JPEGs and writes {n * row / 1e9:.0f} GB: {write_s:.0f} s at 1 GB/s, so the disk or a network "
+          f"file system, not the CPUs, sets the time there; plus the fork server's start "
+          f"(~{max(r['startup'] for r in runs['new2']):.0f} s here) and listing the folders. At the wall-clock "
+          f"efficiency this run saw at 2 workers ({wall_eff:.2f}) the CPU part is {cpu_s / wall_eff:.0f} s. "
+          f"The old single-process path: {n / med['cpu_old'] / 3600:.1f} h")
+    print(f"  RAM while decoding: the decoding process +{gb(main_peak)}; fork server {gb(server)} PSS; each worker "
+          f"{gb(worker)} PSS (at most, here), so {cores} workers ~{gb(cores * worker + server + main_peak)}, "
+          f"whatever the set size; the old path: ~4 x the set = {gb(4 * n * row)} in one process")
     print(f"  RAM holding it: {gb(n * row)} of page cache per node, shared by every actor on it (each adds only "
           f"its batches); the old path: {gb(n * row)} per actor, {gb(8 * n * row)} for 8 GPU actors")
 

@@ -37,7 +37,7 @@ def folder(tmp_path_factory):
     unreadable file in the middle of the first class."""
     root = tmp_path_factory.mktemp("imgs") / "train"
     rng = np.random.default_rng(0)
-    shapes = [(50, 40), (40, 56), (20, 18), (120, 90), (64, 64)]
+    shapes = [(50, 40), (40, 56), (20, 18), (120, 90), (64, 64), (130, 100)]
     for c in range(3):
         (root / f"n0{c}").mkdir(parents=True)
         for i in range(10):
@@ -240,9 +240,11 @@ def test_decoders_match_the_earlier_decode(folder, decoder):
             continue
         assert ours.shape == ref.shape == (3, SIZE, SIZE)
         diff = np.abs(ours.astype(int) - ref.astype(int))
-        # full-scale decodes agree within one level; draft() (DCT downscaling) is a different, close image
-        big = min(Image.open(f).size) >= 2 * SIZE and f.suffix == ".jpg" and decoder != "torchvision"
-        assert diff.max() <= (24 if big else 1) and diff.mean() < (3 if big else 0.05), (f.name, diff.max())
+        # full-scale decodes agree within a level or two (resize rounding); draft()'s DCT-domain downscaling is a
+        # slightly different image of the same geometry (a misplaced crop would differ by tens of levels)
+        short, jpeg = min(Image.open(f).size), f.suffix == ".jpg"
+        big = jpeg and (decoder == "pil" and short >= 2 * SIZE or decoder == "auto" and short >= 4 * SIZE)
+        assert diff.max() <= (8 if big else 2) and diff.mean() < (1.5 if big else 0.05), (f.name, diff.max())
     assert decode_file(str(folder / "n00" / "05b.jpg"), SIZE, decoder) is None
 
 
@@ -318,3 +320,12 @@ def test_jpeg_size_reads_the_frame_header(folder):
     Image.new("RGB", (77, 33), (9, 99, 199)).save(progressive, "JPEG", progressive=True)
     assert jpeg_size(progressive.getvalue()) == (77, 33)
     assert jpeg_size(b"\xff\xd8 not a jpeg") is None
+
+
+def test_impossible_subsets_fail_when_the_key_is_made(folder):
+    with pytest.raises(UserError, match="at least one per class"):
+        image_set_key("digits:transfer", 32, subset=5)  # 10 classes
+    with pytest.raises(UserError, match="at least one per class"):
+        image_set_key(f"imagefolder:{folder}", SIZE, subset=0.95)  # 30 of 31: one left outside, 3 classes
+    image_set_key(f"imagefolder:{folder}", SIZE, subset=3)
+    image_set_key("imagefolder:/not/reachable/from/here", SIZE, subset=5)  # checked where the set is decoded

@@ -245,7 +245,7 @@ def _collect(folder: Path, results: Iterable[dict], bar: "_Bar") -> dict[int, di
     done = {}
     for r in results:
         i, items = r.pop("shard"), r.pop("items")
-        write_atomic(_marker_path(folder, i), lambda t: t.write_text(json.dumps(r)))
+        write_atomic(_marker_path(folder, i), lambda t, r=r: t.write_text(json.dumps(r)))
         done[i] = r
         bar.advance(items)
     return done
@@ -299,7 +299,7 @@ def _compact(folder: Path, data: Path, row_bytes: int, markers: dict[int, dict])
             _move(data, m["first"] * row_bytes, cursor * row_bytes, m["count"] * row_bytes)
         if m["first"] != cursor:
             m["first"] = cursor
-            write_atomic(_marker_path(folder, i), lambda t: t.write_text(json.dumps(m)))
+            write_atomic(_marker_path(folder, i), lambda t, m=m: t.write_text(json.dumps(m)))
         cursor += m["count"]
     os.truncate(data, cursor * row_bytes)
 

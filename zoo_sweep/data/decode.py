@@ -1,16 +1,17 @@
 """One image file -> the cache's uint8 square (3 x S x S): the short side resized to S (bicubic, antialiased),
 then centre-cropped. Runs in decode worker processes, so it imports only what a decode needs.
 
-Two decoders, measured against each other by bench/data_path.py:
+Two decoders, measured against each other by bench/data_path.py (BENCHMARKS.md):
 
-- ``torchvision``: ``torchvision.io.decode_jpeg`` (libjpeg-turbo) and torch's uint8 antialiased bicubic resize
-  (vectorised; within one level of Pillow's). JPEGs too small for DCT downscaling go this way: on 500 x 375
-  photos at S = 256 it is about 2.5x faster than Pillow's decode + resize.
-- ``pil``: Pillow with ``draft()``, which lets libjpeg decode straight at 1/2, 1/4 or 1/8 scale when the
-  image is at least twice S on its short side; then Pillow's resize of the crop box only.
+- ``torchvision``: ``torchvision.io.decode_jpeg`` (libjpeg-turbo) and torch's vectorised uint8 antialiased
+  bicubic resize (within one level of Pillow's). On 500 x 375 photos at S = 256 about 1.8-2x faster than
+  Pillow's decode + resize, and still faster at S = 128.
+- ``pil``: Pillow with ``draft()``, which lets libjpeg decode in the DCT domain at 1/2, 1/4 or 1/8 scale (never
+  below S), then Pillow's resize of the crop box only. Faster once it decodes at 1/4 scale or less.
 
-``auto`` picks per file by that fixed rule (never by timing), so a set's pixels never depend on the machine
-that decoded it. Non-JPEG files (PNG, BMP, ...) always go through Pillow.
+``auto`` picks per file by that fixed rule (JPEGs at least 4 x S on their short side go through ``pil``, the
+others through ``torchvision``), never by timing, so a set's pixels never depend on the machine that decoded
+it. Non-JPEG files (PNG, BMP, ...) always go through Pillow.
 """
 
 from __future__ import annotations
@@ -38,12 +39,15 @@ def decode_pil(data: bytes, size: int) -> np.ndarray:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
-        im.draft("RGB", (size, size))  # JPEG only: DCT-domain downscaling, never below size on either side
+        w, h = im.size
+        # JPEG only: DCT-domain downscaling, never below size on either side; ``box`` is where the whole image
+        # lies in the smaller one (libjpeg rounds partial blocks up, so the scale is not exactly 1/2, 1/4, 1/8)
+        drafted = im.draft("RGB", (size, size))
+        bw, bh = drafted[1][2:] if drafted and drafted[1] else (w, h)
         im = im.convert("RGB")
-    w, h = im.size
     rw, rh, left, top = geometry(w, h, size)
-    sx, sy = w / rw, h / rh
-    # the crop box in source coordinates: only the pixels kept are resampled
+    sx, sy = bw / rw, bh / rh
+    # the crop box, in the decoded image's coordinates: only the pixels kept are resampled
     out = im.resize((size, size), Image.BICUBIC, box=(left * sx, top * sy, (left + size) * sx, (top + size) * sy))
     return np.asarray(out, dtype=np.uint8).transpose(2, 0, 1)
 
@@ -63,7 +67,7 @@ def decode_torchvision(data: bytes, size: int) -> np.ndarray:
 
 def decode_auto(data: bytes, size: int) -> np.ndarray:
     dims = jpeg_size(data) if data.startswith(JPEG_MAGIC) else None
-    if dims is None or min(dims) >= 2 * size:  # not a JPEG, or one draft() decodes at 1/2 scale or less
+    if dims is None or min(dims) >= 4 * size:  # not a JPEG, or one draft() decodes at 1/4 scale or less
         return decode_pil(data, size)
     try:
         return decode_torchvision(data, size)

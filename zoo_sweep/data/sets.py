@@ -34,13 +34,26 @@ def image_set_key(ref: str, image_size: int, class_map: str | None = None, subse
     ident: dict = {"ref": ref, "size": image_size, "class_map": class_map}
     if kind == "digits":
         ident["digits_version"] = DIGITS_VERSION
+        n, k = count_images(ref, image_size), 10
     else:
         root = Path(arg)
         files = sorted(str(p.relative_to(root)) for p in image_files(root)) if root.is_dir() else []
         ident["files"] = content_id(files)
+        n, k = len(files), sum(1 for p in root.iterdir() if p.is_dir()) if files else 0
     if subset is not None:
+        if n:  # a set not reachable from here (a dry run elsewhere) is checked where it is decoded
+            check_subset(n, k, subset, ref)
         ident.update(subset=subset, subset_seed=subset_seed)
     return content_id(ident)
+
+
+def check_subset(n: int, k: int, subset: float | int, where: str) -> None:
+    """A stratified subset of ``n`` images in ``k`` classes needs at least one image per class on both sides of
+    the split: caught when the plan is made, not in a worker."""
+    m = subset_size(n, subset)
+    if m < k or n - m < k:
+        raise UserError(f"{where}: a subset of {subset!r} is {m} of its {n} images, but a stratified subset needs "
+                        f"at least one per class ({k} classes) in it and outside it")
 
 
 def set_args(data, role: str) -> dict:
