@@ -10,6 +10,7 @@ MLP) trained for one epoch inside the session, so nothing is downloaded and noth
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -23,24 +24,24 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-MICRO_SPEC = """
-name = "micro"
-[zoo]
-source = "digits"
-recipe = "micro"
-[data]
-eval = "digits:eval"
-transfer = "digits:transfer"
-image_size = 32
-[pairs]
-policy = "all"
-[transfer]
-methods = ["kl", "kl_dp"]
-epochs = 1
-batch_size = 256
-[run]
-max_retries = 1
-"""
+MICRO = {
+    "zoo": {"source": "digits", "recipe": "micro"},
+    "data": {"eval": "digits:eval", "transfer": "digits:transfer", "image_size": 32},
+    "pairs": {"policy": "all"},
+    "transfer": {"methods": ["kl", "kl_dp"], "epochs": 1, "batch_size": 256},
+    "run": {"max_retries": 1},
+}
+
+
+def micro_spec(name: str = "micro", **sections: dict) -> str:
+    """The micro sweep's spec as TOML, each given section's keys laid over the micro sweep's, e.g.
+    ``micro_spec("kill", pairs={"policy": "top_ck", "max_pairs": 5}, transfer={"seeds": [0, 1]})``."""
+    lines = [f"name = {json.dumps(name)}"]
+    for section, keys in MICRO.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in {**keys, **sections.pop(section, {})}.items()]
+    assert not sections, f"not a section of a spec: {', '.join(sections)}"
+    return "\n".join(lines) + "\n"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -114,7 +115,7 @@ def micro(tmp_path_factory, ray_address):
 
     root = tmp_path_factory.mktemp("micro")
     spec_path = root / "micro.toml"
-    spec_path.write_text(MICRO_SPEC)
+    spec_path.write_text(micro_spec())
     spec = load_spec(spec_path)
     paths = Paths(root / "results")
     store = Store(f"sqlite:///{root / 'zoo.db'}")

@@ -10,37 +10,23 @@ import json
 import shutil
 import sqlite3
 
+from conftest import micro_spec
 from typer.testing import CliRunner
 
 from zoo_sweep.cli.main import app
 
-SPEC = """
-name = "{name}"
-[zoo]
-source = "digits"
-recipe = "micro"
-models = {models}
-[data]
-eval = "digits:eval"
-transfer = "digits:transfer"
-image_size = 32
-[pairs]
-policy = "all"
-[transfer]
-methods = ["kl"]
-epochs = 1
-batch_size = 256
-[run]
-max_retries = 0
-"""
-ALL = '["cnn_micro", "vit_micro", "mlp_micro"]'
+ALL = ["cnn_micro", "vit_micro", "mlp_micro"]
+
+
+def spec_text(name, models=ALL):
+    return micro_spec(name, zoo={"models": models}, transfer={"methods": ["kl"]}, run={"max_retries": 0})
 
 
 def _setup(micro, tmp_path, name, models=ALL):
     home = tmp_path / "home"
     shutil.copytree(micro["paths"].cache / "zoo", home / "cache" / "zoo")
     spec = tmp_path / f"{name}.toml"
-    spec.write_text(SPEC.format(name=name, models=models))
+    spec.write_text(spec_text(name, models))
     return spec, tmp_path / "zoo.db", home
 
 
@@ -55,12 +41,12 @@ def _rows(db, sql):
 
 
 def test_a_model_added_to_the_spec_is_predicted_compared_and_transferred(micro, tmp_path):
-    spec, db, home = _setup(micro, tmp_path, "grow", models='["cnn_micro", "vit_micro"]')
+    spec, db, home = _setup(micro, tmp_path, "grow", models=["cnn_micro", "vit_micro"])
     r = _launch(micro, db, home, spec)
     assert r.exit_code == 0, r.output
     old_pairs = _rows(db, "select student, teacher, rho_pos, agreement from pairs order by 1, 2")
     assert len(old_pairs) == 2
-    spec.write_text(SPEC.format(name="grow", models=ALL))
+    spec.write_text(spec_text("grow"))
     r = _launch(micro, db, home, spec)
     assert r.exit_code == 0, r.output
     assert "ran 1 predict, 1 compare, 4 transfer" in r.stdout and "reused" in r.stdout

@@ -13,29 +13,13 @@ import sqlite3
 import subprocess
 import time
 
-from conftest import BIN, ROOT, run_cli
-
-KILL_SPEC = """
-name = "{name}"
-[zoo]
-source = "digits"
-recipe = "micro"
-[pairs]
-policy = "top_ck"
-max_pairs = {pairs}
-[transfer]
-methods = ["kl", "kl_dp"]
-seeds = [0, 1]
-epochs = 1
-batch_size = 256
-[run]
-max_retries = 2
-"""
+from conftest import BIN, ROOT, micro_spec, run_cli
 
 
 def spec_and_path(tmp_path, name, pairs):
     p = tmp_path / f"{name}.toml"
-    p.write_text(KILL_SPEC.format(name=name, pairs=pairs))
+    p.write_text(micro_spec(name, pairs={"policy": "top_ck", "max_pairs": pairs}, transfer={"seeds": [0, 1]},
+                            run={"max_retries": 2}))
     return p
 
 

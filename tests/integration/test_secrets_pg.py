@@ -3,22 +3,13 @@ not checked): no command prints it, and no file a command writes holds it."""
 
 import pytest
 import sqlalchemy as sa
+from conftest import micro_spec
 from typer.testing import CliRunner
 
 from zoo_sweep.cli.main import app
 
 SECRET = "SECRETPW"
-SPEC = """
-name = "secret"
-[zoo]
-source = "digits"
-recipe = "micro"
-[data]
-eval = "digits:eval"
-transfer = "digits:transfer"
-[transfer]
-methods = []
-"""
+SPEC = micro_spec("secret", transfer={"methods": []})
 
 
 @pytest.fixture

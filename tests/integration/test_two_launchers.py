@@ -15,35 +15,15 @@ import subprocess
 import time
 
 import pandas as pd
-from conftest import BIN, ROOT
+from conftest import BIN, ROOT, micro_spec
 
 from zoo_sweep.transfer.result_metrics import TRANSFER_METRICS
-
-SPEC = """
-name = "{name}"
-[zoo]
-source = "digits"
-recipe = "micro"
-[data]
-eval = "digits:eval"
-transfer = "digits:transfer"
-image_size = 32
-[pairs]
-policy = "top_ck"
-max_pairs = 5
-[transfer]
-methods = ["kl", "kl_dp"]
-seeds = [0, 1]
-epochs = 1
-batch_size = 256
-[run]
-max_retries = 1
-"""  # 5 pairs x 2 methods x 2 seeds = 20 transfer jobs, 3 predict jobs, 1 compare
 
 
 def _spec(tmp_path, name):
     p = tmp_path / f"{name}.toml"
-    p.write_text(SPEC.format(name=name))
+    # 5 pairs x 2 methods x 2 seeds = 20 transfer jobs, 3 predict jobs, 1 compare
+    p.write_text(micro_spec(name, pairs={"policy": "top_ck", "max_pairs": 5}, transfer={"seeds": [0, 1]}))
     return p
 
 

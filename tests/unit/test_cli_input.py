@@ -6,26 +6,12 @@ import sqlite3
 
 import pytest
 import torch  # imported at collection: its first import runs ldconfig, which the unit tier's process guard refuses
+from conftest import micro_spec
 from typer.testing import CliRunner
 
 from zoo_sweep.cli.main import app
 
-SPEC = """
-name = "micro"
-[zoo]
-source = "digits"
-recipe = "micro"
-[data]
-eval = "digits:eval"
-transfer = "digits:transfer"
-image_size = 32
-[pairs]
-policy = "all"
-[transfer]
-methods = ["kl"]
-epochs = 1
-batch_size = 256
-"""
+SPEC = micro_spec(transfer={"methods": ["kl"]})
 
 
 def invoke(*args: str, env: dict | None = None):

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import micro_spec
 
 from zoo_sweep.errors import UserError
 from zoo_sweep.paths import Paths
@@ -22,26 +23,7 @@ from zoo_sweep.pipeline.plan import load_sweep, make_plan
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = json.loads((Path(__file__).parent / "data" / "job_ids.json").read_text())
 
-MICRO_MULTI = """
-name = "micro"
-[zoo]
-source = "digits"
-recipe = "micro"
-[data]
-eval = "digits:eval"
-transfer = "digits:transfer"
-image_size = 32
-[pairs]
-policy = "all"
-[transfer]
-methods = ["kl", "kl_dp"]
-multi_teacher = ["parallel"]
-multi_students = ["cnn_micro"]
-epochs = 1
-batch_size = 256
-[run]
-max_retries = 1
-"""
+MICRO_MULTI = micro_spec(transfer={"multi_teacher": ["parallel"], "multi_students": ["cnn_micro"]})
 
 
 def _plan(tmp_path, text=MICRO_MULTI, home="home"):
