@@ -9,8 +9,6 @@ Weights are never silently random: a model without weights fails with the ways t
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.resources
 import json
 import os
 from pathlib import Path
@@ -21,6 +19,7 @@ from zoo_sweep.errors import UserError
 from zoo_sweep.paths import write_atomic
 from zoo_sweep.zoo.entry import FAMILIES, ModelEntry, family_of, select_names  # noqa: F401  (re-exported)
 from zoo_sweep.zoo.own import _tuples, head_classes, own_entries  # noqa: F401  (head_classes re-exported)
+from zoo_sweep.zoo.timm_table import installed_timm, shipped_params
 from zoo_sweep.zoo.weights import (
     WEIGHT_SUFFIXES,
     HashCache,
@@ -224,12 +223,8 @@ def param_counts(entries: list[ModelEntry], cache_dir: str | Path | None = None)
     then a JSON cache keyed by the timm version under ``cache_dir/params/``, then meta-device builds (whose
     results are added to that cache). Building 1,300 ImageNet models takes minutes; a lookup, milliseconds.
     Nothing imports torch unless a count is missing, so dry runs work on machines without it."""
-    timm_version = importlib.metadata.version("timm")
-    table = json.loads(importlib.resources.files(__package__).joinpath("_info/timm_params.json").read_text())
-    seed = table["params"] if table["timm_version"] == timm_version else {}
-    if os.environ.get("ZOO_SWEEP_NO_PARAM_TABLE"):  # benchmarks of the cold path
-        seed = {}
-    path = Path(cache_dir) / "params" / f"timm-{timm_version}.json" if cache_dir else None
+    seed = shipped_params()
+    path = Path(cache_dir) / "params" / f"timm-{installed_timm()}.json" if cache_dir else None
     cached: dict[str, int] = {}
     if path is not None and path.is_file():
         try:

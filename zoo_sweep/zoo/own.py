@@ -21,6 +21,7 @@ from pathlib import Path
 from zoo_sweep.config.spec import ModelSpec, ZooSpec, check_data, check_model_name
 from zoo_sweep.errors import UserError
 from zoo_sweep.zoo.entry import ModelEntry, family_of, select_names
+from zoo_sweep.zoo.timm_table import shipped_archs
 from zoo_sweep.zoo.weights import HashCache, require_whole
 
 CONFIG_NAME = "config.json"  # what timm's save_for_hf / push_to_hf_hub write beside the weights
@@ -153,6 +154,8 @@ def read_saved(folder: Path) -> SavedConfig:
 
 
 def check_arch(arch: str, who: str) -> None:
+    if arch in shipped_archs():  # no timm import for the common case: a dry run on a login node
+        return
     import timm
 
     from zoo_sweep.zoo import tiny_archs  # noqa: F401  (the embedded zoo's MLP entrypoints are names too)
