@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo_sweep.transfer.methods import METHODS, dp_target, dp_teacher_mask, kl_to_target
+from zoo_sweep.transfer.methods import METHODS, bank_scores, dp_target, dp_teacher_mask, kl_to_target
 from zoo_sweep.transfer.train import TransferParams
 
 # three samples, three classes; labels 0, 1, 2
@@ -171,6 +171,23 @@ def test_cd_is_pure_cross_entropy_when_the_similarity_structures_agree():
     assert other > loss
     off_diagonal = 1 - torch.eye(8)  # self-pairs are left out of each row's distribution
     assert torch.allclose((batch_similarity(f, 0.1).exp() * off_diagonal).sum(1), torch.ones(8))
+
+
+@pytest.mark.parametrize("n", [40, 400], ids=["whole-bank-product", "gathered-rows"])
+def test_bank_scores_are_the_gathered_dot_products_either_way(n):
+    """Small banks go through one product with the whole bank, large ones gather rows: same scores, same
+    gradient, and the bank may be updated in place after the forward pass (as CRD's memory is)."""
+    g = torch.Generator().manual_seed(n)
+    bank = torch.randn(n, 8, generator=g)
+    anchor = torch.randn(5, 8, generator=g, requires_grad=True)
+    idx = torch.randint(0, n, (5, 3), generator=g)
+    want = torch.einsum("bd,bjd->bj", anchor, bank[idx].clone())
+    (w_grad,) = torch.autograd.grad(want.pow(2).sum(), anchor)
+    got = bank_scores(bank, anchor, idx)
+    bank.add_(1.0)  # the memory update that follows the loss
+    (g_grad,) = torch.autograd.grad(got.pow(2).sum(), anchor)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert torch.allclose(g_grad, w_grad, atol=1e-5)
 
 
 def test_crd_contrasts_with_the_bank_and_updates_only_the_batch_rows():
