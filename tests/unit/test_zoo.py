@@ -1,5 +1,7 @@
 """Zoo selection and weights: names and patterns, families, and real timm loading from local files."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -119,3 +121,26 @@ def test_embedded_zoo_weights_that_changed_are_rebuilt(tmp_path):
     path.write_bytes(path.read_bytes()[:1000])
     assert first in to_build(entries, "micro", tmp_path, 32)[0]
     assert weights_path(first, tmp_path, 32) == path and not path.exists()
+
+
+def test_random_weights_are_the_same_network_in_every_process_and_differ_between_models(tmp_path):
+    """allow_random_weights: a worker builds a model from its entry alone, in whatever order its jobs come; the
+    predict record of a model and its teacher role in a transfer job (often another worker), or a CPU and a GPU
+    run of one sweep, must see one network. Building never moves the caller's random stream."""
+    spec = ZooSpec(source="timm", models=("resnet10t", "resnet14t"), allow_random_weights=True)
+    a, b = resolve_zoo(spec, tmp_path, num_classes=5, image_size=32)
+    assert a.weights is None and b.weights is None
+    torch.manual_seed(0)
+    first = create(a).state_dict()
+    torch.manual_seed(1)  # another process, another history of draws
+    create(b)
+    again = create(a).state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    torch.manual_seed(2)
+    before = torch.rand(3)
+    torch.manual_seed(2)
+    create(a)
+    assert torch.equal(torch.rand(3), before)
+    # two models of one architecture (two names in the zoo) are two networks
+    other = dataclasses.replace(a, name="resnet10t-b")
+    assert not torch.equal(create(other).state_dict()["conv1.0.weight"], first["conv1.0.weight"])

@@ -144,7 +144,7 @@ def create(entry: ModelEntry, pretrained: bool = True):
         except Exception as e:  # offline, or no such tag on the hub
             raise UserError(f"{no_weights_message(entry.name)} ({type(e).__name__})") from None
     else:
-        model = _build(entry, kwargs)
+        model = _build(entry, kwargs) if entry.weights else _seeded_build(entry, kwargs)
         if w:
             if not Path(w).exists():
                 raise UserError(no_weights_message(entry.name) + f" (missing file {w})")
@@ -156,6 +156,19 @@ def create(entry: ModelEntry, pretrained: bool = True):
                 first = str(e).strip().splitlines()[0]
                 raise UserError(f"weights {w} do not fit {who}: {first}") from None
     return model.eval()
+
+
+def _seeded_build(entry: ModelEntry, kwargs: dict):
+    """A model with random weights (``allow_random_weights``), initialised from a seed derived from its identity:
+    every worker process that builds it, on any device, must build the same network, else a model's predict
+    record and its role as a teacher (or a CPU run and a GPU run of one sweep) would describe different ones."""
+    import torch
+
+    from zoo_sweep.ids import content_id
+
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream stays as it was
+        torch.manual_seed(int(content_id(entry.ident), 16) % 2**63)
+        return _build(entry, kwargs)
 
 
 def _build(entry: ModelEntry, kwargs: dict):
