@@ -36,6 +36,11 @@ def actor_shape(cluster, gpus: float, gpus_per_job: float, cpus_per_job: int) ->
     return ActorShape(0, cpus_per_job, max(1, int(cluster.cpus // cpus_per_job)))
 
 
+def worker_args(shape: ActorShape, paths: Paths) -> tuple:
+    """Each actor's ``Worker(home, threads, gpu)``: an actor without a GPU share stays off the GPU."""
+    return str(paths.home), shape.num_cpus, shape.num_gpus > 0
+
+
 @dataclass
 class Handlers:
     """The launcher's side of a stage: per-job inputs, and what to record when a job starts, ends or fails."""
@@ -55,7 +60,7 @@ class Pool:
         self.size = shape.count
         self._actor_cls = ray.remote(Worker).options(num_gpus=shape.num_gpus, num_cpus=shape.num_cpus,
                                                      max_concurrency=1)
-        self._args = (str(paths.home), shape.num_cpus)
+        self._args = worker_args(shape, paths)
         self.actors = [self._actor_cls.remote(*self._args) for _ in range(self.size)]
         self.names = ray.get([a.info.remote() for a in self.actors])  # host:pid:device, kept in jobs.worker
 

@@ -32,7 +32,12 @@ def _ray_node() -> str | None:
 
 
 class Worker:
-    def __init__(self, home: str, threads: int | None = None):
+    def __init__(self, home: str, threads: int | None = None, gpu: bool | None = None):
+        """``gpu``: None uses a GPU when the process sees one; False never does. The launcher passes False to
+        actors that hold no GPU: Ray leaves CUDA_VISIBLE_DEVICES as it is for them, so on a GPU machine a
+        `--gpus 0` launch would otherwise put every CPU actor on the GPU."""
+        if gpu is False:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch first touches CUDA: no context, no memory
         import torch
 
         from zoo_sweep.paths import Paths
@@ -40,7 +45,7 @@ class Worker:
         if threads:
             torch.set_num_threads(threads)
         self.paths = Paths(Path(home))
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = "cuda" if gpu is not False and torch.cuda.is_available() else "cpu"
         # the Ray node too: several Ray nodes may share a host name (containers, nodes of one machine)
         node = _ray_node()
         self.name = f"{socket.gethostname()}:{node + ':' if node else ''}{os.getpid()}:{self.device}"
