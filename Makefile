@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast bench clean-results
+.PHONY: demo test test-fast bench clean-results gpu-wheels
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ bench: $(STAMP)  # every CPU benchmark once, quick settings; BENCHMARKS.md names
 	$(BIN)/python bench/teacher_cache.py --threads 1
 	$(BIN)/python bench/scheduler.py
 	$(BIN)/python bench/store.py
+
+# Ray, SQLAlchemy, Alembic and what they need, as CPython 3.12 manylinux wheels at this venv's versions, for a GPU
+# node without network (docs/gpus.md, "Offline GPU nodes"): .whl/parts-1 and .whl/parts-2 (the Ray wheel in two
+# halves); SLIM=1: Ray without its Java jar, everything in .whl/parts-1
+gpu-wheels: $(STAMP)
+	$(BIN)/python bench/gpu_wheels.py --versions-from $(BIN)/python --dest .whl $(if $(SLIM),--without-java)
 
 clean-results:
 	rm -rf results/cache results/records results/reports results/export results/zoo.db

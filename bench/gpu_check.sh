@@ -1,41 +1,64 @@
 #!/usr/bin/env bash
-# The GPU check: one prepared run for a single-GPU CUDA machine without network, under 5 minutes.
+# The GPU check: prepared runs for a single-GPU CUDA machine without network.
 #
-#   bash bench/gpu_check.sh            # on the GPU machine, from the repository root (or anywhere)
-#   bash bench/gpu_check.sh --smoke    # the same code, tiny and on the CPU: checks the script only
+#   bash bench/gpu_check.sh                    # (a)-(c) of bench/gpu_check.py: under 5 minutes
+#   ZOO_GPU_E2E=only bash bench/gpu_check.sh   # only the launcher end to end (bench/gpu_e2e.py): about 5 minutes
+#   ZOO_GPU_E2E=1 bash bench/gpu_check.sh      # both, one after the other: about 10 minutes
+#   bash bench/gpu_check.sh --smoke            # the same code, tiny and on the CPU: checks the scripts only
+#                                              # (with ZOO_GPU_E2E as above; the end-to-end smoke takes ~2 min)
 #
-# Needs python3 with torch and timm (random weights: nothing is downloaded). Ray and SQLAlchemy are not
-# needed by any part (the jobs run in-process through the same training and predict code the Ray workers
-# call; dispatch cost is measured on the CPU by bench/scheduler.py). If they are missing and wheels were
-# brought along in $ZOO_WHEELS (default: .whl), they are installed from there; either way the script says
-# which. Prints one "RESULT ..." line per figure; BENCHMARKS.md ("GPU") records them.
+# Needs python3 with torch and timm (random weights: nothing is downloaded). (a)-(c) need neither Ray nor
+# SQLAlchemy (the jobs run in-process through the same training and predict code the Ray workers call;
+# dispatch cost is measured on the CPU by bench/scheduler.py); the end-to-end part runs `zoo-sweep launch`
+# and needs both, and Alembic. Those missing are installed from the wheels `make gpu-wheels` wrote into
+# $ZOO_WHEELS (default: .whl; *.whl there or in parts-1/ and parts-2/) into /tmp/zoo-site, which then goes on
+# PYTHONPATH (bench/install_wheels.sh). Prints one "RESULT ..." line per figure; BENCHMARKS.md ("GPU")
+# records them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 WHEELS=${ZOO_WHEELS:-.whl}
+E2E=${ZOO_GPU_E2E:-0}
+SMOKE=()
+for arg in "$@"; do [ "$arg" = --smoke ] && SMOKE=(--smoke); done
 
-for pkg in ray sqlalchemy; do
-  if $PY -c "import $pkg" 2>/dev/null; then
-    echo "optional: $pkg present"
-  elif compgen -G "$WHEELS/*.whl" >/dev/null; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/zoo-site "$WHEELS"/*.whl \
-      && export PYTHONPATH=/tmp/zoo-site${PYTHONPATH:+:$PYTHONPATH}
-    $PY -c "import $pkg" 2>/dev/null && echo "optional: $pkg installed from $WHEELS" \
-      || echo "optional: $pkg missing (not in $WHEELS); nothing here needs it"
-  else
-    echo "optional: $pkg missing and no wheels in $WHEELS; nothing here needs it"
+launcher_deps() { $PY -c "import ray, sqlalchemy, alembic" 2>/dev/null; }
+if launcher_deps; then
+  echo "optional: ray, sqlalchemy and alembic present"
+elif compgen -G "$WHEELS/*.whl" >/dev/null || compgen -G "$WHEELS/parts-*/*" >/dev/null; then
+  if bash bench/install_wheels.sh "$WHEELS" /tmp/zoo-site "$PY"; then
+    export PYTHONPATH=/tmp/zoo-site${PYTHONPATH:+:$PYTHONPATH}
   fi
-done
+  launcher_deps && echo "optional: ray, sqlalchemy and alembic installed from $WHEELS" \
+    || echo "optional: ray, sqlalchemy or alembic still missing; only the end-to-end part needs them"
+else
+  echo "optional: ray, sqlalchemy or alembic missing and no wheels in $WHEELS; only the end-to-end part needs them"
+fi
 $PY -c "import torch, timm" || { echo "error: python3 needs torch and timm"; exit 2; }
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 export PYTHONUNBUFFERED=1
-timeout "${ZOO_GPU_CHECK_TIMEOUT:-290}" $PY bench/gpu_check.py "$@"
-rc=$?
+rc=0
+if [ "$E2E" != only ]; then
+  timeout "${ZOO_GPU_CHECK_TIMEOUT:-290}" $PY bench/gpu_check.py "$@"
+  rc=$?
+fi
 # ZOO_GPU_PAIRS=1: also the compare stage on the GPU (all pair metrics, 1,000 models x 50,000 samples, CUDA
 # kernel, best of 3, checked against the per-pair loop on a subset); about 2 more minutes, most of them making
 # the synthetic records on the CPU
 if [ "${ZOO_GPU_PAIRS:-0}" = 1 ]; then
   timeout "${ZOO_GPU_PAIRS_TIMEOUT:-240}" $PY bench/pairs_at_scale.py --kernel cuda --repeat 3 --ref-models 3 \
     --ref-samples 1000 | sed 's/^/pairs: /'
+fi
+# ZOO_GPU_E2E=1 or only: `zoo-sweep launch --gpus 1` of a small timm sweep, then the same spec with --gpus 0,
+# compared (bench/gpu_e2e.py)
+if [ "$E2E" = 1 ] || [ "$E2E" = only ]; then
+  if launcher_deps; then
+    timeout "${ZOO_GPU_E2E_TIMEOUT:-420}" $PY bench/gpu_e2e.py "${SMOKE[@]}"
+    e2e_rc=$?
+  else
+    echo "e2e: not run: ray, sqlalchemy or alembic missing (make gpu-wheels, then copy .whl here)"
+    e2e_rc=2
+  fi
+  [ $rc -eq 0 ] && rc=$e2e_rc
 fi
 exit $rc
