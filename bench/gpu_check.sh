@@ -5,7 +5,7 @@
 #   ZOO_GPU_E2E=only bash bench/gpu_check.sh   # only the launcher end to end (bench/gpu_e2e.py): about 5 minutes
 #   ZOO_GPU_E2E=1 bash bench/gpu_check.sh      # both, one after the other: about 10 minutes
 #   bash bench/gpu_check.sh --smoke            # the same code, tiny and on the CPU: checks the scripts only
-#                                              # (with ZOO_GPU_E2E as above; the end-to-end smoke takes ~2 min)
+#                                              # (with ZOO_GPU_E2E as above; the end-to-end smoke: ~2.5 min)
 #
 # Needs python3 with torch and timm (random weights: nothing is downloaded). (a)-(c) need neither Ray nor
 # SQLAlchemy (the jobs run in-process through the same training and predict code the Ray workers call;

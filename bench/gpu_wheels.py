@@ -49,7 +49,7 @@ def marker_env(py: str) -> dict:
 
 def installed_version(python: str, name: str) -> str | None:
     out = subprocess.run([python, "-c", "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))", name],
-                         capture_output=True, text=True)
+                         check=False, capture_output=True, text=True)
     return out.stdout.strip() if out.returncode == 0 else None
 
 
@@ -58,7 +58,7 @@ def download(spec: str, dest: Path, py: str) -> Path:
     before = set(dest.iterdir())
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", py,
            "--implementation", "cp", *[a for p in PLATFORMS for a in ("--platform", p)], "-d", str(dest), spec]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"error: pip download {spec} failed:\n{r.stderr.strip()}")
     new = set(dest.iterdir()) - before
