@@ -221,7 +221,7 @@ def records(run: Run) -> dict[str, dict[str, np.ndarray]]:
 
 def compare_predictions(name: str, g: dict, c: dict, acc: dict, min_agree: float, tie: float) -> None:
     """Random weights give small logits and some near-ties, where bf16 may pick the other class: besides the
-    agreement the issue asks for, how many samples are near-ties (CPU run's top-2 margin under ``tie`` times
+    agreement (at least ``min_agree``), how many samples are near-ties (CPU run's top-2 margin under ``tie`` times
     its median margin) and the agreement on the others; the largest difference of the top class's
     probability; how many classes the model predicts at all (one class for every image would make agreement
     say little)."""
