@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from zoo_sweep.errors import UserError
+
 
 def write_atomic(path: str | Path, write: Callable[[Path], object]) -> None:
     """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``: a reader, or a run
@@ -49,3 +51,17 @@ class Paths:
 
     def export(self) -> Path:
         return self.home / "export" / "all"
+
+
+def writable_dir(path: Path, flag: str) -> Path:
+    """A folder that exists or is created now, and is writable; one line naming ``flag`` otherwise."""
+    p = Path(path).absolute()
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder; give a folder (it is created if missing)")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot create the folder ({e.strerror or e}); choose another") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: cannot write in the folder (permission denied); choose another")
+    return p

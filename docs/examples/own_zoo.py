@@ -31,6 +31,8 @@ import torch.nn.functional as F
 HALF = {"crop": 32, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 CNN = {"channels": (8, 16, 24, 32), "stem_width": 8}
+CNN_HF = {"channels": (8, 16, 32, 48), "stem_width": 8}
+VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}
 
 SPEC = """\
 name = "own-zoo"
@@ -124,31 +126,39 @@ def fine_tune(arch, kwargs, prep, x, y, seed, epochs):
     return model.eval()
 
 
-def main(root: Path) -> None:
+def build(root: Path) -> dict:
+    """Write the ImageFolder under root/data and the four checkpoints under root/ckpt; return each model with
+    the preprocessing it was trained with (``{name: (model, prep)}``)."""
     from safetensors.torch import save_file
 
-    root = root.expanduser().resolve()
     write_image_folder(root / "data")
     x, y = read_split(root / "data" / "train")
     ckpt = root / "ckpt"
     ckpt.mkdir(parents=True, exist_ok=True)
-
-    m = fine_tune("resnet10t", CNN, HALF, x, y, seed=1, epochs=3)
-    torch.save(m.state_dict(), ckpt / "cnn-seed1.pth")
-    m = fine_tune("resnet10t", CNN, HALF, x, y, seed=2, epochs=2)
-    torch.save({"model": {f"module.{k}": v for k, v in m.state_dict().items()}, "epoch": 2}, ckpt / "cnn-seed2.pth")
-    vit = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}
-    m = fine_tune("vit_tiny_patch16_224", vit, {"crop": 32, **IMAGENET}, x, y, seed=3, epochs=8)
-    save_file(m.state_dict(), ckpt / "vit32.safetensors")
-    # trained on the centre 28 px: timm's crop_pct 0.875 of 32 px. save_for_hf records the architecture, its
-    # constructor arguments and this preprocessing in config.json
-    m = fine_tune("resnet10t", {"channels": (8, 16, 32, 48), "stem_width": 8}, {"crop": 28, **IMAGENET}, x, y,
-                  seed=4, epochs=2)
-    timm.models.save_for_hf(m, str(ckpt / "folders" / "cnn-hf"), safe_serialization=True,
+    vit = {"crop": 32, **IMAGENET}
+    hf = {"crop": 28, **IMAGENET}  # the centre 28 px: timm's crop_pct 0.875 of 32 px, no resampling
+    models = {
+        "cnn-seed1": (fine_tune("resnet10t", CNN, HALF, x, y, seed=1, epochs=3), HALF),
+        "cnn-seed2": (fine_tune("resnet10t", CNN, HALF, x, y, seed=2, epochs=2), HALF),
+        "vit32": (fine_tune("vit_tiny_patch16_224", VIT, vit, x, y, seed=3, epochs=8), vit),
+        "cnn-hf": (fine_tune("resnet10t", CNN_HF, hf, x, y, seed=4, epochs=2), hf),
+    }
+    torch.save(models["cnn-seed1"][0].state_dict(), ckpt / "cnn-seed1.pth")
+    torch.save({"model": {f"module.{k}": v for k, v in models["cnn-seed2"][0].state_dict().items()}, "epoch": 2},
+               ckpt / "cnn-seed2.pth")  # as DDP training scripts save it
+    save_file(models["vit32"][0].state_dict(), ckpt / "vit32.safetensors")
+    # save_for_hf records the architecture, its constructor arguments and this preprocessing in config.json
+    timm.models.save_for_hf(models["cnn-hf"][0], str(ckpt / "folders" / "cnn-hf"), safe_serialization=True,
                             data_config={"input_size": (3, 28, 28), "crop_pct": 0.875, "interpolation": "bilinear",
                                          **IMAGENET})
+    return models
+
+
+def main(root: Path) -> None:
+    root = root.expanduser().resolve()
+    build(root)
     (root / "own-zoo.toml").write_text(SPEC.format(root=root))
-    print(f"wrote {root / 'data'}, {ckpt} and {root / 'own-zoo.toml'}")
+    print(f"wrote {root / 'data'}, {root / 'ckpt'} and {root / 'own-zoo.toml'}")
 
 
 if __name__ == "__main__":

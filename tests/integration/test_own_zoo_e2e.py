@@ -7,86 +7,36 @@ on it (in this session, seconds each on the CPU) at their own preprocessing, in 
   0.875, found through checkpoint_dirs with no table at all
 - cnn-seed1-badprep: cnn-seed1's weights under a preprocessing that destroys the input: chance level
 
+The zoo is built by docs/examples/own_zoo.py, the script the docs give users (plain torch and timm, no zoo-sweep).
 plan -> launch -> report run through the CLI on the session's Ray cluster; the stored accuracies must equal an
-evaluation written here, independently of the tool, with each model's training preprocessing.
+evaluation written without the tool, with each model's training preprocessing.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
-CLASSES, VAL_PER_CLASS = 10, 50
-CNN = {"channels": (8, 16, 24, 32), "stem_width": 8}
-CNN_HF = {"channels": (8, 16, 32, 48), "stem_width": 8}
-VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}
-HALF = {"crop": 32, "mean": (0.5,) * 3, "std": (0.5,) * 3}
-IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+CLASSES = 10
 
 
-def write_image_folder(root):
-    """scikit-learn's 8 x 8 digits drawn at 32 x 32 as RGB PNGs; val holds VAL_PER_CLASS per class, so a
-    constant prediction scores exactly chance."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    X, y = load_digits(return_X_y=True)
-    seen = dict.fromkeys(range(CLASSES), 0)
-    for i, (x, label) in enumerate(zip(X, y)):
-        split = "val" if seen[label] < VAL_PER_CLASS else "train"
-        seen[label] += 1
-        im = Image.fromarray((x.reshape(8, 8) * 255 / 16).astype(np.uint8)).resize((32, 32), Image.BILINEAR)
-        folder = root / split / f"digit{label}"
-        folder.mkdir(parents=True, exist_ok=True)
-        im.convert("RGB").save(folder / f"{i:04d}.png")
+def _example():
+    spec = importlib.util.spec_from_file_location("own_zoo_example", ROOT / "docs" / "examples" / "own_zoo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def read_split(folder):
-    """uint8 N x 3 x 32 x 32 and labels, classes in sorted folder order (the ImageFolder convention)."""
-    from PIL import Image
-
-    xs, ys = [], []
-    for label, cls in enumerate(sorted(p.name for p in folder.iterdir())):
-        for f in sorted((folder / cls).glob("*.png")):
-            xs.append(np.asarray(Image.open(f).convert("RGB")))
-            ys.append(label)
-    return torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2), torch.tensor(ys)
-
-
-def preprocess(x, crop, mean, std):
-    """The training preprocessing, written here without the tool: scale to [0, 1], centre-crop, normalise."""
-    x = x.float() / 255
-    off = (x.shape[-1] - crop) // 2
-    x = x[..., off:off + crop, off:off + crop]
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-
-
-def fine_tune(arch, kwargs, prep, x, y, seed, epochs):
-    import timm
-
-    torch.manual_seed(seed)
-    model = timm.create_model(arch, num_classes=CLASSES, **kwargs)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(seed)
-    inputs = preprocess(x, **prep)
-    model.train()
-    for _ in range(epochs):
-        for b in torch.randperm(len(y), generator=g).split(64):
-            loss = F.cross_entropy(model(inputs[b]), y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
+EXAMPLE = _example()
 
 
 def accuracy(model, prep, x, y) -> float:
     with torch.no_grad():
-        return float((model(preprocess(x, **prep)).argmax(1) == y).double().mean() * 100)
+        return float((model(EXAMPLE.preprocess(x, **prep)).argmax(1) == y).double().mean() * 100)
 
 
 SPEC = """
@@ -149,29 +99,9 @@ def own_zoo(tmp_path_factory):
 
 
 def _build_own_zoo(root):
-    import timm
-    from safetensors.torch import save_file
-
     data, ckpt = root / "data", root / "ckpt"
-    write_image_folder(data)
-    x, y = read_split(data / "train")
-    vx, vy = read_split(data / "val")
-    ckpt.mkdir()
-    vit_prep = {"crop": 32, **IMAGENET}
-    hf_prep = {"crop": 28, **IMAGENET}  # crop_pct 0.875 of 32 px: the centre 28 px, no resampling
-    models = {
-        "cnn-seed1": (fine_tune("resnet10t", CNN, HALF, x, y, seed=1, epochs=3), HALF),
-        "cnn-seed2": (fine_tune("resnet10t", CNN, HALF, x, y, seed=2, epochs=2), HALF),
-        "vit32": (fine_tune("vit_tiny_patch16_224", VIT, vit_prep, x, y, seed=3, epochs=8), vit_prep),
-        "cnn-hf": (fine_tune("resnet10t", CNN_HF, hf_prep, x, y, seed=4, epochs=2), hf_prep),
-    }
-    torch.save(models["cnn-seed1"][0].state_dict(), ckpt / "cnn-seed1.pth")
-    torch.save({"model": {f"module.{k}": v for k, v in models["cnn-seed2"][0].state_dict().items()}, "epoch": 2},
-               ckpt / "cnn-seed2.pth")
-    save_file(models["vit32"][0].state_dict(), ckpt / "vit32.safetensors")
-    timm.models.save_for_hf(models["cnn-hf"][0], str(ckpt / "folders" / "cnn-hf"), safe_serialization=True,
-                            data_config={"input_size": (3, 28, 28), "crop_pct": 0.875, "interpolation": "bilinear",
-                                         **IMAGENET})
+    models = EXAMPLE.build(root)
+    vx, vy = EXAMPLE.read_split(data / "val")
     spec = root / "own-zoo.toml"
     spec.write_text(SPEC.format(ckpt=ckpt, data=data))
     expected = {name: accuracy(m, prep, vx, vy) for name, (m, prep) in models.items()}

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from zoo_sweep.errors import UserError
+from zoo_sweep.paths import writable_dir
 from zoo_sweep.urls import mask_url
 
 # Not a terminal (CI, pipes): wide enough that tables and one-line errors are not wrapped.
@@ -89,22 +90,6 @@ def _table(df, title: str | None = None) -> Table:
 def say(text: str) -> None:
     """A line of plain text on stdout (no markup: brackets in names and errors print as they are)."""
     out.print(text, markup=False, highlight=False, soft_wrap=True)
-
-
-def writable_dir(path: Path, flag: str) -> Path:
-    """A folder that exists or is created now, and is writable; one line naming ``flag`` otherwise."""
-    import os
-
-    p = Path(path).absolute()
-    if p.exists() and not p.is_dir():
-        raise UserError(f"{flag} {path} is a file, not a folder; give a folder (it is created if missing)")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{flag} {path}: cannot create the folder ({e.strerror or e}); choose another") from None
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: cannot write in the folder (permission denied); choose another")
-    return p
 
 
 # ---------------------------------------------------------------------- plan
@@ -379,7 +364,7 @@ def query(ctx: typer.Context, sql: str = typer.Argument(..., help='SQL, e.g. "se
 def export(ctx: typer.Context, out_dir: Optional[Path] = typer.Option(None, "--out", help="Default: results/export/all")):
     """Write every table of the store as Parquet, one file per table."""
     store = ctx.obj.store(create=False)  # a broken store fails before any folder is made
-    paths = store.export(writable_dir(out_dir or ctx.obj.paths().export(), "--out"))
+    paths = store.export(out_dir or ctx.obj.paths().export())  # checks the folder before writing anything
     for p in paths:
         say(str(p))
 

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from zoo_sweep.errors import UserError
+from zoo_sweep.paths import writable_dir
 from zoo_sweep.storage import migrate
 from zoo_sweep.storage.leases import owner_dead
 from zoo_sweep.storage.readonly import readonly_engine, run_query
@@ -338,13 +339,7 @@ class Store:
         """One Parquet file per table, with every column the database has (those of a newer zoo-sweep too)."""
         import pyarrow.parquet as pq
 
-        out = Path(out_dir)
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--out {out} is a file; give a folder for the Parquet files")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot create {out}: {e.strerror}") from None
+        out = writable_dir(out_dir, "--out")
         with self.readonly.connect() as conn:
             names = [t for t in sa.inspect(conn).get_table_names() if t != VERSION_TABLE]
         paths = []
