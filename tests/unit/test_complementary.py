@@ -146,11 +146,27 @@ def test_pair_matrices_match_brute_force_on_every_path(case):
 def test_same_wrong_counts_over_blocks_and_workers(span, workers):
     preds, labels, _ = _records(8, m=7, n=400, k=6)
     wrong = preds != labels
-    sw = same_wrong_counts(torch.as_tensor(preds), torch.as_tensor(wrong), 6, span=span, workers=workers).numpy()
+    sw = same_wrong_counts(torch.as_tensor(preds), torch.as_tensor(labels), 6, span=span, workers=workers).numpy()
     for s in range(7):
         for t in range(7):
             if s != t:
                 assert sw[s, t] == int((wrong[s] & wrong[t] & (preds[s] == preds[t])).sum())
+
+
+def test_same_wrong_counts_without_groups_and_with_any_integer_type():
+    """All right, or every wrong guess alone in its class: no table row at all. int32 and int64 records
+    give the same counts; one model has no pair."""
+    labels = np.array([0, 1, 2, 3])
+    right = np.tile(labels, (3, 1))
+    assert not same_wrong_counts(torch.as_tensor(right), torch.as_tensor(labels), 4).any()
+    alone = np.array([[1, 1, 2, 3], [2, 1, 2, 3], [3, 1, 2, 3]])  # sample 0: three different wrong classes
+    assert not same_wrong_counts(torch.as_tensor(alone), torch.as_tensor(labels), 4).any()
+    preds, labels, _ = _records(12, m=5, n=90, k=4)
+    a = same_wrong_counts(torch.as_tensor(preds).int(), torch.as_tensor(labels).int(), 4, span=16)
+    b = same_wrong_counts(torch.as_tensor(preds).long(), torch.as_tensor(labels).long(), 4, span=16)
+    assert torch.equal(a, b) and a.sum() > 0
+    one = same_wrong_counts(torch.as_tensor(preds[:1]), torch.as_tensor(labels), 4)  # no pair to count
+    assert one.shape == (1, 1) and int(one) == 0
 
 
 @pytest.mark.parametrize("span", [1, 5, 400])
@@ -273,14 +289,13 @@ def test_dominance_counts_on_degenerate_blocks():
 
 @pytest.mark.parametrize("span,workers", [(None, 1), (3, 2), (64, 1)])
 def test_same_wrong_counts_with_many_groups(span, workers):
-    """Groups of 2 to many models, several per sample (table rows padded per group of 32 samples), blocks
-    smaller than the data."""
+    """Groups of 2 to many models, several per sample, blocks smaller than the data."""
     rng = np.random.default_rng(41)
     m, n, k = 60, 300, 9
     labels = rng.integers(0, k, n)
     preds = np.where(rng.random((m, n)) < 0.4, labels, rng.integers(0, k, (m, n)))
     wrong = preds != labels
-    sw = same_wrong_counts(torch.as_tensor(preds), torch.as_tensor(wrong), k, span=span, workers=workers).numpy()
+    sw = same_wrong_counts(torch.as_tensor(preds), torch.as_tensor(labels), k, span=span, workers=workers).numpy()
     both = wrong[:, None, :] & wrong[None, :, :] & (preds[:, None, :] == preds[None, :, :])
     ref = both.sum(-1)
     off = ~np.eye(m, dtype=bool)
@@ -303,7 +318,7 @@ def test_half_precision_row_sums_give_the_same_counts(monkeypatch):
     ge, gt = dominance_counts(torch.as_tensor(right), torch.as_tensor(pmax), span=50)
     ref_ge, ref_gt = _dominance_brute(right, pmax)
     assert np.array_equal(ge.numpy(), ref_ge) and np.array_equal(gt.numpy(), ref_gt)
-    sw = same_wrong_counts(torch.as_tensor(preds), torch.as_tensor(~right), k, span=50).numpy()
+    sw = same_wrong_counts(torch.as_tensor(preds), torch.as_tensor(labels), k, span=50).numpy()
     wrong = ~right
     ref = (wrong[:, None, :] & wrong[None, :, :] & (preds[:, None, :] == preds[None, :, :])).sum(-1)
     off = ~np.eye(m, dtype=bool)

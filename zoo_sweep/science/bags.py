@@ -22,12 +22,13 @@ _GROUP = 32  # samples whose table rows are padded to the same level count (sort
 
 
 class ExactSum:
-    """Exact sums of float32 M x M block counts (each at most ``per_block``): float32 while below 2**24, then
-    folded into int64."""
+    """Exact sums of float32 block counts of one ``shape`` (M: M x M), each at most ``per_block``: float32
+    while below 2**24, then folded into int64."""
 
-    def __init__(self, m: int, device, per_block: int):
-        self.total = torch.zeros(m, m, dtype=torch.int64, device=device)
-        self.part = torch.zeros(m, m, dtype=torch.float32, device=device)
+    def __init__(self, shape: int | tuple[int, int], device, per_block: int):
+        shape = (shape, shape) if isinstance(shape, int) else tuple(shape)
+        self.total = torch.zeros(shape, dtype=torch.int64, device=device)
+        self.part = torch.zeros(shape, dtype=torch.float32, device=device)
         self.room = max(1, (1 << 24) // max(1, per_block))
         self.left = self.room
 
@@ -98,12 +99,14 @@ def take_sums(table: BagTable, code_mm: torch.Tensor, take: torch.Tensor) -> tor
     return table.sum(code_mm[take].neg_().sub_(1), offsets)
 
 
-def run_blocks(ranges: list[tuple[int, int]], block: Callable, m: int, device, outputs: int = 1,
-               workers: int | None = None) -> list[torch.Tensor]:
-    """Calls block(x0, x1, table, sums) for each sample range, ``outputs`` ExactSum accumulators per worker;
-    returns the int64 totals. On CPU the ranges are shared by worker threads (one per torch thread, each
-    holding torch to one thread: many small ops parallelise better across blocks than inside each),
-    elsewhere they run in order."""
+def run_blocks(ranges: list[tuple[int, int]], block: Callable, m: int, device, outputs: int | list = 1,
+               workers: int | None = None, tables: list[int] | None = None) -> list[torch.Tensor]:
+    """Calls block(x0, x1, table, sums) for each sample range with ExactSum accumulators per worker (``outputs``:
+    how many M x M ones, or a list of their shapes); returns the int64 totals. ``table`` is one BagTable of
+    width M, or with ``tables`` (a list of widths) a list of them. On CPU the ranges are shared by worker
+    threads (one per torch thread, each holding torch to one thread: many small ops parallelise better across
+    blocks than inside each), elsewhere they run in order."""
+    shapes = [m] * outputs if isinstance(outputs, int) else list(outputs)
     span = max((x1 - x0 for x0, x1 in ranges), default=1)
     if workers is None:
         workers = torch.get_num_threads() if torch.device(device).type == "cpu" else 1
@@ -112,8 +115,8 @@ def run_blocks(ranges: list[tuple[int, int]], block: Callable, m: int, device, o
     def run(mine: list[tuple[int, int]]):
         if workers > 1:
             torch.set_num_threads(1)  # OpenMP's thread count is per calling thread: set it in this one
-        table = BagTable(m, device)
-        sums = [ExactSum(m, device, span) for _ in range(outputs)]
+        table = BagTable(m, device) if tables is None else [BagTable(w, device) for w in tables]
+        sums = [ExactSum(shape, device, span) for shape in shapes]
         for x0, x1 in mine:
             block(x0, x1, table, sums)
         return [s.result() for s in sums]
@@ -127,7 +130,7 @@ def run_blocks(ranges: list[tuple[int, int]], block: Callable, m: int, device, o
                 parts = list(pool.map(run, [ranges[i::workers] for i in range(workers)]))
         finally:
             torch.set_num_threads(before)
-    return [sum(p[i] for p in parts) for i in range(outputs)]
+    return [sum(p[i] for p in parts) for i in range(len(shapes))]
 
 
 def spans(n: int, span: int, start: int = 0) -> list[tuple[int, int]]:

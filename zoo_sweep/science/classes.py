@@ -37,8 +37,10 @@ def _class_blocks(mat: torch.Tensor, labels: torch.Tensor, num_classes: int, dty
     sizes = torch.bincount(lab, minlength=num_classes)
     g = max(1, int(sizes.max()))
     if int(sizes.min()) == g:  # equal classes (ImageNet val: 50 each): a reshape, no scatter
-        blk = mat.T[order].view(num_classes, g, mat.shape[0]).to(dtype).transpose(1, 2).contiguous()
-        return (1 - blk if complement else blk), g
+        m = mat.shape[0]
+        blk = torch.empty(num_classes, m, g, dtype=dtype, device=mat.device)  # converted in one copy
+        blk.copy_(mat.index_select(1, order).view(m, num_classes, g).transpose(0, 1))
+        return (blk.neg_().add_(1) if complement else blk), g
     pos = torch.arange(lab.numel(), device=mat.device) - (torch.cumsum(sizes, 0) - sizes)[lab]
     out = torch.zeros(num_classes, mat.shape[0], g, dtype=dtype, device=mat.device)
     vals = mat[:, order].T.to(dtype)

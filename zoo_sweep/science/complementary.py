@@ -56,7 +56,7 @@ def compare_kernel(name: Kernel | str | None = None, device: str | None = None, 
 def flip_counts(correct: torch.Tensor, k: Kernel | str | None = None) -> torch.Tensor:
     """pos[s, t]: samples the teacher t gets right and the student s gets wrong (counts, float64)."""
     both = gram01(correct, k)
-    right = correct.sum(dim=1)
+    right = both.diagonal()  # a row's product with itself: its count, without a sum over M x N
     return (right.view(1, -1) - both).double()
 
 
@@ -98,7 +98,7 @@ def pair_matrices(preds: torch.Tensor, labels: torch.Tensor, pmax: torch.Tensor,
 
     correct = preds == labels.to(preds.dtype).view(1, -1)
     both = gram01(correct, kern)
-    right = correct.sum(dim=1)
+    right = both.diagonal().clone()  # each row's product with itself: a bool sum over M x N would copy it as int64
     pct = 100.0 / n
     acc = right.double() * pct
     pos = (right.view(1, -1) - both).double() * pct
@@ -114,7 +114,7 @@ def pair_matrices(preds: torch.Tensor, labels: torch.Tensor, pmax: torch.Tensor,
     lap("flips")
     nan = torch.full((m, m), float("nan"), dtype=torch.float64, device=dev)
     if "agreement" in metrics:
-        agree = both + same_wrong_counts(preds, ~correct, num_classes)
+        agree = both + same_wrong_counts(preds, labels, num_classes)
         agree.fill_diagonal_(n)
         out["agreement"] = agree.double() * pct
         lap("agreement")

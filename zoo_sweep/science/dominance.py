@@ -107,6 +107,13 @@ def _ties(key, idx, right, table: BagTable, out):
     out.add(take_sums(table, code_mm, code_mm < 0))
 
 
+def column_counts(mask: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """int32 count of the True entries of each column of an M x N bool matrix. A bool sum converts its input
+    first: in chunks of columns, that copy stays small."""
+    n = mask.shape[1]
+    return torch.cat([mask[:, c0:c0 + chunk].sum(dim=0, dtype=torch.int32) for c0 in range(0, max(n, 1), chunk)])
+
+
 def dominance_counts(correct: torch.Tensor, pmax: torch.Tensor, span: int | None = None,
                      workers: int | None = None):
     """(ge, gt) as int64 M x M: ge[s, t] = #{x : s right, t wrong, pmax_s >= pmax_t}, gt the same with >.
@@ -115,13 +122,12 @@ def dominance_counts(correct: torch.Tensor, pmax: torch.Tensor, span: int | None
     m, n = correct.shape
     if m >= 1 << _IDX_BITS:
         raise ValueError(f"at most {1 << _IDX_BITS} models")
-    # sample-major copies, once: every block then reads contiguous rows (sorting is per sample)
-    correct = correct.to(torch.bool).T.contiguous()
-    mono = monotone_bits(pmax.to(device=correct.device)).T.contiguous()
+    correct = correct.to(torch.bool)
+    pmax = pmax.to(device=correct.device)
     # per sample, the rarer kind of entry gathers: samples with more wrong than right entries go to the end,
     # where rights and wrongs swap roles and the confidence order reverses (~mono reverses it exactly, ties
     # kept): the swapped count of W_t R_s [p_t <= p_s] is ge itself, not its transpose
-    rights = correct.sum(dim=1)
+    rights = column_counts(correct)
     order = torch.argsort((2 * rights < m).to(torch.int8), stable=True)
     n_plain = int((2 * rights >= m).sum())
     span = span or (SPAN if correct.device.type == "cpu" else SPAN_GPU)
@@ -132,10 +138,13 @@ def dominance_counts(correct: torch.Tensor, pmax: torch.Tensor, span: int | None
     def block(x0, x1, table, sums):
         swap = x0 >= n_plain
         if n_plain == n:  # no sample swaps roles: blocks are slices
-            c, key = correct[x0:x1], mono[x0:x1]
+            c, p = correct[:, x0:x1], pmax[:, x0:x1]
         else:  # a block of samples in the order plain, then swapped
             idx = order[x0:x1]
-            c, key = correct.index_select(0, idx), mono.index_select(0, idx)
+            c, p = correct.index_select(1, idx), pmax.index_select(1, idx)
+        # sample-major copies of the block only (sorting is per sample): copies of the whole records cost
+        # several N x M arrays of fresh pages per call
+        c, key = c.T.contiguous(), monotone_bits(p.T.contiguous())
         _block(~c if swap else c, ~key if swap else key, low, low_right, table, sums[2 * swap:2 * swap + 2])
 
     ranges = spans(n_plain, span) + spans(n - n_plain, span, n_plain)

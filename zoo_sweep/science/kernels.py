@@ -273,6 +273,12 @@ class BagTable:
         self.rows_used = n
         return self._buf[:n, :self.m]
 
+    def set_members(self, n: int, row: torch.Tensor, col: torch.Tensor):
+        """Makes the table n rows of zeros with a 1 at each (row[i], col[i])."""
+        self.rows(n).zero_()
+        width = self._buf.shape[1]
+        self._buf.view(-1).index_fill_(0, row.to(torch.int64) * width + col, 1)
+
     def sum(self, idx: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """float32 (bags x m): bag b sums the rows idx[offsets[b]:offsets[b + 1]] (offsets has bags + 1)."""
         if self.byte:
