@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from zoo_sweep.errors import UserError
-from zoo_sweep.storage.store import Store, reset_jobs
+from zoo_sweep.storage.store import Store, jobs, models, reset_jobs, sweeps
 
 
 @pytest.fixture
@@ -75,6 +75,30 @@ def test_job_states_and_reset_read_no_payload(store):
     assert row == ["pending", 0, None]
     assert reset_jobs(store, "s", "pending", "cancelled") == 2
     assert store.job_states("s") == {"a": "cancelled", "b": "interrupted", "c": "cancelled"}
+
+
+def _models(store, sweep, idents):
+    return store.write_plan({"name": sweep, "spec": "{}", "spec_hash": "h", "path": None},
+                            [{"name": n, "eval_set": "e", "arch": "a", "family": "cnn", "params": 1, "ident": i}
+                             for n, i in idents.items()],
+                            [{"id": f"{sweep}-job", "kind": "transfer", "payload": "{}"}], sweep)
+
+
+def test_a_stored_model_name_keeps_its_model(store):
+    """A second sweep may reuse a model (same ident) but not give its name to another one: that plan is
+    refused whole (its sweep and jobs are not written either). Rows from before idents take the first one."""
+    _models(store, "one", {"m1": "A", "m2": "B"})
+    _models(store, "two", {"m1": "A"})
+    with pytest.raises(UserError, match=r"model name 'm2' on eval set 'e' already stands for a different model"):
+        _models(store, "three", {"m1": "A", "m2": "C"})
+    with store.engine.connect() as conn:
+        assert sorted(conn.execute(sa.select(sweeps.c.name)).scalars()) == ["one", "two"]
+        assert conn.execute(sa.select(sa.func.count()).select_from(jobs)).scalar() == 2
+        conn.execute(models.update().where(models.c.name == "m1").values(ident=None))  # an older store's row
+        conn.commit()
+    _models(store, "four", {"m1": "D"})
+    with store.engine.connect() as conn:
+        assert {n: i for n, i in conn.execute(sa.select(models.c.name, models.c.ident))} == {"m1": "D", "m2": "B"}
 
 
 def test_bad_url_and_missing_store_are_user_errors(tmp_path):

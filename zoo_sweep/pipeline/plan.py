@@ -25,6 +25,7 @@ from zoo_sweep.data.sets import (  # noqa: F401  (num_classes_of re-exported)
     subset_fields,
 )
 from zoo_sweep.errors import UserError
+from zoo_sweep.ids import content_id
 from zoo_sweep.paths import Paths
 from zoo_sweep.pipeline.jobs import (
     ComparePayload,
@@ -247,7 +248,7 @@ def max_selected(plan: Plan) -> int:
 
 def model_rows(plan: Plan) -> list[dict]:
     return [{"name": m.name, "eval_set": plan.spec.data.eval, "arch": m.arch, "family": m.family,
-             "params": plan.params[m.name]} for m in plan.models]
+             "params": plan.params[m.name], "ident": content_id(m.ident)} for m in plan.models]
 
 
 def write_plan(store, plan: Plan) -> int:

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from zoo_sweep.science.pair_metrics import CLASS_COUNTS, PAIR_METRICS
 from zoo_sweep.transfer.result_metrics import TRANSFER_METRICS
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 VERSION_TABLE = "schema_version"  # Alembic's version table, under a name no other tool's store uses
 JOB_STATES = ("pending", "running", "done", "failed", "diverged", "interrupted", "cancelled")
 
@@ -38,6 +38,9 @@ models = sa.Table(
     sa.Column("params", sa.BigInteger),
     sa.Column("accuracy", sa.Float),  # percent; NULL until its predict job is done
     sa.Column("record", sa.String),  # prediction record file
+    # hash of the model the name stands for (architecture, weights, preprocessing): results are kept per name,
+    # so a plan that gives the name to another model is refused instead of overwriting them
+    sa.Column("ident", sa.String),
 )
 
 jobs = sa.Table(

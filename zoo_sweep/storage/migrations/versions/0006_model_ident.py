@@ -1,0 +1,15 @@
+"""Version 6: models carry ``ident``, the hash of the model their name stands for (architecture, weights,
+preprocessing). Results are kept per model name, so a plan that gives a stored name to a different model is
+refused. Rows written before stay empty until a plan names them again."""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("models", sa.Column("ident", sa.String))
