@@ -148,7 +148,8 @@ def test_plan_launch_report_store_each_models_own_accuracy(own_zoo, ray_address)
 
 def test_changing_one_models_preprocessing_reruns_exactly_its_jobs(own_zoo, ray_address):
     """The same zoo with one alias's preprocessing fixed, as a second sweep on the same store: job ids carry
-    each model's full definition, so only the changed model's predict job (and the compare) run."""
+    each model's full definition, so only the changed model's predict job (and the compare) run, and the
+    launch warns that the name's results in the store change."""
     z = own_zoo
     cli = ("--db", z["db"], "--home", z["home"])
     spec = z["spec"].read_text().replace('name = "own-zoo"', 'name = "own-zoo-fixed"')
@@ -159,6 +160,8 @@ def test_changing_one_models_preprocessing_reruns_exactly_its_jobs(own_zoo, ray_
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ran 1 predict, 1 compare in" in r.stdout and "reused 4 prediction records, 1 transfer jobs" in r.stdout
     assert "chance" not in r.stderr
+    # the name now stands for another model than the store measured: said once, before anything is written
+    assert r.stderr.count("warning: cnn-seed1-badprep: the store holds this name on imagefolder:") == 1
     from zoo_sweep.storage.store import Store
 
     acc = Store(z["db"]).table("models").set_index("name")["accuracy"]

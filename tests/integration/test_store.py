@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from zoo_sweep.errors import UserError
-from zoo_sweep.storage.store import Store, jobs, models, reset_jobs, sweeps
+from zoo_sweep.storage.store import Store, models, reset_jobs
 
 
 @pytest.fixture
@@ -84,21 +84,17 @@ def _models(store, sweep, idents):
                             [{"id": f"{sweep}-job", "kind": "transfer", "payload": "{}"}], sweep)
 
 
-def test_a_stored_model_name_keeps_its_model(store):
-    """A second sweep may reuse a model (same ident) but not give its name to another one: that plan is
-    refused whole (its sweep and jobs are not written either). Rows from before idents take the first one."""
+def test_a_model_name_holds_the_latest_plans_model(store):
+    """Each plan writes the ident of the model every name stands for (the latest wins; the other columns of a
+    stored row stay); rows from before idents read as None until a plan names them."""
     _models(store, "one", {"m1": "A", "m2": "B"})
-    _models(store, "two", {"m1": "A"})
-    with pytest.raises(UserError, match=r"model name 'm2' on eval set 'e' already stands for a different model"):
-        _models(store, "three", {"m1": "A", "m2": "C"})
-    with store.engine.connect() as conn:
-        assert sorted(conn.execute(sa.select(sweeps.c.name)).scalars()) == ["one", "two"]
-        assert conn.execute(sa.select(sa.func.count()).select_from(jobs)).scalar() == 2
-        conn.execute(models.update().where(models.c.name == "m1").values(ident=None))  # an older store's row
-        conn.commit()
-    _models(store, "four", {"m1": "D"})
-    with store.engine.connect() as conn:
-        assert {n: i for n, i in conn.execute(sa.select(models.c.name, models.c.ident))} == {"m1": "D", "m2": "B"}
+    assert store.model_idents("e", ["m1", "m2", "m3"]) == {"m1": "A", "m2": "B"}
+    with store.begin() as conn:
+        conn.execute(models.update().where(models.c.name == "m1").values(ident=None, accuracy=50.0))
+    assert store.model_idents("e", ["m1"]) == {"m1": None} and store.model_idents("other", ["m1"]) == {}
+    _models(store, "two", {"m1": "C"})
+    assert store.model_idents("e", ["m1", "m2"]) == {"m1": "C", "m2": "B"}
+    assert store.table("models").set_index("name")["accuracy"]["m1"] == 50.0
 
 
 def test_bad_url_and_missing_store_are_user_errors(tmp_path):

@@ -251,6 +251,20 @@ def model_rows(plan: Plan) -> list[dict]:
              "params": plan.params[m.name], "ident": content_id(m.ident)} for m in plan.models]
 
 
+def redefinition_warning(store, plan: Plan) -> str | None:
+    """A warning when the store holds some of the plan's model names for another model (architecture, weights
+    or preprocessing): accuracy, records and pairs are kept by name, so this plan's results will replace it."""
+    rows = model_rows(plan)
+    stored = store.model_idents(plan.spec.data.eval, [r["name"] for r in rows])
+    names = [r["name"] for r in rows if stored.get(r["name"]) not in (None, r["ident"])]
+    if not names:
+        return None
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (f"{shown}: the store holds {'these names' if len(names) > 1 else 'this name'} on {plan.spec.data.eval} "
+            "for another model (architecture, weights or preprocessing); this sweep's accuracy and pairs will "
+            "replace it there (rename the model in the spec, or use another --db, to keep both)")
+
+
 def write_plan(store, plan: Plan) -> int:
     """Record the plan in the store (one transaction); returns how many jobs are new."""
     spec = plan.spec

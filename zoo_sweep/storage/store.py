@@ -197,31 +197,26 @@ class Store:
         with self.begin() as conn:
             existing = conn.execute(sa.select(sweeps.c.created_at).where(sweeps.c.name == sweep)).scalar()
             self._upsert(conn, sweeps, [{**spec_row, "created_at": existing or now, "updated_at": now}])
-            self._claim_model_names(conn, model_rows)
             self._upsert(conn, models, model_rows, update=False)
+            self._set_idents(conn, model_rows)
             return self._add_jobs(conn, sweep, job_rows, now)
 
-    def _claim_model_names(self, conn, rows: list[dict]) -> None:
-        """Refuse rows whose (name, eval set) the store already holds for another model (``ident``): accuracy,
-        records and pairs are kept by name, so the new model's results would overwrite the old one's. Rows
-        stored before idents existed take the new one."""
-        rows = [r for r in rows if r.get("ident")]
-        stored = {}
-        for chunk in _chunks(rows, 500):
-            names = {r["name"] for r in chunk}
-            q = sa.select(models.c.name, models.c.eval_set, models.c.ident).where(models.c.name.in_(names))
-            stored.update({(n, e): i for n, e, i in conn.execute(q)})
-        clash = [r for r in rows if stored.get((r["name"], r["eval_set"])) not in (None, r["ident"])]
-        if clash:
-            names = ", ".join(repr(r["name"]) for r in clash[:3]) + (f" and {len(clash) - 3} more" if len(clash) > 3
-                                                                     else "")
-            raise UserError(f"model name {names} on eval set {clash[0]['eval_set']!r} already stands for a different "
-                            "model in this store (other weights, architecture or preprocessing), whose results are "
-                            "kept under that name: give the model a new name in the spec, or use another store (--db)")
-        for r in rows:
-            if (r["name"], r["eval_set"]) in stored and stored[(r["name"], r["eval_set"])] is None:
-                conn.execute(models.update().where(models.c.name == r["name"], models.c.eval_set == r["eval_set"])
-                             .values(ident=r["ident"]))
+    def _set_idents(self, conn, rows: list[dict]) -> None:
+        """The model each name stands for now (plan rows keep the other columns a row already has)."""
+        rows = [{"n": r["name"], "e": r["eval_set"], "i": r["ident"]} for r in rows if r.get("ident")]
+        if rows:
+            named = (models.c.name == sa.bindparam("n"), models.c.eval_set == sa.bindparam("e"))
+            conn.execute(models.update().where(*named).values(ident=sa.bindparam("i")), rows)
+
+    def model_idents(self, eval_set: str, names: list[str]) -> dict[str, str | None]:
+        """The stored ident of each of ``names`` the store holds on ``eval_set`` (None: stored before idents)."""
+        out: dict[str, str | None] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(names, 500):
+                q = sa.select(models.c.name, models.c.ident).where(models.c.eval_set == eval_set,
+                                                                   models.c.name.in_(chunk))
+                out.update({n: i for n, i in conn.execute(q)})
+        return out
 
     def add_jobs(self, sweep: str, job_rows: list[dict]) -> int:
         """Link jobs to a sweep (new ones pending; existing ones keep their state); returns how many are new."""
