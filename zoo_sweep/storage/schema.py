@@ -39,7 +39,7 @@ models = sa.Table(
     sa.Column("accuracy", sa.Float),  # percent; NULL until its predict job is done
     sa.Column("record", sa.String),  # prediction record file
     # hash of the model the name stands for (architecture, weights, preprocessing): results are kept per name,
-    # so a plan that gives the name to another model is refused instead of overwriting them
+    # so a plan that gives the name to another model warns that they will be replaced
     sa.Column("ident", sa.String),
 )
 

@@ -1,6 +1,6 @@
 """Version 6: models carry ``ident``, the hash of the model their name stands for (architecture, weights,
-preprocessing). Results are kept per model name, so a plan that gives a stored name to a different model is
-refused. Rows written before stay empty until a plan names them again."""
+preprocessing). Results are kept per model name, so a plan that gives a stored name to a different model
+says that its results will replace the stored ones. Rows written before stay empty until a plan names them."""
 
 import sqlalchemy as sa
 from alembic import op
