@@ -211,11 +211,11 @@ class Store:
     def model_idents(self, eval_set: str, names: list[str]) -> dict[str, str | None]:
         """The stored ident of each of ``names`` the store holds on ``eval_set`` (None: stored before idents)."""
         out: dict[str, str | None] = {}
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             for chunk in _chunks(names, 500):
                 q = sa.select(models.c.name, models.c.ident).where(models.c.eval_set == eval_set,
                                                                    models.c.name.in_(chunk))
-                out.update({n: i for n, i in conn.execute(q)})
+                out.update(conn.execute(q).tuples().all())
         return out
 
     def add_jobs(self, sweep: str, job_rows: list[dict]) -> int:
