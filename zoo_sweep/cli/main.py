@@ -97,7 +97,7 @@ def say(text: str) -> None:
 def plan(ctx: typer.Context, spec: Path = typer.Argument(..., help="Sweep spec (TOML), e.g. jobs/digits-demo.toml"),
          dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; write nothing.")):
     """Write the sweep and its job ledger to the store and print models, pairs, jobs and an estimate."""
-    from zoo_sweep.pipeline.plan import load_sweep, make_plan, redefinition_warning, write_plan
+    from zoo_sweep.pipeline.plan import load_sweep, make_plan, write_plan
 
     s = load_sweep(spec)
     p = make_plan(s, ctx.obj.paths(), dry_run=dry_run)
@@ -106,10 +106,7 @@ def plan(ctx: typer.Context, spec: Path = typer.Argument(..., help="Sweep spec (
         say("dry run: nothing written")
         return
     store = ctx.obj.store()
-    note = redefinition_warning(store, p)
-    if note:
-        err.print(f"[yellow]warning:[/] {escape(note)}")
-    new = write_plan(store, p)
+    new = write_plan(store, p, warn=lambda note: err.print(f"[yellow]warning:[/] {escape(note)}"))
     say(f"planned {s.name} in {mask_url(store.url)}: {new} new job(s), {len(p.all_jobs) - new} already in the ledger")
 
 

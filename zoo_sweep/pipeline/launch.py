@@ -49,7 +49,7 @@ from zoo_sweep.pipeline.options import (  # noqa: F401  (LaunchOptions, parse_sh
     in_shard,
     parse_shard,
 )
-from zoo_sweep.pipeline.plan import Plan, make_plan, redefinition_warning, select_transfers, write_plan
+from zoo_sweep.pipeline.plan import Plan, make_plan, select_transfers, write_plan
 from zoo_sweep.pipeline.pool import Handlers, Pool, actor_shape
 from zoo_sweep.pipeline.results import plain, record_transfer  # noqa: F401  (re-exported)
 from zoo_sweep.science.records import load_record, save_record
@@ -151,10 +151,8 @@ class _Run:
 
     # ------------------------------------------------------------------ stages
     def execute(self) -> LaunchReport:
-        note = redefinition_warning(self.store, self.plan)
-        if note:
-            self.console.print(f"[yellow]warning:[/] {escape(note)}")
-        self.report.new_jobs = write_plan(self.store, self.plan)
+        self.report.new_jobs = write_plan(self.store, self.plan,
+                                          warn=lambda note: self.console.print(f"[yellow]warning:[/] {escape(note)}"))
         self._requeue_stale()
         self._build_zoo()
         self._predict()

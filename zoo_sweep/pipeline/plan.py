@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,23 +252,27 @@ def model_rows(plan: Plan) -> list[dict]:
              "params": plan.params[m.name], "ident": content_id(m.ident)} for m in plan.models]
 
 
-def redefinition_warning(store, plan: Plan) -> str | None:
-    """A warning when the store holds some of the plan's model names for another model (architecture, weights
-    or preprocessing): accuracy, records and pairs are kept by name, so this plan's results will replace it."""
-    rows = model_rows(plan)
-    stored = store.model_idents(plan.spec.data.eval, [r["name"] for r in rows])
+def _redefinition_warning(store, eval_set: str, rows: list[dict]) -> str | None:
+    """A warning when the store holds some of these model names for another model (architecture, weights or
+    preprocessing): accuracy, records and pairs are kept by name, so this plan's results will replace it."""
+    stored = store.model_idents(eval_set, [r["name"] for r in rows])
     names = [r["name"] for r in rows if stored.get(r["name"]) not in (None, r["ident"])]
     if not names:
         return None
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    return (f"{shown}: the store holds {'these names' if len(names) > 1 else 'this name'} on {plan.spec.data.eval} "
-            "for another model (architecture, weights or preprocessing); this sweep's accuracy and pairs will "
-            "replace it there (rename the model in the spec, or use another --db, to keep both)")
+    return (f"{shown}: the store holds {'these names' if len(names) > 1 else 'this name'} on {eval_set} for "
+            "another model (architecture, weights or preprocessing); this sweep's accuracy and pairs will replace "
+            "it there (rename the model in the spec, or use another --db, to keep both)")
 
 
-def write_plan(store, plan: Plan) -> int:
-    """Record the plan in the store (one transaction); returns how many jobs are new."""
+def write_plan(store, plan: Plan, warn: Callable[[str], object] | None = None) -> int:
+    """Record the plan in the store (one transaction); returns how many jobs are new. ``warn`` first receives
+    a warning when the plan gives model names the store holds to other models."""
     spec = plan.spec
     row = {"name": spec.name, "spec": json.dumps(spec.to_dict(), default=list), "spec_hash": spec.digest,
            "path": spec.path}
-    return store.write_plan(row, model_rows(plan), job_rows(plan.all_jobs, plan.home), spec.name)
+    models = model_rows(plan)
+    note = _redefinition_warning(store, spec.data.eval, models) if warn else None
+    if note:
+        warn(note)
+    return store.write_plan(row, models, job_rows(plan.all_jobs, plan.home), spec.name)

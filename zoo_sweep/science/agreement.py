@@ -18,11 +18,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from zoo_sweep.science.bags import run_blocks, spans
+from zoo_sweep.science.bags import block_span, run_blocks, spans
 
 _BINS = 1 << 22  # (sample, class) bins of one block's bincount
-SPAN = 256  # samples per block on CPU: a table of about a MB at 1,000 models (in cache)
-SPAN_GPU = 2048  # on a GPU: fewer, larger launches (a bag of float16 rows stays exact up to 2048 rows)
 
 
 def same_wrong_counts(preds: torch.Tensor, labels: torch.Tensor, num_classes: int, span: int | None = None,
@@ -35,7 +33,7 @@ def same_wrong_counts(preds: torch.Tensor, labels: torch.Tensor, num_classes: in
         return torch.zeros(m, m, dtype=torch.int64, device=dev)
     k = max(1, int(num_classes))
     labels = labels.to(device=dev)
-    span = span or max(1, min(SPAN if dev.type == "cpu" else SPAN_GPU, _BINS // k))
+    span = block_span(dev, span, _BINS // k)
     kdt = torch.int32 if span * k < (1 << 31) else torch.int64  # int32 keys: half the bytes of every pass
     h = m // 2  # models [0, h) count against all, models [h, m) against [h, m) only
 

@@ -19,6 +19,15 @@ import torch
 from zoo_sweep.science.kernels import BagTable
 
 _GROUP = 32  # samples whose table rows are padded to the same level count (sorted by it: little padding)
+SPAN = 256  # samples per block on CPU: tables of about a MB at 1,000 models (in cache), the M x M bag output amortised
+SPAN_GPU = BagTable.MAX_BAG  # on a GPU: fewer, larger launches
+
+
+def block_span(device, span: int | None = None, limit: int | None = None) -> int:
+    """Samples per block: ``span``, else the device's default; at most ``limit`` and BagTable.MAX_BAG (a bag
+    gathers at most one row per sample of its block, and float16 rows sum exactly up to that many)."""
+    span = span or (SPAN if torch.device(device).type == "cpu" else SPAN_GPU)
+    return max(1, min(int(span), BagTable.MAX_BAG, BagTable.MAX_BAG if limit is None else limit))
 
 
 class ExactSum:

@@ -25,11 +25,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from zoo_sweep.science.bags import Layout, fill_table, run_blocks, spans, take_sums
+from zoo_sweep.science.bags import Layout, block_span, fill_table, run_blocks, spans, take_sums
 from zoo_sweep.science.kernels import BagTable
 
-SPAN = 256  # samples per block on CPU: a table of a few MB (in cache), the M x M bag output amortised
-SPAN_GPU = 2048  # on a GPU: fewer, larger launches (a bag of float16 rows stays exact up to 2048 rows)
 _IDX_BITS = 30  # sort key: confidence in the top 32 bits, the right/wrong bit, then the model index
 
 
@@ -130,8 +128,7 @@ def dominance_counts(correct: torch.Tensor, pmax: torch.Tensor, span: int | None
     rights = column_counts(correct)
     order = torch.argsort((2 * rights < m).to(torch.int8), stable=True)
     n_plain = int((2 * rights >= m).sum())
-    span = span or (SPAN if correct.device.type == "cpu" else SPAN_GPU)
-    span = max(1, min(int(span), BagTable.MAX_BAG, n))
+    span = block_span(correct.device, span, n)
     low = torch.arange(m, device=correct.device, dtype=torch.int64)
     low_right = low | (1 << _IDX_BITS)
 
