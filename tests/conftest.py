@@ -207,6 +207,29 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
     return rc, captured.out, captured.err
 
 
+def sqlite_rows(db: Path, sql: str) -> list[tuple]:
+    """A query on a SQLite store file, read beside the launcher that writes it."""
+    import sqlite3
+
+    with sqlite3.connect(db) as c:
+        return c.execute(sql).fetchall()
+
+
+def sqlite_rows_so_far(db: Path, sql: str) -> list[tuple]:
+    """sqlite_rows while a launcher may still be creating the store: its file exists from the first connect,
+    its tables only once the creating transaction commits (no rows until then)."""
+    import sqlite3
+
+    if not db.exists():
+        return []
+    try:
+        return sqlite_rows(db, sql)
+    except sqlite3.OperationalError as e:
+        if "no such table" not in str(e):
+            raise
+        return []
+
+
 def assert_png(path: Path) -> None:
     """A PNG that decodes and shows a drawing, not a blank canvas."""
     from PIL import Image

@@ -8,9 +8,9 @@ embedded zoo is not trained again and the micro sweep's own files are never touc
 import hashlib
 import json
 import shutil
-import sqlite3
 
 from conftest import micro_spec
+from conftest import sqlite_rows as _rows
 from typer.testing import CliRunner
 
 from zoo_sweep.cli.main import app
@@ -33,11 +33,6 @@ def _setup(micro, tmp_path, name, models=ALL):
 def _launch(micro, db, home, spec, *extra, command="launch"):
     return CliRunner().invoke(app, ["--db", f"sqlite:///{db}", "--home", str(home), command, str(spec),
                                     "--address", micro["address"], "--no-progress", *extra], catch_exceptions=False)
-
-
-def _rows(db, sql):
-    with sqlite3.connect(db) as c:
-        return c.execute(sql).fetchall()
 
 
 def test_a_model_added_to_the_spec_is_predicted_compared_and_transferred(micro, tmp_path):

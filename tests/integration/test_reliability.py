@@ -9,11 +9,11 @@ import json
 import random
 import shutil
 import signal
-import sqlite3
 import subprocess
 import time
 
-from conftest import BIN, ROOT, micro_spec, run_cli
+from conftest import BIN, ROOT, micro_spec, run_cli, sqlite_rows_so_far
+from conftest import sqlite_rows as _rows
 
 
 def spec_and_path(tmp_path, name, pairs):
@@ -21,11 +21,6 @@ def spec_and_path(tmp_path, name, pairs):
     p.write_text(micro_spec(name, pairs={"policy": "top_ck", "max_pairs": pairs}, transfer={"seeds": [0, 1]},
                             run={"max_retries": 2}))
     return p
-
-
-def _rows(db, sql):
-    with sqlite3.connect(db) as c:
-        return c.execute(sql).fetchall()
 
 
 def _launcher(micro, db, spec):
@@ -43,10 +38,9 @@ def test_killed_launcher_loses_nothing_and_reruns_nothing_done(micro, tmp_path):
         time.sleep(rng.uniform(6, 20))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        if db.exists():
-            done = dict(_rows(db, "select id, finished_at from jobs where state = 'done'"))
-            assert all(done[k] == v for k, v in done_before.items()), "a finished job ran again"
-            done_before = done
+        done = dict(sqlite_rows_so_far(db, "select id, finished_at from jobs where state = 'done'"))
+        assert all(done[k] == v for k, v in done_before.items()), "a finished job ran again"
+        done_before = done
     r = run_cli("--db", f"sqlite:///{db}", "--home", micro["home"], "launch", str(spec), "--address",
                 micro["address"], "--no-progress")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -64,10 +58,9 @@ def test_killed_worker_job_is_retried(micro, tmp_path):
     deadline = time.time() + 240
     while victim is None and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
-        if db.exists():
-            running = _rows(db, "select id, worker from jobs where kind = 'transfer' and state = 'running'")
-            if running:
-                victim = running[0]
+        running = sqlite_rows_so_far(db, "select id, worker from jobs where kind = 'transfer' and state = 'running'")
+        if running:
+            victim = running[0]
     assert victim is not None, "no transfer job was seen running"
     time.sleep(1.0)
     pid = int(victim[1].split(":")[-2])  # workers report host:[ray node:]pid:device
@@ -111,7 +104,7 @@ def test_ctrl_c_marks_jobs_interrupted_and_they_run_next_time(micro, tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
-        if db.exists() and _rows(db, "select count(*) from jobs where kind = 'transfer' and state = 'running'")[0][0]:
+        if sqlite_rows_so_far(db, "select id from jobs where kind = 'transfer' and state = 'running'"):
             break
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)

@@ -15,7 +15,8 @@ import subprocess
 import time
 
 import pandas as pd
-from conftest import BIN, ROOT, micro_spec
+from conftest import BIN, ROOT, micro_spec, sqlite_rows_so_far
+from conftest import sqlite_rows as _rows
 
 from zoo_sweep.transfer.result_metrics import TRANSFER_METRICS
 
@@ -35,19 +36,9 @@ def _launcher(micro, db, spec, *extra, lease_s="5"):
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def _rows(db, sql):
-    with sqlite3.connect(db) as c:
-        return c.execute(sql).fetchall()
-
-
 def _count(db, sql) -> int:
-    """While the launcher creates the store, its file may exist before its tables: count 0 then."""
-    if not db.exists():
-        return 0
-    try:
-        return _rows(db, sql)[0][0]
-    except sqlite3.OperationalError:
-        return 0
+    rows = sqlite_rows_so_far(db, sql)
+    return rows[0][0] if rows else 0
 
 
 def _assert_same_results_as_one_launcher(micro, db):

@@ -123,8 +123,9 @@ def test_markup_in_messages_prints_as_written(planned):
 
 def test_a_model_name_the_store_holds_for_another_model_is_a_warning(planned, tmp_path):
     """Results are kept by model name: a sweep that gives a stored name to a different model (here: the micro
-    zoo's recipes at 24 px, other weights) says, in one warning line per plan, that its results will replace
-    the stored model's; the same models under another sweep name plan without one."""
+    zoo's recipes at 24 px, other weights), or the same model on other eval data, says, in one warning line
+    per plan, that its results will replace the stored ones; the same models under another sweep name plan
+    without one."""
     db = tmp_path / "copy.db"
     db.write_bytes(planned["db"].read_bytes())
     base = ["--db", f"sqlite:///{db}", "--home", str(planned["root"] / "home")]
@@ -140,6 +141,13 @@ def test_a_model_name_the_store_holds_for_another_model_is_a_warning(planned, tm
     assert "the store holds these names on digits:eval for another model" in warnings[0]
     r = invoke(*base, "plan", str(other))  # the store now holds this definition: no warning the second time
     assert r.exit_code == 0 and "warning" not in r.stderr, r.output
+    # the same models (same weights) measured on other eval data under the same eval set name: replaced too
+    part = tmp_path / "part.toml"
+    part.write_text(micro_spec("part", transfer={"methods": ["kl"]}, data={"image_size": 24, "eval_subset": 0.5}))
+    r = invoke(*base, "plan", str(part))
+    warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("warning: ")]
+    assert r.exit_code == 0 and len(warnings) == 1, r.output
+    assert "another model (architecture, weights or preprocessing) or for other eval data" in " ".join(r.stderr.split())
 
 
 def test_reset_and_cancel_bad_input(planned):

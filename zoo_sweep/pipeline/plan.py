@@ -248,21 +248,26 @@ def max_selected(plan: Plan) -> int:
 
 
 def model_rows(plan: Plan) -> list[dict]:
+    """The plan's models as the store keeps them. ``ident`` hashes what a model's stored accuracy and pairs
+    depend on: the model and the decoded eval set (its images, image size, class map and subset)."""
     return [{"name": m.name, "eval_set": plan.spec.data.eval, "arch": m.arch, "family": m.family,
-             "params": plan.params[m.name], "ident": content_id(m.ident)} for m in plan.models]
+             "params": plan.params[m.name], "ident": content_id({"model": m.ident, "eval": plan.eval_key})}
+            for m in plan.models]
 
 
 def _redefinition_warning(store, eval_set: str, rows: list[dict]) -> str | None:
     """A warning when the store holds some of these model names for another model (architecture, weights or
-    preprocessing): accuracy, records and pairs are kept by name, so this plan's results will replace it."""
+    preprocessing) or measured on other eval data: accuracy, records and pairs are kept by name, so this
+    plan's results will replace it."""
     stored = store.model_idents(eval_set, [r["name"] for r in rows])
     names = [r["name"] for r in rows if stored.get(r["name"]) not in (None, r["ident"])]
     if not names:
         return None
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     return (f"{shown}: the store holds {'these names' if len(names) > 1 else 'this name'} on {eval_set} for "
-            "another model (architecture, weights or preprocessing); this sweep's accuracy and pairs will replace "
-            "it there (rename the model in the spec, or use another --db, to keep both)")
+            "another model (architecture, weights or preprocessing) or for other eval data (its images, image size, "
+            "class map or subset); this sweep's accuracy and pairs will replace it there (rename the model in "
+            "the spec, or use another --db, to keep both)")
 
 
 def write_plan(store, plan: Plan, warn: Callable[[str], object] | None = None) -> int:
