@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from real_cluster import RAY_STOP_GRACE_S
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -91,9 +92,10 @@ def ray_address(tmp_path_factory):
     ray.shutdown()
     os.killpg(head.pid, signal.SIGTERM)
     try:
-        head.wait(timeout=30)
+        head.wait(timeout=RAY_STOP_GRACE_S)
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=10)
     log.close()
 
 

@@ -90,6 +90,11 @@ def _program(name: str) -> str:
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin") or name
 
 
+# SIGTERM to SIGKILL for the tests' Ray nodes: a graceful `ray start --block` stop takes about 30 s, and a
+# test cluster keeps nothing worth it (SIGKILL to the group leaves no process behind)
+RAY_STOP_GRACE_S = 5.0
+
+
 def _stop_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
     """SIGTERM to the process group this session started, SIGKILL to what is left after ``grace``."""
     if proc.poll() is None:
@@ -478,7 +483,7 @@ class RayPair:
     def start_node(self, timeout: float = 180) -> None:
         """(Re)start the second node and wait until the cluster has both."""
         if self.node is not None:
-            _stop_group(self.node, grace=30)
+            _stop_group(self.node, grace=RAY_STOP_GRACE_S)
         self.node = self._start("node", [f"--address={self.address}", f"--resources={json.dumps({'node_b': 1})}"])
         self.wait_nodes(2, timeout)
 
@@ -514,4 +519,4 @@ class RayPair:
     def stop(self) -> None:
         for proc in (self.node, self.head):
             if proc is not None:
-                _stop_group(proc, grace=30)
+                _stop_group(proc, grace=RAY_STOP_GRACE_S)
