@@ -66,6 +66,28 @@ def test_differences_tell_signal_from_noise():
         stats.bootstrap_paired_diff([1, 2], [1])
 
 
+def test_a_student_clustered_difference_resamples_students_not_pairs():
+    rng = np.random.default_rng(3)
+    students = np.repeat([f"s{i}" for i in range(9)], 8)  # 9 students x 8 teachers
+    base = np.repeat(rng.normal(0, 1, 9), 8)  # a method that ignores the teacher: one result per student
+    d = 0.2 + np.repeat(rng.normal(0, 0.5, 9), 8) + rng.normal(0, 0.05, 72)  # mostly the student's luck
+    pairs = stats.bootstrap_paired_diff(base + d, base)
+    clustered = stats.bootstrap_paired_diff(base + d, base, groups=students)
+    assert clustered.estimate == pytest.approx(pairs.estimate) and (pairs.n, clustered.n) == (72, 9)
+    assert clustered.width > 2 * pairs.width  # ~sqrt(8): 8 pairs per student carry one student's luck
+    # one pair per group: the same draws as the pair bootstrap
+    a, b = rng.normal(0, 1, 30), rng.normal(0, 1, 30)
+    one_each = stats.bootstrap_paired_diff(a, b, groups=[f"g{i:02d}" for i in range(30)])
+    plain = stats.bootstrap_paired_diff(a, b)
+    assert one_each.n == plain.n == 30 and one_each.width > 0
+    assert (one_each.lo, one_each.hi) == pytest.approx((plain.lo, plain.hi))
+    # NaN pairs leave their group's other pairs in
+    a2, b2 = np.array([1.0, np.nan, 3.0, 4.0]), np.zeros(4)
+    assert stats.bootstrap_paired_diff(a2, b2, groups=["x", "x", "y", "y"]).estimate == pytest.approx(8 / 3)
+    with pytest.raises(ValueError):
+        stats.bootstrap_paired_diff([1, 2], [1, 2], groups=["x"])
+
+
 def test_correlations_match_scipy():
     from scipy.stats import pearsonr, rankdata, spearmanr
 

@@ -1,4 +1,4 @@
-"""Bootstrap confidence intervals over pairs: plain functions on numpy arrays.
+"""Bootstrap confidence intervals over pairs (or over students): plain functions on numpy arrays.
 
 Every interval is a percentile bootstrap: the rows (one row = one (student, teacher) pair of one method) are
 resampled with replacement ``n_boot`` times from a seeded generator, the statistic is recomputed on each
@@ -120,12 +120,17 @@ def _median_rates(codes: np.ndarray, success: np.ndarray, s: int) -> np.ndarray:
 
 
 def bootstrap_paired_diff(a, b, stat: str = "mean", n_boot: int = N_BOOT, level: float = LEVEL,
-                          seed: int = SEED) -> CI:
+                          seed: int = SEED, groups=None) -> CI:
     """Difference ``stat(a) - stat(b)`` of two methods run on the same pairs (row i of a and b is one pair);
-    pairs are resampled jointly. ``stat`` is "mean" (e.g. of delta) or "rate" (share of values > 0, percent)."""
+    pairs are resampled jointly. ``stat`` is "mean" (e.g. of delta) or "rate" (share of values > 0, percent).
+
+    ``groups`` (one label per row, e.g. the student): resample whole groups instead of pairs (a cluster
+    bootstrap; ``n`` is then the number of groups). Pairs that share a student share its run-to-run luck, and
+    a method that ignores the teacher gives one result per student; resampling pairs as independent then
+    makes the interval too narrow."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape:
-        raise ValueError("paired samples must have the same length")
+    if a.shape != b.shape or (groups is not None and len(groups) != a.size):
+        raise ValueError("paired samples (and their groups) must have the same length")
     keep = ~(np.isnan(a) | np.isnan(b))
     a, b = a[keep], b[keep]
     if a.size == 0:
@@ -135,8 +140,13 @@ def bootstrap_paired_diff(a, b, stat: str = "mean", n_boot: int = N_BOOT, level:
     elif stat != "mean":
         raise ValueError(f"unknown statistic {stat!r}: mean or rate")
     d = a - b
-    boot = d[resample_indices(d.size, n_boot, seed)].mean(axis=1)
-    return _interval(d.mean(), boot, d.size, level)
+    if groups is None:
+        boot = d[resample_indices(d.size, n_boot, seed)].mean(axis=1)
+        return _interval(d.mean(), boot, d.size, level)
+    codes, names = _codes(np.asarray(groups, dtype=object)[keep])
+    sums, counts = np.bincount(codes, weights=d), np.bincount(codes).astype(float)
+    idx = resample_indices(len(names), n_boot, seed)
+    return _interval(d.mean(), sums[idx].sum(axis=1) / counts[idx].sum(axis=1), len(names), level)
 
 
 def bootstrap_diff(a, b, stat: str = "mean", n_boot: int = N_BOOT, level: float = LEVEL, seed: int = SEED) -> CI:
