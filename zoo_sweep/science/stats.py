@@ -1,9 +1,9 @@
 """Bootstrap confidence intervals over pairs (or over students): plain functions on numpy arrays.
 
-Every interval is a percentile bootstrap: the rows (one row = one (student, teacher) pair of one method) are
-resampled with replacement ``n_boot`` times from a seeded generator, the statistic is recomputed on each
-resample, and the interval is the (1 - level)/2 and (1 + level)/2 quantiles of those values. The same seed
-gives the same interval, so a report is reproducible.
+Every interval is a percentile bootstrap: the rows (one row = one (student, teacher) pair of one method; or
+whole groups of rows, see ``bootstrap_paired_diff``) are resampled with replacement ``n_boot`` times from a
+seeded generator, the statistic is recomputed on each resample, and the interval is the (1 - level)/2 and
+(1 + level)/2 quantiles of those values. The same seed gives the same interval, so a report is reproducible.
 """
 
 from __future__ import annotations
