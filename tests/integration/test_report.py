@@ -224,6 +224,36 @@ def test_indistinguishable_methods_are_reported(tmp_path):
     assert "not distinguishable" in (tmp_path / "rep" / "report.html").read_text()
 
 
+def test_a_difference_carried_by_few_students_is_not_firmly_distinguishable(tmp_path):
+    """Method b = method a plus one offset per student: over pairs the difference looks firm, but it rests on
+    5 students' luck; with students resampled its interval covers 0, and the report says so."""
+    from zoo_sweep.report.build import make_report
+
+    store = synth_store(tmp_path / "zoo.db", n_models=5, methods=("a", "b"), multi=False)
+    import sqlalchemy as sa
+
+    from zoo_sweep.storage import store as st
+
+    offsets = dict(zip([f"m{i}" for i in range(5)], [2.0, 1.5, -0.5, 0.8, -0.3]))
+    with store.engine.begin() as conn:
+        conn.execute(sa.delete(st.transfer_results).where(st.transfer_results.c.method == "b"))
+        rows = [dict(r._mapping) for r in conn.execute(sa.select(st.transfer_results))]
+        assert set(offsets) == {r["student"] for r in rows}
+        rng = np.random.default_rng(2)
+        conn.execute(st.transfer_results.insert(), [{**r, "job_id": r["job_id"] + "-b", "method": "b",
+                                                     "delta": r["delta"] + offsets[r["student"]]
+                                                     + rng.normal(0, 0.05)} for r in rows])
+        conn.execute(st.sweep_jobs.insert(), [{"sweep": "synth", "job_id": r["job_id"] + "-b"} for r in rows])
+    rep = make_report(store, "synth", "e", tmp_path / "rep", n_boot=500)
+    diffs = pd.read_csv(tmp_path / "rep" / "method_differences.csv").iloc[0]
+    assert (diffs["method_a"], diffs["students"]) == ("a", 5)
+    assert diffs["delta"] == "distinguishable" and diffs["delta_by_student"] == "not distinguishable"
+    assert diffs["delta_diff_by_student_hi"] - diffs["delta_diff_by_student_lo"] > \
+        diffs["delta_diff_hi"] - diffs["delta_diff_lo"]
+    assert any("a vs b" in f and "5 students resampled" in f and "not firmly distinguishable" in f
+               for f in rep.findings), rep.findings
+
+
 def test_every_shown_query_reruns(synth):
     """The SQL shown for each table, parameters filled in, gives the rows the table was computed from."""
     from zoo_sweep.report.build import SQL, method_summary

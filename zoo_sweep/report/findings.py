@@ -21,7 +21,11 @@ def findings(pairs, summary, diffs, msum, held, ranks) -> list[str]:
                  f"median per-student success {fmt_ci(r.student_success, r.student_success_lo, r.student_success_hi, 0)} %.")
     for r in diffs.itertuples(index=False):
         d = fmt_ci(r.delta_diff, r.delta_diff_lo, r.delta_diff_hi)
-        if r.delta == "distinguishable":
+        if r.delta == "distinguishable" and r.delta_by_student == "not distinguishable":
+            by = fmt_ci(r.delta_diff_by_student, r.delta_diff_by_student_lo, r.delta_diff_by_student_hi)
+            f.append(f"{r.method_a} vs {r.method_b}: mean Δ differs by {d} points over {r.pairs} pairs, but with "
+                     f"its {r.students} students resampled the interval, {by}, covers 0: not firmly distinguishable.")
+        elif r.delta == "distinguishable":
             f.append(f"{r.method_a} vs {r.method_b}: mean Δ differs by {d} points over {r.pairs} pairs: distinguishable.")
         elif r.delta == "not distinguishable":
             f.append(f"{r.method_a} vs {r.method_b}: not distinguishable: the 95 % interval of the difference in "

@@ -97,8 +97,9 @@ def transfer(d: ReportData) -> tuple[str, list]:
                                 f"of teachers with delta > 0; {d.boot_note}")]
     d.diffs = tables.method_differences(tp, kw)
     items.append(report_table("method_differences", "Are two methods distinguishable?", d.diffs, ["transfer_pairs"],
-                              "differences on the pairs both methods ran (paired bootstrap over pairs); a difference "
-                              "is distinguishable when its 95 % interval does not cover 0"))
+                              "differences on the pairs both methods ran (paired bootstrap over pairs; by_student: "
+                              "students resampled instead, as a student's pairs share its run-to-run luck); a "
+                              "difference is distinguishable when its 95 % interval does not cover 0"))
     binned = tables.binned(tp, kw)  # bootstrapped once: table and plot share it
     items.append(Panel("delta_vs_gap", "Transfer delta against accuracy gap, per method",
                        "Each point one pair; lines are binned means with bootstrap 95 % intervals.",

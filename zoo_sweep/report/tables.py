@@ -115,7 +115,12 @@ def _qrow(name, x, kw, uniform=np.nan) -> dict:
 
 
 def method_differences(tp, kw) -> pd.DataFrame:
-    cols = ["method_a", "method_b", "pairs", "paired"] + with_ci(["delta_diff", "success_diff"]) + ["delta", "success"]
+    """Each two methods' difference in mean delta and in success, on the pairs both ran. ``delta_diff_by_student``
+    is the mean difference with students resampled instead of pairs: a student's pairs share its run-to-run
+    luck, so with few students the pair interval is too narrow."""
+    cols = (["method_a", "method_b", "pairs", "students", "paired"]
+            + with_ci(["delta_diff", "delta_diff_by_student", "success_diff"])
+            + ["delta", "delta_by_student", "success"])
     rows = []
     methods = sorted(tp["method"].unique()) if len(tp) else []
     for i, a in enumerate(methods):
@@ -124,25 +129,30 @@ def method_differences(tp, kw) -> pd.DataFrame:
             B = tp[tp["method"] == b].set_index(["student", "teacher"])["delta"]
             common = A.index.intersection(B.index)
             paired = len(common) >= 2
+            students = common.get_level_values("student")
             if paired:
                 d = stats.bootstrap_paired_diff(A[common], B[common], "mean", **kw)
+                by_student = stats.bootstrap_paired_diff(A[common], B[common], "mean", groups=students, **kw)
                 s = stats.bootstrap_paired_diff(A[common], B[common], "rate", **kw)
-            else:
+            else:  # different pairs: no student is shared to resample
                 d = stats.bootstrap_diff(A, B, "mean", **kw)
+                by_student = stats.NAN_CI
                 s = stats.bootstrap_diff(A, B, "rate", **kw)
             row = {"method_a": a, "method_b": b, "pairs": len(common) if paired else min(len(A), len(B)),
-                   "paired": paired}
+                   "students": students.nunique() if paired else 0, "paired": paired}
             ci_cols(row, "delta_diff", d)
+            ci_cols(row, "delta_diff_by_student", by_student)
             ci_cols(row, "success_diff", s)
             row["delta"] = _verdict(d)
+            row["delta_by_student"] = _verdict(by_student, "students") if paired else ""
             row["success"] = _verdict(s)
             rows.append(row)
     return pd.DataFrame(rows, columns=cols)
 
 
-def _verdict(ci: stats.CI) -> str:
+def _verdict(ci: stats.CI, units: str = "pairs") -> str:
     if np.isnan(ci.lo):
-        return "too few pairs"
+        return f"too few {units}"
     return "distinguishable" if ci.excludes_zero else "not distinguishable"
 
 
