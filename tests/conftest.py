@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from real_cluster import RAY_STOP_GRACE_S
+from real_cluster import RAY_STOP_GRACE_S, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -62,12 +62,6 @@ def _unit_tests_start_no_processes(request, monkeypatch):
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def ray_address(tmp_path_factory):
     """A real local Ray head (2 CPUs) that every test and CLI call joins with --address.
@@ -75,7 +69,7 @@ def ray_address(tmp_path_factory):
     Started with --block in its own process group and stopped by signalling that group, so concurrent test
     sessions on one machine never stop each other's clusters (`ray stop` would stop every one).
     """
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")
     head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
@@ -151,7 +145,7 @@ def postgres_url():
         shutil.chown(root, "postgres", "postgres")
     data = root / "data"
     subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "zoo"], check=True, capture_output=True)
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([*as_user, postgres, "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
                                "-k", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)

@@ -62,10 +62,20 @@ def _end_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct free ports: all bound at once, as the kernel may hand a just-released port out again."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(1, host)[0]
 
 
 def listening(host: str, port: int) -> bool:
@@ -284,7 +294,7 @@ class SlurmCluster:
         self._wait(works, proc, "munged", 30)
 
     def _write_conf(self) -> None:
-        self.ctld_port = free_port()
+        self.ctld_port, *node_ports = free_ports(1 + len(self.names))
         host = socket.gethostname().split(".")[0]
         r = self.root
         lines = [
@@ -321,7 +331,7 @@ class SlurmCluster:
         ]
         for i, name in enumerate(self.names):
             addr = self.netns.node_ip if (self.netns and i > 0) else "127.0.0.1"
-            lines.append(f"NodeName={name} NodeHostname=localhost NodeAddr={addr} Port={free_port()} CPUs=1 "
+            lines.append(f"NodeName={name} NodeHostname=localhost NodeAddr={addr} Port={node_ports[i]} CPUs=1 "
                          "RealMemory=2000 State=UNKNOWN")
         lines.append(f"PartitionName=main Nodes={','.join(self.names)} Default=YES MaxTime=INFINITE State=UP")
         self.conf.write_text("\n".join(lines) + "\n")

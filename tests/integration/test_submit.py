@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, ROOT, _free_port, _listening
+from conftest import BIN, ROOT, _listening
+from real_cluster import free_port, free_ports
 
 from zoo_sweep.cli.main import main
 from zoo_sweep.errors import UserError
@@ -155,7 +156,7 @@ def test_slurm_reads_the_spec_once(spec_file, tmp_path, monkeypatch, capsys):
 
 
 def test_unreachable_ray_jobs_address(spec_file, tmp_path, capsys):
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     t0 = time.time()
     code, out, err = _cli(capsys, "--db", f"sqlite:///{tmp_path}/z.db", "--home", str(tmp_path), "submit", "ray",
                           str(spec_file), "--address", f"http://127.0.0.1:{port}")
@@ -274,9 +275,9 @@ def jobs_head(tmp_path_factory):
         pytest.skip("Ray Jobs need the job server from ray[default]: pip install -e '.[cluster]'")
     tmp = tmp_path_factory.mktemp("jobs")
     token = _token_file(tmp)
-    ports = {k: _free_port() for k in ("port", "dashboard-port", "ray-client-server-port", "node-manager-port",
-                                       "object-manager-port", "dashboard-agent-listen-port",
-                                       "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")}
+    names = ("port", "dashboard-port", "ray-client-server-port", "node-manager-port", "object-manager-port",
+             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")
+    ports = dict(zip(names, free_ports(len(names))))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env.pop("RAY_ADDRESS", None)
     env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
@@ -302,10 +303,10 @@ def jobs_head(tmp_path_factory):
             time.sleep(0.5)
         yield {"url": url, "token": token, "tmp": tmp}
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
         try:
+            os.killpg(head.pid, signal.SIGTERM)
             head.wait(timeout=5)
-        except subprocess.TimeoutExpired:
+        except (ProcessLookupError, subprocess.TimeoutExpired):  # gone already (a failed start), or draining
             pass
         try:  # whatever of this group is left (Ray drains for up to 30 s on SIGTERM)
             os.killpg(head.pid, signal.SIGKILL)
