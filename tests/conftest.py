@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -205,8 +206,6 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
 
 def sqlite_rows(db: Path, sql: str) -> list[tuple]:
     """A query on a SQLite store file, read beside the launcher that writes it."""
-    import sqlite3
-
     with sqlite3.connect(db) as c:
         return c.execute(sql).fetchall()
 
@@ -214,8 +213,6 @@ def sqlite_rows(db: Path, sql: str) -> list[tuple]:
 def sqlite_rows_so_far(db: Path, sql: str) -> list[tuple]:
     """sqlite_rows while a launcher may still be creating the store: its file exists from the first connect,
     its tables only once the creating transaction commits (no rows until then)."""
-    import sqlite3
-
     if not db.exists():
         return []
     try:

@@ -9,8 +9,7 @@ import hashlib
 import json
 import shutil
 
-from conftest import micro_spec
-from conftest import sqlite_rows as _rows
+from conftest import micro_spec, sqlite_rows
 from typer.testing import CliRunner
 
 from zoo_sweep.cli.main import app
@@ -39,18 +38,18 @@ def test_a_model_added_to_the_spec_is_predicted_compared_and_transferred(micro, 
     spec, db, home = _setup(micro, tmp_path, "grow", models=["cnn_micro", "vit_micro"])
     r = _launch(micro, db, home, spec)
     assert r.exit_code == 0, r.output
-    old_pairs = _rows(db, "select student, teacher, rho_pos, agreement from pairs order by 1, 2")
+    old_pairs = sqlite_rows(db, "select student, teacher, rho_pos, agreement from pairs order by 1, 2")
     assert len(old_pairs) == 2
     spec.write_text(spec_text("grow"))
     r = _launch(micro, db, home, spec)
     assert r.exit_code == 0, r.output
     assert "ran 1 predict, 1 compare, 4 transfer" in r.stdout and "reused" in r.stdout
-    assert _rows(db, "select count(*) from pairs") == [(6,)]
-    assert _rows(db, "select kind, state, count(*) from jobs group by 1, 2 order by 1") == [
+    assert sqlite_rows(db, "select count(*) from pairs") == [(6,)]
+    assert sqlite_rows(db, "select kind, state, count(*) from jobs group by 1, 2 order by 1") == [
         ("compare", "done", 2), ("predict", "done", 3), ("transfer", "done", 6)]
     # the two pairs measured first are the same rows: same records, same metrics
-    assert set(old_pairs) <= set(_rows(db, "select student, teacher, rho_pos, agreement from pairs"))
-    assert _rows(db, "select count(*) from transfer_results where final") == [(6,)]
+    assert set(old_pairs) <= set(sqlite_rows(db, "select student, teacher, rho_pos, agreement from pairs"))
+    assert sqlite_rows(db, "select count(*) from transfer_results where final") == [(6,)]
 
 
 def test_a_failed_stage_fails_every_launch_until_it_is_fixed(micro, tmp_path):
@@ -83,11 +82,11 @@ def test_a_store_planned_with_another_home_runs_with_this_one(micro, tmp_path):
     spec, db, home = _setup(micro, tmp_path, "moved")
     r = CliRunner().invoke(app, ["--db", f"sqlite:///{db}", "--home", str(tmp_path / "elsewhere"), "plan", str(spec)])
     assert r.exit_code == 0, r.output
-    assert not any(str(tmp_path) in p for (p,) in _rows(db, "select payload from jobs"))
+    assert not any(str(tmp_path) in p for (p,) in sqlite_rows(db, "select payload from jobs"))
     r = _launch(micro, db, home, spec, command="measure")
     assert r.exit_code == 0, r.output
-    assert _rows(db, "select count(*) from models where accuracy > 40") == [(3,)]
-    assert _rows(db, "select count(*) from pairs") == [(6,)]
+    assert sqlite_rows(db, "select count(*) from models where accuracy > 40") == [(3,)]
+    assert sqlite_rows(db, "select count(*) from pairs") == [(6,)]
 
 
 def test_gpus_a_cluster_does_not_have_fail_before_anything_is_written(micro, tmp_path):

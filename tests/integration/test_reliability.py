@@ -12,8 +12,7 @@ import signal
 import subprocess
 import time
 
-from conftest import BIN, ROOT, micro_spec, run_cli, sqlite_rows_so_far
-from conftest import sqlite_rows as _rows
+from conftest import BIN, ROOT, micro_spec, run_cli, sqlite_rows, sqlite_rows_so_far
 
 
 def spec_and_path(tmp_path, name, pairs):
@@ -44,10 +43,10 @@ def test_killed_launcher_loses_nothing_and_reruns_nothing_done(micro, tmp_path):
     r = run_cli("--db", f"sqlite:///{db}", "--home", micro["home"], "launch", str(spec), "--address",
                 micro["address"], "--no-progress")
     assert r.returncode == 0, r.stdout + r.stderr
-    final = _rows(db, "select job_id, count(*) from transfer_results where final group by job_id")
+    final = sqlite_rows(db, "select job_id, count(*) from transfer_results where final group by job_id")
     assert len(final) == 20 and all(n == 1 for _, n in final)
-    assert _rows(db, "select count(*) from jobs where kind = 'transfer' and state = 'done'") == [(20,)]
-    done = dict(_rows(db, "select id, finished_at from jobs where state = 'done'"))
+    assert sqlite_rows(db, "select count(*) from jobs where kind = 'transfer' and state = 'done'") == [(20,)]
+    done = dict(sqlite_rows(db, "select id, finished_at from jobs where state = 'done'"))
     assert all(done[k] == v for k, v in done_before.items()), "a finished job ran again"
 
 
@@ -71,9 +70,9 @@ def test_killed_worker_job_is_retried(micro, tmp_path):
     assert proc.returncode == 0, out
     # the job seen running may have finished in the second before the kill (micro jobs take about that long);
     # the killed worker always holds a job then (the pool keeps two in flight per worker): it ran again
-    assert _rows(db, "select count(*) from jobs where kind = 'transfer' and attempts >= 2")[0][0] >= 1
-    assert _rows(db, "select count(*) from jobs where kind = 'transfer' and state = 'done'") == [(8,)]
-    assert _rows(db, "select count(*) from transfer_results where final") == [(8,)]
+    assert sqlite_rows(db, "select count(*) from jobs where kind = 'transfer' and attempts >= 2")[0][0] >= 1
+    assert sqlite_rows(db, "select count(*) from jobs where kind = 'transfer' and state = 'done'") == [(8,)]
+    assert sqlite_rows(db, "select count(*) from transfer_results where final") == [(8,)]
 
 
 def test_always_failing_job_ends_failed_and_the_rest_finishes(micro, tmp_path):
@@ -89,7 +88,7 @@ def test_always_failing_job_ends_failed_and_the_rest_finishes(micro, tmp_path):
     r = run_cli("--db", f"sqlite:///{db}", "--home", str(home), "measure", str(spec), "--address",
                 micro["address"], "--no-progress", "--max-retries", "1")
     assert r.returncode == 1, r.stdout + r.stderr
-    states = _rows(db, "select json_extract(payload, '$.model.name'), state, attempts, error from jobs "
+    states = sqlite_rows(db, "select json_extract(payload, '$.model.name'), state, attempts, error from jobs "
                        "where kind = 'predict'")
     by_model = {m: (s, a, e) for m, s, a, e in states}
     assert by_model["vit_micro"][0] == "failed" and by_model["vit_micro"][1] == 2  # 1 try + 1 retry
@@ -110,9 +109,9 @@ def test_ctrl_c_marks_jobs_interrupted_and_they_run_next_time(micro, tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
     assert "interrupted" in out
-    states = dict(_rows(db, "select state, count(*) from jobs where kind = 'transfer' group by state"))
+    states = dict(sqlite_rows(db, "select state, count(*) from jobs where kind = 'transfer' group by state"))
     assert states.get("interrupted", 0) >= 1 and "running" not in states
     r = run_cli("--db", f"sqlite:///{db}", "--home", micro["home"], "launch", str(spec), "--address",
                 micro["address"], "--no-progress")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert _rows(db, "select count(*) from transfer_results where final") == [(8,)]
+    assert sqlite_rows(db, "select count(*) from transfer_results where final") == [(8,)]

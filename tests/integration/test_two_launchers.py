@@ -15,8 +15,7 @@ import subprocess
 import time
 
 import pandas as pd
-from conftest import BIN, ROOT, micro_spec, sqlite_rows_so_far
-from conftest import sqlite_rows as _rows
+from conftest import BIN, ROOT, micro_spec, sqlite_rows, sqlite_rows_so_far
 
 from zoo_sweep.transfer.result_metrics import TRANSFER_METRICS
 
@@ -60,12 +59,12 @@ def test_two_concurrent_launchers_run_every_job_once(micro, tmp_path):
     for p in procs:
         out, _ = p.communicate(timeout=900)
         assert p.returncode == 0, out
-    jobs = _rows(db, "select kind, state, attempts, owner, lease_until from jobs")
+    jobs = sqlite_rows(db, "select kind, state, attempts, owner, lease_until from jobs")
     assert len(jobs) == 3 + 1 + 20
     assert {(k, s, a) for k, s, a, _, _ in jobs} == {("predict", "done", 1), ("compare", "done", 1),
                                                       ("transfer", "done", 1)}, jobs
     assert all(o is None and u is None for *_, o, u in jobs)  # every lease released
-    assert _rows(db, "select count(*), count(distinct job_id) from transfer_results where final") == [(20, 20)]
+    assert sqlite_rows(db, "select count(*), count(distinct job_id) from transfer_results where final") == [(20, 20)]
     _assert_same_results_as_one_launcher(micro, db)
 
 
@@ -80,21 +79,21 @@ def test_a_killed_launchers_jobs_are_taken_over(micro, tmp_path):
         time.sleep(0.5)
         running = _count(db, "select count(*) from jobs where kind = 'transfer' and state = 'running'")
         if running and _count(db, "select count(*) from jobs where kind = 'transfer' and state = 'done'") >= 4:
-            done = _rows(db, "select id, finished_at from jobs where kind = 'transfer' and state = 'done'")
+            done = sqlite_rows(db, "select id, finished_at from jobs where kind = 'transfer' and state = 'done'")
             break
     assert first.poll() is None and len(done) >= 4, first.communicate()[0] if first.poll() is not None else done
     second = _launcher(micro, db, spec, "--address", micro["address"])
     time.sleep(2.0)  # the second launcher has planned and waits for the cluster's CPUs the first one holds
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
-    left = _rows(db, "select id, owner from jobs where kind = 'transfer' and state = 'running'")
+    left = sqlite_rows(db, "select id, owner from jobs where kind = 'transfer' and state = 'running'")
     out, _ = second.communicate(timeout=900)
     assert second.returncode == 0, out
-    assert _rows(db, "select count(*) from jobs where state != 'done'") == [(0,)]
-    assert _rows(db, "select count(*), count(distinct job_id) from transfer_results where final") == [(20, 20)]
-    after = dict(_rows(db, "select id, finished_at from jobs where kind = 'transfer'"))
+    assert sqlite_rows(db, "select count(*) from jobs where state != 'done'") == [(0,)]
+    assert sqlite_rows(db, "select count(*), count(distinct job_id) from transfer_results where final") == [(20, 20)]
+    after = dict(sqlite_rows(db, "select id, finished_at from jobs where kind = 'transfer'"))
     assert all(after[i] == t for i, t in done), "a job the killed launcher finished ran again"
-    attempts = dict(_rows(db, "select id, attempts from jobs where kind = 'transfer'"))
+    attempts = dict(sqlite_rows(db, "select id, attempts from jobs where kind = 'transfer'"))
     assert all(attempts[i] == 2 for i, _ in left) and left, left  # taken over: its second start
     assert all(attempts[i] == 1 for i in attempts if i not in dict(left))
     _assert_same_results_as_one_launcher(micro, db)
