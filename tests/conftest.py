@@ -68,10 +68,13 @@ def ray_address(tmp_path_factory):
     """A real local Ray head (2 CPUs) that every test and CLI call joins with --address.
 
     Started with --block in its own process group and stopped by signalling that group, so concurrent test
-    sessions on one machine never stop each other's clusters (`ray stop` would stop every one).
+    sessions on one machine never stop each other's clusters (`ray stop` would stop every one). Without token
+    authentication, as `ray start` makes a head where no token file exists yet, whatever this machine holds:
+    every local cluster a test starts writes ~/.ray/auth_token, and launches must still join this head
+    (test_cluster.py runs clusters with tokens).
     """
     port = free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")
     head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
                              "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats"],

@@ -157,11 +157,9 @@ def test_slurm_reads_the_spec_once(spec_file, tmp_path, monkeypatch, capsys):
 
 def test_unreachable_ray_jobs_address(spec_file, tmp_path, capsys):
     port = free_port()  # nothing listens there
-    t0 = time.time()
     code, out, err = _cli(capsys, "--db", f"sqlite:///{tmp_path}/z.db", "--home", str(tmp_path), "submit", "ray",
                           str(spec_file), "--address", f"http://127.0.0.1:{port}")
     assert code == 2 and "cannot reach a Ray Jobs server" in err and len(err.strip().splitlines()) == 1, err
-    assert time.time() - t0 < 10
     code, out, err = _cli(capsys, "submit", "ray", "--logs", "raysubmit_x", "--address", f"127.0.0.1:{port}")
     assert code == 2 and "cannot reach" in err
     code, out, err = _cli(capsys, "submit", "ray", str(spec_file), "--address", "http://127.0.0.1:1")

@@ -56,7 +56,7 @@ def connect(address: str | None = None, cpus: int | None = None, gpus: float = 0
                     configure_logging=True)
         if address:
             check_reachable(address)
-            send_token_if_available()
+            match_cluster_auth(address)
             try:
                 ray.init(address=address, **opts)
             except Exception as e:
@@ -67,6 +67,8 @@ def connect(address: str | None = None, cpus: int | None = None, gpus: float = 0
             if gpus > have:
                 raise UserError(f"asked for {gpus:g} GPU(s), Ray sees {have} on this machine; use --gpus {have} "
                                 "(0 runs on the CPU) or --address to use a cluster")
+            if os.environ.get(AUTH_MODE) == _auto_mode.get("value"):
+                _set_auth_mode(None)  # a new local cluster: Ray's default (token authentication)
             # "local" always starts a fresh cluster; a bare ray.init() would join whatever cluster
             # /tmp/ray/ray_current_cluster names, which may be stale or someone else's
             ray.init(address="local", num_cpus=cpus or os.cpu_count(), num_gpus=math.ceil(gpus), **opts)
@@ -79,20 +81,89 @@ def connect(address: str | None = None, cpus: int | None = None, gpus: float = 0
 
 
 def send_token_if_available() -> None:
-    """Ray clusters started by `ray start` require a token, but Ray 2.60 enables token mode for a client
-    only when it finds the cluster itself, never for an explicit --address. Sending the token to a cluster
-    without authentication is harmless, so send it whenever one is configured. It is never printed."""
-    if os.environ.get("RAY_AUTH_MODE"):
+    """Send the Ray token when one is configured (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and
+    RAY_AUTH_MODE leaves the choice to us. For a client that runs no Ray node of its own (the Ray Jobs HTTP
+    client); a driver must follow its cluster (``match_cluster_auth``)."""
+    if os.environ.get(AUTH_MODE) not in (None, _auto_mode.get("value")):
         return
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
-    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(path):
-        os.environ["RAY_AUTH_MODE"] = "token"
-        try:  # Ray caches its config at import; refresh it the way Ray's own token setup does
-            from ray._raylet import Config
+    if token_configured():
+        _set_auth_mode("token")
 
-            Config.initialize("")
+
+def token_configured() -> bool:
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(path)
+
+
+def match_cluster_auth(address: str) -> None:
+    """Token authentication on exactly when the cluster at ``address`` uses it (unless RAY_AUTH_MODE says).
+
+    Token mode works both ways: a driver in token mode also refuses the cluster's calls that carry no token,
+    among them the GCS asking whether the driver still holds the actors it creates; the GCS takes the refusal
+    for the driver's death and cancels every one of them. A token file alone says nothing about a cluster:
+    every local ``ray.init()`` writes ~/.ray/auth_token, while a cluster started by ``ray start`` before that
+    file existed has no authentication. So the cluster is asked, and the mode follows its answer."""
+    if os.environ.get(AUTH_MODE) not in (None, _auto_mode.get("value")):
+        return  # the user's choice
+    needs = cluster_needs_token(address)
+    if needs is None:  # cannot tell (a Ray Client address): send the token when there is one
+        send_token_if_available()
+    elif needs and not token_configured():
+        raise UserError(f"the Ray cluster at {address} requires an authentication token: copy the head node's "
+                        "~/.ray/auth_token here, or set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")
+    elif needs:
+        _set_auth_mode("token")
+    else:  # Ray's own guess for "auto" turns token mode on wherever a token file exists
+        _set_auth_mode("disabled" if address == "auto" else None)
+
+
+def cluster_needs_token(address: str, timeout: float = 3.0) -> bool | None:
+    """Whether the cluster's GCS (``address``: HOST:PORT, or auto) refuses a call without a token; None when
+    that cannot be told (a Ray Client address, no GCS answer)."""
+    if address == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            address = canonicalize_bootstrap_address("auto", None) or ""
         except Exception:
-            pass
+            return None
+    if not address or "://" in address:
+        return None
+    try:
+        import grpc
+        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    except ImportError:
+        return None
+    channel = grpc.insecure_channel(address)
+    try:
+        gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(gcs_service_pb2.GetClusterIdRequest(),
+                                                                          timeout=timeout)
+        return False
+    except grpc.RpcError as e:
+        return True if e.code() == grpc.StatusCode.UNAUTHENTICATED else None
+    finally:
+        channel.close()
+
+
+AUTH_MODE = "RAY_AUTH_MODE"
+_auto_mode: dict[str, str] = {}  # the value this process set, which a later connection may change
+
+
+def _set_auth_mode(mode: str | None) -> None:
+    """RAY_AUTH_MODE for this process and the Ray processes it starts (None: unset, Ray's default)."""
+    if os.environ.get(AUTH_MODE) == mode:
+        return
+    if mode is None:
+        os.environ.pop(AUTH_MODE, None)
+        _auto_mode.pop("value", None)
+    else:
+        os.environ[AUTH_MODE] = _auto_mode["value"] = mode
+    try:  # Ray caches its config at import; refresh it the way Ray's own token setup does
+        from ray._raylet import Config
+
+        Config.initialize("")
+    except Exception:
+        pass
 
 
 def local_gpus() -> int:

@@ -52,17 +52,49 @@ class Handlers:
 
 
 class Pool:
-    def __init__(self, shape: ActorShape, paths: Paths):
+    def __init__(self, shape: ActorShape, paths: Paths, start_attempts: int = 3, worker_cls: type | None = None):
+        """``worker_cls``: the actors' class, ``Worker`` or a subclass of it."""
         import ray
 
         from zoo_sweep.pipeline.worker import Worker
 
         self.size = shape.count
-        self._actor_cls = ray.remote(Worker).options(num_gpus=shape.num_gpus, num_cpus=shape.num_cpus,
-                                                     max_concurrency=1)
+        self._actor_cls = ray.remote(worker_cls or Worker).options(
+            num_gpus=shape.num_gpus, num_cpus=shape.num_cpus, max_concurrency=1)
         self._args = worker_args(shape, paths)
         self.actors = [self._actor_cls.remote(*self._args) for _ in range(self.size)]
-        self.names = ray.get([a.info.remote() for a in self.actors])  # host:pid:device, kept in jobs.worker
+        self.names: list[str | None] = [None] * self.size  # host:pid:device, kept in jobs.worker
+        self._start(start_attempts)
+
+    def _start(self, attempts: int) -> None:
+        """Wait for every worker to answer; one that died before it ran (Ray gave up on its process: a start
+        that outlived Ray's registration timeout on a starved machine, a process killed for memory) is started
+        again, up to ``attempts`` times in all. The launch goes on with the workers that started; with none,
+        one line says why."""
+        import ray
+
+        why = ""
+        for attempt in range(attempts):
+            todo = [i for i, name in enumerate(self.names) if name is None]
+            if not todo:
+                return
+            if attempt:
+                for i in todo:
+                    ray.kill(self.actors[i], no_restart=True)
+                    self.actors[i] = self._actor_cls.remote(*self._args)
+            for i in todo:
+                try:
+                    self.names[i] = ray.get(self.actors[i].info.remote())
+                except ray.exceptions.RayError as e:
+                    why = start_error(e)
+        for i, name in enumerate(self.names):
+            if name is None:
+                ray.kill(self.actors[i], no_restart=True)
+                self.actors[i] = None
+        self.size = sum(name is not None for name in self.names)  # what the progress bars show
+        if not self.size:
+            raise UserError(f"no Ray worker of this launch could start ({why}); the machine may be short of memory "
+                            "or busy with other work: launch again when it has room, or with fewer --cpus")
 
     def run(self, jobs: list[Job], h: Handlers, max_retries: int) -> None:
         """Run ``jobs`` to the end (done, or failed after ``max_retries`` retries)."""
@@ -155,6 +187,14 @@ class Pool:
         for a in self.actors:
             if a is not None:  # a slot whose replacement failed to start stays empty
                 ray.kill(a)
+
+
+def start_error(e) -> str:
+    """Why a worker did not start, in one line: Ray's message without its list of actor fields."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith("\t")]
+    informative = [ln for ln in lines if not ln.startswith(("The actor died unexpectedly", "The actor never ran"))]
+    why = (informative or lines or [type(e).__name__])[-1].split(" Some common causes include")[0]
+    return why if len(why) <= 240 else why[:239] + "…"
 
 
 def task_error(e) -> str:
