@@ -1,14 +1,23 @@
-"""Bootstrap confidence intervals over pairs (or over students): plain functions on numpy arrays.
+"""Confidence intervals for sweep results: plain functions on numpy arrays.
 
-Every interval is a percentile bootstrap: the rows (one row = one (student, teacher) pair of one method; or
+Most intervals are a percentile bootstrap: the rows (one row = one (student, teacher) pair of one method; or
 whole groups of rows, see ``bootstrap_paired_diff``) are resampled with replacement ``n_boot`` times from a
 seeded generator, the statistic is recomputed on each resample, and the interval is the (1 - level)/2 and
 (1 + level)/2 quantiles of those values. The same seed gives the same interval, so a report is reproducible.
+
+``hierarchical_mean`` (and ``hierarchical_paired_diff``) take rows of single runs labelled by student, pair and
+seed, nested as students > pairs > seeds. Seeds are averaged within a pair, pairs are averaged, and the interval
+resamples whole students only (each with all of its pairs and seeds), its deviations from the estimate widened
+by sqrt(n/(n-1)) * t/z for n students; with fewer than 5 students it is a t interval over the student means
+(``CI.method`` says which). ``seed_sd`` is the pooled seed-to-seed standard deviation.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import lru_cache
+from statistics import NormalDist
 
 import numpy as np
 
@@ -19,12 +28,14 @@ SEED = 0
 
 @dataclass(frozen=True)
 class CI:
-    """A point estimate with its bootstrap interval; ``n`` is the number of resampled units (pairs)."""
+    """A point estimate with its interval; ``n`` is the number of resampled units (pairs; students for the
+    hierarchical intervals); ``method`` says how the interval was computed."""
 
     estimate: float
     lo: float
     hi: float
     n: int
+    method: str = "bootstrap"
 
     def contains(self, value: float) -> bool:
         return bool(self.lo <= value <= self.hi)
@@ -162,6 +173,168 @@ def bootstrap_diff(a, b, stat: str = "mean", n_boot: int = N_BOOT, level: float 
     ba = a[resample_indices(a.size, n_boot, seed)].mean(axis=1)
     bb = b[resample_indices(b.size, n_boot, seed + 1)].mean(axis=1)
     return _interval(a.mean() - b.mean(), ba - bb, min(a.size, b.size), level)
+
+
+def hierarchical_mean(x, students, pairs=None, seeds=None, n_boot: int = N_BOOT, level: float = LEVEL,
+                      seed: int = SEED) -> CI:
+    """Mean of ``x`` over rows of single runs nested as students > pairs (within a student) > seeds (within a
+    pair), with an interval that resamples students. ``n`` is the number of students.
+
+    ``students``, ``pairs`` and ``seeds`` give one label per row. A pair is a (student, ``pairs`` label), so the
+    teacher's name is enough; ``pairs=None``: the rows of a student are the seeds of one unit (e.g. a method that
+    ignores the teacher), and with ``seeds`` also None every row is a unit of its own (e.g. pairs whose seeds are
+    already averaged). ``seeds`` only checks that no (student, pair, seed) appears twice; rows in a pair are its
+    seeds either way. Rows with NaN ``x`` are dropped with their labels.
+
+    The estimate averages the seeds of each pair and then the pairs, so it is ``bootstrap_mean`` of the
+    seed-averaged pairs, and a student weighs by its number of pairs, whatever the number of seeds.
+
+    The interval resamples whole students with replacement, each with all its pairs and seeds, and recomputes
+    the estimate (sum of the drawn students' pair means over their number of pairs, so students with more pairs
+    count more, as in the estimate). A student's mean already carries its pairs' and seeds' variation in the
+    right proportion (var = s_student^2 + s_pair^2 / P + s_seed^2 / (P R)); resampling pairs within students and
+    seeds within pairs as well adds those inner terms a second time, so the coverage would depend on how the
+    variance splits (far too wide when seeds dominate, still too narrow with few students when students
+    dominate). The lower levels are therefore kept as they are (resampling at the top level only: Davison &
+    Hinkley 1997, sec. 3.8; Field & Welsh 2007; Ren et al. 2010). Resampling n students alone under-covers
+    too: the bootstrap variance is (n - 1)/n of the unbiased one, and a normal-width interval ignores that the
+    variance is estimated from n students (the plain 95 % percentile interval covers about 86 % with 6
+    students, 88 % with 8). So the bootstrap deviations from the estimate are scaled by
+    sqrt(n / (n - 1)) * t_{n-1} / z, in the spirit of Hesterberg's (2015) expanded percentile interval: for a
+    symmetric spread of student means this is the t interval over the students, while the bootstrap keeps any
+    skew and the weighting of students with unequal numbers of pairs. In the simulation of
+    ``tests/unit/test_stats.py`` (1,000 sweeps per design with known student, pair and seed variances:
+    balanced, unbalanced, seed- and student-dominated, 6 to 12 students) the 95 % interval covers the true mean
+    in 93.6-95.5 % of sweeps (94.2 % on average over six simulation seeds), where the plain student bootstrap
+    covers 85.6-91.6 %.
+
+    With 2 to 4 students (too few distinct resamples) the interval is the t interval over the student means:
+    estimate +- t_{n-1} * se, se = sqrt(n / (n - 1) * sum_s (S_s - est K_s)^2) / K (S_s: the sum of student s's
+    pair means, K_s their number, K all pairs; with equal K_s this is sd(student means) / sqrt(n)). One student:
+    the estimate only, NaN bounds."""
+    x = np.asarray(x, dtype=float).ravel()
+    labels = [None if v is None else np.asarray(v, dtype=object).ravel() for v in (students, pairs, seeds)]
+    if any(v is not None and v.size != x.size for v in labels):
+        raise ValueError("x and its students, pairs and seeds must have the same length")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie between 0 and 1, not {level}")
+    keep = ~np.isnan(x)
+    x = x[keep]
+    if x.size == 0:
+        return NAN_CI
+    stud, pair, seeds = (None if v is None else v[keep] for v in labels)
+    sums, counts = _student_sums(x, stud, pair, seeds)
+    n = sums.size
+    est = float(sums.sum() / counts.sum())
+    if n == 1:
+        return CI(est, float("nan"), float("nan"), 1, "one student: no interval")
+    if n < 5:
+        se = math.sqrt(n / (n - 1) * float(((sums - est * counts) ** 2).sum())) / counts.sum()
+        q = t_quantile((1 + level) / 2, n - 1)
+        return CI(est, est - q * se, est + q * se, n, f"t over {n} student means")
+    idx = resample_indices(n, n_boot, seed)
+    boot = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+    q_lo, q_hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    scale = math.sqrt(n / (n - 1)) * t_quantile((1 + level) / 2, n - 1) / NormalDist().inv_cdf((1 + level) / 2)
+    return CI(est, float(est + scale * (q_lo - est)), float(est + scale * (q_hi - est)), n,
+              f"bootstrap over {n} students, t-scaled")
+
+
+def hierarchical_paired_diff(a, b, students, pairs=None, seeds=None, n_boot: int = N_BOOT, level: float = LEVEL,
+                             seed: int = SEED) -> CI:
+    """``hierarchical_mean(a - b, ...)``: two methods' results on the same rows (row i of a and b is the same
+    student, pair and seed); rows where either is NaN are dropped."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError("paired samples must have the same length")
+    return hierarchical_mean(a - b, students, pairs, seeds, n_boot, level, seed)
+
+
+def seed_sd(x, units, seeds=None) -> float:
+    """Seed-to-seed standard deviation of ``x``: the within-unit sample standard deviation (ddof 1) pooled over
+    the units with at least 2 seeds, weighted by their degrees of freedom (n_u - 1). ``units``: one label per row,
+    e.g. "student|teacher|method"; ``seeds`` (optional) checks that no unit has a seed twice. NaN values are
+    dropped; NaN when no unit has 2 seeds."""
+    x = np.asarray(x, dtype=float).ravel()
+    units = np.asarray(units, dtype=object).ravel()
+    if units.size != x.size or (seeds is not None and len(seeds) != x.size):
+        raise ValueError("x and its units (and seeds) must have the same length")
+    keep = ~np.isnan(x)
+    x, units = x[keep], units[keep]
+    if x.size == 0:
+        return float("nan")
+    codes, names = _codes(units)
+    if seeds is not None:
+        _check_unique(codes, np.asarray(seeds, dtype=object).ravel()[keep], "unit")
+    n = np.bincount(codes, minlength=len(names))
+    mean = np.bincount(codes, weights=x, minlength=len(names)) / n
+    df = x.size - len(names)  # sum over units of (n_u - 1); a unit with one seed adds nothing
+    if df == 0:
+        return float("nan")
+    return float(np.sqrt(((x - mean[codes]) ** 2).sum() / df))
+
+
+def _student_sums(x: np.ndarray, students: np.ndarray, pairs, seeds) -> tuple[np.ndarray, np.ndarray]:
+    """Per student: the sum of its pair means (seeds averaged) and its number of pairs."""
+    s_codes, s_names = _codes(students)
+    if pairs is not None:
+        p_codes, p_names = _codes(pairs)
+        _, units = np.unique(s_codes * len(p_names) + p_codes, return_inverse=True)
+    elif seeds is not None:
+        units = s_codes
+    else:
+        units = np.arange(x.size)
+    units = units.ravel()
+    if seeds is not None:
+        _check_unique(units, seeds, "(student, pair)")
+    k = units.max() + 1
+    unit_mean = np.bincount(units, weights=x, minlength=k) / np.bincount(units, minlength=k)
+    unit_student = np.zeros(k, dtype=int)
+    unit_student[units] = s_codes
+    sums = np.bincount(unit_student, weights=unit_mean, minlength=len(s_names))
+    counts = np.bincount(unit_student, minlength=len(s_names)).astype(float)
+    return sums, counts
+
+
+def _check_unique(units: np.ndarray, seeds: np.ndarray, what: str) -> None:
+    s_codes, s_names = _codes(seeds)
+    key = units.astype(np.int64) * len(s_names) + s_codes
+    if np.unique(key).size < key.size:
+        raise ValueError(f"a {what} has the same seed twice; label the rows so that each run appears once")
+
+
+@lru_cache(maxsize=256)
+def t_quantile(p: float, df: int) -> float:
+    """Quantile ``p`` of Student's t distribution with ``df`` (a positive integer) degrees of freedom, e.g.
+    ``t_quantile(0.975, 3)`` = 3.182. The two-sided probability P(|T| < t) of an integer df is a finite series
+    in theta = atan(t / sqrt(df)) (Abramowitz & Stegun 26.7.3-4); it is inverted by bisection on theta."""
+    if not 0 < p < 1:
+        raise ValueError(f"p must lie between 0 and 1, not {p}")
+    if df < 1 or int(df) != df:
+        raise ValueError(f"df must be a positive integer, not {df}")
+    df = int(df)
+    if p == 0.5:
+        return 0.0
+    target = abs(2 * p - 1)
+    lo, hi = 0.0, math.pi / 2
+    for _ in range(64):  # pi/2 / 2^64: below a double's resolution
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_two_sided(mid, df) < target else (lo, mid)
+    t = math.sqrt(df) * math.tan((lo + hi) / 2)
+    return t if p > 0.5 else -t
+
+
+def _t_two_sided(theta: float, df: int) -> float:
+    """P(|T| < sqrt(df) tan(theta)) for T ~ t(df), df a positive integer."""
+    c2 = math.cos(theta) ** 2
+    if df % 2 == 0:  # sin(theta) * (1 + 1/2 c^2 + (1*3)/(2*4) c^4 + ... up to c^(df-2))
+        j = np.arange(1, df // 2)
+        return math.sin(theta) * (1 + float(np.cumprod((2 * j - 1) / (2 * j) * c2).sum()))
+    if df == 1:
+        return 2 * theta / math.pi
+    j = np.arange(1, (df - 1) // 2)  # 2/pi (theta + sin cos (1 + 2/3 c^2 + (2*4)/(3*5) c^4 + ... up to c^(df-3)))
+    series = 1 + float(np.cumprod(2 * j / (2 * j + 1) * c2).sum())
+    return 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * series)
 
 
 def bootstrap_corr(x, y, method: str = "spearman", n_boot: int = N_BOOT, level: float = LEVEL,
