@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/zoo-sweep demo
 
 test: $(STAMP)  # every tier (what CI runs)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: $(STAMP)  # the unit tier: no Ray, no subprocess, no server
 	$(BIN)/python -m pytest -q tests/unit
