@@ -100,6 +100,26 @@ def test_export_and_report_out_that_cannot_be_a_folder(planned):
     assert afile.read_text() == "x" and dump(planned["db"]) == before
 
 
+CONTROL_CASES = {
+    'controls = ["labels", ""]': "[transfer] controls has an empty entry; known controls: labels, self_dist",
+    'controls = ["labelz"]': "unknown control 'labelz' in [transfer] controls; known: labels, self_dist",
+    'controls = ["kl"]': "unknown control 'kl' in [transfer] controls; known: labels, self_dist",
+    'methods = ["kl", "self_dist"]': "'self_dist' is a control, run once per student and seed: list it under "
+                                     "[transfer] controls",
+}
+
+
+@pytest.mark.parametrize("line", list(CONTROL_CASES))
+@pytest.mark.parametrize("command", ["plan", "launch"])
+def test_a_bad_control_is_one_line_and_writes_nothing(planned, line, command):
+    bad = planned["root"] / "bad-control.toml"
+    key = line.split(" = ")[0]
+    bad.write_text(SPEC.replace('methods = ["kl"]', line if key == "methods" else f'methods = ["kl"]\n{line}'))
+    before = dump(planned["db"])
+    assert one_error_line(invoke(*planned["base"], command, str(bad))) == f"error: {CONTROL_CASES[line]}"
+    assert dump(planned["db"]) == before
+
+
 def test_markup_in_messages_prints_as_written(planned):
     """Brackets in errors are text, never rich markup: '[zoo.checkpoints]' and '[transfer]' stay whole."""
     from zoo_sweep.storage.store import Store

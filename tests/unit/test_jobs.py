@@ -18,7 +18,7 @@ from zoo_sweep.pipeline.jobs import (
     PredictPayload,
     TransferPayload,
 )
-from zoo_sweep.pipeline.plan import load_sweep, make_plan
+from zoo_sweep.pipeline.plan import is_control, load_sweep, make_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = json.loads((Path(__file__).parent / "data" / "job_ids.json").read_text())
@@ -41,8 +41,13 @@ def test_ids_and_payloads_are_those_of_stores_already_written(tmp_path, name):
     """A store planned before typed jobs is reused as it is: same job ids, same payload JSON."""
     plan = (_plan(tmp_path) if name == "micro" else
             make_plan(load_sweep(ROOT / "jobs" / "digits-demo.toml"), Paths(tmp_path / "elsewhere")))
-    got = {j.id: _digest(j.to_row(plan.home)) for j in plan.all_jobs}
+    got = {j.id: _digest(j.to_row(plan.home)) for j in plan.all_jobs if not is_control(j)}
     assert got == GOLDEN[name]
+    # the controls (planned since) are jobs of their own beside them: one per student and seed, none per pair
+    controls = [j for j in plan.all_jobs if is_control(j)]
+    assert not {j.id for j in controls} & set(GOLDEN[name])
+    assert len(controls) == len({j.payload.student.name for j in controls})
+    assert bool(controls) == (plan.transfer_jobs is not None)  # a measured policy picks its students later
 
 
 def test_payloads_are_typed_and_parse_back_to_the_same_job(tmp_path):
@@ -98,3 +103,38 @@ def test_job_states_are_the_stores():
 
     assert tuple(s.value for s in JobState) == JOB_STATES
     assert JobState("failed") is JobState.FAILED and JobState.DONE == "done"
+
+
+def test_controls_run_once_per_student_and_seed_with_the_sweeps_training(tmp_path):
+    """Two controls x two seeds for each of the three students, not per pair; each names the student as its own
+    teacher and trains with the same common settings as the sweep's transfer jobs."""
+    plan = _plan(tmp_path, micro_spec(transfer={"seeds": [0, 1], "controls": ["labels", "self_dist"]}))
+    controls = [j for j in plan.transfer_jobs if is_control(j)]
+    pairs = [j for j in plan.transfer_jobs if not is_control(j)]
+    assert len(pairs) == 6 * 2 * 2  # 6 ordered pairs x kl, kl_dp x 2 seeds
+    keys = sorted((j.payload.student.name, j.payload.method, j.payload.seed) for j in controls)
+    assert keys == sorted((s, c, seed) for s in ("cnn_micro", "vit_micro", "mlp_micro")
+                          for c in ("labels", "self_dist") for seed in (0, 1))
+    assert all(j.payload.teacher == j.payload.student for j in controls)
+    common = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "augment", "inputs", "lr_scaling")
+    for j in controls:
+        for k in pairs:
+            assert {c: j.payload.hp.get(c) for c in common} == {c: k.payload.hp.get(c) for c in common}
+
+
+def test_controls_follow_the_students_the_pairs_pick(tmp_path):
+    text = micro_spec(pairs={"policy": "explicit", "students": ["cnn_micro"], "teachers": ["vit_micro"]})
+    controls = [j for j in _plan(tmp_path, text).transfer_jobs if is_control(j)]
+    assert [(j.payload.student.name, j.payload.method) for j in controls] == [("cnn_micro", "labels")]
+    none = _plan(tmp_path, micro_spec(transfer={"controls": []}), home="other")
+    assert not any(map(is_control, none.transfer_jobs))
+
+
+def test_adding_a_seed_keeps_every_job_planned_before(tmp_path):
+    """Resume with more seeds: every job of the one-seed plan (controls included) keeps its id, so its results
+    are reused and only the new seed's jobs run."""
+    one = {j.id for j in _plan(tmp_path, micro_spec()).all_jobs}
+    two = _plan(tmp_path, micro_spec(transfer={"seeds": [0, 1]}))
+    assert one < {j.id for j in two.all_jobs}
+    added = [j for j in two.transfer_jobs if j.id not in one]
+    assert added and {j.payload.seed for j in added} == {1}

@@ -106,6 +106,15 @@ def test_self_distillation_targets_the_frozen_student():
     assert loss.item() < 1e-6 and share == 0.0
 
 
+def test_the_labels_control_is_plain_cross_entropy_whatever_the_teacher():
+    z_s = torch.randn(4, 10, requires_grad=True)
+    y = torch.tensor([1, 2, 3, 4])
+    for p in (TransferParams(), TransferParams(xe_on="probs")):
+        loss, share = METHODS["labels"].loss(z_s, torch.randn(4, 10), None, y, p)
+        assert torch.allclose(loss, torch.nn.functional.cross_entropy(z_s, y)) and share == 0.0
+    assert METHODS["labels"].control and METHODS["self_dist"].control and not METHODS["kl"].control
+
+
 def test_topk_keeps_the_teachers_classes_in_every_model_and_renormalises():
     z_t = torch.tensor([[5.0, 1, 4, 0], [0.0, 3, 1, 2]])
     z_s = torch.arange(8.0).view(2, 4)

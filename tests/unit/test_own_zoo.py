@@ -310,14 +310,14 @@ def test_job_ids_follow_each_models_definition(tmp_path):
                 and name in {j.payload.to_dict().get(r, {}).get("name") for r in ("model", "student", "teacher")}}
 
     base = plan()
-    assert len(base) == 3 + 1 + 6
+    assert len(base) == 3 + 1 + 6 + 3  # predict, compare, transfer, one labels control per student
     assert plan() == base  # planning again: the same ids
     for change in ({"data": {**HALF, "crop_pct": 0.875}}, {"kwargs": {"drop_rate": 0.1}}):
         new = plan(m1=change)
         gone = set(base) - set(new)
         compare = {i for i, j in base.items() if j.kind == "compare"}
-        assert gone == touching(base, "m1") | compare  # m1's predict job, its 4 transfer jobs and the compare
-        assert len(gone) == 1 + 4 + 1
+        assert gone == touching(base, "m1") | compare  # m1's predict, 4 transfer and control jobs, the compare
+        assert len(gone) == 1 + 4 + 1 + 1
     # same bytes under another file name: the same model; other bytes under the same name: another model
     (tmp_path / "copy.pth").write_bytes((tmp_path / "m1.pth").read_bytes())
     assert set(plan(m1={"checkpoint": str(tmp_path / "copy.pth")})) == set(base)

@@ -6,7 +6,7 @@ from pathlib import Path
 import timm  # noqa: F401  (imported at collection: torch's first import starts a process, which unit tests may not)
 
 from zoo_sweep.paths import Paths
-from zoo_sweep.pipeline.plan import load_sweep, make_plan
+from zoo_sweep.pipeline.plan import is_control, load_sweep, make_plan
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
 METHODS = ["kl", "xekl", "xekl_mcl", "kl_dp", "kl_dp_unsup", "cd", "crd"]
@@ -15,6 +15,8 @@ METHODS = ["kl", "xekl", "xekl_mcl", "kl_dp", "kl_dp_unsup", "cd", "crd"]
 def pairs_per_method(plan):
     out = {}
     for j in plan.transfer_jobs:
+        if is_control(j):
+            continue
         p = j.payload.to_dict()
         if "teachers" not in p:
             out.setdefault(p["method"], set()).add((p["student"]["name"], p["teacher"]["name"]))

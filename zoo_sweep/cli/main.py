@@ -113,7 +113,7 @@ def plan(ctx: typer.Context, spec: Path = typer.Argument(..., help="Sweep spec (
 def _print_plan(p) -> None:
     import pandas as pd
 
-    from zoo_sweep.pipeline.plan import max_selected
+    from zoo_sweep.pipeline.plan import is_control, max_selected
 
     m = len(p.models)
     models = pd.DataFrame([{"model": e.name, "family": e.family, "params": p.params[e.name]} for e in p.models])
@@ -137,21 +137,33 @@ def _print_plan(p) -> None:
         if missing:
             out.print(f"weights not found on this machine for {len(missing)} of {m} models (launch fetches them "
                       f"from the Hugging Face hub, or fails offline): {', '.join(missing)}")
-    n_t = len(p.transfer_jobs) if p.transfer_jobs is not None else None
     t = p.spec.transfer
     per_pair = len(t.methods) * len(t.seeds)
+    per_student = len(t.controls) * len(t.seeds)
     say(f"ordered pairs measured: {m * (m - 1):,}")
     if not t.methods and not getattr(t, "multi_teacher", ()):
         say("transfer: none (measure-only spec: [transfer] methods = [])")
-    elif n_t is None:
+        n_t = 0
+    elif p.transfer_jobs is None:
         say(f"transfer pairs: chosen after measurement by policy '{p.spec.pairs.policy}', at most "
             f"{max_selected(p)} ({per_pair} job(s) each: methods {', '.join(t.methods)} x {len(t.seeds)} seed(s))")
+        if per_student:
+            say(f"controls: {', '.join(t.controls)} x {len(t.seeds)} seed(s) for each chosen student, at most "
+                f"{m * per_student} job(s)")
+        n_t = max_selected(p) * per_pair + m * per_student
     else:
-        say(f"transfer pairs: {n_t // max(per_pair, 1)} x methods {', '.join(t.methods)} x "
-            f"{len(t.seeds)} seed(s) = {n_t} job(s), {t.epochs} epoch(s) each")
+        n_t = len(p.transfer_jobs)
+        n_c = sum(map(is_control, p.transfer_jobs))
+        n_pairs = len({(j.payload.student.name, j.payload.teacher.name) for j in p.transfer_jobs
+                       if not (is_control(j) or j.payload.multi)})
+        say(f"transfer pairs: {n_pairs} x methods {', '.join(t.methods)} x {len(t.seeds)} seed(s) = "
+            f"{n_pairs * per_pair} job(s), {t.epochs} epoch(s) each")
+        if n_c:
+            say(f"controls: {n_c // per_student} student(s) x {', '.join(t.controls)} x {len(t.seeds)} seed(s) = "
+                f"{n_c} job(s), once per student (not per pair)")
     say(f"jobs: {len(p.predict_jobs)} predict, 1 compare, "
-        f"{n_t if n_t is not None else '<= ' + str(max_selected(p) * per_pair)} transfer")
-    say(_estimate(p, n_t if n_t is not None else max_selected(p) * per_pair))
+        f"{n_t if p.transfer_jobs is not None else '<= ' + str(n_t)} transfer (controls included)")
+    say(_estimate(p, n_t))
 
 
 def _estimate(p, n_transfer: int) -> str:

@@ -115,7 +115,11 @@ class PairSpec:
 class TransferSpec(TransferParams):
     """[transfer]: every job hyper-parameter of ``TransferParams`` (paper defaults), plus what a sweep adds."""
     methods: tuple[str, ...] = key(("kl", "kl_dp"), "single-teacher methods, by name (docs/methods.md)")
-    seeds: tuple[int, ...] = key((0,), "one job per seed")
+    seeds: tuple[int, ...] = key((0,), "one job per seed (controls too)")
+    controls: tuple[str, ...] = key(("labels",), 'run once per student and seed beside the methods, the yardstick of '
+                                                 'every gain: "labels" (the student trained as long on the labels '
+                                                 'alone, same optimiser and inputs), "self_dist" (distilled from its '
+                                                 'frozen self); [] for none')
     multi_teacher: tuple[str, ...] = key((), "multi-teacher modes: parallel, parallel_unsup, "
                                              "sequential_asc/_desc[_matched], soup")
     multi_students: tuple[str, ...] = key((), "multi-teacher: the students that learn from all teachers")

@@ -67,6 +67,7 @@ def check_names(spec: SweepSpec) -> SweepSpec:
         CACHE_POLICIES,
         CATALOG,
         MULTI_MODES,
+        controls,
         single_teacher,
     )
     from zoo_sweep.zoo.models import SOURCES
@@ -78,7 +79,13 @@ def check_names(spec: SweepSpec) -> SweepSpec:
     for m in t.methods:
         if m in CATALOG and CATALOG[m].multi:
             raise UserError(f"{m!r} is a multi-teacher mode: list it under [transfer] multi_teacher")
+        if m in CATALOG and CATALOG[m].control:
+            raise UserError(f"{m!r} is a control, run once per student and seed: list it under [transfer] controls")
         _one_of("method", m, single_teacher(), where="[transfer] methods")
+    for c in t.controls:
+        if not c:
+            raise UserError(f"[transfer] controls has an empty entry; known controls: {', '.join(controls())}")
+        _one_of("control", c, controls(), where="[transfer] controls")
     for mode in t.multi_teacher:
         _one_of("multi-teacher mode", mode, MULTI_MODES, where="[transfer] multi_teacher")
     _one_of("[transfer] multi_method", t.multi_method, single_teacher())
@@ -176,7 +183,8 @@ def make_plan(spec: SweepSpec, paths: Paths, dry_run: bool = False) -> Plan:
     if not spec.transfer.methods and not spec.transfer.multi_teacher:
         plan.transfer_jobs = []  # measure-only (a flip study): no pair lists, even for 1.6M ordered pairs
     elif not needs_measurement(spec.pairs):
-        plan.transfer_jobs = transfer_jobs(plan, select_pairs(all_pairs([m.name for m in models]), {}, spec.pairs))
+        pairs = select_pairs(all_pairs([m.name for m in models]), {}, spec.pairs)
+        plan.transfer_jobs = transfer_jobs(plan, pairs) + control_jobs(plan, pairs)
     return plan
 
 
@@ -202,6 +210,28 @@ def transfer_jobs(plan: Plan, pairs: list[tuple[str, str]]) -> list[Job]:
                 ident = {"student": s_id, "teacher": t_id, "method": method, "seed": seed, "hp": hp, **ident_data}
                 jobs.append(Job.new(ident, TransferPayload(s, te, method, seed, hp, **data)))
     return jobs + multi_teacher_jobs(plan)
+
+
+def control_jobs(plan: Plan, pairs: list[tuple[str, str]]) -> list[Job]:
+    """One job per (student, control, seed) for every student of ``pairs`` and of the multi-teacher jobs: a
+    control does not depend on the teacher, so it runs once however many teachers a student has. Its payload
+    names the student as its own teacher (the metrics against "the teacher" are then against s0)."""
+    t = plan.spec.transfer
+    students = {s for s, _ in pairs} | (set(t.multi_students) if t.multi_teacher else set())
+    ident_data, data = _data_fields(plan)
+    jobs = []
+    for s in (m for m in plan.models if m.name in students):
+        for control in t.controls:
+            hp = method_hp(t, control)
+            for seed in t.seeds:
+                ident = {"student": s.ident, "control": control, "seed": seed, "hp": hp, **ident_data}
+                jobs.append(Job.new(ident, TransferPayload(s, s, control, seed, hp, **data)))
+    return jobs
+
+
+def is_control(job: Job) -> bool:
+    m = CATALOG.get(job.payload.method) if job.kind == "transfer" else None  # multi-teacher modes: not catalogued
+    return m is not None and m.control
 
 
 def multi_teacher_jobs(plan: Plan) -> list[Job]:
@@ -234,7 +264,8 @@ def select_transfers(plan: Plan, pairs_df: pd.DataFrame, history=None) -> list[J
     """Stage 3: the transfer jobs for the measured pairs, by the spec's pair policy (``history``:
     (models, transfer results, method) for the predicted_gain policy)."""
     families = {m.name: m.family for m in plan.models}
-    return transfer_jobs(plan, select_pairs(pairs_df, families, plan.spec.pairs, history))
+    pairs = select_pairs(pairs_df, families, plan.spec.pairs, history)
+    return transfer_jobs(plan, pairs) + control_jobs(plan, pairs)
 
 
 def max_selected(plan: Plan) -> int:

@@ -20,6 +20,9 @@ class MethodInfo:
     lr_param: str = "lr"  # the TransferParams field that sets this method's learning rate
     multi: bool = False  # takes a stack of teachers' logits (K x B x C): multi-teacher only, not a spec method
     params: tuple[str, ...] = ("top_k",)  # TransferParams fields this method reads beyond the common ones
+    # a control: what the student becomes without a teacher's knowledge, run once per student and seed
+    # ([transfer] controls), never per pair; its jobs name the student as their own teacher
+    control: bool = False
 
 
 CATALOG: dict[str, MethodInfo] = {}
@@ -34,7 +37,9 @@ _declare("xekl", False, "XE-KL-Dist: alpha * KL + (1 - alpha) * cross-entropy wi
          params=("top_k", "xe_on"))
 _declare("kl_dp", True, "KL-Dist + DP (supervised): teacher where it is surer of the label")
 _declare("kl_dp_unsup", True, "KL-Dist + DP (unsupervised): teacher where it is more confident")
-_declare("self_dist", True, "Self-distillation: always the frozen student (a control)")
+_declare("labels", False, "Labels only: cross-entropy with the labels, the student trained as long without a "
+         "teacher (a control)", control=True, params=())
+_declare("self_dist", True, "Self-distillation: always the frozen student (a control)", control=True)
 _declare("flip_st", True, "Flip-st: teacher on positive flips of the current student, else s0")
 _declare("flip_t", True, "Flip-t: s0 on negative flips of the current student, else teacher")
 _declare("flip_avg", True, "Flip-avg: teacher on positive flips, s0 on negative flips, their average elsewhere",
@@ -60,4 +65,10 @@ CACHE_POLICIES = ("auto", "off")
 
 
 def single_teacher() -> list[str]:
-    return [n for n, m in CATALOG.items() if not m.multi]
+    """The methods a spec lists under [transfer] methods: neither multi-teacher modes nor controls."""
+    return [n for n, m in CATALOG.items() if not (m.multi or m.control)]
+
+
+def controls() -> list[str]:
+    """The controls a spec lists under [transfer] controls."""
+    return [n for n, m in CATALOG.items() if m.control]

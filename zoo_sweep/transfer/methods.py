@@ -193,6 +193,11 @@ def _kl_dp_unsup(z_s, z_t, z_s0, y, p, ex=None):
     return distill(z_s, z_t, z_s0, mask, p), mask.float().mean()
 
 
+@register("labels")
+def _labels(z_s, z_t, z_s0, y, p, ex=None):
+    return F.cross_entropy(z_s, y), 0.0  # on the logits whatever xe_on says: the plain label training
+
+
 @register("self_dist")
 def _self_dist(z_s, z_t, z_s0, y, p, ex=None):
     w = torch.zeros(len(z_s), dtype=torch.bool, device=z_s.device)
