@@ -27,8 +27,6 @@ def synth_store(path: Path | str, n_models: int = 8, methods=("kl", "kl_dp"), mu
     """A store holding one finished sweep written row by row, no Ray: every model pair measured, two methods
     run on most pairs (kl_dp better than kl), and (optionally) some multi-teacher runs (label "t1+t2", their
     teachers in job_teachers). ``path``: a SQLite file or a store URL."""
-    import sqlalchemy as sa
-
     from zoo_sweep.storage import store as st
 
     rng = np.random.default_rng(seed)
@@ -38,7 +36,7 @@ def synth_store(path: Path | str, n_models: int = 8, methods=("kl", "kl_dp"), mu
     acc = dict(zip(names, rng.uniform(60, 95, n_models)))
     models = [{"name": n, "eval_set": "e", "arch": n, "family": FAMILIES[i % 3], "params": int(10 ** rng.uniform(4, 7)),
                "accuracy": acc[n], "record": None} for i, n in enumerate(names)]
-    pairs, results, sj, teachers = [], [], [], []
+    pairs, results, teachers = [], [], []
     for s in names:
         for t in names:
             if s == t:
@@ -61,28 +59,94 @@ def synth_store(path: Path | str, n_models: int = 8, methods=("kl", "kl_dp"), mu
                 results.append(_result(f"{s}-multi-{mode}", s, f"{t1}+{t2}", mode, rng.normal(1.5 + shift, 0.3),
                                        acc[s]))
                 teachers += [{"job_id": f"{s}-multi-{mode}", "position": i, "teacher": t} for i, t in enumerate((t1, t2))]
-    for r in results:
-        sj.append({"sweep": "synth", "job_id": r["job_id"]})
+    _write(store, models, pairs, results, teachers)
+    return store
+
+
+def _write(store, models, pairs, results, teachers=()):
+    """One finished sweep "synth": its models, pairs, transfer rows (any epochs) and their jobs."""
+    import sqlalchemy as sa
+
+    from zoo_sweep.storage import store as st
+
+    jobs = sorted({r["job_id"] for r in results})
     with store.engine.begin() as conn:
         conn.execute(st.sweeps.insert(), [{"name": "synth", "spec": "{}", "spec_hash": "x", "path": None,
                                            "created_at": time.time(), "updated_at": time.time()}])
         conn.execute(st.models.insert(), models)
         conn.execute(st.pairs.insert(), pairs)
         conn.execute(st.transfer_results.insert(), results)
-        conn.execute(st.sweep_jobs.insert(), sj)
-        conn.execute(sa.insert(st.jobs), [{"id": r["job_id"], "kind": "transfer", "payload": "{}", "state": "done",
-                                           "attempts": 1, "created_at": time.time()} for r in results])
+        conn.execute(st.sweep_jobs.insert(), [{"sweep": "synth", "job_id": j} for j in jobs])
+        conn.execute(sa.insert(st.jobs), [{"id": j, "kind": "transfer", "payload": "{}", "state": "done",
+                                           "attempts": 1, "created_at": time.time()} for j in jobs])
         if teachers:
-            conn.execute(st.job_teachers.insert(), teachers)
+            conn.execute(st.job_teachers.insert(), list(teachers))
+
+
+def _result(job, s, t, m, delta, acc_s=70.0, seed=0, epoch=1, final=True):
+    gain = max(delta, 0) + 1.0
+    return {"job_id": job, "epoch": epoch, "final": final, "eval_set": "e", "student": s, "teacher": t, "method": m,
+            "seed": seed, "student_acc": acc_s + delta, "s0_acc": acc_s, "delta": delta, "knowledge_gain": gain,
+            "knowledge_loss": gain - delta, "rho_pos_before": 10.0, "rho_pos_after": 8.0, "rho_pos_change": -2.0,
+            "transfer_rate_sample": 30.0, "damage_rate": 5.0, "teacher_share": 50.0, "train_loss": 0.1}
+
+
+# 4 students: fewer than 5, so every interval over students is a t interval over student means
+STUDENTS = ("s0", "s1", "s2", "s3")
+UNCONVERGED = (2.0, 2.4, 1.6, 2.2)  # each student's labels Δ at the last epoch, seeds averaged
+CONVERGED = (-0.3, 0.3, -0.2, 0.2)
+SEED_OFFSETS = (-0.5, 0.0, 0.5)  # every run's seed luck: a seed-to-seed SD of 0.5
+# per method: its Δ over labels at the last epoch, and each student's deviation from it (summing to 0)
+EFFECTS = {"good": (1.5, (0.3, -0.3, 0.1, -0.1)), "flat": (0.0, (0.2, -0.2, 0.1, -0.1))}
+EPOCHS = 3
+
+
+def controlled_store(path, labels=UNCONVERGED):
+    """A finished sweep with controls: 4 students, every ordered pair run by "good" (Δ over labels 1.5 by
+    construction) and "flat" (Δ over labels 0: no better than training on the labels), seeds 0-2, 3 epochs, and
+    one labels and one self_dist run per student and seed (the student as its own teacher). A run's Δ at epoch e
+    is its student's labels Δ (``labels``, growing with e) plus the method's effect (growing with e), the
+    student's deviation, the teacher's (0.1, -0.1, 0 in turn) and the seed's."""
+    from zoo_sweep.storage import store as st
+
+    store = st.Store(f"sqlite:///{path}")
+    acc = dict(zip(STUDENTS, (80.0, 75.0, 70.0, 65.0)))
+    models = [{"name": n, "eval_set": "e", "arch": n, "family": FAMILIES[i % 3], "params": 10 ** (4 + i),
+               "accuracy": acc[n], "record": None} for i, n in enumerate(STUDENTS)]
+    pairs = [{"eval_set": "e", "student": s, "teacher": t, "acc_student": acc[s], "acc_teacher": acc[t],
+              "acc_gap": acc[t] - acc[s], "rho_pos": 5.0 + i, "rho_neg": 4.0, "agreement": 80.0, "oracle_acc": 95.0,
+              "ensemble_acc": 90.0, "flip_entropy": 1.5, "top2_classes": 1, "top5_classes": 1, "top20_classes": 2,
+              "top50_classes": 4} for i, (s, t) in enumerate((s, t) for s in STUDENTS for t in STUDENTS if s != t)]
+    results = []
+    for i, s in enumerate(STUDENTS):
+        for seed, luck in enumerate(SEED_OFFSETS):
+            for e in range(1, EPOCHS + 1):
+                f = e / EPOCHS
+                base = labels[i] * f + luck
+                row = {"acc_s": acc[s], "seed": seed, "epoch": e, "final": e == EPOCHS}
+                results.append(_result(f"{s}-labels-{seed}", s, s, "labels", base, **row))
+                results.append(_result(f"{s}-self_dist-{seed}", s, s, "self_dist", 0.2 * labels[i] * f + luck / 2,
+                                       **row))
+                teachers = [t for t in STUDENTS if t != s]
+                for m, (effect, dev) in EFFECTS.items():
+                    for t, tdev in zip(teachers, (0.1, -0.1, 0.0)):
+                        results.append(_result(f"{s}-{t}-{m}-{seed}", s, t, m,
+                                               base + (effect + dev[i] + tdev) * f, **row))
+    _write(store, models, pairs, results)
     return store
 
 
-def _result(job, s, t, m, delta, acc_s=70.0):
-    gain = max(delta, 0) + 1.0
-    return {"job_id": job, "epoch": 1, "final": True, "eval_set": "e", "student": s, "teacher": t, "method": m,
-            "seed": 0, "student_acc": acc_s + delta, "s0_acc": acc_s, "delta": delta, "knowledge_gain": gain,
-            "knowledge_loss": gain - delta, "rho_pos_before": 10.0, "rho_pos_after": 8.0, "rho_pos_change": -2.0,
-            "transfer_rate_sample": 30.0, "damage_rate": 5.0, "teacher_share": 50.0, "train_loss": 0.1}
+@pytest.fixture(scope="module")
+def controlled(tmp_path_factory):
+    from zoo_sweep.report.build import make_report
+
+    root = tmp_path_factory.mktemp("controlled")
+    out = {}
+    for name, labels in (("unconverged", UNCONVERGED), ("converged", CONVERGED)):
+        store = controlled_store(root / f"{name}.db", labels)
+        out[name] = {"store": store, "dir": root / name,
+                     "report": make_report(store, "synth", "e", root / name, num_classes=10, n_boot=200)}
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +266,107 @@ def test_synthetic_report_has_every_panel(synth):
     assert diffs.loc[0, "delta"] == "distinguishable"
     assert any("distinguishable" in f for f in rep.findings)
     assert synth["features_built"] == 1  # once for every method's ranking and held-out check
+    # an older sweep: no controls and one seed. The report says once that gains cannot be told from continued
+    # training, and draws no epoch panel; the rest reads as before
+    from html import escape
+
+    from zoo_sweep.report.build import EMPTY
+    from zoo_sweep.report.findings import NO_LABELS
+
+    assert rep.findings[0] == NO_LABELS and sum("labels" in f for f in rep.findings) == 1
+    assert escape(EMPTY["control_by_epoch"]) in html and pd.read_csv(out / "controls.csv").empty
+    methods = pd.read_csv(out / "methods.csv")
+    assert methods["delta_over_labels"].isna().all() and (methods["seeds"] == 1).all()
+    assert methods["delta_seed_sd"].isna().all() and "delta_over_self_dist" not in methods
+
+
+def _final_rows(store) -> pd.DataFrame:
+    return store.query("select * from transfer_results where final")
+
+
+def test_delta_over_a_control_is_the_stored_difference(controlled):
+    """The methods table's Δ over labels and over self_dist are, per method, the mean over pairs of each run's Δ
+    minus its student's control run of the same seed, computed here from the stored rows; the epoch table's
+    last epoch is the same number; controls are not methods anywhere a pair is."""
+    c = controlled["unconverged"]
+    out, rows = c["dir"], _final_rows(c["store"])
+    ctl = rows[rows["teacher"] == rows["student"]].set_index(["method", "student", "seed"])["delta"]
+    runs = rows[rows["teacher"] != rows["student"]]
+    methods = pd.read_csv(out / "methods.csv").set_index("method")
+    assert set(methods.index) == {"flat", "good"}
+    for name in ("labels", "self_dist"):
+        over = runs["delta"].to_numpy() - [ctl[(name, s, seed)] for s, seed in zip(runs["student"], runs["seed"])]
+        want = runs.assign(over=over).groupby(["method", "student", "teacher"])["over"].mean().groupby("method").mean()
+        for m in ("flat", "good"):
+            assert methods.loc[m, f"delta_over_{name}"] == pytest.approx(want[m], abs=1e-3)
+    assert methods.loc["good", "delta_over_labels"] == pytest.approx(1.5, abs=1e-3)
+    assert (methods["students"] == 4).all() and (methods["seeds"] == 3).all() and (methods["pairs"] == 12).all()
+    assert methods["delta_seed_sd"].to_numpy() == pytest.approx([0.5, 0.5], abs=1e-3)
+    by_epoch = pd.read_csv(out / "delta_over_control_by_epoch.csv")
+    assert sorted(set(by_epoch["epoch"])) == [1, 2, 3] and set(by_epoch["control"]) == {"labels", "self_dist"}
+    last = by_epoch[(by_epoch["epoch"] == EPOCHS) & (by_epoch["control"] == "labels")].set_index("method")
+    assert last["delta_over"].to_dict() == pytest.approx(methods["delta_over_labels"].to_dict(), abs=1e-3)
+    good = by_epoch[(by_epoch["method"] == "good") & (by_epoch["control"] == "labels")].sort_values("epoch")
+    assert good["delta_over"].to_numpy() == pytest.approx([0.5, 1.0, 1.5], abs=1e-3)  # still rising
+    assert_png(out / "control_by_epoch.png")
+    assert "control_by_epoch.png" in (out / "report.html").read_text()
+    # the controls table, and no control among the pair tables' methods
+    controls = pd.read_csv(out / "controls.csv").set_index("control")
+    assert controls.loc["labels", "mean_delta"] == pytest.approx(np.mean(UNCONVERGED), abs=1e-3)
+    assert controls.loc["labels", "delta_seed_sd"] == pytest.approx(0.5, abs=1e-3)
+    assert list(controls.index) == ["labels", "self_dist"] and (controls["students"] == 4).all()
+    for key in ("delta_by_gap", "families", "correlations", "next_pairs", "predicted_gain_heldout"):
+        assert set(pd.read_csv(out / f"{key}.csv")["method"]) <= {"flat", "good"}, key
+    pairs = c["store"].query(c["report"].sql_text("transfer_pairs"))
+    assert len(pairs) == 2 * 12 and (pairs["teacher"] != pairs["student"]).all() and (pairs["seeds"] == 3).all()
+
+
+def test_intervals_over_few_students_are_t_intervals(controlled):
+    """4 students: the methods table's intervals are t intervals over the student means (the note says so), and
+    the by-student difference is stats.hierarchical_paired_diff over the runs both methods made."""
+    from zoo_sweep.science import stats
+
+    c = controlled["unconverged"]
+    methods = next(t for t in c["report"].tables if t.key == "methods")
+    assert "t over 4 student means" in methods.note and (methods.data["interval"] == "t over 4 student means").all()
+    rows = _final_rows(c["store"])
+    good = rows[rows["method"] == "good"].sort_values(["student", "teacher", "seed"])
+    m = good.groupby("student")["delta"].mean()  # each student's 3 pairs x 3 seeds, equally weighted
+    half = stats.t_quantile(0.975, 3) * m.std(ddof=1) / 2
+    got = methods.data.set_index("method").loc["good"]
+    assert (got["mean_delta_lo"], got["mean_delta_hi"]) == (pytest.approx(m.mean() - half, abs=1e-3),
+                                                            pytest.approx(m.mean() + half, abs=1e-3))
+    flat = rows[rows["method"] == "flat"].sort_values(["student", "teacher", "seed"])
+    want = stats.hierarchical_paired_diff(flat["delta"], good["delta"], flat["student"], flat["teacher"],
+                                          flat["seed"], n_boot=200)
+    diff = pd.read_csv(c["dir"] / "method_differences.csv").iloc[0]
+    assert (diff["method_a"], diff["method_b"], diff["students"]) == ("flat", "good", 4)
+    assert (diff["delta_diff_by_student"], diff["delta_diff_by_student_lo"], diff["delta_diff_by_student_hi"]) == \
+        (pytest.approx(want.estimate), pytest.approx(want.lo), pytest.approx(want.hi))
+
+
+def test_findings_tell_transfer_from_training_longer(controlled):
+    """First finding: were the students converged (labels Δ clearly > 0 in one zoo, about 0 in the other). Then
+    a method clearly above the labels control transfers knowledge; one at the control is no better."""
+    un, co = (controlled[k]["report"].findings for k in ("unconverged", "converged"))
+    assert un[0].startswith("The students were not converged: training on the labels alone") and \
+        "t over 4 student means" in un[0]
+    for s in STUDENTS:
+        assert f"{s} (labels Δ" in un[0]
+    assert un[0].count("not converged: its gains are mostly continued training") == 4
+    assert co[0].startswith("Over the zoo the students were converged within noise") and "covers 0" in co[0]
+    assert "No student's labels Δ exceeds its seed noise." in co[0] and "continued training" not in co[0]
+    for f in (un, co):
+        good = next(x for x in f if x.startswith("good: mean Δ_transf"))
+        flat = next(x for x in f if x.startswith("flat: mean Δ_transf"))
+        assert "transfers knowledge: Δ over labels 1.50 [" in good, good
+        assert "no better than training on the labels (Δ over labels " in flat, flat  # 0 by construction
+        assert "transfers knowledge" not in flat and "Δ over self_dist" in flat
+        assert not any(x.startswith("No labels control") for x in f)
+    conv = pd.read_csv(controlled["unconverged"]["dir"] / "convergence.csv")
+    assert conv["verdict"].tolist() == ["not converged"] * 4
+    assert conv["labels_delta"].to_numpy() == pytest.approx(UNCONVERGED) and conv["noise"].eq("its seeds").all()
+    assert pd.read_csv(controlled["converged"]["dir"] / "convergence.csv")["verdict"].eq("converged within noise").all()
 
 
 def test_indistinguishable_methods_are_reported(tmp_path):
@@ -260,7 +425,8 @@ def test_every_shown_query_reruns(synth):
 
     rep, store = synth["report"], synth["store"]
     keys = {k for t in rep.tables for k in t.sql}
-    assert keys == {"models", "pairs", "transfer_pairs", "multi_teacher", "multi_teachers"}
+    assert keys == {"models", "pairs", "transfers", "transfer_pairs", "transfer_epochs", "multi_teacher",
+                    "multi_teachers"}
     assert all(t.sql for t in rep.tables)  # every table names the query its rows come from
     rows = {}
     for k in keys:
@@ -270,6 +436,8 @@ def test_every_shown_query_reruns(synth):
         pd.testing.assert_frame_equal(rows[k], store.query(SQL[k], rep.params))
     tables = {t.key: t.data for t in rep.tables}
     pd.testing.assert_frame_equal(rows["models"], tables["models_view"])
+    pd.testing.assert_frame_equal(method_summary(rows["transfers"], n_boot=500), tables["methods"])
+    # one seed: the pairs' rows (seeds averaged) give the same table
     pd.testing.assert_frame_equal(method_summary(rows["transfer_pairs"], n_boot=500), tables["methods"])
     ck = tables["ck_summary"].set_index("quantity")
     for col in ("rho_pos", "rho_neg"):
@@ -296,13 +464,14 @@ def test_final_row_filter_is_the_same_in_sql_and_pandas(tmp_path):
         rows = [dict(r._mapping) for r in conn.execute(sa.select(st.transfer_results))]
         seed1 = [{**r, "job_id": r["job_id"] + "-s1", "seed": 1, "delta": r["delta"] + 1.0} for r in rows[::2]]
         early = [{**r, "epoch": 0, "final": False, "delta": 99.0} for r in rows]
-        conn.execute(st.transfer_results.insert(), seed1 + early)
-        conn.execute(st.sweep_jobs.insert(), [{"sweep": "synth", "job_id": r["job_id"]} for r in seed1])
+        control = [{**rows[0], "job_id": "ctl", "teacher": rows[0]["student"], "method": "labels"}]
+        conn.execute(st.transfer_results.insert(), seed1 + early + control)
+        conn.execute(st.sweep_jobs.insert(), [{"sweep": "synth", "job_id": r["job_id"]} for r in seed1 + control])
     raw = store.query("select r.*, (select count(*) from job_teachers jt where jt.job_id = r.job_id) as multi_teacher "
                       "from transfer_results r")
     want: dict[tuple, list] = {}
     for r in raw.itertuples():
-        if r.final and not r.multi_teacher:
+        if r.final and not r.multi_teacher and r.student != r.teacher:  # a control is no pair
             want.setdefault((r.method, r.student, r.teacher), []).append(r.delta)
     assert any(len(v) == 2 for v in want.values()) and any("+" in t for t in raw["teacher"])
     mean = {k: np.mean(v) for k, v in want.items()}
@@ -321,13 +490,13 @@ def test_cli_report_reruns_shown_query(synth, tmp_path):
     """`zoo-sweep query` accepts the command the report prints."""
     import shlex
 
-    cmd = synth["report"].sql_command("transfer_pairs")
+    cmd = synth["report"].sql_command("transfers")
     argv = shlex.split(cmd)
     assert argv[:2] == ["zoo-sweep", "--db"]
     r = run_cli(*argv[1:], "--format", "csv")
     assert r.returncode == 0, r.stderr
     got = pd.read_csv(io.StringIO(r.stdout), float_precision="round_trip")
-    want = synth["store"].query(synth["report"].sql_text("transfer_pairs"))
+    want = synth["store"].query(synth["report"].sql_text("transfers"))
     assert len(got) > 50
     pd.testing.assert_frame_equal(got, want, check_dtype=False, check_exact=True)
     # the rows printed are those the methods table was computed from

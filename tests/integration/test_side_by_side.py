@@ -64,7 +64,9 @@ def test_sweeps_started_at_the_same_moment_all_finish(micro, tmp_path, token_fil
     c = _start(micro, tmp_path / "c", "side-c", "--address", micro["address"], token=token_file,
                transfer={"methods": ["kl"], "seeds": [1]})
     for proc, db in (a, b, c):
-        _finish(proc)
+        out = _finish(proc)
+        # one seed and no repeated seed anywhere: the launcher says it cannot tell training from transfer
+        assert "convergence: cannot tell for 3 student(s)" in out, out
         assert sqlite_rows(db, "select kind, state, count(*) from jobs group by 1, 2 order by 1") == [
             ("compare", "done", 1), ("predict", "done", 3), ("transfer", "done", 6)]
 

@@ -161,6 +161,7 @@ class _Run:
             if self.opts.until == "transfer" and pairs_df is not None:
                 self._select(pairs_df)
                 self._transfer()
+                self._convergence()
         self._check_outcome()
         return self.report
 
@@ -384,6 +385,27 @@ class _Run:
 
         self._run_jobs("transfer", todo, inputs, on_result,
                        on_final_error=lambda job: streams.release(job.id, self.paths.logits))
+
+    def _convergence(self) -> None:
+        """Name the students whose labels control improved them by more than their seed noise: their gains in
+        this sweep are mostly continued training (the report says the same, with intervals)."""
+        from zoo_sweep.science.controls import CANNOT_TELL, NOT_CONVERGED, convergence
+
+        if "labels" not in self.spec.transfer.controls:
+            return
+        rows = self.store.query("select r.student, r.teacher, r.method, r.seed, r.delta, r.final "
+                                "from transfer_results r join sweep_jobs sj on sj.job_id = r.job_id "
+                                "where sj.sweep = :s and r.final", {"s": self.spec.name})
+        c = convergence(rows, n_boot=200)
+        for r in c.students.itertuples(index=False):
+            if r.verdict == NOT_CONVERGED:
+                self.report.notes.append(f"not converged: {r.student}: training on the labels alone improves it by "
+                                         f"{r.labels_delta:+.2f} points, more than its seed noise "
+                                         f"({r.noise_sd:.2f}): its gains are mostly continued training")
+        if c.cannot_tell:
+            self.report.notes.append(f"convergence: cannot tell for {len(c.cannot_tell)} student(s) with one seed "
+                                     "and no repeated seed in the sweep; run more seeds ([transfer] seeds) to tell "
+                                     "continued training from transfer")
 
     def _plan_streams(self, jobs: list[Job]) -> StreamPlan:
         """Which teacher / s0 logits the jobs about to run share, by the spec's teacher_cache policy."""

@@ -32,8 +32,11 @@ from zoo_sweep.zoo.entry import chance_note
 
 _NO_PAIRS = "nothing to draw: no measured pairs on this eval set yet (`zoo-sweep measure SPEC`)"
 _NO_RESULTS = "nothing to draw: no finished single-teacher transfer results for this sweep yet"
+_NO_CONTROLS = ("nothing to draw: no transfer run has a control run of the same student, seed and epoch in this sweep "
+                '(controls = ["labels"] under [transfer])')
 EMPTY = {"ck_vs_gap": _NO_PAIRS, "concentration": _NO_PAIRS, "delta_vs_gap": _NO_RESULTS,
-         "gain_loss": _NO_RESULTS, "student_success": _NO_RESULTS, "student_properties": _NO_RESULTS}
+         "gain_loss": _NO_RESULTS, "student_success": _NO_RESULTS, "student_properties": _NO_RESULTS,
+         "control_by_epoch": _NO_CONTROLS}
 
 
 def write_report(store: Store, sweep: str, eval_set: str, out_dir: str | Path, num_classes: int | None = None,
@@ -57,8 +60,8 @@ def make_report(store: Store, sweep: str, eval_set: str, out_dir: str | Path, nu
     rep.files += _write_rows(data, out)
     rep.sections += [section(data) for section in sections.SECTIONS]
     _note_empty_panels(rep, out)
-    rep.findings = (_chance_findings(data.models, num_classes, eval_set)
-                    + findings(data.pairs, data.summary, data.diffs, data.msum, data.held, data.ranks))
+    rep.findings = findings(data.pairs, data.summary, data.diffs, data.msum, data.held, data.ranks, data.convergence,
+                            _chance_findings(data.models, num_classes, eval_set))
     _write_files(rep, out)
     return rep
 

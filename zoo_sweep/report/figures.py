@@ -34,16 +34,44 @@ def plot_ck_vs_gap(pairs, models, path) -> Path:
 
 
 def plot_delta_vs_gap(tp, binned, colors, path) -> Path:
-    fig, ax = subplots(figsize=(7, 4.8))
-    for method, g in tp.groupby("method", sort=True):
-        c = colors.get(method, "C7")
-        ax.scatter(g["acc_gap"], g["delta"], s=14, alpha=0.35, color=c)
-        b = binned[binned["method"] == method]
-        if len(b):
-            ax.errorbar(b["gap_mid"], b["mean_delta"], yerr=ci_yerr(b, "mean_delta"), color=c, marker="o", lw=1.8,
-                        capsize=4, label=f"{method} (binned mean, 95 % CI)")
-    ax.axhline(0, color="k", lw=0.8)
-    decorate(ax, _GAP_LABEL, _DELTA_LABEL, "Transfer delta against teacher strength", {})
+    """Delta against the accuracy gap; beside it delta over the first control with results (labels first)."""
+    over = next((c for c in tp.columns if c.startswith("delta_over_") and tp[c].notna().any()), None)
+    panels = [("delta", _DELTA_LABEL, "Transfer delta against teacher strength")]
+    if over:
+        name = over.removeprefix("delta_over_")
+        panels.append((over, f"Δ over the {name} control [points]", f"Δ over the {name} control (its run: the 0 line)"))
+    fig, axes = subplots(2) if over else subplots(figsize=(7, 4.8))
+    for ax, (col, ylabel, title) in zip(np.atleast_1d(axes), panels):
+        for method, g in tp.groupby("method", sort=True):
+            c = colors.get(method, "C7")
+            ax.scatter(g["acc_gap"], g[col], s=14, alpha=0.35, color=c)
+            b = binned[binned["method"] == method]
+            if len(b):
+                ax.errorbar(b["gap_mid"], b[f"mean_{col}"], yerr=ci_yerr(b, f"mean_{col}"), color=c, marker="o",
+                            lw=1.8, capsize=4, label=f"{method} (binned mean, 95 % CI)")
+        ax.axhline(0, color="k", lw=0.8)
+        decorate(ax, _GAP_LABEL, ylabel, title, {})
+    return save(fig, path)
+
+
+def plot_over_control_by_epoch(by_epoch, colors, path) -> Path:
+    """Per control (one panel each): every method's mean delta over it against epoch, with 95 % bands; the
+    control is the 0 line (``tables.over_control_by_epoch``)."""
+    names = list(dict.fromkeys(by_epoch["control"]))
+    fig, axes = subplots(len(names), figsize=(6.5 * len(names), 4.5), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for method, g in by_epoch[by_epoch["control"] == name].groupby("method", sort=True):
+            c = colors.get(method, "C7")
+            g = g.sort_values("epoch")
+            ax.errorbar(g["epoch"], g["delta_over"], yerr=ci_yerr(g, "delta_over"), marker="o", color=c, lw=1.8,
+                        capsize=4, label=f"{method} (95 % CI)")
+        ax.axhline(0, color="k", lw=1.0, label=f"{name} control")
+        epochs = sorted(by_epoch["epoch"].unique())
+        if len(epochs) <= 12:  # a tick per epoch; more would crowd the axis
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        decorate(ax, "epoch", f"Δ over the {name} control [points]", f"Gain over the {name} control by epoch", {})
     return save(fig, path)
 
 

@@ -41,7 +41,7 @@ def write_html(rep, path: str | Path) -> Path:
              f"<h1>Sweep {e(rep.sweep)}</h1>",
              f"<div class='meta'>eval set <code>{e(rep.eval_set)}</code> · store <code>{e(rep.db_url)}</code> · "
              f"{e(time.strftime('%Y-%m-%d %H:%M'))} · numbers are points / percent of the eval set; intervals are "
-             f"bootstrap 95 % over pairs</div>",
+             f"95 %, each table's note says over what (students or pairs)</div>",
              "<h2>Findings</h2><ul class='findings'>" + "".join(f"<li>{e(s)}</li>" for s in rep.findings) + "</ul>"]
     for heading, items in rep.sections:
         parts.append(f"<h2>{e(heading)}</h2>")

@@ -17,12 +17,25 @@ SQL = {
             union select teacher from pairs where eval_set = :eval_set)
         order by m.accuracy desc""",
     "pairs": "select * from pairs where eval_set = :eval_set",
+    # every run's final row (single-teacher, control and multi-teacher runs; multi_teacher 1: its teachers are in
+    # job_teachers), so that the statistics over runs can see the seeds of a pair
     "transfers": """
-        select r.* from transfer_results r join sweep_jobs sj on sj.job_id = r.job_id
+        select r.*, case when exists (select 1 from job_teachers jt where jt.job_id = r.job_id)
+                    then 1 else 0 end as multi_teacher
+        from transfer_results r join sweep_jobs sj on sj.job_id = r.job_id
         where sj.sweep = :sweep and r.final""",
+    # every epoch of the single-teacher and control runs: is a method's gain over a control still rising?
+    "transfer_epochs": """
+        select r.method, r.student, r.teacher, r.seed, r.epoch, r.final, r.delta
+        from transfer_results r join sweep_jobs sj on sj.job_id = r.job_id
+        where sj.sweep = :sweep
+          and not exists (select 1 from job_teachers jt where jt.job_id = r.job_id)
+        order by r.method, r.student, r.teacher, r.seed, r.epoch""",
     # one row per (method, student, teacher): the final epoch, averaged over seeds, single-teacher jobs only
-    # (a multi-teacher job has its teachers in job_teachers).
-    # gains.per_pair is the same filter on frames; this stays SQL so that the report can show the query behind
+    # (a multi-teacher job has its teachers in job_teachers), controls left out (a control run names the student
+    # as its own teacher; a pair never has one model twice).
+    # gains.per_pair is the same filter on frames (the report hands it method rows: controls.split_controls); this
+    # stays SQL so that the report can show the query behind
     # its tables (test_final_row_filter_is_the_same_in_sql_and_pandas keeps the two in step)
     "transfer_pairs": """
         select r.method, r.student, r.teacher, count(*) as seeds,
@@ -39,6 +52,7 @@ SQL = {
         left join models mt on mt.name = r.teacher and mt.eval_set = r.eval_set
         where sj.sweep = :sweep and r.final
           and not exists (select 1 from job_teachers jt where jt.job_id = r.job_id)
+          and r.teacher <> r.student
         group by r.method, r.student, r.teacher
         order by r.method, r.student, r.teacher""",
     # one row per multi-teacher (method, student, teachers); r.teacher is the run's label ("a+b+c")
@@ -75,6 +89,10 @@ def final_transfers(store: Store, sweep: str) -> pd.DataFrame:
 
 def transfer_pairs(store: Store, sweep: str) -> pd.DataFrame:
     return store.query(SQL["transfer_pairs"], {"sweep": sweep})
+
+
+def transfer_epochs(store: Store, sweep: str) -> pd.DataFrame:
+    return store.query(SQL["transfer_epochs"], {"sweep": sweep})
 
 
 def models_table(store: Store, eval_set: str) -> pd.DataFrame:

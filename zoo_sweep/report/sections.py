@@ -18,10 +18,12 @@ from zoo_sweep.report.queries import (
     models_table,
     multi_teacher_lists,
     pairs_table,
+    transfer_epochs,
     transfer_pairs,
 )
 from zoo_sweep.report.tables import report_table
-from zoo_sweep.science import gains
+from zoo_sweep.science import controls, gains
+from zoo_sweep.transfer import catalog
 
 
 @dataclass
@@ -29,8 +31,8 @@ class ReportData:
     """The rows a report is computed from, and what its sections computed that the findings use."""
     models: pd.DataFrame
     pairs: pd.DataFrame
-    raw: pd.DataFrame  # final transfer rows, as stored
-    tp: pd.DataFrame  # one row per single-teacher (method, student, teacher), seeds averaged
+    raw: pd.DataFrame  # final transfer rows, as stored: one per run (methods, controls, multi-teacher)
+    tp: pd.DataFrame  # one row per single-teacher (method, student, teacher), seeds averaged, no controls
     multi: pd.DataFrame  # one row per multi-teacher (method, student, teachers)
     teacher_lists: dict  # (method, student, teachers label) -> its teachers, from job_teachers
     out: Path
@@ -38,7 +40,11 @@ class ReportData:
     num_classes: int | None
     n_boot: int
     seed: int
+    epochs: pd.DataFrame = field(default_factory=pd.DataFrame)  # every epoch of single-teacher and control runs
+    runs: pd.DataFrame = field(default_factory=pd.DataFrame)  # raw's method runs with their delta_over_<control>
+    control_names: list = field(default_factory=catalog.controls)
     summary: pd.DataFrame = field(default_factory=pd.DataFrame)
+    convergence: controls.Convergence | None = None
     diffs: pd.DataFrame = field(default_factory=pd.DataFrame)
     msum: pd.DataFrame = field(default_factory=pd.DataFrame)
     held: list = field(default_factory=list)
@@ -64,9 +70,13 @@ class ReportData:
 
 
 def read_data(store, sweep: str, eval_set: str, out: Path, num_classes, n_boot: int, seed: int) -> ReportData:
-    return ReportData(models_table(store, eval_set), pairs_table(store, eval_set), final_transfers(store, sweep),
-                      transfer_pairs(store, sweep), store.query(SQL["multi_teacher"], {"sweep": sweep}),
-                      multi_teacher_lists(store, sweep), out, eval_set, num_classes, n_boot, seed)
+    raw, names = final_transfers(store, sweep), catalog.controls()
+    runs = controls.delta_over_controls(raw, names)
+    return ReportData(models_table(store, eval_set), pairs_table(store, eval_set), raw,
+                      tables.with_over_controls(transfer_pairs(store, sweep), runs),
+                      store.query(SQL["multi_teacher"], {"sweep": sweep}), multi_teacher_lists(store, sweep), out,
+                      eval_set, num_classes, n_boot, seed, epochs=transfer_epochs(store, sweep), runs=runs,
+                      control_names=names)
 
 
 def complementary(d: ReportData) -> tuple[str, list]:
@@ -89,23 +99,51 @@ def complementary(d: ReportData) -> tuple[str, list]:
 
 def transfer(d: ReportData) -> tuple[str, list]:
     tp, kw, out, colors = d.tp, d.kw, d.out, d.colors
-    d.summary = tables.method_summary(tp, **kw)
+    d.summary = tables.method_summary(d.raw, controls=d.control_names, **kw)
+    how = "; ".join(sorted(set(d.summary["interval"]))) or "none yet"
     items: list = [report_table("methods", "Transfer per method (final epoch; points of the eval set, percent)",
-                                d.summary, ["transfer_pairs"],
-                                f"one row per (student, teacher) pair, seeds averaged; success = share of pairs "
-                                f"with delta > 0; student_success = median over students of each student's share "
-                                f"of teachers with delta > 0; {d.boot_note}")]
-    d.diffs = tables.method_differences(tp, kw)
-    items.append(report_table("method_differences", "Are two methods distinguishable?", d.diffs, ["transfer_pairs"],
-                              "differences on the pairs both methods ran (paired bootstrap over pairs; by_student: "
-                              "students resampled instead, as a student's pairs share its run-to-run luck); a "
+                                d.summary, ["transfers"],
+                                f"mean_delta and delta_over_<control> (a run's delta minus that of the control run on "
+                                f"the same student, seed and epoch): means over runs nested as students > pairs > "
+                                f"seeds, 95 % intervals with students resampled ({how}; "
+                                f"zoo_sweep.science.stats.hierarchical_mean); delta_seed_sd: seed-to-seed SD of delta "
+                                f"(stats.seed_sd, unit (student, teacher)); success = share of pairs with delta > 0; "
+                                f"student_success = median over students of each student's share of teachers with "
+                                f"delta > 0; success, student_success, gains, losses and rates: {d.boot_note}")]
+    ctl = tables.control_summary(d.raw, controls=d.control_names, **kw)
+    items.append(report_table("controls", "Controls: each student trained as long without a teacher's knowledge",
+                              ctl, ["transfers"],
+                              "one run per student and seed (the student as its own teacher): labels = the labels "
+                              "alone, self_dist = distilled from its frozen self; mean over students with students "
+                              "resampled (" + ("; ".join(sorted(set(ctl["interval"]))) or "none yet") + ")"
+                              if len(ctl) else
+                              'no control runs in this sweep: a method\'s gain cannot be told from continued '
+                              'training (add controls = ["labels"] under [transfer])'))
+    d.diffs = tables.method_differences(d.runs, kw)
+    items.append(report_table("method_differences", "Are two methods distinguishable?", d.diffs, ["transfers"],
+                              "differences on the pairs both methods ran (paired bootstrap over pairs, seeds "
+                              "averaged; by_student: students resampled instead, over the runs both made, nested as "
+                              "students > pairs > seeds, a t interval below 5 students "
+                              "(stats.hierarchical_paired_diff), as a student's pairs share its run-to-run luck); a "
                               "difference is distinguishable when its 95 % interval does not cover 0"))
     binned = tables.binned(tp, kw)  # bootstrapped once: table and plot share it
     items.append(Panel("delta_vs_gap", "Transfer delta against accuracy gap, per method",
-                       "Each point one pair; lines are binned means with bootstrap 95 % intervals.",
+                       "Each point one pair; lines are binned means with bootstrap 95 % intervals. With a labels "
+                       "control, right: the same for delta over labels (above 0: better than training on the "
+                       "labels as long).",
                        figures.plot_delta_vs_gap(tp, binned, colors, out / "delta_vs_gap.png") if len(tp) else None))
     items.append(report_table("delta_by_gap", "Transfer delta by accuracy-gap bin", binned,
-                              ["transfer_pairs"], f"bins are quantiles of the accuracy gap; {d.boot_note}"))
+                              ["transfer_pairs", "transfers"], f"bins are quantiles of the accuracy gap; {d.boot_note}"))
+    by_epoch = tables.over_control_by_epoch(d.epochs, controls=d.control_names, **kw)
+    items.append(Panel("control_by_epoch", "Delta over the control against epoch, per method",
+                       "Each method's mean delta over the control run of the same student, seed and epoch, with "
+                       "95 % intervals (students resampled); the control itself is the 0 line. A gain that is "
+                       "still rising at the last epoch may grow with longer training.",
+                       figures.plot_over_control_by_epoch(by_epoch, colors, out / "control_by_epoch.png")
+                       if len(by_epoch) else None))
+    items.append(report_table("delta_over_control_by_epoch", "Delta over the control by epoch", by_epoch,
+                              ["transfer_epochs"], "zoo_sweep.science.controls.delta_over_controls on every epoch's "
+                              "rows; stats.hierarchical_mean per method, control and epoch (students resampled)"))
     items.append(Panel("gain_loss", "Knowledge gain and loss per method",
                        "Left: mean gain (s0 wrong → student right) and loss (s0 right → student wrong) with "
                        "95 % intervals. Right: each pair; above the diagonal the student forgot more than it "
@@ -116,12 +154,21 @@ def transfer(d: ReportData) -> tuple[str, list]:
 
 def students(d: ReportData) -> tuple[str, list]:
     tp, kw, out, colors = d.tp, d.kw, d.out, d.colors
+    d.convergence = controls.convergence(d.raw, **kw)
+    items: list = [report_table("convergence", "Were the students converged? (labels control per student)",
+                                d.convergence.students, ["transfers"],
+                                "labels_delta: the labels control's mean delta over seeds; not converged when it "
+                                "exceeds noise_sd, the seed-to-seed SD of its labels delta (its seeds), or with one "
+                                "seed the sweep's pooled seed-to-seed SD of delta; cannot tell without either "
+                                "(zoo_sweep.science.controls.convergence)"
+                                if len(d.convergence.students) else
+                                'no labels control in this sweep (add controls = ["labels"] under [transfer])')]
     families = tables.families(tp, kw)  # bootstrapped once: table and plot share it
-    items: list = [Panel("student_success", "Per-student success rate per method and by family",
-                         "Left: each student's share of teachers with delta > 0 (box per method, as the "
-                         "paper's Fig. 4a). Right: share of pairs with delta > 0 by student family, with "
-                         "95 % intervals.",
-                         figures.plot_success(tp, families, colors, out / "student_success.png") if len(tp) else None)]
+    items.append(Panel("student_success", "Per-student success rate per method and by family",
+                       "Left: each student's share of teachers with delta > 0 (box per method, as the "
+                       "paper's Fig. 4a). Right: share of pairs with delta > 0 by student family, with "
+                       "95 % intervals.",
+                       figures.plot_success(tp, families, colors, out / "student_success.png") if len(tp) else None))
     items.append(report_table("families", "Transfer by student family", families, ["transfer_pairs"], d.boot_note))
     items.append(Panel("student_properties", "Student properties against transfer delta",
                        "Student size (parameters, log scale), family and accuracy against delta; the "

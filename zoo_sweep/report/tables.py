@@ -1,6 +1,8 @@
 """The report's tables: statistics over the rows the report's SQL returns, each as numbers (CSV) and as a
-view for reading ("estimate [lo, hi]"). Means, success rates, correlations and their bootstrap 95 %
-intervals come from ``zoo_sweep.science.stats`` (pairs resampled, seeded)."""
+view for reading ("estimate [lo, hi]"). Means, success rates, correlations and their 95 % intervals come from
+``zoo_sweep.science.stats`` (seeded): over single runs nested as students > pairs > seeds with students
+resampled for a method's mean delta and its delta over the controls (``science.controls``), over
+(student, teacher) pairs, seeds averaged, for the rest."""
 
 from __future__ import annotations
 
@@ -10,31 +12,146 @@ import numpy as np
 import pandas as pd
 
 from zoo_sweep.report.parts import ReportTable
+from zoo_sweep.science import controls as ctl
 from zoo_sweep.science import stats
 from zoo_sweep.science.gains import per_pair
 from zoo_sweep.science.pair_metrics import TOP_P
+from zoo_sweep.transfer import catalog
 
 
-def method_summary(results: pd.DataFrame, n_boot: int = stats.N_BOOT, seed: int = stats.SEED) -> pd.DataFrame:
-    """Per method: pairs run, mean transfer delta, success rates, mean knowledge gain and loss (percent),
-    mean transfer rate, each with its bootstrap 95 % interval in ``<column>_lo`` / ``<column>_hi``.
+def method_summary(results: pd.DataFrame, n_boot: int = stats.N_BOOT, seed: int = stats.SEED,
+                   controls=None) -> pd.DataFrame:
+    """Per method: pairs, students and seeds run, mean transfer delta and delta over each control, the
+    seed-to-seed SD of delta, success rates, mean knowledge gain and loss (percent), mean transfer rate, each mean
+    and rate with its 95 % interval in ``<column>_lo`` / ``<column>_hi``.
 
-    ``results``: final transfer rows (``final_transfers``) or ``transfer_pairs`` rows; seeds of one pair are
-    averaged first, so the unit that is resampled is a (student, teacher) pair. ``success`` is the share of
-    pairs with delta > 0; ``student_success`` is the paper's statistic: the median over students of each
-    student's share of teachers with delta > 0.
+    ``results``: final transfer rows as stored (``final_transfers``: one row per run) or ``transfer_pairs`` rows
+    (seeds averaged). Control runs (``controls``, default: the catalog's; the student as its own teacher) and
+    multi-teacher runs are not methods and are left out. ``mean_delta`` and ``delta_over_<control>`` (a run's
+    delta minus that of the control run on the same student, seed and epoch: ``science.controls``) are means over
+    runs nested as students > pairs > seeds with an interval that resamples students
+    (``stats.hierarchical_mean``; ``interval`` says how, e.g. "t over 3 student means" below 5 students);
+    ``delta_over_labels`` is always there (empty without a labels control), other controls' columns when the
+    rows have that control. The pair statistics resample (student, teacher) pairs, seeds averaged:
+    ``success`` is the share of pairs with delta > 0; ``student_success`` is the paper's statistic, the median
+    over students of each student's share of teachers with delta > 0. ``delta_seed_sd``: ``stats.seed_sd`` of
+    delta with one unit per (student, teacher); empty with one seed.
     """
     kw = {"n_boot": n_boot, "seed": seed}
+    names = _control_names(controls)
     means = {"mean_gain": "knowledge_gain", "mean_loss": "knowledge_loss",
              "transfer_rate_sample": "transfer_rate_sample", "transfer_rate_class": "transfer_rate_class"}
-    cols = ["method", "pairs"] + with_ci(["mean_delta", "success", "student_success", *means])
+    runs = ctl.delta_over_controls(_final(results), names)
+    # a metric no run recorded comes back from SQL as a column of NULL objects, which averaging seeds would drop
+    runs = runs.assign(**{c: pd.to_numeric(runs[c], errors="coerce") for c in ["delta", *means.values()] if c in runs})
+    over = over_columns(results, names)
+    cols = (["method", "pairs", "students", "seeds"] + with_ci(["mean_delta", *over]) + ["delta_seed_sd"]
+            + with_ci(["success", "student_success", *means]) + ["interval"])
     rows = []
-    for method, g in (per_pair(results).groupby("method", sort=True) if len(results) else []):
-        row = delta_stats({"method": method, "pairs": len(g)}, g, kw)
+    for method, r in (runs.groupby("method", sort=True) if len(runs) else []):
+        g = per_pair(r)
+        mean = runs_mean(r, "delta", kw)
+        row = delta_stats({"method": method, "pairs": len(g), "students": g["student"].nunique(),
+                           "seeds": _seeds(r), "delta_seed_sd": _seed_sd(r), "interval": mean.method}, g, kw, mean=mean)
+        for c in over:
+            ci_cols(row, c, runs_mean(r, c, kw) if c in r else stats.NAN_CI)
         for name, col in means.items():
             ci_cols(row, name, stats.bootstrap_mean(g[col], **kw))
         rows.append(row)
     return pd.DataFrame(rows, columns=cols).round(3)
+
+
+def control_summary(results: pd.DataFrame, n_boot: int = stats.N_BOOT, seed: int = stats.SEED,
+                    controls=None) -> pd.DataFrame:
+    """Per control run in ``results`` (final transfer rows as stored): students and seeds run, the mean delta
+    over students with its interval (``stats.hierarchical_mean``, students resampled; ``interval`` says how),
+    the seed-to-seed SD of delta, and the mean knowledge gain and loss."""
+    kw = {"n_boot": n_boot, "seed": seed}
+    names = _control_names(controls)
+    cols = (["control", "students", "seeds", "runs"] + with_ci(["mean_delta"]) + ["delta_seed_sd"]
+            + with_ci(["mean_gain", "mean_loss"]) + ["interval"])
+    _, runs = ctl.split_controls(_final(results), names)
+    rows = []
+    for c in names:
+        r = runs[runs["method"] == c]
+        if r.empty:
+            continue
+        mean = runs_mean(r, "delta", kw)
+        row = {"control": c, "students": r["student"].nunique(), "seeds": _seeds(r), "runs": len(r),
+               "delta_seed_sd": _seed_sd(r), "interval": mean.method}
+        ci_cols(row, "mean_delta", mean)
+        ci_cols(row, "mean_gain", runs_mean(r, "knowledge_gain", kw))
+        ci_cols(row, "mean_loss", runs_mean(r, "knowledge_loss", kw))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=cols).round(3)
+
+
+def over_control_by_epoch(epochs: pd.DataFrame, n_boot: int = stats.N_BOOT, seed: int = stats.SEED,
+                          controls=None) -> pd.DataFrame:
+    """Per method, control and epoch: the mean delta over the control (``science.controls``) of that epoch's
+    runs, with its interval (``stats.hierarchical_mean``, students resampled). ``epochs``: every epoch's rows
+    (``queries.SQL["transfer_epochs"]``)."""
+    kw = {"n_boot": n_boot, "seed": seed}
+    names = _control_names(controls)
+    cols = ["method", "control", "epoch", "students", "runs"] + with_ci(["delta_over"]) + ["interval"]
+    runs = ctl.delta_over_controls(epochs, names)
+    rows = []
+    for c in ctl.present(epochs, names):
+        col = ctl.over_column(c)
+        for (method, epoch), g in runs.groupby(["method", "epoch"], sort=True):
+            ci = runs_mean(g, col, kw)
+            if ci.n:
+                row = {"method": method, "control": c, "epoch": int(epoch), "students": ci.n,
+                       "runs": int(g[col].notna().sum()), "interval": ci.method}
+                ci_cols(row, "delta_over", ci)
+                rows.append(row)
+    return pd.DataFrame(rows, columns=cols).round(3)
+
+
+def with_over_controls(tp: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """``transfer_pairs`` rows with each pair's delta over each control, seeds averaged as the pair's delta is;
+    ``runs``: the method runs with their ``delta_over_<control>`` (``science.controls.delta_over_controls``)."""
+    over = [c for c in runs.columns if c.startswith("delta_over_")]
+    if tp.empty or not over:
+        return tp.assign(**{c: np.nan for c in over})
+    keys = ["method", "student", "teacher"]
+    return tp.merge(runs.groupby(keys, as_index=False)[over].mean(), on=keys, how="left")
+
+
+def over_columns(results: pd.DataFrame, controls) -> list[str]:
+    """The delta-over-control columns a table shows: the labels control's always (a sweep without it says so),
+    another control's when ``results`` have its runs; labels first."""
+    have = set(ctl.present(results, controls))
+    return [ctl.over_column(c) for c in controls if c == ctl.LABELS or c in have]
+
+
+def runs_mean(r: pd.DataFrame, col: str, kw) -> stats.CI:
+    """Mean of ``col`` over runs nested as students > pairs > seeds, students resampled. The rows of a pair are
+    its seeds; the seed labels are not passed (they only check uniqueness), so two runs of one seed, a job run
+    again under other settings, are averaged in rather than stopping the report."""
+    return stats.hierarchical_mean(pd.to_numeric(r[col], errors="coerce"), r["student"], r["teacher"], None, **kw)
+
+
+def _control_names(controls) -> list[str]:
+    return catalog.controls() if controls is None else list(controls)
+
+
+def _final(results: pd.DataFrame) -> pd.DataFrame:
+    return results[results["final"].astype(bool)] if len(results) and "final" in results else results
+
+
+def _seeds(r: pd.DataFrame) -> int:
+    """Seeds run: distinct seeds of run rows, or the most seeds of a pair in seed-averaged rows."""
+    if "seed" in r:
+        return int(r["seed"].nunique())
+    return int(pd.to_numeric(r["seeds"]).max()) if "seeds" in r else 1
+
+
+def _seed_sd(r: pd.DataFrame) -> float:
+    if "seed" not in r:
+        return float("nan")
+    unit = r["student"].astype(str) + "\x1f" + r["teacher"].astype(str)
+    return stats.seed_sd(pd.to_numeric(r["delta"], errors="coerce"), unit)
 
 
 def fmt_ci(est, lo, hi, digits=2) -> str:
@@ -69,9 +186,10 @@ def with_ci(names) -> list[str]:
     return [n + s for n in names for s in ("", "_lo", "_hi")]
 
 
-def delta_stats(row: dict, g: pd.DataFrame, kw, per_student: bool = True) -> dict:
-    """Add mean_delta, success and (with ``per_student``) student_success of the pairs ``g`` to ``row``."""
-    ci_cols(row, "mean_delta", stats.bootstrap_mean(g["delta"], **kw))
+def delta_stats(row: dict, g: pd.DataFrame, kw, per_student: bool = True, mean: stats.CI | None = None) -> dict:
+    """Add mean_delta, success and (with ``per_student``) student_success of the pairs ``g`` to ``row``;
+    ``mean``: mean_delta computed over runs (``runs_mean``) instead of the pair bootstrap."""
+    ci_cols(row, "mean_delta", mean or stats.bootstrap_mean(g["delta"], **kw))
     ci_cols(row, "success", stats.bootstrap_rate(g["delta"] > 0, **kw))
     if per_student:
         ci_cols(row, "student_success", stats.student_success(g["student"], g["delta"], **kw))
@@ -114,25 +232,35 @@ def _qrow(name, x, kw, uniform=np.nan) -> dict:
     return row
 
 
-def method_differences(tp, kw) -> pd.DataFrame:
-    """Each two methods' difference in mean delta and in success, on the pairs both ran. ``delta_diff_by_student``
-    is the mean difference with students resampled instead of pairs: a student's pairs share its run-to-run
-    luck, so with few students the pair interval is too narrow."""
+def method_differences(rows, kw) -> pd.DataFrame:
+    """Each two methods' difference in mean delta and in success, on the pairs both ran (seeds averaged; pairs
+    resampled). ``delta_diff_by_student`` is the mean difference with students resampled instead
+    (``stats.hierarchical_paired_diff`` over the runs both made, nested as students > pairs > seeds; a t
+    interval below 5 students): a student's pairs share its run-to-run luck, so with few students the pair
+    interval is too narrow. ``rows``: one row per run of single-teacher methods (with ``seed``), or one row per
+    pair (seeds averaged, e.g. ``transfer_pairs``)."""
     cols = (["method_a", "method_b", "pairs", "students", "paired"]
             + with_ci(["delta_diff", "delta_diff_by_student", "success_diff"])
             + ["delta", "delta_by_student", "success"])
-    rows = []
-    methods = sorted(tp["method"].unique()) if len(tp) else []
+    out = []
+    methods = sorted(rows["method"].unique()) if len(rows) else []
+    if methods:
+        runs = rows.assign(delta=pd.to_numeric(rows["delta"], errors="coerce"))
+        units = ["student", "teacher"] + (["seed"] if "seed" in rows else [])
+        per_run = runs.groupby(["method", *units])["delta"].mean()
+        per_pair = runs.groupby(["method", "student", "teacher"])["delta"].mean()
     for i, a in enumerate(methods):
         for b in methods[i + 1:]:
-            A = tp[tp["method"] == a].set_index(["student", "teacher"])["delta"]
-            B = tp[tp["method"] == b].set_index(["student", "teacher"])["delta"]
+            A, B = per_pair.xs(a, level="method"), per_pair.xs(b, level="method")
             common = A.index.intersection(B.index)
             paired = len(common) >= 2
             students = common.get_level_values("student")
             if paired:
                 d = stats.bootstrap_paired_diff(A[common], B[common], "mean", **kw)
-                by_student = stats.bootstrap_paired_diff(A[common], B[common], "mean", groups=students, **kw)
+                RA, RB = per_run.xs(a, level="method"), per_run.xs(b, level="method")
+                both = RA.index.intersection(RB.index)
+                by_student = stats.hierarchical_paired_diff(RA[both], RB[both], both.get_level_values("student"),
+                                                            both.get_level_values("teacher"), **kw)
                 s = stats.bootstrap_paired_diff(A[common], B[common], "rate", **kw)
             else:  # different pairs: no student is shared to resample
                 d = stats.bootstrap_diff(A, B, "mean", **kw)
@@ -146,8 +274,8 @@ def method_differences(tp, kw) -> pd.DataFrame:
             row["delta"] = _verdict(d)
             row["delta_by_student"] = _verdict(by_student, "students") if paired else ""
             row["success"] = _verdict(s)
-            rows.append(row)
-    return pd.DataFrame(rows, columns=cols)
+            out.append(row)
+    return pd.DataFrame(out, columns=cols)
 
 
 def _verdict(ci: stats.CI, units: str = "pairs") -> str:
@@ -170,7 +298,10 @@ def _gap_edges(gap: pd.Series) -> np.ndarray:
 
 
 def binned(tp, kw) -> pd.DataFrame:
-    cols = ["method", "gap_bin", "gap_mid", "pairs"] + with_ci(["mean_delta", "success"])
+    """Per method and accuracy-gap bin: mean delta (and mean delta over each control in ``tp``) and success,
+    pairs resampled."""
+    over = [c for c in tp.columns if c.startswith("delta_over_")]
+    cols = ["method", "gap_bin", "gap_mid", "pairs"] + with_ci(["mean_delta", *("mean_" + c for c in over), "success"])
     if tp.empty:
         return pd.DataFrame(columns=cols)
     edges = _gap_edges(tp["acc_gap"])
@@ -183,6 +314,8 @@ def binned(tp, kw) -> pd.DataFrame:
             continue
         row = {"method": method, "gap_bin": f"[{edges[i]:.1f}, {edges[i + 1]:.1f}{']' if i == len(edges) - 2 else ')'}",
                "gap_mid": float(g["acc_gap"].mean()), "pairs": len(g)}
+        for c in over:
+            ci_cols(row, "mean_" + c, stats.bootstrap_mean(g[c], **kw))
         rows.append(delta_stats(row, g, kw, per_student=False))
     return pd.DataFrame(rows, columns=cols)
 

@@ -46,7 +46,7 @@ def pair_features(pairs_df: pd.DataFrame, models_df: pd.DataFrame) -> pd.DataFra
 
 def per_pair(results: pd.DataFrame) -> pd.DataFrame:
     """Transfer rows -> one row per (method, student, teacher): the final epoch (when the table has a ``final``
-    column), single-teacher jobs only, numeric columns averaged over seeds. Rows of stored jobs (with a
+    column), single-teacher jobs only (no controls), numeric columns averaged over seeds. Rows of stored jobs (with a
     ``job_id``) say which are multi-teacher in ``multi_teacher`` (1: its teachers are in the store's
     job_teachers table; storage.store.final_results adds it). Rows of the report's ``transfer_pairs`` query,
     the same filter in SQL, pass unchanged."""
@@ -55,6 +55,7 @@ def per_pair(results: pd.DataFrame) -> pd.DataFrame:
     r = results
     if "final" in r:
         r = r[r["final"].astype(bool)]
+    r = r[r["student"] != r["teacher"]]  # controls name the student as its own teacher: not pairs
     if "multi_teacher" in r:
         r = r[pd.to_numeric(r["multi_teacher"]).fillna(0) == 0]
     elif "job_id" in r:
