@@ -66,12 +66,33 @@ def test_resume_from_an_epoch_checkpoint_gives_the_same_result(method, data, tmp
     with pytest.raises(Killed):
         _run(method, data, ckpt_dir=ckpt, on_epoch=kill_after_first)
     assert (ckpt / "last.pt").is_file()
-    resumed, s2 = _run(method, data, ckpt_dir=ckpt)  # a fresh student, as a retried job gets
+    trained = []
+    resumed, s2 = _run(method, data, ckpt_dir=ckpt, on_epoch=lambda e, rows: trained.append(e))  # a fresh student
+    assert trained == [2]  # really resumed: epoch 1 came from the checkpoint
     assert [r["epoch"] for r in resumed] == [1, 2]
     assert_same_rows(straight, resumed, rel=1e-5, abs=1e-6)
     for (k, v1), v2 in zip(s1.state_dict().items(), s2.state_dict().values()):
         assert torch.allclose(v1.float(), v2.float(), atol=1e-5), k
     assert not ckpt.exists()  # removed when the job finished
+
+
+class _Planted:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_pickle_planted_as_a_checkpoint_never_runs_and_the_job_starts_over(data, tmp_path):
+    """Checkpoint paths are predictable (the job id): a file placed there is read without unpickling objects,
+    and the run starts from epoch 1."""
+    ckpt, marker = tmp_path / "ckpt", tmp_path / "ran"
+    ckpt.mkdir()
+    torch.save({"key": "x", "rows": _Planted(marker)}, ckpt / "last.pt")
+    trained = []
+    rows, _ = _run("kl", data, ckpt_dir=ckpt, on_epoch=lambda e, r: trained.append(e))
+    assert not marker.exists() and trained == [1, 2] and [r["epoch"] for r in rows] == [1, 2]
 
 
 def test_exploding_learning_rate_diverges_and_leaves_no_checkpoint(data, tmp_path):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
+from zoo_sweep.cli import output
+
 db_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                      help="The store's schema: its version, and upgrading a store written by an older zoo-sweep.")
-out = Console(highlight=False)
+out = Console(file=output.stdout, highlight=False)  # masked, as every line the CLI prints
 
 
 def _open(ctx: typer.Context):

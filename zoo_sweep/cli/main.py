@@ -5,6 +5,7 @@ Errors a user can cause end in one line on stderr and exit code 2; a sweep with 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -17,34 +18,50 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from zoo_sweep.cli import output
 from zoo_sweep.errors import UserError
-from zoo_sweep.paths import writable_dir
+from zoo_sweep.paths import staged_dir, writable_dir
 from zoo_sweep.urls import mask_url
 
-# Not a terminal (CI, pipes): wide enough that tables and one-line errors are not wrapped.
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+# Not a terminal (CI, pipes): wide enough that tables and one-line errors are not wrapped. Both print through
+# cli/output.py, which masks every secret of the command line and environment in every line.
+out = Console(file=output.stdout, width=None if sys.stdout.isatty() else 160)
+err = Console(file=output.stderr, stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
-def print_error(e: UserError, db: str | None = None) -> None:
-    """One line on stderr: never markup (``[zoo.checkpoints]`` prints as written), never a password."""
-    import os
-
-    from zoo_sweep.urls import scrub
-
-    err.print(f"error: {scrub(str(e), db or os.environ.get('ZOO_SWEEP_DB'))}", markup=False, highlight=False,
-              soft_wrap=True)
+def print_error(e: UserError) -> None:
+    """One line on stderr: never markup (``[zoo.checkpoints]`` prints as written), never a password (``err``
+    masks every line)."""
+    err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
 
 
 class _Commands(typer.core.TyperGroup):
-    """Every command's UserError ends as one line and exit code 2, also when the app is called in-process."""
+    """Every command's UserError ends as one line and exit code 2, also when the app is called in-process; every
+    line it prints is masked with the secrets of its command line (cli/output.py), usage errors included."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        output.remember_secrets(args)
+        with _masked_usage_errors():
+            return super().make_context(info_name, args, parent, **extra)
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with _masked_usage_errors():
+                return super().invoke(ctx)
         except UserError as e:
-            print_error(e, getattr(ctx.obj, "db", None))
+            print_error(e)
             raise typer.Exit(2) from None
+
+
+@contextlib.contextmanager
+def _masked_usage_errors():
+    """click prints its own usage errors, which may quote an option's value (``'u:p@h' is not a valid float``)."""
+    try:
+        yield
+    except typer.TyperException as e:  # typer's own click raises these: usage errors carry a message
+        if isinstance(getattr(e, "message", None), str):
+            e.message = output.masked(e.message)
+        raise
 
 
 app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -373,17 +390,18 @@ def query(ctx: typer.Context, sql: str = typer.Argument(..., help='SQL, e.g. "se
 
 
 @app.command()
-def export(ctx: typer.Context, out_dir: Optional[Path] = typer.Option(None, "--out", help="Default: results/export/all")):
+def export(ctx: typer.Context, out_dir: Optional[str] = typer.Option(None, "--out", help="Default: results/export/all")):
     """Write every table of the store as Parquet, one file per table."""
     store = ctx.obj.store(create=False)  # a broken store fails before any folder is made
-    paths = store.export(out_dir or ctx.obj.paths().export())  # checks the folder before writing anything
+    # the folder is checked before anything is written ('' is refused there, not taken for the current folder)
+    paths = store.export(ctx.obj.paths().export() if out_dir is None else out_dir)
     for p in paths:
         say(str(p))
 
 
 @app.command()
 def report(ctx: typer.Context, spec: Optional[Path] = typer.Argument(None, help="Sweep spec (default: the demo)."),
-           out_dir: Optional[Path] = typer.Option(None, "--out", help="Default: results/reports/SWEEP")):
+           out_dir: Optional[str] = typer.Option(None, "--out", help="Default: results/reports/SWEEP")):
     """Tables in the terminal and a report folder: report.html (self-contained), PNG plots, CSV, Markdown."""
     from zoo_sweep.pipeline.plan import load_sweep
 
@@ -396,12 +414,19 @@ def _report(ctx, s, out_dir=None):
     from zoo_sweep.report.build import make_report
 
     store = ctx.obj.store(create=False)  # a broken store fails before any folder is made
-    target = writable_dir(out_dir or ctx.obj.paths().report(s.name), "--out")
+    target = writable_dir(ctx.obj.paths().report(s.name) if out_dir is None else out_dir, "--out")
     try:
         k = num_classes_of(s.data.eval, s.data.class_map)
     except UserError:  # the eval images are not reachable from here: the report says K is unknown
         k = None
-    rep = make_report(store, s.name, s.data.eval, target, num_classes=k)
+    # written into a private folder, then each file renamed over its name in the target (paths.staged_dir): a
+    # link the target folder holds is replaced, never written through
+    with staged_dir(target, "--out") as stage:
+        rep = make_report(store, s.name, s.data.eval, stage, num_classes=k)
+    for p in rep.panels:  # a panel without data this time: its plot from an earlier report goes
+        if p.path is None:
+            (target / f"{p.key}.png").unlink(missing_ok=True)
+    rep.html, rep.files = target / Path(rep.html).name, [target / Path(f).name for f in rep.files]
     for heading, items in rep.sections:
         out.rule(escape(heading))
         for it in items:
@@ -443,12 +468,18 @@ app.add_typer(db_app, name="db")
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point. Click/typer handle usage errors and exit codes (SystemExit); a UserError
-    becomes one line on stderr and exit code 2."""
+    becomes one line on stderr and exit code 2; anything else prints its traceback, masked, and exits 1."""
+    output.remember_secrets(sys.argv[1:] if argv is None else argv)
     try:
         app(args=argv, prog_name="zoo-sweep")
     except UserError as e:  # raised outside a command (the app's own handler covers commands)
         print_error(e)
         return 2
+    except Exception:  # a bug: the traceback is what to report, but it may quote a URL with its password
+        import traceback
+
+        output.stderr.write(traceback.format_exc())
+        return 1
     return 0
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from zoo_sweep.cli import output
 from zoo_sweep.errors import UserError
 from zoo_sweep.submit.common import spec_and_path
 from zoo_sweep.submit.rayjobs import (
@@ -40,7 +40,7 @@ def _root_obj(ctx: typer.Context):
 
 
 def _say(text: str) -> None:
-    print(text, flush=True)
+    print(text, file=output.stdout, flush=True)  # masked, as every line the CLI prints
 
 
 @submit_app.command("slurm")
@@ -65,7 +65,7 @@ def slurm_cmd(ctx: typer.Context,
                                                   help="K: K array tasks, task i runs --shard i/K; no Ray across nodes."),
               dashboard: bool = typer.Option(True, "--dashboard/--no-dashboard", help="Start the Ray dashboard on the head."),
               launch_args: str = typer.Option("", "--launch-args", help="Extra options for `zoo-sweep launch`."),
-              out_dir: Path = typer.Option(SLURM_DIR, "--out", help="Folder for the script and its log."),
+              out_dir: str = typer.Option(str(SLURM_DIR), "--out", help="Folder for the script and its log."),
               dry_run: bool = typer.Option(False, "--dry-run", help="Write the script; do not submit it.")):
     """Write an sbatch script that runs the sweep on a SLURM allocation, and submit it."""
     db, home = _root_obj(ctx)
@@ -78,7 +78,7 @@ def slurm_cmd(ctx: typer.Context,
                          port=port, array=array, dashboard=dashboard, db=db, home=home, launch_args=launch_args,
                          log_dir=out_dir)
     name = s.name + ("-array" if array else "")
-    path = write_sbatch(text, name, out_dir)
+    path = write_sbatch(text, name, out_dir)  # checks the folder ('' is refused, not taken for the current one)
     _say(f"wrote {path}")
     if dry_run:
         _say(f"dry run: not submitted; submit with: sbatch {path}")
@@ -116,9 +116,9 @@ def ray_cmd(ctx: typer.Context,
         return
     if logs:
         if follow:
-            status = follow_ray_job(address, logs)
+            status = follow_ray_job(address, logs, out=output.stdout)
         else:
-            sys.stdout.write(ray_job_logs(address, logs))
+            output.stdout.write(ray_job_logs(address, logs))
             status = ray_job_status(address, logs)
         _say(f"Ray Job {logs}: {status}")
         raise typer.Exit(1 if follow and status != "SUCCEEDED" else 0)
@@ -129,7 +129,7 @@ def ray_cmd(ctx: typer.Context,
     if not follow:
         _say(f"logs: zoo-sweep submit ray --logs {job} --address {mask_url(url)} [--follow]")
         return
-    status = follow_ray_job(url, job)
+    status = follow_ray_job(url, job, out=output.stdout)
     _say(f"Ray Job {job}: {status}")
     raise typer.Exit(0 if status == "SUCCEEDED" else 1)
 

@@ -168,7 +168,10 @@ def _start(folder: Path, source: Source, meta: dict) -> None:
         write_atomic(folder / "build.json", lambda t: t.write_text(json.dumps(meta)))
     (folder / "index.json").unlink(missing_ok=True)  # unfinished from here on: readers wait for the lock
     (folder / "shards").mkdir(exist_ok=True)
-    fd = os.open(folder / "images.u8", os.O_WRONLY | os.O_CREAT, 0o644)  # never truncated: finished rows stay
+    data = folder / "images.u8"
+    if data.is_symlink():  # no build makes one: pixels are never written through a link placed there
+        data.unlink()
+    fd = os.open(data, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # never truncated: finished rows stay
     os.close(fd)
 
 
@@ -265,7 +268,7 @@ def _copy_shard(data: str, row_bytes: int, shard: int, first: int, pixels) -> di
 def write_rows(data: str, row_bytes: int, first: int, chunks: Iterable[np.ndarray | None]) -> dict:
     """Write row chunks (k x row arrays; None: one unreadable item) one after another from row ``first``.
     Returns the shard marker: first row, rows written, unreadable item offsets, crc32 of the rows."""
-    fd = os.open(data, os.O_WRONLY)
+    fd = os.open(data, os.O_WRONLY | os.O_NOFOLLOW)
     crc, count, item, bad = 0, 0, 0, []
     try:
         for chunk in chunks:
@@ -306,7 +309,7 @@ def _compact(folder: Path, data: Path, row_bytes: int, markers: dict[int, dict])
 
 def _move(data: Path, src: int, dst: int, length: int) -> None:
     """Copy a byte range to a lower offset, front to back (safe when the ranges overlap)."""
-    fd = os.open(data, os.O_RDWR)
+    fd = os.open(data, os.O_RDWR | os.O_NOFOLLOW)
     try:
         done = 0
         while done < length:

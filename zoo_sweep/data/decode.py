@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import select
+import stat
 import threading
 import time
 
@@ -102,11 +103,21 @@ DECODERS = {"auto": decode_auto, "pil": decode_pil, "torchvision": decode_torchv
 def decode_file(path: str, size: int, decoder: str = "auto") -> np.ndarray | None:
     """The file's 3 x size x size uint8 square, or None when it cannot be read as an image."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-        return DECODERS[decoder](data, size)
+        data = read_regular(path)
+        return None if data is None else DECODERS[decoder](data, size)
     except Exception:  # a corrupt file costs one sample, not the set
         return None
+
+
+def read_regular(path: str) -> bytes | None:
+    """The bytes of a regular file (or of one a link points to); None for anything else named like an image: a
+    named pipe would block the read until something writes to it, for ever, and a socket or a device is no
+    image. It then costs one sample, counted and named with the unreadable files."""
+    if not stat.S_ISREG(os.stat(path).st_mode):  # checked before opening: opening a device may do something
+        return None
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # cannot block, even if the name became a pipe since
+    with os.fdopen(fd, "rb") as f:
+        return f.read() if stat.S_ISREG(os.fstat(fd).st_mode) else None
 
 
 def init_worker(client: int) -> None:

@@ -135,14 +135,22 @@ def _source(ref: str, image_size: int, class_map: str | None, subset, subset_see
 
 def _old_cache(path: Path) -> cache.Source | None:
     """The single ``.pt`` file earlier versions wrote, mapped rather than read (it may be large); None when
-    absent or unreadable (then the set is decoded again)."""
+    absent or not such a file (then the set is decoded again).
+
+    Read with ``weights_only``: tensors and plain containers only, never unpickled objects. The file lies in the
+    results folder, which others may write to (a shared home); a pickle placed there would otherwise run its
+    code here, in every process that loads the set."""
     if not path.is_file():
         return None
     try:
-        d = torch.load(path, mmap=True, weights_only=False)
-        return cache.Source(list(d["classes"]), d["labels"].numpy(), d["source_ids"].numpy(),
-                            int(d["images"].shape[-1]), pixels=d["images"].numpy(), skipped=int(d["skipped"]))
-    except Exception:  # truncated by a killed run
+        d = torch.load(path, mmap=True, weights_only=True)
+        images, labels, source_ids = d["images"], d["labels"], d["source_ids"]
+        tensors = all(isinstance(t, torch.Tensor) for t in (images, labels, source_ids))
+        if not tensors or images.dim() != 4 or images.dtype != torch.uint8:
+            raise ValueError("not an image cache")
+        return cache.Source([str(c) for c in d["classes"]], labels.numpy(), source_ids.numpy(),
+                            int(images.shape[-1]), pixels=images.numpy(), skipped=int(d["skipped"]))
+    except Exception:  # truncated by a killed run, or not what earlier versions wrote: decoded again
         path.unlink(missing_ok=True)
         return None
 

@@ -123,7 +123,7 @@ def folder_items(root: Path, class_map: str | None) -> tuple[list[str], list[Pat
     is drawn from, and the order of the decoded set."""
     if not root.is_dir():
         raise UserError(f"image folder not found: {root}")
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    folders = class_folders(root)
     if class_map:
         classes = [line.strip() for line in Path(class_map).read_text().splitlines() if line.strip()]
         missing = sorted(set(folders) - set(classes))
@@ -160,3 +160,52 @@ def num_classes_of(ref: str, class_map: str | None) -> int:
     if not any(True for _ in image_files(root)):
         raise UserError(f"no images under {root} (looked for {', '.join(sorted(set(IMG_EXTENSIONS)))})")
     return k
+
+
+def class_folders(root: Path) -> list[str]:
+    """The class folders of an ImageFolder tree, sorted: the torchvision ImageFolder order of its classes."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir())
+
+
+def check_same_classes(eval_ref: str, transfer_ref: str, class_map: str | None = None) -> None:
+    """Refuse a transfer set whose classes are not the eval set's, before anything is planned. A label is a class
+    position: without a class map each set numbers its own sorted class folders, so a renamed class shifts every
+    later label (a student silently taught the wrong classes) and an extra class is a label past the models'
+    heads (a failed job). With a class map, which fixes every class's position, each class folder of either set
+    must be in it. A set not reachable from here (a dry run elsewhere) is checked where it is decoded."""
+    if class_map:
+        if not Path(class_map).is_file():
+            raise UserError(f"class map not found: {class_map}")
+        known = {line.strip() for line in Path(class_map).read_text().splitlines() if line.strip()}
+        for role, ref in (("eval", eval_ref), ("transfer", transfer_ref)):
+            found = _classes(ref)
+            extra = sorted(set(found or ()) - known) if ref.startswith("imagefolder:") else []
+            if extra:
+                raise UserError(f"the {role} set {ref} has class folders not in the class map {class_map}: "
+                                f"{_names(extra)}; add them to the map or remove them from the set")
+        return
+    if eval_ref == transfer_ref:
+        return
+    ev, tr = _classes(eval_ref), _classes(transfer_ref)
+    if ev is None or tr is None or ev == tr:
+        return
+    only_tr, only_ev = sorted(set(tr) - set(ev)), sorted(set(ev) - set(tr))
+    raise UserError(f"the transfer set {transfer_ref} and the eval set {eval_ref} have different classes "
+                    f"(only in the transfer set: {_names(only_tr)}; only in the eval set: {_names(only_ev)}): "
+                    "give both the same class folders, or list every class in [data] class_map")
+
+
+def _classes(ref: str) -> list[str] | None:
+    """A set's class names as its labels number them (digits: "0".."9"); None when its folder is not here."""
+    kind, _, arg = ref.partition(":")
+    if kind == "digits":
+        return [str(i) for i in range(10)]
+    root = Path(arg)
+    return class_folders(root) if root.is_dir() else None
+
+
+def _names(names: list[str], most: int = 5) -> str:
+    if not names:
+        return "none"
+    shown = ", ".join(repr(n) for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from zoo_sweep.errors import UserError
+from zoo_sweep.urls import mask_url
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,8 @@ def check_reachable(address: str, timeout: float = 3.0) -> None:
     parsed = urlparse(address if "://" in address else f"tcp://{address}")
     host, port = parsed.hostname, parsed.port
     if not host or not port:
-        raise UserError(f"not a Ray address: {address!r} (use HOST:PORT, e.g. 10.0.0.1:6379, or auto)")
-    probe(host, port, timeout, f"cannot reach a Ray cluster at {address}",
+        raise UserError(f"not a Ray address: {mask_url(address)!r} (use HOST:PORT, e.g. 10.0.0.1:6379, or auto)")
+    probe(host, port, timeout, f"cannot reach a Ray cluster at {mask_url(address)}",
           "start one with `ray start --head` or leave out --address to run locally")
 
 
@@ -61,7 +62,7 @@ def connect(address: str | None = None, cpus: int | None = None, gpus: float = 0
                 ray.init(address=address, **opts)
             except Exception as e:
                 why = (str(e).strip() or type(e).__name__).splitlines()[0]  # some Ray errors have no message
-                raise UserError(f"cannot join the Ray cluster at {address}: {why}") from None
+                raise UserError(f"cannot join the Ray cluster at {mask_url(address)}: {why}") from None
         else:
             have = local_gpus()
             if gpus > have:
@@ -75,7 +76,7 @@ def connect(address: str | None = None, cpus: int | None = None, gpus: float = 0
     res = ray.cluster_resources()
     info = ClusterInfo(address, float(res.get("CPU", 0)), float(res.get("GPU", 0)))
     if gpus > info.gpus:
-        where = f"in the cluster at {address}" if address else "on this machine"
+        where = f"in the cluster at {mask_url(address)}" if address else "on this machine"
         raise UserError(f"asked for {gpus:g} GPU(s), Ray sees {info.gpus:g} {where}")
     return info
 
@@ -109,8 +110,8 @@ def match_cluster_auth(address: str) -> None:
     if needs is None:  # cannot tell (a Ray Client address): send the token when there is one
         send_token_if_available()
     elif needs and not token_configured():
-        raise UserError(f"the Ray cluster at {address} requires an authentication token: copy the head node's "
-                        "~/.ray/auth_token here, or set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")
+        raise UserError(f"the Ray cluster at {mask_url(address)} requires an authentication token: copy the head "
+                        "node's ~/.ray/auth_token here, or set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")
     elif needs:
         _set_auth_mode("token")
     else:  # Ray's own guess for "auto" turns token mode on wherever a token file exists

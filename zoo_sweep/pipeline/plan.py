@@ -20,6 +20,7 @@ import pandas as pd
 from zoo_sweep.config.params import TransferParams
 from zoo_sweep.config.spec import SweepSpec, load_spec
 from zoo_sweep.data.sets import (  # noqa: F401  (num_classes_of re-exported)
+    check_same_classes,
     image_set_key,
     num_classes_of,
     set_args,
@@ -162,6 +163,8 @@ def make_plan(spec: SweepSpec, paths: Paths, dry_run: bool = False) -> Plan:
         if not (dry_run and spec.zoo.num_classes):
             raise
         k = spec.zoo.num_classes
+    if spec.transfer.methods or spec.transfer.multi_teacher:  # a measure-only sweep never reads the transfer set
+        check_same_classes(d.eval, d.transfer, d.class_map)
     models = resolve_zoo(spec.zoo, paths.cache, k, d.image_size)
     check_heads(models, k, d.eval)
     if spec.pairs.policy == "explicit":  # unknown names fail here, with close-name suggestions

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from zoo_sweep.errors import UserError
-from zoo_sweep.paths import writable_dir
+from zoo_sweep.paths import refuse_folders, writable_dir, write_atomic
 from zoo_sweep.storage import migrate
 from zoo_sweep.storage.leases import owner_dead
 from zoo_sweep.storage.readonly import readonly_engine, run_query
@@ -360,11 +360,14 @@ class Store:
         out = writable_dir(out_dir, "--out")
         with self.readonly.connect() as conn:
             names = [t for t in sa.inspect(conn).get_table_names() if t != VERSION_TABLE]
+        names = [t for t in metadata.tables if t in names] + sorted(set(names) - set(metadata.tables))
+        refuse_folders(out, [f"{name}.parquet" for name in names], "--out")
         paths = []
-        for name in [t for t in metadata.tables if t in names] + sorted(set(names) - set(metadata.tables)):
+        for name in names:
             df = self.table(name)
-            p = out / f"{name}.parquet"
-            df.to_parquet(p, index=False)
+            # written beside the name, then renamed over it: a link at the name is replaced, never followed
+            p = write_atomic(out / f"{name}.parquet", lambda tmp, df=df: df.to_parquet(tmp, index=False),
+                             flag="--out")
             written = pq.read_schema(p).names
             if written != list(df.columns):
                 raise UserError(f"export of {name} lost columns ({set(df.columns) - set(written)}); nothing is "

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 from zoo_sweep.errors import UserError
 from zoo_sweep.submit.common import cluster_store_url, has_password, spec_and_path
+from zoo_sweep.urls import mask_url, passwords, redact
 
 JOBS_PORT = 8265
 WORKING_DIR_EXCLUDES = [".git", ".venv", "venv", "results", "jobs/slurm", "**/__pycache__", ".pytest_cache",
@@ -34,16 +35,16 @@ def jobs_url(address: str | None) -> str:
                         "(or set RAY_API_SERVER_ADDRESS)")
     a = address.strip().rstrip("/")
     if a.startswith("ray://"):
-        raise UserError(f"{address} is a Ray Client address; Ray Jobs use the dashboard: http://HEAD:8265")
+        raise UserError(f"{mask_url(address)} is a Ray Client address; Ray Jobs use the dashboard: http://HEAD:8265")
     if "://" not in a:
         a = f"http://{a}" if ":" in a else f"http://{a}:{JOBS_PORT}"
     u = urlparse(a)
     if u.scheme not in ("http", "https") or not u.hostname:
-        raise UserError(f"not a Ray Jobs address: {address!r} (use http://HEAD:8265)")
+        raise UserError(f"not a Ray Jobs address: {mask_url(address)!r} (use http://HEAD:8265)")
     try:
         u.port
     except ValueError:
-        raise UserError(f"not a Ray Jobs address: {address!r} (use http://HEAD:8265)") from None
+        raise UserError(f"not a Ray Jobs address: {mask_url(address)!r} (use http://HEAD:8265)") from None
     return a
 
 
@@ -60,7 +61,8 @@ def jobs_client(address: str | None):
     from zoo_sweep.pipeline.cluster import probe, send_token_if_available
 
     u = urlparse(url)
-    probe(u.hostname, u.port or (443 if u.scheme == "https" else 80), 3.0, f"cannot reach a Ray Jobs server at {url}",
+    probe(u.hostname, u.port or (443 if u.scheme == "https" else 80), 3.0,
+          f"cannot reach a Ray Jobs server at {mask_url(url)}",
           "start the cluster's head with the dashboard (pip install 'ray[default]'; `ray start --head`, port 8265)")
     send_token_if_available()
     try:
@@ -70,7 +72,7 @@ def jobs_client(address: str | None):
 
 
 def _jobs_error(e: Exception, url: str, job_id: str | None = None) -> UserError:
-    text = str(e).strip()
+    text, url = redact(str(e).strip(), passwords(url)), mask_url(url)
     first = text.splitlines()[0] if text else type(e).__name__
     if type(e).__name__ == "AuthenticationError" or "status code 401" in text or "status code 403" in text:
         return UserError(f"the Ray Jobs server at {url} refused the request ({first.rstrip(':')}): set the "

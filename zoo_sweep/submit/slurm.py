@@ -32,6 +32,7 @@ from string import Template
 from typing import TYPE_CHECKING, Sequence
 
 from zoo_sweep.errors import UserError
+from zoo_sweep.paths import writable_dir, write_atomic
 from zoo_sweep.submit.common import (
     cluster_store_url,
     has_password,
@@ -270,16 +271,15 @@ def _values(ctx: SbatchContext) -> list[str]:
 
 
 def write_sbatch(text: str, name: str, out_dir: str | Path = SLURM_DIR) -> Path:
-    """Write a rendered script as OUT_DIR/NAME-YYYYmmdd-HHMMSS.sh (never overwriting one)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Write a rendered script as OUT_DIR/NAME-YYYYmmdd-HHMMSS.sh (never overwriting one). A name already taken,
+    by a file or by a link (even one to nothing), is skipped, and the script is renamed into place, so it is
+    never written through a link."""
+    out = writable_dir(out_dir, "--out")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path, i = out / f"{name}-{stamp}.sh", 1
-    while path.exists():
+    while os.path.lexists(path):
         path, i = out / f"{name}-{stamp}-{i}.sh", i + 1
-    path.write_text(text)
-    path.chmod(0o755)
-    return path
+    return write_atomic(path, lambda tmp: tmp.write_text(text), mode=0o755, flag="--out")
 
 
 def submit_slurm(script: str | Path, env: dict | None = None) -> str:

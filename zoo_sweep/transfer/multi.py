@@ -40,6 +40,7 @@ from zoo_sweep.transfer.train import (
     RunOptions,
     TransferJob,
     TransferParams,
+    load_checkpoint,
     run_transfer,
     save_checkpoint,
 )
@@ -115,8 +116,8 @@ def sequential(job: MultiJob, opts: RunOptions, order: str = "asc", matched: boo
     rows: list[dict] = []
     for stage, i in enumerate(curriculum(job.accuracies, order)):
         done = _sub(opts, f"stage{stage}.pt")
-        if done is not None and done.is_file():  # a finished stage of a killed run
-            c = torch.load(done, map_location=opts.device, weights_only=False)
+        c = load_checkpoint(done, opts.device) if done is not None and done.is_file() else None
+        if c is not None:  # a finished stage of a killed run
             job.student.load_state_dict(c["student"])
             rows = c["rows"]
             continue
@@ -134,9 +135,8 @@ def soup(job: MultiJob, opts: RunOptions) -> list[dict]:
     states, finals = [], []
     for i in range(len(job.teachers)):
         done = _sub(opts, f"ingredient{i}.pt")
-        if done is not None and done.is_file():
-            c = torch.load(done, map_location="cpu", weights_only=False)
-        else:
+        c = load_checkpoint(done) if done is not None and done.is_file() else None
+        if c is None:
             job.student.load_state_dict(start)
             r = run_transfer(job.single(i, job.seed), opts, ckpt_dir=_sub(opts, f"run{i}"))
             c = {"student": {k: v.detach().cpu().clone() for k, v in job.student.state_dict().items()}, "final": r[-1]}

@@ -4,7 +4,8 @@ The student trains; the teacher(s) and the frozen copy of the student (s0) stay 
 keep the teacher in train mode: ``teacher_bn``). Each model sees the same (augmented) batch: through its own
 data config (``inputs = "own"``), or at the student's resolution and crop with only its own mean/std
 (``inputs = "student"``, the reference code). After every epoch the student (or the weights the method
-evaluates, e.g. MCL's slow weights) is evaluated on the eval set, the transfer metrics are computed against
+evaluates, e.g. MCL's slow weights) is evaluated on the eval set, the method's ``after_eval`` hook runs (MCL with
+``mcl_reset = "reference"`` sets the student to the slow weights), the transfer metrics are computed against
 s0's and the teacher's records, and a checkpoint is written; a rerun with the same checkpoint folder continues
 from the last finished epoch and ends with the same metrics.
 
@@ -98,6 +99,19 @@ def _checkpoint_key(method: str, hp: TransferParams, seed: int, n_teachers: int,
 def save_checkpoint(obj, path: Path) -> None:
     """A kill mid-write leaves the previous checkpoint intact."""
     write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_checkpoint(path: Path, device="cpu") -> dict | None:
+    """A checkpoint of ours (tensors, numbers, strings and plain containers), or None when the file holds
+    anything else: it is read without unpickling objects, since its path under the results folder is
+    predictable and a file placed there must not run code. A run then starts again from epoch 1."""
+    import pickle
+
+    try:
+        c = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError):
+        return None
+    return c if isinstance(c, dict) else None
 
 
 def run_transfer(job: TransferJob, opts: RunOptions | None = None, **options) -> list[dict]:
@@ -197,8 +211,8 @@ class TransferRun:
     def resume(self) -> None:
         if self.ckpt is None or not self.ckpt.is_file():
             return
-        c = torch.load(self.ckpt, map_location=self.device, weights_only=False)
-        if c.get("key") != self.key:
+        c = load_checkpoint(self.ckpt, self.device)
+        if c is None or c.get("key") != self.key:
             return
         self.job.student.load_state_dict(c["student"])
         self.opt.load_state_dict(c["opt"])
@@ -337,9 +351,12 @@ class TransferRun:
         evaluated = self.state.eval_model(j.student) if self.state is not None else j.student
         rec = predict(evaluated, j.eval_set, j.student_cfg, batch_size=self.opts.eval_batch_size, topk=1,
                       device=self.device)
+        if self.state is not None:
+            self.state.after_eval(j.student)  # before the checkpoint: a resumed run goes on from the same weights
         labels = j.eval_set.labels.numpy()
         row = transfer_metrics(j.s0_correct, rec["pred"] == labels, j.teacher_correct,
                                labels, j.eval_set.num_classes)
+        row = {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}  # checkpoints load safely
         row.update(epoch=epoch, train_loss=float(losses.mean()), teacher_share=float(share_sum) / len(losses) * 100)
         return row
 
