@@ -50,9 +50,22 @@ def brute_force(preds, labels, pmax, k):
                     if acc / total >= q / 100 - 1e-12:
                         break
                 tops[q] = cnt
+            # the paper's convention: the authors' loop as written (distillation/flip_study.py,
+            # get_top_p_percent_classes), float shares and all
+            flips = np.asarray(per_class, dtype=np.float64)
+            sorted_classes = np.argsort(flips)[::-1]
+            paper = {}
+            for q in (2, 5, 20, 50):
+                share, k_val = 0, 1
+                while share < q:
+                    with np.errstate(invalid="ignore"):  # a pair without flips: 0 / 0
+                        share = np.sum(flips[sorted_classes[:k_val]]) / np.sum(flips) * 100
+                    k_val += 1
+                paper[q] = k_val
             out[s, t] = dict(rho_pos=100 * pos / n, rho_neg=100 * neg / n, agreement=100 * agree / n,
                              oracle_acc=100 * oracle / n, ensemble_acc=100 * ens / n, flip_entropy=entropy,
-                             **{f"top{q}_classes": v for q, v in tops.items()})
+                             **{f"top{q}_classes": v for q, v in tops.items()},
+                             **{f"top{q}_classes_paper": v for q, v in paper.items()})
     return out
 
 
@@ -191,8 +204,10 @@ def test_histogram_and_sorted_concentration_agree():
     hist = torch.stack([torch.bincount(c, minlength=6) for c in counts])
     a, b = concentration(counts), concentration_from_hist(hist)
     assert torch.allclose(a["flip_entropy"], b["flip_entropy"], atol=1e-12)
-    for q in (2, 5, 20, 50):
-        assert torch.equal(a[f"top{q}_classes"].long(), b[f"top{q}_classes"].long()), q
+    assert a.keys() == b.keys()
+    for key in a.keys() - {"flip_entropy"}:
+        assert torch.equal(a[key].long(), b[key].long()), key
+    assert a["top2_classes_paper"][:2].tolist() == [2, 2]  # no flips: the authors' loop stops at 2; one class: 1 + 1
 
 
 def test_class_concentration_is_independent_of_chunking():
@@ -213,7 +228,7 @@ def test_metric_groups_can_be_left_out():
     assert set(timings) == {"flips"}
     for key in ("rho_pos", "rho_neg", "oracle_acc", "acc_gap"):
         assert torch.equal(core[key], full[key])
-    for key in ("agreement", "ensemble_acc", "flip_entropy", "top50_classes"):
+    for key in ("agreement", "ensemble_acc", "flip_entropy", "top50_classes", "top50_classes_paper"):
         assert torch.isnan(core[key]).all()
     df = pairs_frame(list("abcd"), preds, labels, pmax, 5, metrics=("agreement",))
     assert df["ensemble_acc"].isna().all() and df["agreement"].notna().all()

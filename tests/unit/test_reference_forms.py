@@ -6,6 +6,7 @@ gradients where the loss trains something. The ``ref_*`` functions below follow 
 """
 
 import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -365,6 +366,111 @@ def test_mcl_reference_schedule_follows_the_reference_loop(batch):
     for key in ours:
         if ours[key].is_floating_point():
             assert torch.allclose(ours[key], theta_slow[key].float(), rtol=1e-6, atol=1e-6), key
+
+
+def _mcl_net():
+    return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 5))
+
+
+def _same_floats(a: dict, b: dict, what: str) -> None:
+    # integer buffers (BatchNorm's batch counter) aside: the reference averages them as floats, which only a
+    # BatchNorm without momentum would read
+    for key in a:
+        if a[key].is_floating_point():
+            assert torch.allclose(a[key], b[key].float(), rtol=1e-5, atol=1e-6), (what, key)
+
+
+@pytest.mark.parametrize("batch", [256, 512])
+def test_mcl_reference_reset_follows_the_reference_evaluation(batch):
+    """Three epochs of MCL with SGD (momentum, weight decay) on a small network with BatchNorm: the reference's
+    loop (main_distillation.py: xe_kl_distill, its slow-weight update, then eval_student -> get_val_metrics,
+    distillation/dist_utils.py) against ours with mcl_reset = "reference", our hooks called as the training
+    loop calls them. Each epoch: the evaluated logits, the slow weights, and the fast weights it goes on from."""
+    tau, epochs, steps, n, k = 0.8, 3, 5, 12, 3
+    torch.manual_seed(0)
+    teacher = nn.Linear(6, 5)
+    ref_student = _mcl_net()
+    start = copy.deepcopy(ref_student)
+    g = torch.Generator().manual_seed(2)
+    data = [[(torch.randn(n, 6, generator=g), torch.randint(0, 5, (n,), generator=g)) for _ in range(steps)]
+            for _ in range(epochs)]
+    val = torch.randn(20, 6, generator=g)
+    p = TransferParams(mcl_alpha=0.68, mcl_top_k=k, xe_on="probs", mcl_kl_mean="kept", tau=tau, mcl_every=2,
+                       mcl_schedule="reference", mcl_reset="reference", batch_size=batch)
+
+    def sgd(model):
+        return torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9, weight_decay=1e-4)
+
+    # the reference
+    opt = sgd(ref_student)
+    theta_slow = ref_student.state_dict()
+    N = p.mcl_every / (batch / 256)
+    ref_evals, ref_slow, ref_fast = [], [], []
+    for e in range(epochs):
+        ref_student.train()
+        for j, (imgs, labels) in enumerate(data[e]):
+            opt.zero_grad()
+            out_s = ref_student(imgs)
+            with torch.no_grad():
+                out_t = teacher(imgs)
+            loss = ref_xe_kl_step(out_s, out_t, out_t, labels, "xekl_mcl", k=k, alpha=0.68,
+                                  on_flip=("distill", "nothing", "distill"))
+            loss.backward()
+            opt.step()
+            if theta_slow is not None and j % N == 0:
+                theta = ref_student.state_dict()
+                for key in theta.keys():
+                    theta_slow[key] = tau * theta_slow[key] + (1 - tau) * theta[key]
+        ref_student.eval()  # get_val_metrics
+        if theta_slow is not None:
+            theta_fast = ref_student.state_dict()
+            ref_student.load_state_dict(theta_slow)
+        with torch.no_grad():
+            ref_evals.append(ref_student(val))
+        if theta_slow is not None:
+            ref_student.load_state_dict(theta_fast)
+        ref_slow.append({key: v.clone() for key, v in theta_slow.items()})
+        ref_fast.append({key: v.clone() for key, v in ref_student.state_dict().items()})
+
+    # the reference's evaluation leaves the slow weights in the student: theta_fast held the live tensors
+    for fast, slow in zip(ref_fast, ref_slow):
+        _same_floats(fast, slow, "the reference's fast weights after its evaluation")
+
+    def ours(reset):
+        """Our MCL loss and state, the hooks called in the training loop's order (train_step, evaluate)."""
+        model = copy.deepcopy(start)
+        opt = sgd(model)
+        q = dataclasses.replace(p, mcl_reset=reset)
+        state = METHODS["xekl_mcl"].make_state(model, teacher, q, {})
+        evals, slows, fasts, step = [], [], [], 0
+        for e in range(epochs):
+            model.train()
+            for j, (imgs, labels) in enumerate(data[e]):
+                with torch.no_grad():
+                    z_t = teacher(imgs)
+                loss, _ = METHODS["xekl_mcl"].loss(model(imgs), z_t, None, labels, q)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                state.after_step(model, step, j)
+            with torch.no_grad():
+                evals.append(state.eval_model(model)(val))
+            state.after_eval(model)
+            slows.append({key: v.clone() for key, v in state.slow.state_dict().items()})
+            fasts.append({key: v.clone() for key, v in model.state_dict().items()})
+        return evals, slows, fasts
+
+    evals, slows, fasts = ours("reference")
+    for e in range(epochs):
+        assert torch.allclose(evals[e], ref_evals[e], rtol=1e-5, atol=1e-5), e
+        _same_floats(slows[e], ref_slow[e], f"slow weights after epoch {e + 1}")
+        _same_floats(fasts[e], ref_fast[e], f"fast weights after epoch {e + 1}")
+    # "none" (zoo-sweep's default): the same first evaluation, then the fast weights go on from where they were
+    evals, _, fasts = ours("none")
+    assert torch.allclose(evals[0], ref_evals[0], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(evals[-1], ref_evals[-1], rtol=1e-3, atol=1e-3)
+    assert not torch.allclose(fasts[0]["0.weight"], ref_fast[0]["0.weight"], rtol=1e-3, atol=1e-3)
 
 
 # ------------------------------------------------------------------ 5: flip-avg's neutral target

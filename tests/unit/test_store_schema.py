@@ -25,7 +25,8 @@ def test_pair_columns_are_what_compare_computes():
     df = pairs_frame(["a", "b", "c"], preds, labels, rng.random((3, 50)).astype(np.float32), 4)
     assert set(df.columns) == {"student", "teacher", *PAIR_METRICS, *CLASS_COUNTS}
     assert [c.name for c in pairs.columns] == ["eval_set", "student", "teacher", *PAIR_METRICS, *CLASS_COUNTS]
-    assert CLASS_COUNTS == tuple(f"top{p}_classes" for p in TOP_P)
+    # exact counts, then the same in the paper's convention (tests/unit/test_complementary.py holds both)
+    assert CLASS_COUNTS == (*(f"top{p}_classes" for p in TOP_P), *(f"top{p}_classes_paper" for p in TOP_P))
 
 
 def test_transfer_columns_are_what_a_transfer_reports():

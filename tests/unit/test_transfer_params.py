@@ -94,8 +94,9 @@ def test_jobs_of_specs_without_the_newer_options_keep_their_ids():
 
 def test_every_option_reaches_the_jobs_that_read_it_and_reads_back():
     options = {"augment": "paper", "inputs": "student", "lr_scaling": "linear", "xe_on": "probs",
-               "mcl_kl_mean": "kept", "mcl_schedule": "reference", "flip_avg_neutral": "student_logits",
-               "cd_form": "reference", "crd_form": "reference", "teacher_bn": "train"}
+               "mcl_kl_mean": "kept", "mcl_schedule": "reference", "mcl_reset": "reference",
+               "flip_avg_neutral": "student_logits", "cd_form": "reference", "crd_form": "reference",
+               "teacher_bn": "train"}
     assert set(options) == set(CHOICES)
     t = parse_spec({"name": "x", "transfer": options}).transfer
     readers = {k: [m for m, info in CATALOG.items() if k in info.params] for k in options}

@@ -21,6 +21,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "xe_on": ("logits", "probs"),
     "mcl_kl_mean": ("batch", "kept"),
     "mcl_schedule": ("steps", "reference"),
+    "mcl_reset": ("none", "reference"),
     "flip_avg_neutral": ("s0_probs", "student_logits"),
     "cd_form": ("standard", "reference"),
     "crd_form": ("infonce", "reference"),
@@ -31,8 +32,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # ids of jobs planned before the option was added stay the same (and their results are reused); a payload that
 # lacks the key reads back as this value, whatever the default becomes. Never change these.
 LEGACY = {"inputs": "own", "lr_scaling": "none", "xe_on": "logits", "mcl_kl_mean": "batch",
-          "mcl_schedule": "steps", "flip_avg_neutral": "s0_probs", "cd_form": "standard", "crd_form": "infonce",
-          "teacher_bn": "eval"}
+          "mcl_schedule": "steps", "mcl_reset": "none", "flip_avg_neutral": "s0_probs", "cd_form": "standard",
+          "crd_form": "infonce", "teacher_bn": "eval"}
 # augment was a bool before it named its kind: "shift" and "none" are stored as true and false
 LEGACY_AUGMENT = {"shift": True, "none": False}
 
@@ -77,6 +78,9 @@ class TransferParams:
     mcl_schedule: str = key("steps", 'xekl_mcl: "steps": slow weights updated every mcl_every optimizer steps; '
                                      '"reference": after batch j of each epoch (from 0) when j % (mcl_every * 256 '
                                      '/ batch_size) == 0, starting from the weights after the first step')
+    mcl_reset: str = key("none", 'xekl_mcl: the trained (fast) weights after each epoch\'s evaluation: "none": '
+                                 'they go on from where they are; "reference": they are set to the slow weights '
+                                 'just evaluated (the authors\' code)')
     flip_avg_neutral: str = key("s0_probs", 'flip_avg: target where neither model flips: "s0_probs" (mean of '
                                             'the teacher\'s and s0\'s probabilities) or "student_logits" (softmax '
                                             'of the mean of the teacher\'s and the current student\'s logits, '

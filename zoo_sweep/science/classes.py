@@ -1,4 +1,5 @@
-"""Per-class positive flips of every pair, and how concentrated they are (entropy, top-p % class counts).
+"""Per-class positive flips of every pair, and how concentrated they are (entropy, top-p % class counts, exact
+and in the paper's convention: pair_metrics.py).
 
 Samples are grouped by class, so the per-class counts of all pairs are one batched 0/1 product (classes x
 students x teachers) through the compare stage's product kernel (kernels.py) in its operand type; a
@@ -66,8 +67,17 @@ def _class_counts(wb: torch.Tensor, cb: torch.Tensor, g: int, kern: Kernel, out=
     return kern.bmm(wb, cb.transpose(1, 2))
 
 
+def paper_count(exact: torch.Tensor) -> torch.Tensor:
+    """A top-p % class count as the authors' loop returns it (flip_study.py, get_top_p_percent_classes): its
+    counter ends one past the classes whose share reached p %, so exact + 1 (its share in floating point
+    reaches p % at the same class as the exact integer test: for p = 2, 5, 20, 50 the two cannot differ).
+    Without flips the share after one class is 0/0, NaN, which ends the loop with the counter at 2."""
+    return exact.clamp_min(1) + 1
+
+
 def concentration(counts: torch.Tensor, top_p=TOP_P) -> dict[str, torch.Tensor]:
-    """Entropy (natural log) of the per-class flip distribution and the top-p% class counts, per pair.
+    """Entropy (natural log) of the per-class flip distribution and the top-p% class counts (exact and
+    ``_paper``), per pair.
 
     ``counts`` has the classes on the last axis; this sorts them (fine for few pairs or few classes).
     """
@@ -81,6 +91,7 @@ def concentration(counts: torch.Tensor, top_p=TOP_P) -> dict[str, torch.Tensor]:
         # the smallest number of classes whose cumulative share reaches q% (0 when there are no flips)
         n = (share < q / 100 - 1e-12).sum(dim=-1) + 1
         out[f"top{q}_classes"] = torch.where(total > 0, n, torch.zeros_like(n))
+        out[f"top{q}_classes_paper"] = paper_count(out[f"top{q}_classes"])
     return out
 
 
@@ -114,6 +125,7 @@ def concentration_from_hist(hist: torch.Tensor, top_p=TOP_P) -> dict[str, torch.
     counts = torch.where(total.view(-1, 1) > 0, above_n + extra, 0)
     for i, q in enumerate(top_p):
         out[f"top{q}_classes"] = counts[:, i].reshape(shape)
+        out[f"top{q}_classes_paper"] = paper_count(out[f"top{q}_classes"])
     return out
 
 

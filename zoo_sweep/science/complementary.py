@@ -10,8 +10,8 @@ none loops over pairs or samples in Python. With the correctness matrix C (model
   (sample, class), each member of a group of two or more adding the group's 0/1 row).
 - confidence ensemble = both right + #{s right, t wrong, pmax_s >= pmax_t} + #{t right, s wrong,
   pmax_t > pmax_s} (dominance.py: per-sample confidence orders; one row per run of wrong entries).
-- per-class positive flips, their entropy and top-p % class counts (classes.py: one batched product and a
-  histogram of per-class counts).
+- per-class positive flips, their entropy and top-p % class counts, exact and in the paper's convention
+  (classes.py: one batched product and a histogram of per-class counts).
 
 The same code runs on CPU or CUDA tensors (``device``). Definitions: docs/methods.md ("Complementary
 knowledge"); how and how fast: docs/compare.md.
@@ -35,6 +35,7 @@ from zoo_sweep.science.classes import (  # re-exported: the per-class helpers li
 )
 from zoo_sweep.science.dominance import dominance_counts
 from zoo_sweep.science.kernels import Kernel, gram01, kernel
+from zoo_sweep.science.pair_metrics import CLASS_COUNTS
 
 METRIC_GROUPS = ("flips", "agreement", "ensemble", "classes")  # "flips" (accuracy, rho, oracle) is always on
 DEFAULT_METRICS = METRIC_GROUPS
@@ -131,8 +132,8 @@ def pair_matrices(preds: torch.Tensor, labels: torch.Tensor, pmax: torch.Tensor,
         lap("classes")
     else:
         out["flip_entropy"] = nan
-        for q in TOP_P:
-            out[f"top{q}_classes"] = nan
+        for c in CLASS_COUNTS:
+            out[c] = nan
     return {key: v.cpu() for key, v in out.items()}
 
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from zoo_sweep.science.pair_metrics import CLASS_COUNTS, PAIR_METRICS
 from zoo_sweep.transfer.result_metrics import TRANSFER_METRICS
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 VERSION_TABLE = "schema_version"  # Alembic's version table, under a name no other tool's store uses
 JOB_STATES = ("pending", "running", "done", "failed", "diverged", "interrupted", "cancelled")
 

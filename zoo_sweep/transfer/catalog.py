@@ -46,7 +46,8 @@ _declare("flip_avg", True, "Flip-avg: teacher on positive flips, s0 on negative 
          params=("top_k", "flip_avg_neutral"))
 _declare("xekl_mcl", False, "XE-KL-Dist + MCL: slow weights (momentum interpolation), no KL where only the "
          "student is right", lr_param="mcl_lr",
-         params=("mcl_alpha", "mcl_top_k", "tau", "mcl_every", "mcl_lr", "xe_on", "mcl_kl_mean", "mcl_schedule"))
+         params=("mcl_alpha", "mcl_top_k", "tau", "mcl_every", "mcl_lr", "xe_on", "mcl_kl_mean", "mcl_schedule",
+                 "mcl_reset"))
 _declare("cd", False, "CD: match the teacher's batch-similarity structure of penultimate features, + XE",
          needs_features=True, params=("cd_weight", "cd_xe", "cd_form", "teacher_bn"))
 _declare("crd", False, "CRD: contrastive representation distillation with a memory bank, + XE",

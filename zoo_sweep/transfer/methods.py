@@ -14,9 +14,10 @@ checkpoints its ``state_dict``. Logit-only methods know nothing about the loop.
 
 Where the authors' code (the reference) computes a method differently from its textbook form, both are here,
 chosen by a [transfer] option (config/params.py CHOICES; docs/methods.md says which is the default and why):
-cross-entropy on probabilities (``xe_on``), MCL's masked-KL mean and update schedule (``mcl_kl_mean``,
-``mcl_schedule``), flip-avg's neutral target (``flip_avg_neutral``), CD's and CRD's losses (``cd_form``,
-``crd_form``). tests/unit/test_reference_forms.py holds each reference form to a transcription of that code.
+cross-entropy on probabilities (``xe_on``), MCL's masked-KL mean, update schedule and end-of-epoch reset
+(``mcl_kl_mean``, ``mcl_schedule``, ``mcl_reset``), flip-avg's neutral target (``flip_avg_neutral``), CD's and
+CRD's losses (``cd_form``, ``crd_form``). tests/unit/test_reference_forms.py holds each reference form to a
+transcription of that code.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ class MethodState:
 
     def eval_model(self, student: torch.nn.Module) -> torch.nn.Module:
         return student  # the weights that are evaluated (and kept at the end of the run)
+
+    def after_eval(self, student: torch.nn.Module) -> None:
+        pass  # called once per epoch, after the weights eval_model gives were evaluated
 
     def train(self, mode: bool = True) -> None:
         pass
@@ -239,14 +243,19 @@ class SlowWeights(MethodState):
     copy starts at the weights after the first step (the code's slow weights alias the live ones until the
     first update). The slow copy is what gets evaluated; floating buffers (BatchNorm statistics) are
     interpolated like weights, integer ones (batch counters) copied.
+
+    ``reset`` "reference" (the authors' code) sets the student's (fast) weights and buffers to the slow ones
+    after every epoch's evaluation: its evaluation keeps ``theta_fast = student.state_dict()``, which holds the
+    live tensors, loads the slow weights into them to evaluate, and "restores" those same tensors
+    (distillation/dist_utils.py, get_val_metrics). The optimizer's momentum is kept, as there.
     """
 
     def __init__(self, student: torch.nn.Module, tau: float, every: int, schedule: str = "steps",
-                 batch_size: int = 256):
+                 batch_size: int = 256, reset: str = "none"):
         self.slow = copy.deepcopy(student).eval()
         for q in self.slow.parameters():
             q.requires_grad_(False)
-        self.tau, self.every, self.schedule = tau, every, schedule
+        self.tau, self.every, self.schedule, self.reset = tau, every, schedule, reset
         self.n = every / (batch_size / 256)
         self.started = schedule != "reference"
 
@@ -269,6 +278,11 @@ class SlowWeights(MethodState):
     def eval_model(self, student):
         return self.slow
 
+    @torch.no_grad()
+    def after_eval(self, student):
+        if self.reset == "reference":
+            student.load_state_dict(self.slow.state_dict())  # copies in place: the optimizer keeps its tensors
+
     def state_dict(self):
         return {"slow": self.slow.state_dict(), "started": self.started}
 
@@ -278,7 +292,7 @@ class SlowWeights(MethodState):
 
 
 def _slow_weights(student, teacher, p, info) -> SlowWeights:
-    return SlowWeights(student, p.tau, p.mcl_every, p.mcl_schedule, p.batch_size)
+    return SlowWeights(student, p.tau, p.mcl_every, p.mcl_schedule, p.batch_size, p.mcl_reset)
 
 
 @register("xekl_mcl", make_state=_slow_weights)
