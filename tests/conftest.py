@@ -30,7 +30,8 @@ MICRO = {
     "zoo": {"source": "digits", "recipe": "micro"},
     "data": {"eval": "digits:eval", "transfer": "digits:transfer", "image_size": 32},
     "pairs": {"policy": "all"},
-    "transfer": {"methods": ["kl", "kl_dp"], "epochs": 1, "batch_size": 256},
+    # no controls: the tests that need them ask for them (test_side_by_side.py), the rest stay small
+    "transfer": {"methods": ["kl", "kl_dp"], "epochs": 1, "batch_size": 256, "controls": []},
     "run": {"max_retries": 1},
 }
 

@@ -59,16 +59,20 @@ def _finish(proc, timeout=900) -> str:
 
 def test_sweeps_started_at_the_same_moment_all_finish(micro, tmp_path, token_file):
     """Two sweeps on local one-CPU clusters of their own and a third on the session's cluster, all at once."""
-    a = _start(micro, tmp_path / "a", "side-a", "--cpus", "1", transfer={"methods": ["kl"]})
+    a = _start(micro, tmp_path / "a", "side-a", "--cpus", "1", transfer={"methods": ["kl"], "controls": ["labels"]})
     b = _start(micro, tmp_path / "b", "side-b", "--cpus", "1", transfer={"methods": ["kl_dp"]})
     c = _start(micro, tmp_path / "c", "side-c", "--address", micro["address"], token=token_file,
                transfer={"methods": ["kl"], "seeds": [1]})
-    for proc, db in (a, b, c):
-        out = _finish(proc)
-        # one seed and no repeated seed anywhere: the launcher says it cannot tell training from transfer
-        assert "convergence: cannot tell for 3 student(s)" in out, out
+    outs = []
+    for (proc, db), controls in zip((a, b, c), (3, 0, 0)):
+        outs.append(_finish(proc))
         assert sqlite_rows(db, "select kind, state, count(*) from jobs group by 1, 2 order by 1") == [
-            ("compare", "done", 1), ("predict", "done", 3), ("transfer", "done", 6)]
+            ("compare", "done", 1), ("predict", "done", 3), ("transfer", "done", 6 + controls)]
+    # a's labels control, one per student: one seed and no repeated seed anywhere, so the launcher says it
+    # cannot tell continued training from transfer
+    assert "convergence: cannot tell for 3 student(s)" in outs[0], outs[0]
+    assert sqlite_rows(a[1], "select count(*) from transfer_results where method = 'labels' and teacher = student "
+                             "and final") == [(3,)]
 
 
 def test_a_launch_beside_a_running_tune(micro, tmp_path, token_file):

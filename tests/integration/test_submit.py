@@ -335,7 +335,12 @@ def test_ray_job_submit_logs_stop(micro, jobs_head, tmp_path):
     r = _run("submit", "ray", "--logs", "raysubmit_nope", "--address", url, env=env)
     assert r.returncode == 2 and "no Ray Job 'raysubmit_nope'" in r.stderr, r.stderr
 
-    r = _run(*submit, env=env)  # a second job, stopped while it starts
+    # a second job, stopped while it runs: its interpreter waits first, so it is still running however slowly
+    # the stop command starts on a busy machine (the sweep itself is done: a launch would end in seconds)
+    slow = tmp_path / "slow-python"
+    slow.write_text(f"#!/bin/sh\nsleep 600\nexec {py} \"$@\"\n")
+    slow.chmod(0o755)
+    r = _run(*submit[:-1], str(slow), env=env)
     assert r.returncode == 0, r.stderr
     job2 = re.search(r"submitted Ray Job (\S+) to ", r.stdout).group(1)
     r = _run("submit", "ray", "--stop", job2, "--address", url, env=env)

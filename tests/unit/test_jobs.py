@@ -47,7 +47,8 @@ def test_ids_and_payloads_are_those_of_stores_already_written(tmp_path, name):
     controls = [j for j in plan.all_jobs if is_control(j)]
     assert not {j.id for j in controls} & set(GOLDEN[name])
     assert len(controls) == len({j.payload.student.name for j in controls})
-    assert bool(controls) == (plan.transfer_jobs is not None)  # a measured policy picks its students later
+    # a measured policy picks its students later; the micro spec asks for no controls
+    assert bool(controls) == (plan.transfer_jobs is not None and bool(plan.spec.transfer.controls))
 
 
 def test_payloads_are_typed_and_parse_back_to_the_same_job(tmp_path):
@@ -123,7 +124,8 @@ def test_controls_run_once_per_student_and_seed_with_the_sweeps_training(tmp_pat
 
 
 def test_controls_follow_the_students_the_pairs_pick(tmp_path):
-    text = micro_spec(pairs={"policy": "explicit", "students": ["cnn_micro"], "teachers": ["vit_micro"]})
+    text = micro_spec(pairs={"policy": "explicit", "students": ["cnn_micro"], "teachers": ["vit_micro"]},
+                      transfer={"controls": ["labels"]})
     controls = [j for j in _plan(tmp_path, text).transfer_jobs if is_control(j)]
     assert [(j.payload.student.name, j.payload.method) for j in controls] == [("cnn_micro", "labels")]
     none = _plan(tmp_path, micro_spec(transfer={"controls": []}), home="other")
@@ -133,8 +135,8 @@ def test_controls_follow_the_students_the_pairs_pick(tmp_path):
 def test_adding_a_seed_keeps_every_job_planned_before(tmp_path):
     """Resume with more seeds: every job of the one-seed plan (controls included) keeps its id, so its results
     are reused and only the new seed's jobs run."""
-    one = {j.id for j in _plan(tmp_path, micro_spec()).all_jobs}
-    two = _plan(tmp_path, micro_spec(transfer={"seeds": [0, 1]}))
+    one = {j.id for j in _plan(tmp_path, micro_spec(transfer={"controls": ["labels"]})).all_jobs}
+    two = _plan(tmp_path, micro_spec(transfer={"seeds": [0, 1], "controls": ["labels"]}))
     assert one < {j.id for j in two.all_jobs}
     added = [j for j in two.transfer_jobs if j.id not in one]
     assert added and {j.payload.seed for j in added} == {1}
