@@ -68,7 +68,7 @@ def connect(address: str | None = None, cpus: int | None = None, gpus: float = 0
             if gpus > have:
                 raise UserError(f"asked for {gpus:g} GPU(s), Ray sees {have} on this machine; use --gpus {have} "
                                 "(0 runs on the CPU) or --address to use a cluster")
-            if os.environ.get(AUTH_MODE) == _auto_mode.get("value"):
+            if not _users_choice():
                 _set_auth_mode(None)  # a new local cluster: Ray's default (token authentication)
             # "local" always starts a fresh cluster; a bare ray.init() would join whatever cluster
             # /tmp/ray/ray_current_cluster names, which may be stale or someone else's
@@ -85,9 +85,7 @@ def send_token_if_available() -> None:
     """Send the Ray token when one is configured (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and
     RAY_AUTH_MODE leaves the choice to us. For a client that runs no Ray node of its own (the Ray Jobs HTTP
     client); a driver must follow its cluster (``match_cluster_auth``)."""
-    if os.environ.get(AUTH_MODE) not in (None, _auto_mode.get("value")):
-        return
-    if token_configured():
+    if not _users_choice() and token_configured():
         _set_auth_mode("token")
 
 
@@ -104,8 +102,8 @@ def match_cluster_auth(address: str) -> None:
     for the driver's death and cancels every one of them. A token file alone says nothing about a cluster:
     every local ``ray.init()`` writes ~/.ray/auth_token, while a cluster started by ``ray start`` before that
     file existed has no authentication. So the cluster is asked, and the mode follows its answer."""
-    if os.environ.get(AUTH_MODE) not in (None, _auto_mode.get("value")):
-        return  # the user's choice
+    if _users_choice():
+        return
     needs = cluster_needs_token(address)
     if needs is None:  # cannot tell (a Ray Client address): send the token when there is one
         send_token_if_available()
@@ -148,6 +146,11 @@ def cluster_needs_token(address: str, timeout: float = 3.0) -> bool | None:
 
 AUTH_MODE = "RAY_AUTH_MODE"
 _auto_mode: dict[str, str] = {}  # the value this process set, which a later connection may change
+
+
+def _users_choice() -> bool:
+    """RAY_AUTH_MODE was set by the user (not by this process): it is followed as it is."""
+    return os.environ.get(AUTH_MODE) not in (None, _auto_mode.get("value"))
 
 
 def _set_auth_mode(mode: str | None) -> None:
