@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -62,11 +63,13 @@ def filled(store_url):
 
 
 def _snapshot(url: str, folder) -> tuple:
-    """SQLite: the file's bytes; PostgreSQL: pg_dump of the database. With the folder's listing."""
+    """SQLite: the file's bytes and its write-ahead log's (a WAL store's reader opens the log and its index
+    beside the file, empty); PostgreSQL: pg_dump of the database. With the folder's listing."""
     u = sa.engine.make_url(url)
-    files = sorted(p.name for p in folder.iterdir())
+    files = sorted(p.name for p in folder.iterdir() if not p.name.endswith(("-wal", "-shm")))
     if u.get_backend_name() == "sqlite":
-        return open(u.database, "rb").read(), files
+        wal = Path(u.database + "-wal")
+        return open(u.database, "rb").read(), wal.read_bytes() if wal.exists() else b"", files
     dump = _pg_binary("pg_dump")
     r = subprocess.run([dump, "-h", u.host, "-p", str(u.port), "-U", u.username, "--no-owner", u.database],
                        capture_output=True, text=True, check=True)

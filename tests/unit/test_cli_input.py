@@ -2,6 +2,7 @@
 one `error:` line on stderr, exit code 2, the store unchanged (a full dump before and after). No Ray here:
 every case fails before a cluster is needed. docs/bad-input.md lists each case with its message."""
 
+import json
 import sqlite3
 
 import pytest
@@ -113,8 +114,8 @@ CONTROL_CASES = {
 @pytest.mark.parametrize("command", ["plan", "launch"])
 def test_a_bad_control_is_one_line_and_writes_nothing(planned, line, command):
     bad = planned["root"] / "bad-control.toml"
-    key = line.split(" = ")[0]
-    bad.write_text(SPEC.replace('methods = ["kl"]', line if key == "methods" else f'methods = ["kl"]\n{line}'))
+    key, value = line.split(" = ")
+    bad.write_text(micro_spec(transfer={"methods": ["kl"], key: json.loads(value)}))
     before = dump(planned["db"])
     assert one_error_line(invoke(*planned["base"], command, str(bad))) == f"error: {CONTROL_CASES[line]}"
     assert dump(planned["db"]) == before

@@ -56,7 +56,7 @@ def same_outputs(entry, ref) -> bool:
     ({"model": ["a"]}, "[zoo] model must be a table of tables ([zoo.model.NAME])"),
     ({"model": {"a+b": {"arch": "resnet18"}}}, "the model name 'a+b' is not allowed"),
     ({"defaults": {"checkpoint": "/x.pth"}}, "[zoo.defaults] checkpoint: every model has its own weights"),
-    ({"defaults": {"data": {"std": [0.0, 1.0, 1.0]}}}, "[zoo.defaults.data] std must be > 0, got 0.0"),
+    ({"defaults": {"data": {"std": [0.0, 1.0, 1.0]}}}, "[zoo.defaults.data] std must be >= 0.001, got 0.0"),
 ])
 def test_model_tables_are_checked_key_by_key(doc, message):
     with pytest.raises(UserError) as e:

@@ -6,6 +6,7 @@ import typer
 from rich.console import Console
 
 from zoo_sweep.cli import output
+from zoo_sweep.errors import UserError
 
 db_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                      help="The store's schema: its version, and upgrading a store written by an older zoo-sweep.")
@@ -13,9 +14,17 @@ out = Console(file=output.stdout, highlight=False)  # masked, as every line the 
 
 
 def _open(ctx: typer.Context):
-    from zoo_sweep.storage.store import Store
+    """The store at any version (these commands are how to move on), reached once here: an unreachable server
+    or a file that is no database is the one line every other command gives."""
+    import sqlalchemy as sa
 
-    return Store(ctx.obj.db, create=False, check=False)  # any version: these commands are how to move on
+    store = ctx.obj.store(create=False, check=False)
+    try:
+        with store.connect() as conn:
+            sa.inspect(conn).get_table_names()  # the first read: a file whose pages are damaged fails here
+    except sa.exc.DBAPIError as e:
+        raise UserError(store._open_error(e)) from None
+    return store
 
 
 @db_app.command()

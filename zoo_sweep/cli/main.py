@@ -6,9 +6,12 @@ Errors a user can cause end in one line on stderr and exit code 2; a sweep with 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -46,11 +49,88 @@ class _Commands(typer.core.TyperGroup):
 
     def invoke(self, ctx):
         try:
-            with _masked_usage_errors():
+            with _masked_usage_errors(), _model_warnings():
                 return super().invoke(ctx)
         except UserError as e:
             print_error(e)
             raise typer.Exit(2) from None
+        except Exception as e:
+            line = failure_line(e, getattr(ctx.obj, "db", None))
+            if line is None:  # a bug: its traceback is what to report
+                raise
+            print_error(UserError(line))
+            raise typer.Exit(2) from None
+
+
+# Failures of the machine or the database, not of the input, that can strike any command midway: a full disk,
+# a read-only file or folder, a damaged, read-only or unreachable store. Each is one line naming the file or
+# the store and what to do (exit 2; 1 from a launch that ran jobs), never a traceback. A transaction the
+# database refused was rolled back, so the store is as it was before the command (or before the failed write).
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def failure_line(e: BaseException, db: str | None) -> str | None:
+    """The one line for such a failure, or None for anything else (a bug)."""
+    import sqlalchemy as sa
+
+    if isinstance(e, OSError):
+        if e.strerror:
+            line = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+        else:  # no errno (a URLError, a socket timeout): its own text
+            line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if e.errno in _NO_SPACE:
+            return f"{line}; free some space, or give --home / --db a place that has it"
+        if e.errno in _READ_ONLY:
+            return f"{line}; give --home (or ZOO_SWEEP_HOME), --db or --out a place this user can write"
+        return line
+    ours = (sa.exc.ProgrammingError, sa.exc.IntegrityError, sa.exc.DataError)  # our SQL's own bugs
+    if not isinstance(e, sa.exc.DBAPIError) or isinstance(e, ours):
+        return None
+    where = _store_where(db)
+    msg = (str(e.orig).strip().splitlines() or [type(e.orig).__name__])[0]
+    if any(w in msg for w in ("malformed", "not a database", "file is encrypted")):
+        return f"the store {where} is damaged ({msg}); restore it from a copy, or start a new store (--db)"
+    if "readonly" in msg or "read-only" in msg:
+        return (f"cannot write the store {where} ({msg}): its file or folder is read-only; use a store this "
+                "user can write (--db)")
+    if "full" in msg or "disk I/O" in msg:
+        return f"cannot write the store {where} ({msg}); free some space, or use a store elsewhere (--db)"
+    return f"cannot use the store {where}: {msg}"
+
+
+def _store_where(db: str | None) -> str:
+    """The store as Store names it in messages: a SQLite file by its path, a server by its masked URL."""
+    from sqlalchemy.engine import make_url
+
+    from zoo_sweep.storage.store import resolve_url
+
+    url = resolve_url(db)
+    try:
+        u = make_url(url)
+    except Exception:
+        return mask_url(url)
+    return u.database if u.get_backend_name() == "sqlite" and u.database else mask_url(url)
+
+
+@contextlib.contextmanager
+def _model_warnings():
+    """Warnings about a model (zoo.entry.ModelWarning: weights holding NaN, a std that multiplies the pixels by
+    hundreds), raised while the zoo is resolved, as one ``warning:`` line each, every time they are raised."""
+    from zoo_sweep.zoo.entry import ModelWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ModelWarning)
+        default = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, ModelWarning):
+                err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+            else:
+                default(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 @contextlib.contextmanager
@@ -74,15 +154,32 @@ class Ctx:
     def __init__(self, db: str | None, home: str | None):
         self.db, self.home = db, home
 
-    def store(self, create: bool = True):
-        from zoo_sweep.storage.store import Store
+    def store(self, create: bool = True, check: bool = True):
+        """The store of --db (or ZOO_SWEEP_DB, or the default): every command opens it here."""
+        from zoo_sweep.storage.store import Store, resolve_url
 
-        return Store(self.db, create=create)
+        refuse_in_memory(resolve_url(self.db))
+        return Store(self.db, create=create, check=check)
 
     def paths(self):
         from zoo_sweep.paths import Paths
 
         return Paths.default(self.home)
+
+
+def refuse_in_memory(url: str) -> None:
+    """An in-memory SQLite store (``sqlite://``, ``sqlite:///:memory:``) lives as long as one connection: a plan
+    written there is gone when the command ends, and a launch's workers could never see it."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        u = make_url(url)
+    except Exception:
+        return  # Store says what is wrong with the URL
+    if u.get_backend_name() == "sqlite" and (not u.database or ":memory:" in u.database
+                                             or u.query.get("mode") == "memory"):
+        raise UserError(f"the store {url} (--db or ZOO_SWEEP_DB) is an in-memory database: nothing written there "
+                        "would outlast this command; give a file (sqlite:///results/zoo.db) or a server URL")
 
 
 @app.callback()
@@ -213,6 +310,8 @@ def _launch(ctx, spec, until, gpus, cpus, address, gpus_per_job, cpus_per_job, m
         parse_shard,
         prepare_launch,
         run_launch,
+        stop_on_signals,
+        stop_signal,
     )
     from zoo_sweep.pipeline.plan import load_sweep
 
@@ -221,14 +320,32 @@ def _launch(ctx, spec, until, gpus, cpus, address, gpus_per_job, cpus_per_job, m
                          cpus_per_job=cpus_per_job, max_retries=max_retries, until=until, progress=progress,
                          only_failed=only_failed, limit=limit, shard=parse_shard(shard) if shard else None)
     t0 = time.time()
-    prep = prepare_launch(s, ctx.obj.paths(), opts)  # every check first: the store is opened after them
     try:
-        rep = run_launch(prep, ctx.obj.store(), ctx.obj.paths(), err).report
+        with stop_on_signals():  # SIGTERM and SIGHUP stop a launch as Ctrl-C does
+            prep = prepare_launch(s, ctx.obj.paths(), opts)  # every check first: the store is opened after them
+            with _launch_failures(ctx):
+                rep = run_launch(prep, ctx.obj.store(), ctx.obj.paths(), err).report
     except KeyboardInterrupt:
-        err.print("interrupted: jobs in flight are marked 'interrupted' and run again on the next launch")
-        raise typer.Exit(130)
+        sig = stop_signal()
+        how = "interrupted" if sig == signal.SIGINT else f"stopped by {signal.Signals(sig).name}"
+        err.print(f"{how}: jobs in flight are marked 'interrupted' and run again on the next launch", markup=False)
+        raise typer.Exit(128 + sig)  # the shell's code for a process ended by that signal: 130, 143, 129
     _print_launch(rep, time.time() - t0)
     return s, rep
+
+
+@contextlib.contextmanager
+def _launch_failures(ctx):
+    """The disk or the store failing once a launch runs (failure_line): one line and exit 1, as a launch that
+    leaves failed jobs; every job that finished is in the store, and the next launch goes on from there."""
+    try:
+        yield
+    except Exception as e:
+        line = failure_line(e, ctx.obj.db)
+        if line is None:
+            raise
+        print_error(UserError(f"{line}; the jobs that finished are kept: launch again to go on"))
+        raise typer.Exit(1) from None
 
 
 def _print_launch(rep, seconds: float) -> None:
@@ -376,11 +493,14 @@ def tune(ctx: typer.Context, spec: Path = typer.Argument(..., help="Sweep spec (
 
 @app.command()
 def query(ctx: typer.Context, sql: str = typer.Argument(..., help='SQL, e.g. "select count(*) from pairs"'),
-          fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json")):
+          fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json"),
+          timeout: float = typer.Option(60.0, "--timeout", help="Stop the query after this many seconds.")):
     """Run a read-only SQL query against the store."""
     if fmt not in ("table", "csv", "json"):
         raise UserError("--format must be table, csv or json")
-    df = ctx.obj.store(create=False).query(sql)
+    if not 0 < timeout < float("inf"):  # always a limit: a runaway query (a recursive CTE) never ends by itself
+        raise UserError(f"--timeout must be a positive number of seconds, got {timeout:g}")
+    df = ctx.obj.store(create=False).query(sql, timeout=timeout)
     if fmt == "csv":
         sys.stdout.write(df.to_csv(index=False))
     elif fmt == "json":
@@ -400,13 +520,30 @@ def export(ctx: typer.Context, out_dir: Optional[str] = typer.Option(None, "--ou
 
 
 @app.command()
-def report(ctx: typer.Context, spec: Optional[Path] = typer.Argument(None, help="Sweep spec (default: the demo)."),
+def report(ctx: typer.Context,
+           spec: Optional[str] = typer.Argument(None, help="Sweep spec, or the name of a sweep in the store "
+                                                           "(default: the demo)."),
            out_dir: Optional[str] = typer.Option(None, "--out", help="Default: results/reports/SWEEP")):
     """Tables in the terminal and a report folder: report.html (self-contained), PNG plots, CSV, Markdown."""
     from zoo_sweep.pipeline.plan import load_sweep
 
-    s = load_sweep(spec or DEMO_SPEC)
-    _report(ctx, s, out_dir)
+    arg = spec or DEMO_SPEC
+    if arg.endswith(".toml") or "/" in arg or Path(arg).is_file():
+        _report(ctx, load_sweep(arg), out_dir)  # a spec: an empty report where its sweep has no results yet
+    else:  # a name: the sweep the store holds, as status and reset take it
+        _report(ctx, _stored_sweep(ctx.obj.store(create=False), arg), out_dir)
+
+
+def _stored_sweep(store, name: str):
+    """What the report needs of a stored sweep (its name, eval set and class map), from the spec the store
+    keeps for it; a name the store does not hold is one line naming those it does."""
+    from types import SimpleNamespace
+
+    _sweep_name(store, name)
+    stored = store.query("select spec from sweeps where name = :n", {"n": name})["spec"].iloc[0]
+    data = json.loads(stored).get("data") or {}
+    return SimpleNamespace(name=name, data=SimpleNamespace(eval=data.get("eval", "digits:eval"),
+                                                           class_map=data.get("class_map")))
 
 
 def _report(ctx, s, out_dir=None):

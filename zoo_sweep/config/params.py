@@ -47,12 +47,13 @@ def used_rows(n: int, batch_size: int) -> int:
 
 @dataclass(frozen=True)
 class TransferParams:
-    epochs: int = key(2, "passes over the transfer set", ge=1)
-    batch_size: int = key(128, "samples per optimizer step", ge=1)
-    lr: float = key(0.01, "SGD learning rate", gt=0)
+    epochs: int = key(2, "passes over the transfer set", ge=1, le=10_000)
+    batch_size: int = key(128, "samples per optimizer step", ge=1, le=65_536)
+    lr: float = key(0.01, "SGD learning rate", gt=0, le=10)
     momentum: float = key(0.9, "SGD momentum", ge=0, lt=1)
-    weight_decay: float = key(1e-4, "SGD weight decay", ge=0)
-    temperature: float = key(1.0, "distillation temperature T (KL is T^2 * KL(target || softmax(z_s / T)))", gt=0)
+    weight_decay: float = key(1e-4, "SGD weight decay", ge=0, le=1)
+    temperature: float = key(1.0, "distillation temperature T (KL is T^2 * KL(target || softmax(z_s / T)))",
+                              ge=0.01, le=100)
     alpha: float = key(0.5, "xekl: weight of KL against cross-entropy", ge=0, le=1)
     augment: str | bool = key("shift", "train-time augmentation, drawn from the job's seeded stream on the device: "
                               '"paper" (flip p 0.5, colour distortion p 0.8, grayscale p 0.2, as the authors\' '
@@ -65,14 +66,16 @@ class TransferParams:
                                   'code); "none": as given')
     xe_on: str = key("logits", 'xekl, xekl_mcl: cross-entropy on the student\'s "logits", or on its softmax '
                                '"probs" (the authors\' code: a far weaker label term)')
-    top_k: int = key(0, "KL over the teacher's top-k classes only; 0 = all classes", ge=0)
+    top_k: int = key(0, "KL over the teacher's top-k classes only; 0 = all classes", ge=0, le=100_000)
     # XE-KL-Dist + MCL (paper: alpha 0.68, top-k 100, tau 0.9999, every 2 steps, lr 0.01)
     mcl_alpha: float = key(0.68, "xekl_mcl: weight of KL against cross-entropy", ge=0, le=1)
-    mcl_top_k: int = key(100, "xekl_mcl: KL over the teacher's top-k classes; 0 = all", ge=0)
+    mcl_top_k: int = key(100, "xekl_mcl: KL over the teacher's top-k classes; 0 = all", ge=0,
+                        le=100_000)
     tau: float = key(0.9999, "xekl_mcl: slow-weight momentum", gt=0, lt=1)
     mcl_every: int = key(2, "xekl_mcl: optimizer steps between slow-weight updates (mcl_schedule "
-                            '"reference": at batch 256, scaled by 256 / batch_size)', ge=1)
-    mcl_lr: float = key(0.01, "xekl_mcl: learning rate", gt=0)
+                            '"reference": at batch 256, scaled by 256 / batch_size)', ge=1,
+                    le=10_000)
+    mcl_lr: float = key(0.01, "xekl_mcl: learning rate", gt=0, le=10)
     mcl_kl_mean: str = key("batch", 'xekl_mcl: the masked KL averaged over the whole "batch", or over the '
                                     '"kept" samples only (the authors\' code)')
     mcl_schedule: str = key("steps", 'xekl_mcl: "steps": slow weights updated every mcl_every optimizer steps; '
@@ -86,16 +89,18 @@ class TransferParams:
                                             'of the mean of the teacher\'s and the current student\'s logits, '
                                             'gradient included: the authors\' code)')
     # contrastive baselines (paper: CD weight 10, XE 0.1; CRD 128-d, 4096 negatives, weight 0.8, XE 1)
-    cd_weight: float = key(10.0, "cd: weight of the batch-similarity KL", ge=0)
-    cd_xe: float = key(0.1, "cd: weight of cross-entropy", ge=0)
+    cd_weight: float = key(10.0, "cd: weight of the batch-similarity KL", ge=0, le=1000)
+    cd_xe: float = key(0.1, "cd: weight of cross-entropy", ge=0, le=1000)
     cd_form: str = key("standard", 'cd: "standard" (cosine similarities / 0.1, self-pairs left out, KL per row '
                                    'averaged) or "reference" (/ 1, self-pairs kept, KL summed over the B x B matrix)')
-    crd_weight: float = key(0.8, "crd: weight of the contrastive loss", ge=0)
-    crd_xe: float = key(1.0, "crd: weight of cross-entropy", ge=0)
-    crd_dim: int = key(128, "crd: embedding width", ge=1)
+    crd_weight: float = key(0.8, "crd: weight of the contrastive loss", ge=0, le=1000)
+    crd_xe: float = key(1.0, "crd: weight of cross-entropy", ge=0, le=1000)
+    crd_dim: int = key(128, "crd: embedding width", ge=1, le=65_536)
     crd_negatives: int = key(4096, "crd: negatives per sample (infonce: capped at the other samples of the set; "
-                                   "reference: drawn with replacement)", ge=1)
-    crd_temperature: float = key(0.07, "crd: temperature of the contrastive softmax", gt=0)
+                                   "reference: drawn with replacement)", ge=1,
+                              le=1_000_000)
+    crd_temperature: float = key(0.07, "crd: temperature of the contrastive softmax",
+                                  ge=0.001, le=100)
     crd_form: str = key("infonce", 'crd: "infonce" (InfoNCE against uniform negatives) or "reference" (CRD\'s '
                                    'NCE loss with its memory-bank positives, fixed Z and negatives drawn from '
                                    'other classes)')

@@ -1,8 +1,11 @@
 """One definition per spec key: its type (the annotation), default, allowed range and meaning.
 
 A spec section is a frozen dataclass whose fields are declared with :func:`key`. :func:`build` checks a TOML
-table against it (unknown keys, types, ranges, finite numbers) and :func:`describe` turns the same
-declarations into the reference table of docs/specs.md, so the documentation cannot drift from the checks.
+table against it (unknown keys, types, ranges, finite numbers, repeated list entries) and :func:`describe` turns
+the same declarations into the reference table of docs/specs.md, so the documentation cannot drift from the
+checks. Every number anywhere in a spec, free-form tables (``kwargs``) included, is finite and every integer
+fits in 64 bits (:func:`_number`): a value beyond that would pass the spec and then fail (or overflow) in
+NumPy, PyTorch or the store, after the launch had begun.
 
 Sections nest: a field annotated with another section class (``defaults: ModelSpec``) is a sub-table
 (``[zoo.defaults]``, or an inline ``data = {...}``), and ``dict[str, Section]`` is a table of tables, one
@@ -24,17 +27,61 @@ from zoo_sweep.errors import UserError
 
 
 def key(default: Any = dataclasses.MISSING, doc: str = "", *, ge: float | None = None, gt: float | None = None,
-        le: float | None = None, lt: float | None = None, factory: Any = None, expect: str | None = None):
+        le: float | None = None, lt: float | None = None, factory: Any = None, expect: str | None = None,
+        unique: bool = False):
     """A spec key: ``default`` (or ``factory`` for mutable ones), a one-line meaning, and bounds for numbers
-    (``ge``/``gt``/``le``/``lt``; for lists, every element). ``expect`` replaces the generated wording of what
-    a value must be, where the type alone says it badly (``a positive integer or "auto"``)."""
-    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt, "expect": expect}
+    (``ge``/``gt``/``le``/``lt``; for lists, every element). Every numeric key has both a lower and an upper
+    bound, one a real sweep could use: a value past it is a typo or a unit mistake, and would run for days or
+    fail halfway through a launch. ``expect`` replaces the generated wording of what a value must be, where the
+    type alone says it badly (``a positive integer or "auto"``). ``unique``: a list whose entries each count
+    once (methods, seeds, names), so a repeated entry is refused rather than run or counted twice."""
+    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt, "expect": expect, "unique": unique}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
 
 
 _SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
+INT64 = (-2**63, 2**63 - 1)  # what SQLite, NumPy and PyTorch hold in an integer
+
+
+def _number(value: Any) -> None:
+    """ValueError unless a number is finite and an integer fits in 64 bits: the one check of every number of
+    a spec (and of a checkpoint's config.json), whatever key it is under."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+        raise ValueError("must fit in 64 bits (from -2**63 to 2**63 - 1)")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+
+
+def _free_form(value: Any, depth: int = 0) -> Any:
+    """A value of a free-form table (``kwargs``), every number in it checked by :func:`_number`: what JSON can
+    hold (a TOML date or time cannot be stored with the sweep, nor passed to a constructor). TOML and JSON nest
+    as deep as their parser lets them; 100 levels is far beyond any constructor argument."""
+    if depth > 100:
+        raise ValueError("nests lists or tables more than 100 deep")
+    if isinstance(value, (list, tuple)):  # tuples: a spec built in Python, as timm's configs write lists
+        return type(value)(_free_form(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return {k: _free_form(v, depth + 1) for k, v in value.items()}
+    if not isinstance(value, (str, int, float)):  # bool is an int
+        raise ValueError("must be a number, a string, true or false, a list or a table (not a date or time)")
+    _number(value)
+    return value
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters: a value can be a megabyte of TOML, or an
+    integer too long for Python to print."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # an integer of more than 4300 digits inside a list, deep nesting
+        return f"a {type(value).__name__} too large to print"
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def _parse_type(declared: str) -> tuple[str, str, bool]:
@@ -63,28 +110,39 @@ def _type_name(kind: str, elem: str) -> str:
 
 
 def _scalar(value: Any, elem: str) -> Any:
-    """``value`` as type ``elem``, or raise TypeError. bool is not a number here (TOML's true is not 1)."""
+    """``value`` as type ``elem``, or raise TypeError (ValueError: the right type, but no usable number). bool
+    is not a number here (TOML's true is not 1)."""
     if elem == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError
-        if not math.isfinite(value):
-            raise ValueError("must be a finite number")
+        _number(value)
         return float(value)
     if elem == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError
+        _number(value)
         return value
     if elem in _SCALARS and not isinstance(value, _SCALARS[elem]):
         raise TypeError
-    return value
+    return value if elem in _SCALARS else _free_form(value)  # Any: a kwargs value
+
+
+_BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+
+
+def _bound(b: float) -> str:
+    """A bound as the docs and messages write it: integers in full (2147483647, not 2.14748e+09)."""
+    return str(b) if isinstance(b, int) else f"{b:g}"
 
 
 def _check_range(value: Any, meta: dict) -> str | None:
-    for bound, ok, word in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
-                            ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<")):
+    for bound, word in _BOUNDS:
         b = meta.get(bound)
-        if b is not None and isinstance(value, (int, float)) and not ok(value, b):
-            return f"must be {word} {b:g}"
+        if b is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        ok = {"ge": value >= b, "gt": value > b, "le": value <= b, "lt": value < b}[bound]
+        if not ok:
+            return f"must be {word} {_bound(b)}"
     return None
 
 
@@ -128,8 +186,13 @@ def check_value(cls, name: str, value: Any, where: str) -> Any:
         elif kind == "dict":
             if not isinstance(value, dict):
                 raise TypeError
-            value = {str(k): _scalar(v, elem) for k, v in value.items()}
-            items = ()
+            entries = {}
+            for k, v in value.items():
+                try:
+                    entries[str(k)] = _scalar(v, elem)
+                except ValueError as e:  # name the entry: [zoo.model.a] kwargs drop_rate must be a finite ...
+                    raise UserError(f"{label} {k} {e}, got {show(v)}") from None
+            value, items = entries, ()
         elif kind == "union":
             for alt in elem.split("|"):
                 try:
@@ -145,18 +208,24 @@ def check_value(cls, name: str, value: Any, where: str) -> Any:
             items = (value,)
     except TypeError:
         if f.metadata.get("expect"):
-            raise UserError(f"{label} must be {f.metadata['expect']}, got {value!r}") from None
+            raise UserError(f"{label} must be {f.metadata['expect']}, got {show(value)}") from None
         want = " or ".join(_type_name("scalar", a) for a in elem.split("|")) if kind == "union" \
             else _type_name(kind, elem)
-        raise UserError(f"{label} must be {want}, got {value!r}") from None
+        raise UserError(f"{label} must be {want}, got {show(value)}") from None
     except ValueError as e:
-        raise UserError(f"{label} {e}, got {value!r}") from None
+        raise UserError(f"{label} {e}, got {show(value)}") from None
     for v in items:
         problem = _check_range(v, f.metadata)
         if problem and f.metadata.get("expect"):
-            raise UserError(f"{label} must be {f.metadata['expect']}, got {v!r}")
+            raise UserError(f"{label} must be {f.metadata['expect']}, got {show(v)}")
         if problem:
-            raise UserError(f"{label} {problem}, got {v!r}")
+            raise UserError(f"{label} {problem}, got {show(v)}")
+    if f.metadata.get("unique"):
+        seen: set = set()
+        for v in items:
+            if v in seen:
+                raise UserError(f"{label} lists {show(v)} twice; list each once")
+            seen.add(v)
     return value
 
 
@@ -195,7 +264,9 @@ def describe(cls, where: str = "") -> list[dict[str, str]]:
             continue
         kind, elem, optional = _parse_type(str(f.type))
         m = f.metadata
-        bounds = [f"{w} {m[b]:g}" for b, w in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if m[b] is not None]
+        bounds = [f"{w} {_bound(m[b])}" for b, w in _BOUNDS if m[b] is not None]
+        if m.get("unique"):
+            bounds.append("each once")
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         sub = _section_of(cls, kind, elem)
         if sub is not None:

@@ -7,6 +7,7 @@ otherwise run a whole sweep with the default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -19,19 +20,31 @@ from zoo_sweep.errors import UserError
 from zoo_sweep.ids import content_id
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # the resize filters the per-batch transform implements
+# Limits of values with a physical meaning, each far beyond what a sweep uses and short of what breaks a run
+MIN_SIDE, MAX_SIDE = 8, 4096  # image sides, px: the decode cache and every model's input
+MAX_RESIZE = 8192  # px: the resize before a centre crop (input_size / crop_pct), a few GB per batch beyond
+MAX_CLASSES = 100_000  # a head's outputs (ImageNet-21k has 21,843)
+MAX_IMAGES = 1_000_000_000  # a subset's image count
+MAX_PAIRS = 100_000_000  # pairs a policy picks (a zoo of 10,000 models has 10^8 ordered pairs)
+MAX_SEED = 2**31 - 1  # every seed: what NumPy, scikit-learn and PyTorch all accept
+STD_WARN = 0.05  # a std below this multiplies pixels by more than 20: allowed (0-255 models), with a warning
 
 
 @dataclass(frozen=True)
 class DataOverrides:
     """A model's preprocessing, in timm's pretrained-config keys. A key left out keeps what the checkpoint's own
     config.json says, else timm's config of the architecture (often 224 px and ImageNet mean/std)."""
-    input_size: tuple[int, ...] | None = key(None, "[channels, height, width] the model sees, e.g. [3, 32, 32] "
-                                                   "(height = width)", ge=1)
+    input_size: tuple[int, ...] | None = key(None, "[channels, height, width] the model sees, e.g. [3, 32, 32]: "
+                                                   "3 channels (images are fed as RGB), height = width, from "
+                                                   f"{MIN_SIDE} to {MAX_SIDE}", ge=1, le=MAX_SIDE)
     interpolation: str | None = key(None, 'resize filter: "bilinear", "bicubic" or "nearest"')
-    mean: tuple[float, ...] | None = key(None, "per-channel mean subtracted from pixels scaled to [0, 1]")
-    std: tuple[float, ...] | None = key(None, "per-channel standard deviation the pixels are divided by", gt=0)
+    mean: tuple[float, ...] | None = key(None, "per-channel mean subtracted from pixels scaled to [0, 1] (on that "
+                                               "scale, not 0-255)", ge=0, le=1)
+    std: tuple[float, ...] | None = key(None, "per-channel standard deviation the pixels are divided by (on the "
+                                              f"[0, 1] scale; below {STD_WARN:g} a warning: it multiplies the pixels "
+                                              f"by more than {1 / STD_WARN:g})", ge=1e-3, le=10)
     crop_pct: float | None = key(None, "centre crop: resize to input_size / crop_pct, then crop input_size "
-                                       "(1.0: no crop)", gt=0, le=1)
+                                       f"(1.0: no crop); the resize is at most {MAX_RESIZE} px", ge=0.05, le=1)
 
     def given(self) -> dict:
         """The keys this table sets (lists as tuples, the form timm's configs use)."""
@@ -58,16 +71,17 @@ class ZooSpec:
     source: str = key("digits", '"digits": the embedded zoo, built locally; "timm": timm registry names')
     recipe: str = key("default", 'digits only: which set of embedded recipes ("default" or "micro")')
     models: tuple[str, ...] = key((), "names or fnmatch patterns of the source's models; empty: every model of the "
-                                      "source, or none when the spec lists its own ([zoo.model.*], checkpoint_dirs)")
-    exclude: tuple[str, ...] = key((), "names or fnmatch patterns left out (the source's and your own)")
+                                      "source, or none when the spec lists its own ([zoo.model.*], checkpoint_dirs)",
+                                  unique=True)
+    exclude: tuple[str, ...] = key((), "names or fnmatch patterns left out (the source's and your own)", unique=True)
     weights_dir: str | None = key(None, "timm only: a folder with one <model>.(safetensors|pth|bin) per model")
     checkpoints: dict[str, str] = key(doc="timm only: explicit model -> weights file", factory=dict)
     allow_random_weights: bool = key(False, "timm only, for tests: random weights where none are found")
     num_classes: int | None = key(None, "head size of models that do not say (kwargs, config.json); default: the "
-                                        "eval set's class count", ge=1)
+                                        "eval set's class count", ge=1, le=MAX_CLASSES)
     checkpoint_dirs: tuple[str, ...] = key((), "folders or glob patterns (\"/ckpt/*\"), each folder holding timm's "
                                                "config.json and model.safetensors: one model per folder, named by "
-                                               "the folder")
+                                               "the folder", unique=True)
     defaults: ModelSpec = key(doc="[zoo.defaults]: arch, kwargs and data for every model that does not set them "
                                   "(not the embedded digits zoo)", factory=ModelSpec)
     model: dict[str, ModelSpec] = key(doc="[zoo.model.NAME]: a model named NAME (its name in the store, the "
@@ -83,13 +97,17 @@ class ZooSpec:
 class DataSpec:
     eval: str = key("digits:eval", '"digits:eval", "digits:transfer" or "imagefolder:/path"')
     transfer: str = key("digits:transfer", "the transfer set, as eval")
-    image_size: int = key(32, "decode-once cache resolution; each model's data config is applied on top", ge=8)
+    image_size: int = key(32, "decode-once cache resolution; each model's data config is applied on top",
+                          ge=MIN_SIDE, le=MAX_SIDE)
     class_map: str | None = key(None, "imagefolder only: file with one class folder name per line, in head order")
     eval_subset: int | float | None = key(None, "a class-stratified subset of the eval set: a fraction (0.1) or a "
-                                                "count of images; part of every cache and job key", gt=0)
+                                                "count of images; part of every cache and job key", gt=0,
+                                            le=MAX_IMAGES)
     transfer_subset: int | float | None = key(None, "as eval_subset, for the transfer set (the paper: 0.1 of "
-                                                    "ImageNet train)", gt=0)
-    subset_seed: int = key(1234, "random_state of the stratified subsets (scikit-learn's StratifiedShuffleSplit)")
+                                                    "ImageNet train)", gt=0,
+                                                le=MAX_IMAGES)
+    subset_seed: int = key(1234, "random_state of the stratified subsets (scikit-learn's StratifiedShuffleSplit)",
+                           ge=0, le=MAX_SEED)
 
     def __post_init__(self):
         for name in ("eval_subset", "transfer_subset"):
@@ -102,41 +120,45 @@ class DataSpec:
 @dataclass(frozen=True)
 class PairSpec:
     policy: str = key("all", "all, stratified, top_ck, explicit or predicted_gain")
-    per_bin: int = key(2, "stratified: pairs drawn per (accuracy-gap bin x family combination)", ge=1)
-    gap_bins: tuple[float, ...] = key((-100.0, -5.0, 0.0, 5.0, 100.0), "stratified: bin edges, in points")
-    max_pairs: int | None = key(None, "cap after the policy (top_ck, predicted_gain: how many)", ge=1)
-    seed: int = key(0, "seed of the policy's random choices")
-    students: tuple[str, ...] = key((), "explicit: student names or patterns (the paper's grid)")
-    teachers: tuple[str, ...] = key((), "explicit: teacher names or patterns")
+    per_bin: int = key(2, "stratified: pairs drawn per (accuracy-gap bin x family combination)", ge=1,
+                       le=MAX_PAIRS)
+    gap_bins: tuple[float, ...] = key((-100.0, -5.0, 0.0, 5.0, 100.0), "stratified: bin edges, in points", ge=-100,
+                                      le=100)
+    max_pairs: int | None = key(None, "cap after the policy (top_ck, predicted_gain: how many)", ge=1, le=MAX_PAIRS)
+    seed: int = key(0, "seed of the policy's random choices", ge=0, le=MAX_SEED)
+    students: tuple[str, ...] = key((), "explicit: student names or patterns (the paper's grid)", unique=True)
+    teachers: tuple[str, ...] = key((), "explicit: teacher names or patterns", unique=True)
     gain_method: str | None = key(None, "predicted_gain: whose finished results to learn from (default: first method)")
 
 
 @dataclass(frozen=True)
 class TransferSpec(TransferParams):
     """[transfer]: every job hyper-parameter of ``TransferParams`` (paper defaults), plus what a sweep adds."""
-    methods: tuple[str, ...] = key(("kl", "kl_dp"), "single-teacher methods, by name (docs/methods.md)")
-    seeds: tuple[int, ...] = key((0,), "one job per seed (controls too)")
+    methods: tuple[str, ...] = key(("kl", "kl_dp"), "single-teacher methods, by name (docs/methods.md)", unique=True)
+    seeds: tuple[int, ...] = key((0,), "one job per seed (controls too)", ge=0, le=MAX_SEED, unique=True)
     controls: tuple[str, ...] = key(("labels",), 'run once per student and seed beside the methods, the yardstick of '
                                                  'every gain: "labels" (the student trained as long on the labels '
                                                  'alone, same optimiser and inputs), "self_dist" (distilled from its '
-                                                 'frozen self); [] for none')
+                                                 'frozen self); [] for none', unique=True)
     multi_teacher: tuple[str, ...] = key((), "multi-teacher modes: parallel, parallel_unsup, "
-                                             "sequential_asc/_desc[_matched], soup")
-    multi_students: tuple[str, ...] = key((), "multi-teacher: the students that learn from all teachers")
-    teachers: tuple[str, ...] = key((), "multi-teacher: the teachers; empty: every other model of the zoo")
+                                             "sequential_asc/_desc[_matched], soup", unique=True)
+    multi_students: tuple[str, ...] = key((), "multi-teacher: the students that learn from all teachers", unique=True)
+    teachers: tuple[str, ...] = key((), "multi-teacher: the teachers; empty: every other model of the zoo",
+                                    unique=True)
     multi_method: str = key("kl_dp", "multi-teacher: the single-teacher method of sequential stages and soups")
     teacher_cache: str = key("auto", 'reuse teacher and frozen-student logits across jobs: "auto" or "off"')
     teacher_cache_max_gb: float = key(20.0, "a logit stream (one model, all epochs) larger than this is not cached",
-                                      ge=0)
+                                      ge=0, le=1_000_000)
 
 
 @dataclass(frozen=True)
 class RunSpec:
     predict_batch_size: int | str = key("auto", '"auto" (256 on the CPU; on a GPU the largest power of two up to '
                                                 "1024 that fits, remembered per model and GPU) or a number", ge=1,
+                                        le=65_536,
                                         expect='a positive integer or "auto"')
-    topk: int = key(5, "logits kept per sample in prediction records", ge=1)
-    max_retries: int = key(2, "retries of a failed job before it stays failed", ge=0)
+    topk: int = key(5, "logits kept per sample in prediction records", ge=1, le=MAX_CLASSES)
+    max_retries: int = key(2, "retries of a failed job before it stays failed", ge=0, le=100)
 
     def __post_init__(self):
         if isinstance(self.predict_batch_size, str) and self.predict_batch_size != "auto":
@@ -198,6 +220,10 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise UserError(f"{p} is not a text file; a sweep spec is TOML (see jobs/digits-demo.toml)") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{p} is not valid TOML: {e}") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise UserError(f"{p} nests arrays or tables too deeply to read; a sweep spec is a few tables deep") from None
+    except ValueError as e:  # an integer of more than 4300 digits: Python refuses to convert it
+        raise UserError(f"{p} is not a usable spec: {str(e).split(';')[0]}") from None
     if not set(doc) - {"name", "description"}:
         raise UserError(f"{p} says nothing about the sweep: give at least [zoo] and [transfer] "
                         "(see jobs/digits-demo.toml)")
@@ -241,21 +267,39 @@ def validate_zoo(z: ZooSpec) -> None:
 
 
 def check_data(cfg: dict, where: str) -> None:
-    """Preprocessing keys that go together (the schema checks each alone); also run on configs read from a
-    checkpoint's config.json."""
-    size, ch = cfg.get("input_size"), None
+    """Preprocessing keys that go together (the schema checks each alone, DataOverrides' ranges); also run on
+    configs read from a checkpoint's config.json, after the same schema checks (zoo/own.py)."""
+    size = cfg.get("input_size")
     if size is not None:
         if len(size) != 3 or size[1] != size[2]:
             raise UserError(f"{where} input_size must be [channels, height, width] with height = width, "
                             f"got {list(size)}")
-        ch = size[0]
+        if size[0] != 3:  # model_input always hands a model the decoded RGB images
+            raise UserError(f"{where} input_size must have 3 channels (images are fed to every model as RGB), "
+                            f"got {list(size)}")
+        if not MIN_SIDE <= size[1] <= MAX_SIDE:
+            raise UserError(f"{where} input_size height and width must be from {MIN_SIDE} to {MAX_SIDE}, "
+                            f"got {list(size)}")
     for k in ("mean", "std"):
         v = cfg.get(k)
-        if v is not None and len(v) not in {1, ch or 3}:
+        if v is not None and len(v) not in {1, 3}:
             raise UserError(f"{where} {k} must have one value per input channel, got {list(v)}")
     if cfg.get("interpolation") not in (None, *INTERPOLATIONS):
         raise UserError(f"{where} interpolation must be one of {', '.join(map(repr, INTERPOLATIONS))}, "
                         f"got {cfg['interpolation']!r}")
+    crop = cfg.get("crop_pct")
+    if size is not None and crop and math.floor(size[-1] / crop) > MAX_RESIZE:
+        raise UserError(f"{where} input_size {size[-1]} with crop_pct {crop:g} resizes every image to "
+                        f"{math.floor(size[-1] / crop)} px before the crop; at most {MAX_RESIZE}: raise crop_pct")
+
+
+def data_notes(cfg: dict) -> list[str]:
+    """Preprocessing that is allowed but almost always a mistake, as warning lines (checked: check_data)."""
+    small = [s for s in cfg.get("std") or () if s < STD_WARN]
+    if not small:
+        return []
+    return [f"std {min(small):g} multiplies the pixels by {1 / min(small):,.0f}: timm's std is on pixels scaled "
+            "to [0, 1] (ImageNet's: 0.229, 0.224, 0.225); check that the model was trained with it"]
 
 
 # a model name is a column value, a legend entry and part of "a+b" multi-teacher names: no '+'

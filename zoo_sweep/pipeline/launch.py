@@ -10,10 +10,16 @@ Resume is the default: done jobs are skipped, jobs left 'running' by a killed la
 lease has run out (storage/leases.py), and failed ones are retried up to ``max_retries``. Launchers write
 the store, workers never do; two launchers of one sweep share its jobs, each claiming a job before it runs
 it. A launch that leaves a failed job or a skipped stage behind says which and why, and is not ok.
+
+Ctrl-C, SIGTERM and SIGHUP stop a launch the same way (``stop_on_signals``): the jobs in flight are marked
+'interrupted' and run again on the next launch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -59,6 +65,54 @@ from zoo_sweep.transfer.logit_store import StreamPlan, plan_streams
 from zoo_sweep.zoo.entry import chance_note
 
 PENDING, DONE, FAILED = JobState.PENDING, JobState.DONE, JobState.FAILED
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # what SLURM, `timeout`, container runtimes and a closed terminal send
+_replaced: dict[int, object] = {}  # signal -> the handler ours replaced, while stop_on_signals is active
+# the stop signal received: Ray turns a KeyboardInterrupt raised inside its calls into a new one, so the
+# exception cannot carry it
+_received: list[int] = []
+
+
+def _on_stop_signal(signum, _frame):
+    # once stopping, further SIGTERM / SIGHUP are ignored: a second one (a runtime that repeats it before its
+    # SIGKILL) would cut short the marking of the jobs in flight as interrupted
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    _received.append(signum)
+    raise KeyboardInterrupt(signal.Signals(signum).name)  # Ctrl-C's way out, everywhere
+
+
+def _install_stop_handlers() -> None:
+    for sig in STOP_SIGNALS:
+        current = signal.getsignal(sig)
+        if current is not _on_stop_signal:
+            _replaced[sig] = current
+        # set again even where Python names ours already: Ray's core worker installs a native handler beneath
+        signal.signal(sig, _on_stop_signal)
+
+
+def stop_signal() -> int:
+    """The signal that stopped the launch: SIGTERM or SIGHUP if one came, else SIGINT (Ctrl-C)."""
+    return _received[0] if _received else signal.SIGINT
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread while the block runs, as Ctrl-C does, so
+    a launch stops the same way for all three (``stop_signal`` tells which came). ``ray.init`` puts Ray's
+    own SIGTERM handlers in place (with them the driver aborts, printing a native stack dump, and leaves its
+    jobs 'running'), so the launch puts this one back after joining Ray (``_Run.cluster``). The handlers
+    found are restored at the end. Off the main thread (where Python allows no handlers): nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _received.clear()
+    _install_stop_handlers()
+    try:
+        yield
+    finally:
+        for sig, handler in _replaced.items():
+            signal.signal(sig, handler)
+        _replaced.clear()
 
 
 @dataclass
@@ -124,9 +178,15 @@ def measure_sweep(spec: SweepSpec, store: Store, paths: Paths, opts: LaunchOptio
 
 def run_launch(prep: Prepared, store: Store, paths: Paths, console: Console | None = None) -> _Run:
     run = _Run(prep.plan, store, paths, prep.opts, console or Console(stderr=True), prep.address)
+    store.on_locked = lambda line: run.console.print(f"[yellow]warning:[/] {escape(line)}")
+    if _replaced:  # prepare_launch may have joined Ray, which replaced our SIGTERM handler
+        _install_stop_handlers()
     try:
         run.execute()
         return run
+    except BaseException:  # Ctrl-C, SIGTERM / SIGHUP (raised as KeyboardInterrupt), a store that stayed locked
+        run.interrupt_jobs()
+        raise
     finally:
         run.close()
 
@@ -503,6 +563,8 @@ class _Run:
     def cluster(self):
         if self._cluster_info is None:
             self._cluster_info = connect(self.address, self.opts.cpus, self.opts.gpus)
+            if _replaced:  # ray.init replaced our SIGTERM handler with its own: ours again
+                _install_stop_handlers()
         return self._cluster_info
 
     def _run_jobs(self, kind: str, todo: list[Job], inputs: Callable, on_result: Callable,
@@ -544,10 +606,7 @@ class _Run:
                         on_final_error(job)
                 bar.ended(final)
 
-            def on_interrupt(ids: list[str]):
-                self.store.set_state(ids, JobState.INTERRUPTED.value)
-
-            pool.run(todo, Handlers(inputs, on_start, on_done, on_error, on_interrupt), self.max_retries)
+            pool.run(todo, Handlers(inputs, on_start, on_done, on_error), self.max_retries)
         if len(todo) > skipped:
             self.report.ran[kind] = self.report.ran.get(kind, 0) + len(todo) - skipped
         self.report.failed.extend(bar.failed)
@@ -570,6 +629,16 @@ class _Run:
         return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("eta"), TimeRemainingColumn(), console=self.console,
                         disable=not self.opts.progress, transient=False)
+
+    def interrupt_jobs(self) -> None:
+        """The launch stopped: every job it runs (claimed, not recorded: its owner is this launcher) is marked
+        'interrupted', for the next launch to run at once; the jobs it recorded keep their results."""
+        try:
+            self.store.interrupt_jobs(self.lease.owner)
+        except Exception:  # noqa: BLE001
+            # the store stayed locked or went away: the error that ends the launch says so, and these jobs
+            # run again all the same (their launcher is gone: at once on this host, elsewhere after the lease)
+            pass
 
     def close(self):
         self.lease.stop()

@@ -48,7 +48,6 @@ class Handlers:
     on_start: Callable[[Job, str], bool]  # False: another launcher claimed the job first; skip it
     on_done: Callable[[Job, dict], None]
     on_error: Callable[[Job, str, bool], None]  # (job, error text, final: no retry left)
-    on_interrupt: Callable[[list[str]], None]  # Ctrl-C: the ids started and not yet recorded
 
 
 class Pool:
@@ -97,7 +96,9 @@ class Pool:
                             "or busy with other work: launch again when it has room, or with fewer --cpus")
 
     def run(self, jobs: list[Job], h: Handlers, max_retries: int) -> None:
-        """Run ``jobs`` to the end (done, or failed after ``max_retries`` retries)."""
+        """Run ``jobs`` to the end (done, or failed after ``max_retries`` retries). A run stopped on the way
+        (Ctrl-C, an error) leaves the jobs it started to the launcher, which marks every job it still holds
+        'interrupted' (pipeline/launch.py)."""
         import ray
 
         queue = deque(jobs)
@@ -105,29 +106,21 @@ class Pool:
         self._inflight: dict = {}  # object ref -> (job, actor index, actor)
         self._load = [0] * len(self.actors)
         self._starting: dict = {}  # info ref of a replacement worker -> its index; it takes jobs once it answers
-        # started and not yet recorded: wider than inflight, so a Ctrl-C while a job is being sent or its
-        # result written leaves no job 'running'
-        unrecorded: set[str] = set()
-        try:
-            while queue or self._inflight:
-                self._fill(queue, h, attempts, unrecorded)
-                if queue and not self._inflight and not self._starting:
-                    raise UserError("every Ray worker of this launch died and none could be restarted; "
-                                    "see the Ray logs, then launch again to resume")
-                ready, _ = ray.wait([*self._inflight, *self._starting], num_returns=1, timeout=1.0)
-                for ref in ready:
-                    if ref in self._starting:
-                        self._started(self._starting.pop(ref), ref)
-                        continue
-                    job, err = self._collect(ref, h)
-                    if err is not None:
-                        self._retry(job, err, attempts, max_retries, queue, h)
-                    unrecorded.discard(job.id)
-        except KeyboardInterrupt:
-            h.on_interrupt(sorted(unrecorded))
-            raise
+        while queue or self._inflight:
+            self._fill(queue, h, attempts)
+            if queue and not self._inflight and not self._starting:
+                raise UserError("every Ray worker of this launch died and none could be restarted; "
+                                "see the Ray logs, then launch again to resume")
+            ready, _ = ray.wait([*self._inflight, *self._starting], num_returns=1, timeout=1.0)
+            for ref in ready:
+                if ref in self._starting:
+                    self._started(self._starting.pop(ref), ref)
+                    continue
+                job, err = self._collect(ref, h)
+                if err is not None:
+                    self._retry(job, err, attempts, max_retries, queue, h)
 
-    def _fill(self, queue: deque, h: Handlers, attempts: dict, unrecorded: set) -> None:
+    def _fill(self, queue: deque, h: Handlers, attempts: dict) -> None:
         # least-loaded live actor first, so the queue's first jobs start at once on different actors
         # (the transfer order puts the jobs that compute shared teacher logits first)
         while queue and (free := [i for i, n in enumerate(self.names) if n is not None and self._load[i] < 2]):
@@ -135,7 +128,6 @@ class Pool:
             job = queue.popleft()
             if not h.on_start(job, self.names[i]):
                 continue
-            unrecorded.add(job.id)
             attempts[job.id] += 1
             self._inflight[self.actors[i].run.remote(job, h.inputs(job))] = (job, i, self.actors[i])
             self._load[i] += 1

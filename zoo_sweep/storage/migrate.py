@@ -48,7 +48,15 @@ def inspect_store(conn: sa.Connection, where: str) -> Found:
             raise UserError(f"not a zoo-sweep store: {where} has an unreadable {VERSION_TABLE} table ({found})")
         return Found(int(found[0]), tables)
     if set(V1_TABLES) <= tables:
-        return Found(1, tables)  # written before the version table existed
+        # written before the version table existed: the first layout, whose jobs table still has ``spec``
+        # (version 2 renamed it). A later layout without the table lost it outside zoo-sweep: upgrading it from
+        # version 1 would replay migrations it already has, so it is refused, naming what is missing.
+        jobs = {c["name"] for c in sa.inspect(conn).get_columns("jobs")}
+        if "spec" in jobs and "payload" not in jobs:
+            return Found(1, tables)
+        raise UserError(f"{where} has the tables of a zoo-sweep store after version 1 but no {VERSION_TABLE} table "
+                        "(it was dropped or changed outside zoo-sweep), so its version is unknown: restore the "
+                        "store from a copy, or start a new one")
     raise UserError(f"not a zoo-sweep store: {where} holds other tables ({', '.join(sorted(tables)[:5])})")
 
 
@@ -113,9 +121,14 @@ def upgrade(engine: sa.Engine, where: str) -> tuple[int, int]:
             check_current(conn, found, where)  # raises: newer than this code
         if found.version < SCHEMA_VERSION:
             cfg = alembic_config(conn)
-            if VERSION_TABLE not in found.tables:
-                command.stamp(cfg, revision(found.version))
-            command.upgrade(cfg, revision(SCHEMA_VERSION))
+            try:
+                if VERSION_TABLE not in found.tables:
+                    command.stamp(cfg, revision(found.version))
+                command.upgrade(cfg, revision(SCHEMA_VERSION))
+            except sa.exc.DBAPIError as e:  # rolled back with the whole transaction (_locked)
+                msg = (str(e.orig).strip().splitlines() or [type(e.orig).__name__])[0]
+                raise UserError(f"cannot upgrade {where} from schema version {found.version}: {msg}; the store "
+                                "is as it was (the upgrade is one transaction)") from None
         check_current(conn, inspect_store(conn, where), where)
         return found.version, SCHEMA_VERSION
 

@@ -11,12 +11,17 @@ Every read of the store (``zoo-sweep query``, status, report, export) runs here:
   the server accepts for one SELECT or VALUES statement only, so neither a second statement nor a
   utility command (ANALYZE, COPY, SET) gets through. Functions that the role may call keep their powers:
   give readers of a shared server a role without superuser rights.
+
+A query given a time limit (``zoo-sweep query --timeout``) is stopped by the database when it runs past it:
+on SQLite a progress handler aborts the statement, on PostgreSQL the transaction's ``statement_timeout``.
 """
 
 from __future__ import annotations
 
 import decimal
+import os
 import sqlite3
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -50,13 +55,39 @@ def _authorize(action, arg1, arg2, _db, _trigger):
     return sqlite3.SQLITE_DENY
 
 
+class QueryTimeout(UserError):
+    """A query stopped at its time limit."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"the query ran longer than {seconds:g} s (--timeout); narrow it down (a WHERE, a LIMIT) "
+                         "or give it more time with --timeout SECONDS")
+
+
 def sqlite_readonly_connect(path: str | Path) -> sqlite3.Connection:
-    uri = Path(path).resolve().as_uri() + "?mode=ro"
+    path = Path(path).resolve()
+    uri = path.as_uri() + "?mode=ro"
+    if _wal_unopenable(path):
+        # a reader of a WAL store must create its -shm index beside it; where it cannot (a folder this user
+        # may not write) and no writer has the store open (no -wal), the file is read as it stands. A writer
+        # that starts meanwhile appends to its -wal and changes the file itself only at a checkpoint.
+        uri += "&immutable=1"
     con = sqlite3.connect(uri, uri=True, check_same_thread=False)
     con.execute("PRAGMA busy_timeout = 30000")  # readers may overlap a launcher's writes
     con.execute("PRAGMA query_only = ON")
     con.set_authorizer(_authorize)
     return con
+
+
+def _wal_unopenable(path: Path) -> bool:
+    """A store in WAL mode (header bytes 18-19 are 2) that no connection holds (no -wal file), in a folder
+    this user cannot write."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(20)
+    except OSError:
+        return False
+    return (header[18:20] == b"\x02\x02" and not os.access(path.parent, os.W_OK)
+            and not path.with_name(path.name + "-wal").exists())
 
 
 def readonly_engine(url: sa.URL) -> sa.Engine:
@@ -70,28 +101,59 @@ def readonly_engine(url: sa.URL) -> sa.Engine:
     return sa.create_engine(url)  # other databases: rolled back after each read, no more
 
 
-def run_query(engine: sa.Engine, sql: str, params: dict | None = None) -> pd.DataFrame:
-    """One read-only statement; its rows as a frame (SQL NUMERIC comes back as float)."""
+def run_query(engine: sa.Engine, sql: str, params: dict | None = None, timeout: float | None = None) -> pd.DataFrame:
+    """One read-only statement; its rows as a frame (SQL NUMERIC comes back as float). ``timeout``: seconds
+    after which the database stops it (QueryTimeout); None: no limit."""
     dbapi = engine.dialect.loaded_dbapi
+    stopped = []  # SQLite: the progress handler fired
     try:
         with engine.connect() as conn:
+            raw = conn.connection.driver_connection
             try:
                 if engine.dialect.name == "postgresql":
-                    cols, rows = _pg_cursor_query(conn, sql, params)
+                    cols, rows = _pg_cursor_query(conn, sql, params, timeout)
                 else:
+                    if timeout is not None and engine.dialect.name == "sqlite":
+                        raw.set_progress_handler(_deadline(time.monotonic() + timeout, stopped), 10_000)
                     result = conn.execute(sa.text(sql), params or {})
                     cols, rows = (list(result.keys()), result.fetchall()) if result.returns_rows else ([], [])
             finally:
+                if engine.dialect.name == "sqlite":
+                    raw.set_progress_handler(None, 0)  # the connection goes back to the pool without a limit
                 conn.rollback()
     except sa.exc.DBAPIError as e:
+        if stopped or _timed_out(e.orig):
+            raise QueryTimeout(timeout) from None
         raise UserError(f"query failed: {_first_line(e.orig)}{_hint(e.orig)}") from None
     except dbapi.Error as e:
+        if stopped or _timed_out(e):
+            raise QueryTimeout(timeout) from None
         raise UserError(f"query failed: {_first_line(e)}{_hint(e)}") from None
     return _numbers_as_floats(pd.DataFrame(rows, columns=cols))
 
 
-def _pg_cursor_query(conn: sa.Connection, sql: str, params: dict | None):
+def _deadline(at: float, stopped: list):
+    """A SQLite progress handler, called every few thousand steps of the statement: a true value aborts it.
+    Inside the statement, so no other thread is needed and nothing outlives the query."""
+
+    def check() -> bool:
+        if time.monotonic() > at:
+            stopped.append(True)
+            return True
+        return False
+
+    return check
+
+
+def _timed_out(e: BaseException) -> bool:
+    """PostgreSQL's query_canceled (57014) from statement_timeout."""
+    return getattr(e, "sqlstate", None) == "57014" and "statement timeout" in str(e)
+
+
+def _pg_cursor_query(conn: sa.Connection, sql: str, params: dict | None, timeout: float | None = None):
     conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+    if timeout is not None:  # this transaction only (it is rolled back after the query)
+        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, round(timeout * 1000))}")
     compiled = sa.text(sql).compile(dialect=conn.dialect)
     raw = conn.connection.driver_connection
     with raw.cursor(name="zoo_sweep_query") as cur:  # a server-side cursor: DECLARE ... CURSOR FOR <sql>

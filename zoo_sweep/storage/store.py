@@ -3,16 +3,23 @@
 Only the driver writes it: workers return results, the launcher records them. Every write that belongs
 together (a job's result rows and its state) is one transaction, so a killed launcher never leaves a
 half-written result.
+
+A SQLite store on a local disk is in WAL mode, so readers (``query``, ``status``, ``report``) never hold up
+the launcher's writes. A write that still meets a lock (another writer, a reader on a network filesystem,
+where the store keeps SQLite's rollback journal) is retried for up to ``ZOO_SWEEP_LOCK_WAIT_S`` seconds, and
+the transaction is whole or absent each time, so retrying it is safe.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
+import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 import sqlalchemy as sa
@@ -40,10 +47,46 @@ from zoo_sweep.transfer.result_metrics import TRANSFER_METRICS  # noqa: F401
 from zoo_sweep.urls import mask_url, scrub
 
 DEFAULT_DB = "sqlite:///results/zoo.db"
+# SQLite's own wait for a lock, per statement: short, so that a longer wait is said (Store._retry_locked)
+BUSY_TIMEOUT_S = 5.0
+LOCK_WAIT_ENV = "ZOO_SWEEP_LOCK_WAIT_S"
+DEFAULT_LOCK_WAIT_S = 300.0  # how long a write keeps trying a locked store, in all
+# file systems where SQLite's WAL mode is unsafe: its shared-memory index does not work across hosts
+NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "gpfs", "beegfs", "9p",
+              "afs", "fuse.sshfs", "fuse.glusterfs", "fuse.ceph", "fuse.cephfs", "fuse.s3fs", "fuse.gcsfuse",
+              "fuse.juicefs", "fuse.rclone"}
 
 
 def resolve_url(url: str | None) -> str:
     return url or os.environ.get("ZOO_SWEEP_DB") or DEFAULT_DB
+
+
+class StoreLocked(UserError):
+    """A write that met a locked store for longer than the lock wait; nothing of it was written."""
+
+
+def lock_wait_seconds() -> float:
+    """How long a write retries a locked store: $ZOO_SWEEP_LOCK_WAIT_S, else the default."""
+    text = os.environ.get(LOCK_WAIT_ENV)
+    if not text:
+        return DEFAULT_LOCK_WAIT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise UserError(f"{LOCK_WAIT_ENV} must be a number of seconds (0 or more), got {text!r}")
+    return value
+
+
+def _retried(write: Callable) -> Callable:
+    """A write method retried while the store is locked (Store._retry_locked)."""
+
+    @functools.wraps(write)
+    def retried(self, *args, **kwargs):
+        return self._retry_locked(lambda: write(self, *args, **kwargs))
+
+    return retried
 
 
 class Store:
@@ -64,10 +107,17 @@ class Store:
         self._path = Path(u.database).resolve() if self.is_sqlite_file else None
         self._file_id = self._open_sqlite_file(create) if self.is_sqlite_file else None
         self._ro: sa.Engine | None = None
+        self.lock_wait_s = lock_wait_seconds()
+        # told once when a write first meets a lock (a launcher points this at its console)
+        self.on_locked: Callable[[str], None] = lambda line: print(f"warning: {line}", file=sys.stderr)
+        self._locked_since: float | None = None  # when the writes began to meet a lock; None while they pass
+        self._said_locked = False
         try:
             self.engine = self._make_engine()
             if check:
-                migrate.create_or_check(self.engine, self.where, create)
+                self._retry_locked(lambda: migrate.create_or_check(self.engine, self.where, create))
+            if create and check and self.is_sqlite_file:  # opened for writing: a known store, at this version
+                self._retry_locked(self._set_journal_mode)  # a change of mode waits for readers in the old one
         except ModuleNotFoundError as e:
             raise UserError(f"the driver for {u.drivername} is not installed ({e.name}); pip install it") from None
         except sa.exc.DBAPIError as e:
@@ -98,12 +148,59 @@ class Store:
             # mode=rw: a store deleted while in use is never silently created again, empty, by a new connection
             path = self._path
             engine = sa.create_engine(self._u, creator=lambda: sqlite3_connect(path, "rw"))
-            sa.event.listen(engine, "connect", _sqlite_pragmas)
+            sa.event.listen(engine, "connect", self._sqlite_pragmas)
             return engine
         engine = sa.create_engine(self.url, future=True)
         if self._u.get_backend_name() == "sqlite":
-            sa.event.listen(engine, "connect", _sqlite_pragmas)
+            sa.event.listen(engine, "connect", self._sqlite_pragmas)
         return engine
+
+    def _sqlite_pragmas(self, dbapi_conn, _record) -> None:
+        # another writer's commit takes a moment: SQLite waits for it, then _retry_locked, within lock_wait_s
+        busy_ms = int(min(BUSY_TIMEOUT_S, self.lock_wait_s) * 1000)
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        cur.close()
+
+    def _set_journal_mode(self) -> None:
+        """WAL on a local disk: readers see the last commit and never block a write, nor a write them (in
+        SQLite's default rollback journal a long read holds the launcher's commit until it gives up). On a
+        network filesystem WAL is unsafe (its index is shared memory, which hosts do not share): the rollback
+        journal stays there. The mode is kept in the file, so this runs once per opening for writing."""
+        mode = "delete" if network_fs(self._path) else "wal"
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql(f"PRAGMA journal_mode = {mode}")
+
+    def _retry_locked(self, write: Callable):
+        """Run ``write`` (one whole transaction); while SQLite says the store is locked, again after a pause
+        that doubles up to 10 s, for up to ``lock_wait_s`` from the first lock met, saying so once. A store
+        that stays locked ends in StoreLocked, one line; later writes then try once each until one passes."""
+        pause, started = 0.5, time.monotonic()
+        while True:
+            try:
+                out = write()
+            except sa.exc.OperationalError as e:
+                if not _is_locked(e):
+                    raise
+                now = time.monotonic()
+                if self._locked_since is None:  # counted from the first try: SQLite waited in it already
+                    self._locked_since = started
+                    if not self._said_locked:
+                        self._said_locked = True
+                        self.on_locked(f"the store {self.where} is locked by another connection (a long query, an "
+                                       f"open transaction); writes wait for it, for up to {self.lock_wait_s:g} s "
+                                       f"({LOCK_WAIT_ENV})")
+                left = self._locked_since + self.lock_wait_s - now
+                if left <= 0:
+                    raise StoreLocked(f"the store {self.where} stayed locked for {self.lock_wait_s:g} s "
+                                      f"({LOCK_WAIT_ENV}): another program holds it (a long query, an open sqlite3 "
+                                      "shell); what was not yet written is not in the store: end that program and "
+                                      "run the command again (a launch resumes its jobs)") from None
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, 10.0)
+                continue
+            self._locked_since = None
+            return out
 
     def _open_error(self, e: sa.exc.DBAPIError) -> str:
         msg = str(e.orig).strip().splitlines()[0] if str(e.orig).strip() else type(e.orig).__name__
@@ -191,6 +288,7 @@ class Store:
             existing.update(conn.execute(sa.select(jobs.c.id).where(jobs.c.id.in_(chunk))).scalars())
         return len(set(ids) - existing)
 
+    @_retried
     def write_plan(self, spec_row: dict, model_rows: list[dict], job_rows: list[dict], sweep: str) -> int:
         """Record a sweep, its models and its jobs in one transaction; returns the number of new jobs."""
         now = time.time()
@@ -218,6 +316,7 @@ class Store:
                 out.update(conn.execute(q).tuples().all())
         return out
 
+    @_retried
     def add_jobs(self, sweep: str, job_rows: list[dict]) -> int:
         """Link jobs to a sweep (new ones pending; existing ones keep their state); returns how many are new."""
         with self.begin() as conn:
@@ -230,6 +329,7 @@ class Store:
         self._upsert(conn, sweep_jobs, [{"sweep": sweep, "job_id": j["id"]} for j in job_rows], update=False)
         return new
 
+    @_retried
     def set_state(self, job_ids: Iterable[str], state: str, **fields: Any) -> None:
         ids = list(job_ids)
         if not ids:
@@ -240,6 +340,7 @@ class Store:
             for chunk in _chunks(ids, 500):
                 conn.execute(jobs.update().where(jobs.c.id.in_(chunk)).values(state=state, **fields))
 
+    @_retried
     def claim_job(self, job_id: str, owner: str, lease_until: float, worker: str | None = None) -> bool:
         """Compare-and-set: the job becomes 'running' under ``owner`` only if it is still pending (or failed,
         awaiting a retry); False when another launcher took it first."""
@@ -249,12 +350,14 @@ class Store:
                                      started_at=time.time(), attempts=jobs.c.attempts + 1)).rowcount
         return n == 1
 
+    @_retried
     def start_job(self, job_id: str, worker: str) -> None:
         """Mark a job running without a lease (a caller that is the only one running the sweep's jobs)."""
         with self.begin() as conn:
             conn.execute(jobs.update().where(jobs.c.id == job_id).values(
                 state="running", worker=worker, started_at=time.time(), attempts=jobs.c.attempts + 1))
 
+    @_retried
     def renew_leases(self, job_ids: list[str], owner: str, lease_until: float) -> int:
         """Push the leases of ``owner``'s running jobs forward; returns how many it still holds."""
         n = 0
@@ -265,6 +368,16 @@ class Store:
                                   .values(lease_until=lease_until)).rowcount
         return n
 
+    @_retried
+    def interrupt_jobs(self, owner: str) -> int:
+        """Mark 'interrupted' every job that ``owner`` (a launcher that is stopping) runs: the jobs it claimed
+        and has not recorded, whatever point it stopped at. Jobs it recorded and other launchers' jobs keep
+        their state. Returns how many."""
+        with self.begin() as conn:
+            return conn.execute(jobs.update().where(jobs.c.owner == owner, jobs.c.state == "running")
+                                .values(state="interrupted", owner=None, lease_until=None)).rowcount
+
+    @_retried
     def requeue_stale(self, job_ids: Iterable[str], now: float | None = None) -> list[str]:
         """Of ``job_ids``, put back to pending those whose launcher is gone: 'interrupted' ones, and 'running'
         ones whose lease ran out (or had none, or whose owner died on this host). Compare-and-set per job, so
@@ -287,6 +400,7 @@ class Store:
                             back.append(job_id)
         return back
 
+    @_retried
     def finish_job(self, job_id: str, state: str = "done", error: str | None = None,
                    results: list[dict] | None = None, model_rows: list[dict] | None = None,
                    seconds: float | None = None, owner: str | None = None,
@@ -313,6 +427,7 @@ class Store:
                 self._upsert(conn, models, model_rows)
         return True
 
+    @_retried
     def write_pairs(self, job_id: str, rows: list[dict]) -> None:
         """The compare job's pairs and its state, in one transaction."""
         with self.begin() as conn:
@@ -338,11 +453,12 @@ class Store:
         with self.connect() as conn:
             return [r[0] for r in conn.execute(sa.select(sweeps.c.name).order_by(sweeps.c.updated_at))]
 
-    def query(self, sql: str, params: dict | None = None) -> pd.DataFrame:
-        """One read-only statement (storage/readonly.py: the store cannot be changed through it)."""
+    def query(self, sql: str, params: dict | None = None, timeout: float | None = None) -> pd.DataFrame:
+        """One read-only statement (storage/readonly.py: the store cannot be changed through it), stopped
+        after ``timeout`` seconds if given (QueryTimeout)."""
         self._check_file()
         try:
-            return run_query(self.readonly, sql, params)
+            return run_query(self.readonly, sql, params, timeout)
         except UserError:
             self._check_file()  # a store that went away meanwhile is that, not a failed query
             raise
@@ -431,10 +547,31 @@ def _same(col, value):
     return col.is_(None) if value is None else col == value
 
 
-def _sqlite_pragmas(dbapi_conn, _record):
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA busy_timeout = 30000")  # readers (query, status) may overlap the launcher
-    cur.close()
+def _is_locked(e: sa.exc.OperationalError) -> bool:
+    """SQLite's 'database is locked' (or 'database table is locked'): a lock another connection holds."""
+    return isinstance(e.orig, sqlite3.OperationalError) and "is locked" in str(e.orig)
+
+
+def network_fs(path: Path, mountinfo: str | None = None) -> bool:
+    """Whether ``path`` lies on a network filesystem, by the type of the mount that holds it (Linux's
+    /proc/self/mountinfo; elsewhere, or when it cannot be read, a local disk is assumed)."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return False
+    path = os.path.abspath(path)
+    best, fstype = "", ""
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right.split():
+            continue
+        point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):  # the innermost mount; a later one over the same point wins
+            best, fstype = point, right.split()[0]
+    return fstype in NETWORK_FS
 
 
 def _chunks(seq: list, n: int):

@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import fnmatch
 import math
+import warnings
 from dataclasses import dataclass, field
 
 from zoo_sweep.errors import UserError
@@ -100,3 +101,22 @@ def chance_note(accuracy: float, num_classes: int, n: int | None = None) -> str 
         return f"accuracy {accuracy:.1f} % = chance for {num_classes} classes: check its preprocessing"
     return (f"accuracy {accuracy:.1f} % < chance ({chance:.1f} %) for {num_classes} classes: check its preprocessing "
             "and that its classes are in the eval set's order")
+
+
+class ModelWarning(UserWarning):
+    """A model that will run, but almost certainly not as meant (weights holding NaN, a std that multiplies the
+    pixels by hundreds). Raised while the zoo is resolved, so plan, plan --dry-run and launch all say it before
+    anything runs; the command line prints each as one ``warning: MODEL: ...`` line."""
+
+
+def warn_model(name: str, note: str) -> None:
+    warnings.warn(f"{name}: {note}", ModelWarning, stacklevel=2)
+
+
+def nonfinite_note(path, bad: int, total: int) -> str:
+    """The warning for weights with NaN or infinite values: such a model computes NaN for every image, so the
+    chance-level note that follows its prediction (check its preprocessing) would point the wrong way."""
+    share = f"all {total:,}" if bad == total else f"{bad:,} of the {total:,}"
+    return (f"{share} floating-point weights in {path} are NaN or infinite: the model outputs NaN, so it always "
+            "answers one class (chance-level accuracy) and every transfer job with it diverges; use weights saved "
+            "before training diverged")

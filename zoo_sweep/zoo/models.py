@@ -14,11 +14,23 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from zoo_sweep.config.spec import ZooSpec, check_data
+from zoo_sweep.config.spec import ZooSpec, check_data, data_notes
 from zoo_sweep.errors import UserError
 from zoo_sweep.paths import write_atomic
-from zoo_sweep.zoo.entry import FAMILIES, ModelEntry, family_of, select_names  # noqa: F401  (re-exported)
-from zoo_sweep.zoo.own import _tuples, head_classes, own_entries  # noqa: F401  (head_classes re-exported)
+from zoo_sweep.zoo.entry import (  # noqa: F401  (re-exported)
+    FAMILIES,
+    ModelEntry,
+    family_of,
+    nonfinite_note,
+    select_names,
+    warn_model,
+)
+from zoo_sweep.zoo.own import (  # noqa: F401  (head_classes re-exported)
+    _tuples,
+    head_classes,
+    kwargs_classes,
+    own_entries,
+)
 from zoo_sweep.zoo.timm_table import installed_timm, shipped_params
 from zoo_sweep.zoo.weights import (
     WEIGHT_SUFFIXES,
@@ -67,9 +79,11 @@ def _timm_entries(spec: ZooSpec, cache_dir, num_classes: int, image_size: int) -
     available = sorted(set(timm.list_models(pretrained=True)) | set(timm.list_models()) | set(spec.checkpoints))
     names = select_names(available, spec.models, spec.exclude)
     kwargs = dict(spec.defaults.kwargs)
-    given_classes = kwargs.pop("num_classes", None)
+    given_classes = kwargs_classes(kwargs.pop("num_classes", None), "[zoo.defaults]")
     data = spec.defaults.data.given()
     check_data(data, "[zoo.defaults.data]")
+    for note in data_notes(data):  # once for the whole source, not once per model
+        warn_model("[zoo.defaults.data]", note)
     hashes = HashCache(cache_dir)
     out = []
     try:
@@ -80,6 +94,9 @@ def _timm_entries(spec: ZooSpec, cache_dir, num_classes: int, image_size: int) -
                 w = str(Path(w).expanduser().resolve())  # workers may run elsewhere than this process's cwd
                 require_whole(w, n)
                 key = f"sha256:{hashes.get(w)}"
+                counts = hashes.nonfinite(w)
+                if counts and counts[0]:
+                    warn_model(n, nonfinite_note(w, *counts))
             out.append(ModelEntry(name=n, arch=n, family=family_of(n), weights=w, kwargs=_tuples(kwargs),
                                   data_cfg=_tuples(data),
                                   num_classes=given_classes or head_classes(n, spec, num_classes),

@@ -18,9 +18,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from zoo_sweep.config.spec import ModelSpec, ZooSpec, check_data, check_model_name
+from zoo_sweep.config.schema import build, check_value, show
+from zoo_sweep.config.spec import (
+    MAX_CLASSES,
+    DataOverrides,
+    ModelSpec,
+    ZooSpec,
+    check_data,
+    check_model_name,
+    data_notes,
+)
 from zoo_sweep.errors import UserError
-from zoo_sweep.zoo.entry import ModelEntry, family_of, select_names
+from zoo_sweep.zoo.entry import ModelEntry, family_of, nonfinite_note, select_names, warn_model
 from zoo_sweep.zoo.timm_table import shipped_archs
 from zoo_sweep.zoo.weights import HashCache, require_whole
 
@@ -84,21 +93,32 @@ def _entry(alias: str, m: ModelSpec, spec: ZooSpec, hashes: HashCache, eval_clas
     kwargs = {**d.kwargs, **(saved.kwargs if saved else {}), **m.kwargs}
     if saved and saved.num_classes and "num_classes" not in m.kwargs:
         kwargs["num_classes"] = saved.num_classes
-    classes = kwargs.pop("num_classes", None)
-    if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
-        raise UserError(f"{who} kwargs num_classes must be a positive integer, got {classes!r}")
+    classes = kwargs_classes(kwargs.pop("num_classes", None), who)
     data = {**d.data.given(), **(saved.data if saved else {}), **m.data.given()}
     check_data(data, who)
+    for note in data_notes(data):
+        warn_model(alias, note)
     if weights is not None:
         require_whole(weights, who)
         key = f"sha256:{hashes.get(weights)}"
         w = str(weights.resolve())
+        counts = hashes.nonfinite(weights)
+        if counts and counts[0]:
+            warn_model(alias, nonfinite_note(weights, *counts))
     else:  # timm's pretrained weights of the tag; the tag names them
         w = key = None if spec.allow_random_weights else "hub"
     if classes is None:
         classes = head_classes(arch, spec, eval_classes) if w == "hub" else (spec.num_classes or eval_classes)
     return ModelEntry(name=alias, arch=arch, family=family_of(arch), weights=w, kwargs=_tuples(kwargs),
                       data_cfg=_tuples(data), num_classes=classes, weights_key=key, origin=who)
+
+
+def kwargs_classes(classes, who: str) -> int | None:
+    """A head size given in kwargs (free-form, so checked here): [zoo] num_classes' range."""
+    if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int)
+                                or not 1 <= classes <= MAX_CLASSES):
+        raise UserError(f"{who} kwargs num_classes must be an integer from 1 to {MAX_CLASSES}, got {show(classes)}")
+    return classes
 
 
 def head_classes(name: str, spec: ZooSpec, eval_classes: int) -> int:
@@ -134,23 +154,32 @@ def read_saved(folder: Path) -> SavedConfig:
         arch, pre = cfg["architecture"], dict(cfg["pretrained_cfg"])
         args = dict(cfg.get("model_args") or {})
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise UserError(f"{cfg_path} is not a timm model config ({type(e).__name__}: {e}); it needs "
+        raise UserError(f"{cfg_path} is not a timm model config ({type(e).__name__}: {str(e)[:200]}); it needs "
                         "architecture and pretrained_cfg") from None
+    except RecursionError:  # json nests as deep as the file does
+        raise UserError(f"{cfg_path} nests lists or objects too deeply to read; it is not a timm model config") \
+            from None
     if not isinstance(arch, str) or not isinstance(args, dict):
         raise UserError(f"{cfg_path}: architecture must be a string and model_args a table")
-    if args.get("img_size") is not None and pre.get("fixed_input_size") and pre.get("input_size"):
-        size = args["img_size"]  # as timm does: a fixed-size model's input follows its img_size
-        pre["input_size"] = [pre["input_size"][0], *((size, size) if isinstance(size, int) else size)]
-    if pre.get("crop_mode", "center") != "center":
-        raise UserError(f"{cfg_path}: crop_mode {pre['crop_mode']!r} is not supported; zoo-sweep centre-crops "
+    # what config.json says goes through the checks the same keys get in a spec: types, ranges, finite numbers
+    args = check_value(ModelSpec, "kwargs", args, f"{cfg_path} model_args")
+    size, fixed = args.get("img_size"), pre.get("input_size")
+    if isinstance(size, (int, list)) and pre.get("fixed_input_size") and isinstance(fixed, list) and fixed:
+        # as timm does: a fixed-size model's input follows its img_size (an int, or [height, width])
+        pre["input_size"] = [fixed[0], *((size, size) if isinstance(size, int) else size)]
+    if (pre.get("crop_mode") or "center") != "center":
+        raise UserError(f"{cfg_path}: crop_mode {show(pre['crop_mode'])} is not supported; zoo-sweep centre-crops "
                         "(crop_pct); override it with data = {...} in a [zoo.model.NAME] table")
-    data = {k: tuple(v) if isinstance(v, list) else v for k, v in pre.items() if k in DATA_KEYS and v is not None}
+    data = build(DataOverrides, {k: v for k, v in pre.items() if k in DATA_KEYS and v is not None},
+                 f"{cfg_path} pretrained_cfg").given()
     check_data(data, str(cfg_path))
     classes = cfg.get("num_classes", pre.get("num_classes"))
+    if classes not in (None, 0):  # 0: timm's headless model, whose head the spec's class count gives
+        classes = check_value(ZooSpec, "num_classes", classes, f"{cfg_path}")
     weights = next((folder / n for n in FOLDER_WEIGHTS if (folder / n).is_file()), None)
     if weights is None:
         raise UserError(f"{folder} has {CONFIG_NAME} but no {' or '.join(FOLDER_WEIGHTS)}")
-    return SavedConfig(arch, args, data, int(classes) if classes else None, weights)
+    return SavedConfig(arch, args, data, classes or None, weights)
 
 
 def check_arch(arch: str, who: str) -> None:

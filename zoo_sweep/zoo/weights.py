@@ -50,6 +50,20 @@ class HashCache:
         self._dirty = True
         return digest
 
+    def nonfinite(self, path: str | Path) -> tuple[int, int] | None:
+        """(NaN or infinite values, floating-point values) in a weights file's state dict, remembered beside its
+        hash for the same file version; None where this machine cannot tell (a torch.save file without torch)."""
+        p = Path(path).resolve()
+        self.get(p)  # the entry of this file version, hashed if it is new
+        hit = self._known[str(p)]
+        if len(hit) >= 5:
+            return hit[3], hit[4]
+        counts = count_nonfinite(p)
+        if counts is not None:
+            self._known[str(p)] = [*hit[:3], *counts]
+            self._dirty = True
+        return counts
+
     def save(self) -> None:
         if self._dirty and self.path is not None:
             known = self._known
@@ -65,6 +79,30 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _safetensors_layout(f, size: int) -> tuple[int, dict] | str:
+    """(header length, tensors: name -> {dtype, shape, data_offsets}) of an open safetensors file, or why it
+    is not one. The header is JSON written by anyone: every part of it is checked before it is used."""
+    head = f.read(8)
+    if len(head) < 8:
+        return f"{size} bytes, shorter than a safetensors header"
+    (n,) = struct.unpack("<Q", head)
+    if n > size - 8:
+        return f"truncated: its header needs {n} bytes, the file has {size - 8} after the length"
+    try:
+        meta = json.loads(f.read(n))
+    except (ValueError, RecursionError):
+        return "not a safetensors file: its header is not JSON"
+    if not isinstance(meta, dict):
+        return f"not a safetensors file: its header is a JSON {type(meta).__name__}, not an object"
+    tensors = {k: v for k, v in meta.items() if k != "__metadata__"}
+    for k, v in tensors.items():
+        offsets = v.get("data_offsets") if isinstance(v, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1]):
+            return f"not a safetensors file: tensor {str(k)[:60]!r} has no valid data_offsets"
+    return n, tensors
+
+
 def check_whole(path: str | Path) -> str | None:
     """Why a weights file cannot be whole (truncated, or not a weights file), or None. Reads only headers:
     safetensors states its data length, and torch.save writes a zip whose directory sits at the end."""
@@ -73,14 +111,11 @@ def check_whole(path: str | Path) -> str | None:
         size = p.stat().st_size
         if p.suffix == ".safetensors":
             with open(p, "rb") as f:
-                head = f.read(8)
-                if len(head) < 8:
-                    return f"{size} bytes, shorter than a safetensors header"
-                (n,) = struct.unpack("<Q", head)
-                if n > size - 8:
-                    return f"truncated: its header needs {n} bytes, the file has {size - 8} after the length"
-                meta = json.loads(f.read(n))
-            end = max((v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"), default=0)
+                layout = _safetensors_layout(f, size)
+            if isinstance(layout, str):
+                return layout
+            n, tensors = layout
+            end = max((v["data_offsets"][1] for v in tensors.values()), default=0)
             if 8 + n + end != size:
                 return f"truncated: the header describes {8 + n + end} bytes, the file has {size}"
             return None
@@ -99,6 +134,69 @@ def check_whole(path: str | Path) -> str | None:
         return f"unreadable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
 
 
+# the exponent bits of each floating-point format: all set means NaN or infinite, whatever the other bits
+_EXPONENT = {"F64": ("<u8", 0x7FF0000000000000), "F32": ("<u4", 0x7F800000), "F16": ("<u2", 0x7C00),
+             "BF16": ("<u2", 0x7F80)}
+
+
+def count_nonfinite(path: str | Path) -> tuple[int, int] | None:
+    """(NaN or infinite values, floating-point values) of a weights file's state dict (a training checkpoint's
+    optimizer state is not counted); None where it cannot be told here: a torch.save file without torch, or a
+    file torch cannot read (loading it at launch says why). A model with such weights computes NaN, so its
+    accuracy is that of always answering one class: worth its own warning at plan, not the chance-level one."""
+    import numpy as np
+
+    p = Path(path)
+    if p.suffix == ".safetensors":
+        with open(p, "rb") as f:
+            layout = _safetensors_layout(f, p.stat().st_size)
+        if isinstance(layout, str):
+            return None
+        n, tensors = layout
+        data = np.memmap(p, dtype=np.uint8, mode="r", offset=8 + n) if p.stat().st_size > 8 + n else None
+        bad = total = 0
+        for v in tensors.values():
+            if v.get("dtype") not in _EXPONENT or data is None:
+                continue
+            kind, mask = _EXPONENT[v["dtype"]]
+            values = data[v["data_offsets"][0]:v["data_offsets"][1]]
+            values = values[:len(values) - len(values) % np.dtype(kind).itemsize].view(kind)
+            for i in range(0, len(values), 1 << 24):  # bounded temporaries for a tensor of gigabytes
+                part = values[i:i + (1 << 24)]
+                bad += int(np.count_nonzero((part & mask) == mask))
+            total += len(values)
+        return bad, total
+    try:
+        import torch
+    except ImportError:
+        return None
+    try:
+        state = _torch_load(p, mmap=zipfile.is_zipfile(p))
+        state = unwrap(state, str(p))
+    except Exception:
+        return None
+    bad = total = 0
+    for t in state.values():
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            try:
+                finite = int(torch.isfinite(t).sum())
+            except RuntimeError:  # a dtype without isfinite (float8): counted in float32
+                finite = int(torch.isfinite(t.float()).sum())
+            bad += t.numel() - finite
+            total += t.numel()
+    return bad, total
+
+
+def _torch_load(path, mmap: bool = False):
+    """torch.load of tensors, plain containers and argparse.Namespace only: nothing unpickled can run code."""
+    import argparse
+
+    import torch
+
+    with torch.serialization.safe_globals([argparse.Namespace]):  # timm's train.py stores its args
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
 def require_whole(path: str | Path, who: str) -> None:
     if not Path(path).is_file():
         raise UserError(f"the weights {path} of {who} are not there (no such file)")
@@ -111,18 +209,13 @@ def require_whole(path: str | Path, who: str) -> None:
 def load_state(path: str) -> dict:
     """A state dict from any of the layouts in WRAPPER_KEYS, from torch.save files (tensors, plain containers
     and argparse.Namespace only: nothing is unpickled that could run code) or safetensors."""
-    import argparse
-
-    import torch
-
     try:
         if str(path).endswith(".safetensors"):
             from safetensors.torch import load_file
 
             state = load_file(path)
         else:
-            with torch.serialization.safe_globals([argparse.Namespace]):  # timm's train.py stores its args
-                state = torch.load(path, map_location="cpu", weights_only=True)
+            state = _torch_load(path)
     except Exception as e:  # truncated, or objects other than tensors: say which file, not pickle internals
         first = (str(e).strip().splitlines() or [""])[0]
         hint = ("; it holds objects other than tensors: save model.state_dict() alone"
