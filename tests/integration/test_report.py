@@ -266,6 +266,12 @@ def test_synthetic_report_has_every_panel(synth):
     assert diffs.loc[0, "delta"] == "distinguishable"
     assert any("distinguishable" in f for f in rep.findings)
     assert synth["features_built"] == 1  # once for every method's ranking and held-out check
+    # the teacher's side beside the student's: the synthetic delta grows with the teacher's accuracy
+    corr = pd.read_csv(out / "correlations.csv").set_index(["method", "property"])
+    assert corr.loc[("kl_dp", "teacher accuracy"), "spearman_lo"] > 0
+    assert corr.loc[("kl_dp", "log10 teacher params"), "pairs"] > 0
+    eta = corr.xs("teacher x student family", level="property")["eta"]
+    assert ((eta >= 0) & (eta <= 1)).all() and corr["eta"].notna().sum() == 3 * 2  # 3 categories x 2 methods
     # an older sweep: no controls and one seed. The report says once that gains cannot be told from continued
     # training, and draws no epoch panel; the rest reads as before
     from html import escape

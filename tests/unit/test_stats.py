@@ -355,3 +355,19 @@ def test_t_quantile_matches_scipy():
 def test_ci_method_defaults_to_bootstrap():
     assert stats.CI(1.0, 0.0, 2.0, 3).method == "bootstrap"
     assert stats.bootstrap_mean([1.0, 2.0, 3.0]).method == "bootstrap"
+
+
+def test_correlation_ratio_against_its_definition():
+    rng = np.random.default_rng(5)
+    g = np.array(["a"] * 10 + ["b"] * 15 + ["c"] * 5)
+    y = rng.normal(size=30) + (g == "b") * 2.0
+    ci = stats.bootstrap_eta(g, y, n_boot=300)
+    means = {k: y[g == k].mean() for k in "abc"}
+    between = sum((g == k).sum() * (means[k] - y.mean()) ** 2 for k in "abc")
+    assert ci.estimate == pytest.approx(np.sqrt(between / ((y - y.mean()) ** 2).sum()))
+    assert 0 <= ci.lo <= ci.estimate <= ci.hi <= 1 and ci.n == 30
+    two = g != "c"  # two groups: the absolute point-biserial correlation
+    r = np.corrcoef((g[two] == "b").astype(float), y[two])[0, 1]
+    assert stats.bootstrap_eta(g[two], y[two], n_boot=50).estimate == pytest.approx(abs(r))
+    assert np.isnan(stats.bootstrap_eta(["a"] * 5, y[:5]).estimate)  # one group explains nothing to compare
+    assert stats.bootstrap_eta(g, y, n_boot=300) == ci  # seeded

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from zoo_sweep.report.plots import ci_yerr, decorate, save, subplots
-from zoo_sweep.report.tables import PROPERTIES
+from zoo_sweep.report.tables import CATEGORIES, PROPERTIES
 from zoo_sweep.science import stats
 
 FAMILY_COLORS = {"cnn": "C0", "transformer": "C1", "mlp": "C2"}
@@ -120,26 +120,33 @@ def plot_success(tp, fam, colors, path) -> Path:
     return save(fig, path)
 
 
+FAMILY = {side: CATEGORIES[f"{side} family"] for side in ("student", "teacher")}
+
+
 def plot_properties(tp, colors, path) -> Path:
-    fig, axes = subplots(3, figsize=(13, 4.2), sharey=True)
-    fams = sorted(tp["student_family"].fillna("unknown").unique())
+    """Δ against each side's size, family and accuracy: the students' row, then the teachers'."""
+    import matplotlib.pyplot as plt
+
+    fig, grid = plt.subplots(2, 3, figsize=(13, 8.2), sharey=True)
     methods = sorted(tp["method"].unique())
-    for j, (method, g) in enumerate(tp.groupby("method", sort=True)):
-        c = colors.get(method, "C7")
-        for ax, name in ((axes[0], "log10 student params"), (axes[2], "student accuracy")):
-            x = PROPERTIES[name](g)
-            r = stats.spearman(x, g["delta"])
-            ax.scatter(x, g["delta"], s=16, alpha=0.7, color=c, label=f"{method}: ρ = {r:.2f}")
-        xf = g["student_family"].fillna("unknown").map({f: i for i, f in enumerate(fams)}).astype(float)
-        off = (j - (len(methods) - 1) / 2) * 0.8 / max(1, len(methods))
-        axes[1].scatter(xf + off + np.random.default_rng(j).uniform(-0.05, 0.05, len(g)), g["delta"], s=16,
-                        alpha=0.7, color=c, label=method)
-    axes[1].set_xticks(range(len(fams)), fams)
-    axes[0].set_ylabel(_DELTA_LABEL)
-    for ax, xlabel in zip(axes, ("student size: log10(parameters)", "student family", "student accuracy [%]")):
-        ax.axhline(0, color="k", lw=0.8)
-        decorate(ax, xlabel, legend={"fontsize": 7})
-    fig.suptitle("Which students gain?")
+    for axes, side in zip(grid, ("student", "teacher")):
+        fams = sorted(FAMILY[side](tp).unique())
+        for j, (method, g) in enumerate(tp.groupby("method", sort=True)):
+            c = colors.get(method, "C7")
+            for ax, name in ((axes[0], f"log10 {side} params"), (axes[2], f"{side} accuracy")):
+                x = PROPERTIES[name](g)
+                r = stats.spearman(x, g["delta"])
+                ax.scatter(x, g["delta"], s=16, alpha=0.7, color=c, label=f"{method}: ρ = {r:.2f}")
+            xf = FAMILY[side](g).map({f: i for i, f in enumerate(fams)}).astype(float)
+            off = (j - (len(methods) - 1) / 2) * 0.8 / max(1, len(methods))
+            axes[1].scatter(xf + off + np.random.default_rng(j).uniform(-0.05, 0.05, len(g)), g["delta"], s=16,
+                            alpha=0.7, color=c, label=method)
+        axes[1].set_xticks(range(len(fams)), fams)
+        axes[0].set_ylabel(_DELTA_LABEL)
+        for ax, xlabel in zip(axes, (f"{side} size: log10(parameters)", f"{side} family", f"{side} accuracy [%]")):
+            ax.axhline(0, color="k", lw=0.8)
+            decorate(ax, xlabel, legend={"fontsize": 7})
+    fig.suptitle("Which students gain, and from which teachers?")
     return save(fig, path)
 
 

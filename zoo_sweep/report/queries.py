@@ -44,7 +44,8 @@ SQL = {
                avg(r.transfer_rate_class) as transfer_rate_class,
                avg(r.s0_acc) as student_acc, max(p.acc_gap) as acc_gap, max(p.rho_pos) as rho_pos,
                max(p.rho_neg) as rho_neg, max(ms.family) as student_family,
-               max(ms.params) as student_params, max(mt.family) as teacher_family
+               max(ms.params) as student_params, max(mt.family) as teacher_family,
+               max(mt.params) as teacher_params, max(p.acc_teacher) as teacher_acc
         from transfer_results r
         join sweep_jobs sj on sj.job_id = r.job_id
         left join pairs p on p.eval_set = r.eval_set and p.student = r.student and p.teacher = r.teacher

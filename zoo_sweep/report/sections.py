@@ -170,12 +170,15 @@ def students(d: ReportData) -> tuple[str, list]:
                        "95 % intervals.",
                        figures.plot_success(tp, families, colors, out / "student_success.png") if len(tp) else None))
     items.append(report_table("families", "Transfer by student family", families, ["transfer_pairs"], d.boot_note))
-    items.append(Panel("student_properties", "Student properties against transfer delta",
-                       "Student size (parameters, log scale), family and accuracy against delta; the "
-                       "legend gives Spearman's ρ per method.",
+    items.append(Panel("student_properties", "Student and teacher properties against transfer delta",
+                       "Top: the student's size (parameters, log scale), family and accuracy against delta; bottom: "
+                       "the teacher's. The legend gives Spearman's ρ per method.",
                        figures.plot_properties(tp, colors, out / "student_properties.png") if len(tp) else None))
-    items.append(report_table("correlations", "Correlation of student and pair properties with transfer delta",
-                              tables.correlations(tp, kw), ["transfer_pairs"], d.boot_note))
+    items.append(report_table("correlations", "Correlation of student, teacher and pair properties with transfer "
+                              "delta", tables.correlations(tp, kw), ["transfer_pairs"],
+                              "pearson, spearman: numeric properties; eta: the correlation ratio of a category "
+                              "(family, or the teacher -> student family combination), the share of delta's spread "
+                              f"it explains, square-rooted; {d.boot_note}"))
     return "Students", items
 
 

@@ -331,21 +331,51 @@ def families(tp, kw) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-PROPERTIES = {"log10 student params": lambda d: np.log10(d["student_params"].astype(float).where(lambda p: p > 0)),
-              "student accuracy": lambda d: d["student_acc"].astype(float),
-              "accuracy gap": lambda d: d["acc_gap"].astype(float),
-              "rho_pos": lambda d: d["rho_pos"].astype(float)}
+def _num(col: str):
+    """A numeric column as floats; all NaN where the rows lack it (rows of an older query)."""
+    return lambda d: (pd.to_numeric(d[col], errors="coerce").astype(float) if col in d
+                      else pd.Series(np.nan, index=d.index))
+
+
+def _log10(col: str):
+    return lambda d: np.log10(_num(col)(d).where(lambda p: p > 0))
+
+
+def _family(col: str):
+    return lambda d: d[col].fillna("unknown").astype(str) if col in d else pd.Series("unknown", index=d.index)
+
+
+# what predicts a pair's Δ, the student's side and the teacher's (the paper studies both); a column a store of
+# an older layout lacks gives an empty row
+PROPERTIES = {"log10 student params": _log10("student_params"),
+              "student accuracy": _num("student_acc"),
+              "log10 teacher params": _log10("teacher_params"),
+              "teacher accuracy": _num("teacher_acc"),
+              "accuracy gap": _num("acc_gap"),
+              "rho_pos": _num("rho_pos")}
+# categorical properties: the correlation ratio η (how much of Δ's spread the category explains)
+CATEGORIES = {"student family": _family("student_family"),
+              "teacher family": _family("teacher_family"),
+              "teacher x student family": lambda d: _family("teacher_family")(d) + " -> " + _family("student_family")(d)}
 
 
 def correlations(tp, kw) -> pd.DataFrame:
-    cols = ["method", "property", "pairs"] + with_ci(["pearson", "spearman"])
+    cols = ["method", "property", "pairs"] + with_ci(["pearson", "spearman", "eta"])
     rows = []
     for method, g in (tp.groupby("method", sort=True) if len(tp) else []):
+        delta = g["delta"].astype(float)
         for name, f in PROPERTIES.items():
             x = f(g)
-            row = {"method": method, "property": name, "pairs": int((x.notna() & g["delta"].notna()).sum())}
-            ci_cols(row, "pearson", stats.bootstrap_corr(x, g["delta"], "pearson", **kw))
-            ci_cols(row, "spearman", stats.bootstrap_corr(x, g["delta"], "spearman", **kw))
+            row = {"method": method, "property": name, "pairs": int((x.notna() & delta.notna()).sum())}
+            ci_cols(row, "pearson", stats.bootstrap_corr(x, delta, "pearson", **kw))
+            ci_cols(row, "spearman", stats.bootstrap_corr(x, delta, "spearman", **kw))
+            ci_cols(row, "eta", stats.NAN_CI)
+            rows.append(row)
+        for name, f in CATEGORIES.items():
+            row = {"method": method, "property": name, "pairs": int(delta.notna().sum())}
+            ci_cols(row, "pearson", stats.NAN_CI)
+            ci_cols(row, "spearman", stats.NAN_CI)
+            ci_cols(row, "eta", stats.bootstrap_eta(f(g), delta, **kw))
             rows.append(row)
     return pd.DataFrame(rows, columns=cols)
 

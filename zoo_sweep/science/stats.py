@@ -357,6 +357,34 @@ def bootstrap_corr(x, y, method: str = "spearman", n_boot: int = N_BOOT, level: 
     return _interval(_pearson(x[None], y[None])[0], _pearson(bx, by), int(x.size), level)
 
 
+def bootstrap_eta(groups, y, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = SEED) -> CI:
+    """The correlation ratio η of ``y`` on a categorical ``groups`` (e.g. a model family): sqrt(between-group
+    sum of squares / total), the share of y's spread its group explains, in [0, 1]; for two groups it is the
+    absolute point-biserial correlation. Rows resampled; NaN in y dropped."""
+    y = np.asarray(y, dtype=float)
+    g = np.asarray(groups, dtype=object).astype(str)
+    keep = ~np.isnan(y)
+    y, g = y[keep], g[keep]
+    codes, names = _codes(g)
+    if y.size < 3 or len(names) < 2 or np.ptp(y) == 0:
+        return CI(float("nan"), float("nan"), float("nan"), int(y.size))
+    k = len(names)
+
+    def eta(c: np.ndarray, v: np.ndarray) -> np.ndarray:  # rows of resamples (b x n)
+        b = c.shape[0]
+        flat = (c + k * np.arange(b)[:, None]).ravel()
+        n = np.bincount(flat, minlength=b * k).reshape(b, k)
+        sums = np.bincount(flat, weights=v.ravel(), minlength=b * k).reshape(b, k)
+        mean = v.mean(axis=1, keepdims=True)
+        between = (sums ** 2 / np.maximum(n, 1)).sum(axis=1) - v.shape[1] * mean[:, 0] ** 2
+        total = ((v - mean) ** 2).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.sqrt(np.clip(np.where(total > 0, between / total, np.nan), 0, 1))
+
+    idx = resample_indices(y.size, n_boot, seed)
+    return _interval(eta(codes[None], y[None])[0], eta(codes[idx], y[idx]), int(y.size), level)
+
+
 def _pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     x = x - x.mean(axis=1, keepdims=True)
     y = y - y.mean(axis=1, keepdims=True)
