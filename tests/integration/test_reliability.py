@@ -95,23 +95,3 @@ def test_always_failing_job_ends_failed_and_the_rest_finishes(micro, tmp_path):
     assert "cannot read weights" in by_model["vit_micro"][2]  # kept for `zoo-sweep status`
     assert by_model["cnn_micro"][0] == "done" and by_model["mlp_micro"][0] == "done"
     assert "failed p-" in r.stdout
-
-
-def test_ctrl_c_marks_jobs_interrupted_and_they_run_next_time(micro, tmp_path):
-    spec, db = spec_and_path(tmp_path, "interrupted", 2), tmp_path / "i.db"  # 8 transfer jobs
-    proc = _launcher(micro, db, spec)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        if sqlite_rows_so_far(db, "select id from jobs where kind = 'transfer' and state = 'running'"):
-            break
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, out
-    assert "interrupted" in out
-    states = dict(sqlite_rows(db, "select state, count(*) from jobs where kind = 'transfer' group by state"))
-    assert states.get("interrupted", 0) >= 1 and "running" not in states
-    r = run_cli("--db", f"sqlite:///{db}", "--home", micro["home"], "launch", str(spec), "--address",
-                micro["address"], "--no-progress")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert sqlite_rows(db, "select count(*) from transfer_results where final") == [(8,)]
