@@ -66,7 +66,7 @@ data = {{ mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225] }}
 [zoo.model.cnn-seed1-badprep]
 checkpoint = "{ckpt}/cnn-seed1.pth"
 kwargs = {{ channels = [8, 16, 24, 32], stem_width = 8 }}
-data = {{ std = [1e9, 1e9, 1e9] }}
+data = {{ mean = [1.0, 1.0, 1.0], std = [10.0, 10.0, 10.0] }}
 
 [data]
 eval = "imagefolder:{data}/val"
@@ -80,6 +80,7 @@ teachers = ["vit32"]
 
 [transfer]
 methods = ["kl_dp"]
+controls = []
 epochs = 1
 batch_size = 128
 
@@ -153,7 +154,7 @@ def test_changing_one_models_preprocessing_reruns_exactly_its_jobs(own_zoo, ray_
     z = own_zoo
     cli = ("--db", z["db"], "--home", z["home"])
     spec = z["spec"].read_text().replace('name = "own-zoo"', 'name = "own-zoo-fixed"')
-    spec = spec.replace("data = { std = [1e9, 1e9, 1e9] }", "data = { std = [0.5, 0.5, 0.5] }")
+    spec = spec.replace("data = { mean = [1.0, 1.0, 1.0], std = [10.0, 10.0, 10.0] }", "data = { std = [0.5, 0.5, 0.5] }")
     changed = z["root"] / "own-zoo-fixed.toml"
     changed.write_text(spec)
     r = run_cli(*cli, "launch", str(changed), "--address", ray_address, "--no-progress", timeout=900)

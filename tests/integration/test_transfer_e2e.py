@@ -2,6 +2,8 @@
 exploding learning rate recorded as 'diverged'. Uses the session's micro zoo and Ray cluster, its own store."""
 
 
+import dataclasses
+
 from zoo_sweep.config.spec import parse_spec
 from zoo_sweep.data.images import load_image_set
 from zoo_sweep.pipeline.launch import LaunchOptions, launch_sweep
@@ -36,8 +38,10 @@ def test_multi_teacher_jobs_land_in_the_store(micro, tmp_path):
 
 
 def test_exploding_learning_rate_is_a_diverged_job(micro):
-    plan = make_plan(spec_and_path("micro-explode", lr=1e12), micro["paths"])
+    plan = make_plan(spec_and_path("micro-explode"), micro["paths"])
     job = plan.transfer_jobs[0]
+    # a spec cannot ask for it (lr <= 10), but a run can still blow up: the job's own settings, changed here
+    job = job.but(payload=dataclasses.replace(job.payload, hp={**job.payload.hp, "lr": 1e12}))
     rec = {p.payload.model.name: load_record(micro["paths"].records / f"{p.id}.npz") for p in plan.predict_jobs}
     labels = load_image_set("digits:eval", 32, micro["paths"].cache).labels.numpy()
     inputs = {"s0_correct": rec[job.payload.student.name]["pred"] == labels,

@@ -31,7 +31,7 @@ def test_plan_time_checks_need_the_class_count_or_the_zoo(tmp_path, transfer, me
 
 
 def test_multi_teacher_jobs_and_per_method_parameters(tmp_path):
-    plan = _plan(tmp_path, transfer={"methods": ["kl", "xekl_mcl"], "mcl_top_k": 5, "top_k": 3,
+    plan = _plan(tmp_path, transfer={"methods": ["kl", "xekl_mcl"], "mcl_top_k": 5, "top_k": 3, "controls": [],
                                      "multi_teacher": ["parallel", "sequential_asc", "soup"],
                                      "multi_students": ["cnn_micro"]})
     payloads = [j.payload.to_dict() for j in plan.transfer_jobs]

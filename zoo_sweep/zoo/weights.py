@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import sys
 import zipfile
 from pathlib import Path
 
@@ -141,8 +142,8 @@ _EXPONENT = {"F64": ("<u8", 0x7FF0000000000000), "F32": ("<u4", 0x7F800000), "F1
 
 def count_nonfinite(path: str | Path) -> tuple[int, int] | None:
     """(NaN or infinite values, floating-point values) of a weights file's state dict (a training checkpoint's
-    optimizer state is not counted); None where it cannot be told here: a torch.save file without torch, or a
-    file torch cannot read (loading it at launch says why). A model with such weights computes NaN, so its
+    optimizer state is not counted); None where it cannot be told here: a torch.save file in a process that has
+    not loaded torch, or a file torch cannot read (loading it at launch says why). A model with such weights computes NaN, so its
     accuracy is that of always answering one class: worth its own warning at plan, not the chance-level one."""
     import numpy as np
 
@@ -166,9 +167,8 @@ def count_nonfinite(path: str | Path) -> tuple[int, int] | None:
                 bad += int(np.count_nonzero((part & mask) == mask))
             total += len(values)
         return bad, total
-    try:
-        import torch
-    except ImportError:
+    torch = sys.modules.get("torch")
+    if torch is None:  # a plan that has not loaded torch (a dry run on a login node) does not load it for this
         return None
     try:
         state = _torch_load(p, mmap=zipfile.is_zipfile(p))
