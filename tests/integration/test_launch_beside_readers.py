@@ -25,7 +25,7 @@ def _launcher(micro, db, spec, **env):
     return subprocess.Popen([str(BIN / "zoo-sweep"), "--db", f"sqlite:///{db}", "--home", micro["home"], "launch",
                              str(spec), "--address", micro["address"], "--no-progress"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **env})
+                            env={**os.environ, "ZOO_SWEEP_SQLITE_WAL": "1", **env})
 
 
 def _until_a_transfer_runs(proc, db) -> None:

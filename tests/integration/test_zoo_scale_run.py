@@ -39,6 +39,6 @@ def test_a_head_that_does_not_fit_the_eval_classes_is_rejected_at_plan_time(tmp_
         (root / c).mkdir(parents=True)
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / c / "0.png")
     spec = parse_spec({"name": "y", "zoo": {"source": "digits", "recipe": "micro"},
-                       "data": {"eval": f"imagefolder:{root}", "transfer": "digits:transfer"}})
+                       "data": {"eval": f"imagefolder:{root}", "transfer": f"imagefolder:{root}"}})
     with pytest.raises(UserError, match=r"\(10 classes\).*the 3 classes of imagefolder:"):
         make_plan(spec, Paths(tmp_path))

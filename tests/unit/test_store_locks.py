@@ -27,6 +27,7 @@ def _store(tmp_path, monkeypatch, wait_s: float | None = None, network: bool = F
     if wait_s is not None:
         monkeypatch.setenv(store_mod.LOCK_WAIT_ENV, str(wait_s))
     monkeypatch.setattr(store_mod, "network_fs", lambda path: network)
+    monkeypatch.setenv(store_mod.WAL_ENV, "1")  # WAL is asked for (the default keeps the rollback journal)
     db = tmp_path / "zoo.db"
     store = Store(f"sqlite:///{db}")
     store.write_plan({"name": "s", "spec": "{}", "spec_hash": "h", "path": None}, [],
