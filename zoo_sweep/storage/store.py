@@ -171,8 +171,12 @@ class Store:
         SQLite's default rollback journal a long read holds the launcher's commit until it gives up). On a
         network filesystem WAL is unsafe (its index is shared memory, which hosts do not share): the rollback
         journal stays there. The mode is kept in the file, so this runs once per opening for writing."""
-        wanted = os.environ.get(WAL_ENV) == "1"
-        mode = "wal" if wanted and not network_fs(self._path) else "delete"
+        if network_fs(self._path):
+            mode = "delete"
+        elif os.environ.get(WAL_ENV) == "1":
+            mode = "wal"
+        else:
+            return  # the mode the file has: a store once put in WAL stays so (switching back waits for readers)
         with self.engine.connect() as conn:
             conn.exec_driver_sql(f"PRAGMA journal_mode = {mode}")
 
