@@ -16,11 +16,19 @@ def digits(tmp_path_factory):
     return cache, load_image_set("digits:eval", 32, cache), load_image_set("digits:transfer", 32, cache)
 
 
-def test_digits_split_by_source_image(digits):
+def test_digits_split_by_source_image(digits, tmp_path):
     _, ev, tr = digits
-    assert set(ev.source_ids.tolist()).isdisjoint(tr.source_ids.tolist())  # no source digit in both
-    assert len(set(ev.source_ids.tolist()) | set(tr.source_ids.tolist())) == 1797
-    assert len(ev) == count_images("digits:eval", 32) and len(tr) == count_images("digits:transfer", 32)
+    val = load_image_set("digits:val", 32, tmp_path)
+    sources = [set(s.source_ids.tolist()) for s in (ev, val, tr)]
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert sources[i].isdisjoint(sources[j])  # no source digit in two splits
+    assert len(set().union(*sources)) == 1797
+    assert [len(s) for s in sources] == [719, 180, 898]  # 40 %, 10 %, the rest
+    for ref, s in (("digits:eval", ev), ("digits:val", val), ("digits:transfer", tr)):
+        assert len(s) == count_images(ref, 32)
+    with pytest.raises(UserError, match="splits 'eval', 'val', 'transfer'"):
+        load_image_set("digits:test", 32, tmp_path)
     assert ev.images.dtype == torch.uint8 and ev.images.shape[1:] == (3, 32, 32)
     assert sorted(set(ev.labels.tolist())) == list(range(10))
 

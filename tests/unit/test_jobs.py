@@ -18,7 +18,7 @@ from zoo_sweep.pipeline.jobs import (
     PredictPayload,
     TransferPayload,
 )
-from zoo_sweep.pipeline.plan import is_control, load_sweep, make_plan
+from zoo_sweep.pipeline.plan import is_control, load_sweep, make_plan, run_order
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = json.loads((Path(__file__).parent / "data" / "job_ids.json").read_text())
@@ -121,6 +121,12 @@ def test_controls_run_once_per_student_and_seed_with_the_sweeps_training(tmp_pat
     for j in controls:
         for k in pairs:
             assert {c: j.payload.hp.get(c) for c in common} == {c: k.payload.hp.get(c) for c in common}
+
+
+def test_a_launch_runs_controls_first_then_one_seed_at_a_time(tmp_path):
+    plan = _plan(tmp_path, micro_spec(transfer={"seeds": [2, 0, 1], "controls": ["labels"]}))
+    ran = [(is_control(j), j.payload.seed) for j in sorted(plan.transfer_jobs, key=run_order)]
+    assert ran == [(True, s) for _, s in ran[:9]] + [(False, s) for s in (0,) * 12 + (1,) * 12 + (2,) * 12]
 
 
 def test_controls_follow_the_students_the_pairs_pick(tmp_path):

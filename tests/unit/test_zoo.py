@@ -1,6 +1,7 @@
 """Zoo selection and weights: names and patterns, families, and real timm loading from local files."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -144,3 +145,61 @@ def test_random_weights_are_the_same_network_in_every_process_and_differ_between
     # two models of one architecture (two names in the zoo) are two networks
     other = dataclasses.replace(a, name="resnet10t-b")
     assert not torch.equal(create(other).state_dict()["conv1.0.weight"], first["conv1.0.weight"])
+
+
+def test_shipped_weights_are_installed_instead_of_trained(tmp_path, monkeypatch):
+    """The package's shipped weights of a recipe (same recipe key) land in the cache instead of a training run;
+    a shipped file that does not match the checksum recorded beside it is trained again, not used."""
+    import timm
+
+    from zoo_sweep.zoo import digits, tiny_archs  # noqa: F401
+
+    shipped, cache = tmp_path / "shipped", tmp_path / "cache"
+    first, second = digits.recipes("micro")[:2]
+    state = timm.create_model(first.arch, num_classes=10, **first.model_kwargs()).state_dict()
+    built = digits.save_trained(first, tmp_path / "build", 32, state, {"eval_accuracy": 50.0})
+    shipped.mkdir()
+    for p in (built, built.with_suffix(".json")):
+        (shipped / p.name).write_bytes(p.read_bytes())
+    monkeypatch.setattr(digits, "SHIPPED", shipped)
+    entries = digits.digits_entries("micro", cache, 32)[:2]
+    todo, embedded = digits.to_build(entries, "micro", cache, 32)
+    assert todo == [second] and embedded == 2
+    assert digits.weights_path(first, cache, 32).read_bytes() == built.read_bytes()
+
+    damaged = bytearray(built.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    (shipped / built.name).write_bytes(bytes(damaged))
+    digits.weights_path(first, cache, 32).unlink()
+    assert digits.to_build(entries, "micro", cache, 32)[0] == [first, second]
+
+
+@pytest.mark.parametrize("cap, patience, drops, expect", [
+    (8, 2, 1, {"epochs": 5, "stopped": "plateau", "lr_drops": 1}),  # 2 epochs flat, drop, 2 more flat: stop
+    (3, 5, 2, {"epochs": 3, "stopped": "cap", "lr_drops": 0}),
+])
+def test_training_to_a_plateau_stops_by_its_rule(tmp_path, cap, patience, drops, expect):
+    """A model that cannot improve (learning rate 0, no batch statistics) has its best validation loss after the
+    first epoch: the rule then counts `patience` flat epochs before each drop and before it stops."""
+    import dataclasses
+
+    from zoo_sweep.zoo.digits import recipes, train_recipe
+
+    vit = next(r for r in recipes("micro") if r.arch.startswith("vit"))
+    frozen = dataclasses.replace(vit, lr=0.0, epochs=cap, patience=patience, lr_drops=drops)
+    state, info = train_recipe(frozen, str(tmp_path), 32)
+    assert {k: info[k] for k in expect} == expect and info["best_epoch"] == 1
+    assert 0 < info["val_accuracy"] < 100
+
+
+def test_every_default_recipe_ships_weights_made_from_it():
+    """A recipe edited without `make digits-weights` would install stale weights under a new name: never."""
+    from zoo_sweep.data.sets import DIGITS_VERSION
+    from zoo_sweep.zoo.digits import SHIPPED, recipes
+
+    for r in recipes("default"):
+        files = sorted(SHIPPED.glob(f"{r.name}-*.pth"))
+        assert len(files) == 1, f"{r.name}: {len(files)} shipped weights files"
+        info = json.loads(files[0].with_suffix(".json").read_text())
+        assert info["recipe"] == json.loads(json.dumps(dataclasses.asdict(r)))
+        assert info["digits_version"] == DIGITS_VERSION and 0 < info["eval_accuracy"] <= 100

@@ -246,8 +246,9 @@ def validate(spec: SweepSpec) -> None:
         raise UserError("[pairs] gap_bins must be at least two increasing edges")
     for ref in (spec.data.eval, spec.data.transfer):
         kind, _, arg = ref.partition(":")
-        if not (kind == "digits" and arg in ("eval", "transfer")) and not (kind == "imagefolder" and arg):
-            raise UserError(f"data set {ref!r} must be 'digits:eval', 'digits:transfer' or 'imagefolder:PATH'")
+        if not (kind == "digits" and arg in ("eval", "val", "transfer")) and not (kind == "imagefolder" and arg):
+            raise UserError(f"data set {ref!r} must be 'digits:eval', 'digits:val', 'digits:transfer' or "
+                            "'imagefolder:PATH'")
     if t.multi_teacher and not t.multi_students:
         raise UserError("[transfer] multi_teacher needs multi_students: the students that learn from all teachers")
     clash = sorted(set(t.multi_students) & set(t.teachers))

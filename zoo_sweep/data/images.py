@@ -27,10 +27,10 @@ import torch.nn.functional as F
 
 from zoo_sweep.data import cache
 from zoo_sweep.data.sets import (  # noqa: F401
-    DIGITS_EVAL_SHARE,
     DIGITS_SOURCES,
     DIGITS_VARIANTS,
     SUBSET_SEED,
+    digits_sources,
     folder_items,
     image_files,
     image_set_key,
@@ -173,17 +173,12 @@ def _digits(split: str, image_size: int) -> ImageSet:
     """
     from sklearn.datasets import load_digits
 
-    if split not in ("eval", "transfer"):
-        raise UserError(f"digits has the splits 'eval' and 'transfer', not {split!r}")
+    idx = digits_sources(split)
     X, y = load_digits(return_X_y=True)
-    rng = np.random.default_rng(1234)
-    order = rng.permutation(len(y))
-    n_eval = int(round(DIGITS_EVAL_SHARE * len(y)))
-    idx = np.sort(order[:n_eval] if split == "eval" else order[n_eval:])
     variants = DIGITS_VARIANTS[split]
     base = torch.tensor(X[idx], dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
     base = F.interpolate(base, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    gen = torch.Generator().manual_seed(7 if split == "eval" else 11)
+    gen = torch.Generator().manual_seed({"eval": 7, "val": 13, "transfer": 11}[split])
     out = [_distort(base, gen, strength=0.0 if v == 0 else 1.0) for v in range(variants)]
     imgs = torch.cat(out).clamp(0, 1)
     imgs = (imgs * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()

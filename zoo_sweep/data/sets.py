@@ -18,10 +18,13 @@ import numpy as np
 from zoo_sweep.errors import UserError
 from zoo_sweep.ids import content_id
 
-DIGITS_VERSION = 2  # bump when the digits split or distortions change: it is part of every cache key
+DIGITS_VERSION = 3  # bump when the digits split or distortions change: it is part of every cache key
 DIGITS_SOURCES = 1797  # scikit-learn's bundled digits
-DIGITS_EVAL_SHARE = 0.4  # of the source images; the rest is the transfer split
-DIGITS_VARIANTS = {"eval": 3, "transfer": 5}  # distorted copies per source image (the first undistorted)
+# Shares of the source images, in the order they are taken from one seeded permutation: eval first (the
+# measurement), then val (held out for the embedded zoo's early stopping), then transfer (the rest: the
+# zoo's training data, and the images transfer jobs train on).
+DIGITS_SPLITS = {"eval": 0.4, "val": 0.1, "transfer": None}
+DIGITS_VARIANTS = {"eval": 3, "val": 3, "transfer": 5}  # distorted copies per source image (the first undistorted)
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".JPEG")
 SUBSET_SEED = 1234  # the paper's random_state for its 10 % split of ImageNet train
 
@@ -97,13 +100,24 @@ def subset_positions(labels: np.ndarray, subset: float | int, seed: int = SUBSET
     return np.sort(test)
 
 
+def digits_sources(split: str) -> np.ndarray:
+    """The source-image indices (into scikit-learn's digits) of one digits split, sorted; splits never share one."""
+    order = np.random.default_rng(1234).permutation(DIGITS_SOURCES)
+    start = 0
+    for name, share in DIGITS_SPLITS.items():
+        n = DIGITS_SOURCES - start if share is None else int(round(share * DIGITS_SOURCES))
+        if name == split:
+            return np.sort(order[start:start + n])
+        start += n
+    raise UserError(f"digits has the splits {', '.join(map(repr, DIGITS_SPLITS))}, not {split!r}")
+
+
 def count_images(ref: str, image_size: int, class_map: str | None = None, subset: float | int | None = None,
                  subset_seed: int = SUBSET_SEED) -> int:
     """Number of samples without decoding anything (for estimates and dry runs)."""
     kind, _, arg = ref.partition(":")
     if kind == "digits":
-        n_eval = int(round(DIGITS_EVAL_SHARE * DIGITS_SOURCES))
-        n = (n_eval if arg == "eval" else DIGITS_SOURCES - n_eval) * DIGITS_VARIANTS.get(arg, 0)
+        n = len(digits_sources(arg)) * DIGITS_VARIANTS[arg]
     else:
         root = Path(arg)
         n = sum(1 for _ in image_files(root)) if root.is_dir() else 0

@@ -55,7 +55,7 @@ from zoo_sweep.pipeline.options import (  # noqa: F401  (LaunchOptions, parse_sh
     in_shard,
     parse_shard,
 )
-from zoo_sweep.pipeline.plan import Plan, make_plan, select_transfers, write_plan
+from zoo_sweep.pipeline.plan import Plan, make_plan, run_order, select_transfers, write_plan
 from zoo_sweep.pipeline.pool import Handlers, Pool, actor_shape
 from zoo_sweep.pipeline.results import plain, record_transfer  # noqa: F401  (re-exported)
 from zoo_sweep.science.records import load_record, save_record
@@ -427,6 +427,7 @@ class _Run:
         streams = self._plan_streams(todo)
         by_id = {j.id: j for j in todo}
         todo = [by_id[d["id"]] for d in streams.order([{"id": i} for i in by_id])]
+        todo.sort(key=run_order)  # stable: the logit streams' order holds within each group
 
         def inputs(job: Job) -> dict:
             p = job.payload

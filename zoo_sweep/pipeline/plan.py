@@ -237,6 +237,12 @@ def is_control(job: Job) -> bool:
     return m is not None and m.control
 
 
+def run_order(job: Job) -> tuple[int, int]:
+    """Sort key of a launch's transfer jobs: controls first (every result is read against them), then one seed
+    at a time, so a sweep stopped part-way has its yardstick and whole seeds, not a scatter of every seed."""
+    return (0, 0) if is_control(job) else (1, job.payload.seed)
+
+
 def multi_teacher_jobs(plan: Plan) -> list[Job]:
     """Every multi-teacher student x mode x seed; its rows name every teacher and the mode as the method."""
     t = plan.spec.transfer
