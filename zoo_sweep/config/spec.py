@@ -95,7 +95,7 @@ class ZooSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    eval: str = key("digits:eval", '"digits:eval", "digits:transfer" or "imagefolder:/path"')
+    eval: str = key("digits:eval", '"digits:eval", "digits:val", "digits:transfer" or "imagefolder:/path"')
     transfer: str = key("digits:transfer", "the transfer set, as eval")
     image_size: int = key(32, "decode-once cache resolution; each model's data config is applied on top",
                           ge=MIN_SIDE, le=MAX_SIDE)

@@ -169,46 +169,80 @@ def _digits(split: str, image_size: int) -> ImageSet:
     """scikit-learn's 1,797 real 8x8 digits, split by source image, upscaled, with deterministic distortions.
 
     Distortions enlarge the set and make it hard enough that tiny models disagree (accuracies spread
-    below 100 %), which is what makes complementary knowledge visible.
+    below 100 %), which is what makes complementary knowledge visible. Computed in float64 with NumPy's
+    elementwise arithmetic, which rounds the same on every processor (torch's vectorised kernels and its
+    normal sampler do not): every machine decodes the same pixels, so the zoo rebuilds the same everywhere.
     """
     from sklearn.datasets import load_digits
 
     idx = digits_sources(split)
     X, y = load_digits(return_X_y=True)
     variants = DIGITS_VARIANTS[split]
-    base = torch.tensor(X[idx], dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
-    base = F.interpolate(base, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    gen = torch.Generator().manual_seed({"eval": 7, "val": 13, "transfer": 11}[split])
-    out = [_distort(base, gen, strength=0.0 if v == 0 else 1.0) for v in range(variants)]
-    imgs = torch.cat(out).clamp(0, 1)
-    imgs = (imgs * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    base = _upscale(X[idx].reshape(-1, 8, 8) / 16.0, image_size)
+    rng = np.random.default_rng({"eval": 7, "val": 13, "transfer": 11}[split])
+    out = [_distort(base, rng, strength=0.0 if v == 0 else 1.0) for v in range(variants)]
+    pixels = np.floor(np.clip(np.concatenate(out), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    imgs = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(pixels[:, None], (len(pixels), 3) + pixels.shape[1:])))
     labels = torch.tensor(y[idx], dtype=torch.int64).repeat(variants)
     source = torch.tensor(idx, dtype=torch.int64).repeat(variants)
     return ImageSet("", imgs, labels, [str(i) for i in range(10)], source)
 
 
-def _distort(x: torch.Tensor, gen: torch.Generator, strength: float) -> torch.Tensor:
-    """Random affine (rotation, scale, shear, shift), stroke noise and an occluding patch, seeded."""
-    n, _, h, w = x.shape
+def _upscale(x: np.ndarray, size: int) -> np.ndarray:
+    """N x h x w -> N x size x size, bilinear with pixel centres aligned (torch's align_corners=False)."""
+    def taps(n_in: int):
+        src = np.maximum((np.arange(size) + 0.5) * (n_in / size) - 0.5, 0.0)
+        lo = np.floor(src).astype(np.int64)
+        return lo, np.minimum(lo + 1, n_in - 1), src - lo
+
+    lo, hi, w = taps(x.shape[1])
+    x = x[:, lo, :] * (1 - w)[None, :, None] + x[:, hi, :] * w[None, :, None]
+    lo, hi, w = taps(x.shape[2])
+    return x[:, :, lo] * (1 - w)[None, None, :] + x[:, :, hi] * w[None, None, :]
+
+
+def _distort(x: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Random affine (rotation, scale, shear, shift), stroke noise and an occluding patch, seeded: N x S x S."""
+    n, h, w = x.shape
 
     def u(lo, hi):
-        return lo + (hi - lo) * torch.rand(n, generator=gen)
+        return lo + (hi - lo) * rng.random(n)
 
     ang = u(-0.45, 0.45) * strength
     scale = 1 + u(-0.2, 0.15) * strength
     shear = u(-0.3, 0.3) * strength
     tx, ty = u(-0.15, 0.15) * strength, u(-0.15, 0.15) * strength
-    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
-    theta = torch.stack([torch.stack([cos, -sin + shear, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
-    x = x + 0.18 * strength * torch.randn(x.shape, generator=gen)
+    cos = np.array([math.cos(a) for a in ang]) / scale  # the C library's, not a vectorised one
+    sin = np.array([math.sin(a) for a in ang]) / scale
+    # each output pixel's centre in [-1, 1], mapped by the affine, then back to input pixel coordinates
+    gx = ((2 * np.arange(w) + 1) / w - 1)[None, None, :]
+    gy = ((2 * np.arange(h) + 1) / h - 1)[None, :, None]
+    c, s_, sh = cos[:, None, None], sin[:, None, None], shear[:, None, None]
+    ix = ((c * gx + (sh - s_) * gy + tx[:, None, None]) + 1) * w / 2 - 0.5
+    iy = ((s_ * gx + c * gy + ty[:, None, None]) + 1) * h / 2 - 0.5
+    x = _sample(x, ix, iy)
+    x = x + 0.18 * strength * rng.standard_normal(x.shape)
     if strength > 0:  # an occluding block in a third of the images
         ph = h // 3
-        for i in torch.nonzero(torch.rand(n, generator=gen) < 0.35).flatten().tolist():
-            r, c = torch.randint(0, h - ph, (2,), generator=gen).tolist()
-            x[i, :, r:r + ph, c:c + ph] = 0.0
+        for i in np.nonzero(rng.random(n) < 0.35)[0]:
+            r, col = rng.integers(0, h - ph, 2)
+            x[i, r:r + ph, col:col + ph] = 0.0
     return x
+
+
+def _sample(x: np.ndarray, ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
+    """Bilinear samples of each image at (iy, ix), zero outside it (torch's grid_sample, zeros padding)."""
+    n, h, w = x.shape
+    x0, y0 = np.floor(ix).astype(np.int64), np.floor(iy).astype(np.int64)
+    fx, fy = ix - x0, iy - y0
+    rows = np.arange(n)[:, None, None]
+    out = np.zeros(ix.shape)
+    for dy, wy in ((0, 1 - fy), (1, fy)):
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            yy, xx = y0 + dy, x0 + dx
+            inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+            out += np.where(inside, x[rows, np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)], 0.0) * wy * wx
+    return out
 
 
 # ---------------------------------------------------------------- per-model transform, on the device

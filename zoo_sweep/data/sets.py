@@ -18,7 +18,7 @@ import numpy as np
 from zoo_sweep.errors import UserError
 from zoo_sweep.ids import content_id
 
-DIGITS_VERSION = 3  # bump when the digits split or distortions change: it is part of every cache key
+DIGITS_VERSION = 4  # bump when the digits split or distortions change: it is part of every cache key
 DIGITS_SOURCES = 1797  # scikit-learn's bundled digits
 # Shares of the source images, in the order they are taken from one seeded permutation: eval first (the
 # measurement), then val (held out for the embedded zoo's early stopping), then transfer (the rest: the

@@ -276,10 +276,10 @@ class _Run:
 
         size = self.spec.data.image_size
         self.cluster()
-        task = ray.remote(num_cpus=self.opts.cpus_per_job)(build_zoo_model)
+        task = ray.remote(num_cpus=1)(build_zoo_model)  # one thread: the portable arithmetic
         with self._progress() as prog:
             bar = prog.add_task("zoo: train embedded models", total=len(todo))
-            refs = {task.remote(r, str(self.paths.cache), size, self.opts.cpus_per_job): r for r in todo}
+            refs = {task.remote(r, str(self.paths.cache), size): r for r in todo}
             while refs:
                 ready, _ = ray.wait(list(refs), num_returns=1)
                 r = refs.pop(ready[0])

@@ -186,11 +186,9 @@ def compare_pairs(models: list[str], inputs: dict, device: str, cache_dir) -> di
     return {"state": "done", "pairs": df, "kernel": kern.describe()}
 
 
-def build_zoo_model(recipe, cache_dir: str, image_size: int, threads: int = 1):
-    """Train one embedded-zoo model (runs as a Ray task); returns (state_dict, info) to the driver."""
-    import torch
+def build_zoo_model(recipe, cache_dir: str, image_size: int):
+    """Train one embedded-zoo model (runs as a Ray task) with the portable arithmetic, on one core: the weights
+    any x86-64 processor builds from this recipe. Returns (state_dict, info) to the driver."""
+    from zoo_sweep.zoo.digits import train_portably
 
-    from zoo_sweep.zoo.digits import train_recipe
-
-    torch.set_num_threads(threads)
-    return train_recipe(recipe, cache_dir, image_size)
+    return train_portably(recipe, cache_dir, image_size)
