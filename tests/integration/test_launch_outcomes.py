@@ -85,7 +85,7 @@ def test_a_store_planned_with_another_home_runs_with_this_one(micro, tmp_path):
     assert not any(str(tmp_path) in p for (p,) in sqlite_rows(db, "select payload from jobs"))
     r = _launch(micro, db, home, spec, command="measure")
     assert r.exit_code == 0, r.output
-    assert sqlite_rows(db, "select count(*) from models where accuracy > 40") == [(3,)]
+    assert sqlite_rows(db, "select count(*) from models where accuracy > 25") == [(3,)]  # trained: chance is 10 %
     assert sqlite_rows(db, "select count(*) from pairs") == [(6,)]
 
 

@@ -304,7 +304,7 @@ def _hours(sec: float) -> str:
 
 # ---------------------------------------------------------------------- launch / measure
 def _launch(ctx, spec, until, gpus, cpus, address, gpus_per_job, cpus_per_job, max_retries, progress,
-            only_failed=False, limit=None, shard=None):
+            only_failed=False, limit=None, shard=None, tracking=None):
     from zoo_sweep.pipeline.launch import (
         LaunchOptions,
         parse_shard,
@@ -316,6 +316,8 @@ def _launch(ctx, spec, until, gpus, cpus, address, gpus_per_job, cpus_per_job, m
     from zoo_sweep.pipeline.plan import load_sweep
 
     s = load_sweep(spec)
+    if tracking is not None:
+        s = s.with_tracking(tracking)
     opts = LaunchOptions(gpus=gpus, cpus=cpus, address=address, gpus_per_job=gpus_per_job,
                          cpus_per_job=cpus_per_job, max_retries=max_retries, until=until, progress=progress,
                          only_failed=only_failed, limit=limit, shard=parse_shard(shard) if shard else None)
@@ -374,6 +376,9 @@ _PROG = typer.Option(True, "--progress/--no-progress", help="Live progress bars.
 _FAILED = typer.Option(False, "--only-failed", help="Rerun only failed jobs, each with a fresh retry budget.")
 _LIMIT = typer.Option(None, "--limit", help="Run at most this many transfer jobs (predict and compare always complete).")
 _SHARD = typer.Option(None, "--shard", help="i/K: run only shard i of K (array jobs on a shared store).")
+_TRACK = typer.Option(None, "--tracking", help="Log every transfer run to MLflow at this tracking URI "
+                                              "(http://HOST:PORT, file:/PATH, sqlite:///PATH), whatever the spec's "
+                                              "[tracking] says; needs pip install 'zoo-sweep[mlflow]'.")
 
 
 @app.command()
@@ -381,10 +386,10 @@ def launch(ctx: typer.Context, spec: Path = typer.Argument(..., help="Sweep spec
            gpus: float = _GPUS, cpus: Optional[int] = _CPUS, address: Optional[str] = _ADDR,
            gpus_per_job: float = _GPJ, cpus_per_job: int = _CPJ, max_retries: Optional[int] = _RETRY,
            progress: bool = _PROG, only_failed: bool = _FAILED, limit: Optional[int] = _LIMIT,
-           shard: Optional[str] = _SHARD):
+           shard: Optional[str] = _SHARD, tracking: Optional[str] = _TRACK):
     """Run the sweep's pending jobs on Ray (plans first if needed); finished jobs are skipped."""
     _, rep = _launch(ctx, spec, "transfer", gpus, cpus, address, gpus_per_job, cpus_per_job, max_retries, progress,
-                     only_failed, limit, shard)
+                     only_failed, limit, shard, tracking)
     raise typer.Exit(0 if rep.ok else 1)
 
 

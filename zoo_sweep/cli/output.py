@@ -2,9 +2,10 @@
 it (our messages, a database driver's, Ray's), on stdout and stderr alike.
 
 The secrets are those of the current command line and of the environment variables it reads: a password in
-``--db`` / ``ZOO_SWEEP_DB``, in ``--address`` / ``RAY_ADDRESS`` / ``RAY_API_SERVER_ADDRESS``, or in any other word
-of the command line (``--launch-args "--db ..."``). Each is replaced wherever it appears, also as a fragment a
-driver quotes (``failed to resolve host 'ssw0rd@127.0.0.1'``), and every user:password@ left is masked too.
+``--db`` / ``ZOO_SWEEP_DB``, in ``--address`` / ``RAY_ADDRESS`` / ``RAY_API_SERVER_ADDRESS``, in ``--tracking`` /
+``MLFLOW_TRACKING_URI``, or in any other word of the command line (``--launch-args "--db ..."``). Each is
+replaced wherever it appears, also as a fragment a driver quotes (``failed to resolve host 'ssw0rd@127.0.0.1'``),
+and every user:password@ left is masked too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 
 from zoo_sweep.urls import passwords, redact
 
-SECRET_ENV = ("ZOO_SWEEP_DB", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
+SECRET_ENV = ("ZOO_SWEEP_DB", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI")
 _secrets: list[str] = []
 
 

@@ -18,6 +18,7 @@ from zoo_sweep.config.params import TransferParams
 from zoo_sweep.config.schema import build, key
 from zoo_sweep.errors import UserError
 from zoo_sweep.ids import content_id
+from zoo_sweep.urls import redact
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # the resize filters the per-batch transform implements
 # Limits of values with a physical meaning, each far beyond what a sweep uses and short of what breaks a run
@@ -166,7 +167,75 @@ class RunSpec:
                             f"got {self.predict_batch_size!r}")
 
 
-SECTIONS = {"zoo": ZooSpec, "data": DataSpec, "pairs": PairSpec, "transfer": TransferSpec, "run": RunSpec}
+TRACKING_BACKENDS = ("none", "mlflow")
+# what MLflow logs to: its server over HTTP(S), a local folder or SQLite file, or a database of its own. A URI without
+# one of these schemes (``localhost:5000``) MLflow would take for a folder name and quietly log there
+TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql")
+
+
+@dataclass(frozen=True)
+class TrackingSpec:
+    """[tracking]: where a launch logs its transfer runs besides the store (docs/launch.md). Not part of the sweep's
+    identity: it changes no job id and is not written to the store, where a password in its URI would be kept."""
+    backend: str = key("none", '"none" or "mlflow": one MLflow run per transfer, control and multi-teacher job '
+                               "(pip install 'zoo-sweep[mlflow]')")
+    uri: str | None = key(None, "MLflow tracking URI: http://HOST:PORT, https://HOST, file:/PATH or sqlite:///PATH; "
+                                "unset: $MLFLOW_TRACKING_URI, else mlflow.db (SQLite) in the results folder (--home)")
+
+    def __post_init__(self):
+        if self.backend not in TRACKING_BACKENDS:
+            raise UserError(f"[tracking] backend must be one of {', '.join(map(repr, TRACKING_BACKENDS))}, "
+                            f"got {self.backend!r}")
+        if self.uri is not None:
+            check_tracking_uri(self.uri, "[tracking] uri")
+
+
+def tracking_uri_problem(uri: str) -> str | None:
+    """What keeps ``uri`` from being a tracking URI MLflow can log to, or None."""
+    from urllib.parse import urlsplit
+
+    if not uri:
+        return "it is empty"
+    if any(c.isspace() for c in uri):
+        return "it holds a space"
+    scheme, colon, rest = uri.partition(":")
+    base, plus, _ = scheme.lower().partition("+")
+    if not colon or base not in TRACKING_SCHEMES or (plus and base in ("http", "https", "file", "sqlite")):
+        return "it has no scheme MLflow logs to"
+    if base == "file":
+        host, path = (rest[2:].partition("/")[0], "/" + rest[2:].partition("/")[2]) if rest.startswith("//") \
+            else ("", rest)
+        if host not in ("", "localhost"):
+            return "a file: URI names a folder on this machine, not on a host"
+        return None if path.strip("/") else "it names no folder"
+    if base == "sqlite":
+        db = rest[3:] if rest.startswith("///") else ""
+        # in memory (sqlite://, :memory:): nothing logged there would outlast the launch
+        return None if db and db != ":memory:" and "mode=memory" not in db else "it names no database file"
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018  (raises ValueError for a port that is no number from 0 to 65535)
+    except ValueError:
+        return "its port is not a number from 1 to 65535"
+    if not rest.startswith("//") or not parts.hostname:
+        return "it names no host"
+    if parts.port == 0:
+        return "its port is not a number from 1 to 65535"
+    return None
+
+
+def check_tracking_uri(uri: str, where: str) -> str:
+    """``uri`` when MLflow can log to it; a UserError naming ``where`` (a key, a flag, a variable) otherwise. The
+    URI in the message has its password masked."""
+    problem = tracking_uri_problem(uri) if isinstance(uri, str) else "it is not a string"
+    if problem:
+        raise UserError(f"{where} {redact(str(uri))!r} is not an MLflow tracking URI: {problem}; give "
+                        "http://HOST:PORT, https://HOST, file:/PATH or sqlite:///PATH")
+    return uri
+
+
+SECTIONS = {"zoo": ZooSpec, "data": DataSpec, "pairs": PairSpec, "transfer": TransferSpec, "run": RunSpec,
+            "tracking": TrackingSpec}
 
 
 @dataclass(frozen=True)
@@ -178,12 +247,20 @@ class SweepSpec:
     pairs: PairSpec = field(default_factory=PairSpec)
     transfer: TransferSpec = field(default_factory=TransferSpec)
     run: RunSpec = field(default_factory=RunSpec)
+    # where runs are logged besides the store: not part of its identity (spec_hash, the stored spec) either, so
+    # turning tracking on or off changes nothing stored, and a password in its URI is never stored
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
     path: str | None = None  # where it was read from; not part of its identity
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("path")
+        d.pop("tracking")
         return d
+
+    def with_tracking(self, uri: str, where: str = "--tracking") -> "SweepSpec":
+        """This spec logging to MLflow at ``uri`` (``launch --tracking URI``), whatever its [tracking] says."""
+        return dataclasses.replace(self, tracking=TrackingSpec("mlflow", check_tracking_uri(uri, where)))
 
     @property
     def digest(self) -> str:

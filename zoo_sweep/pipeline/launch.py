@@ -58,6 +58,7 @@ from zoo_sweep.pipeline.options import (  # noqa: F401  (LaunchOptions, parse_sh
 from zoo_sweep.pipeline.plan import Plan, make_plan, run_order, select_transfers, write_plan
 from zoo_sweep.pipeline.pool import Handlers, Pool, actor_shape
 from zoo_sweep.pipeline.results import plain, record_transfer  # noqa: F401  (re-exported)
+from zoo_sweep.pipeline.tracking import CLOSE_WAIT_S, START_WAIT_S, Tracker, check_tracking
 from zoo_sweep.science.records import load_record, save_record
 from zoo_sweep.storage.leases import Lease
 from zoo_sweep.storage.store import Store, final_results, jobs_of
@@ -144,12 +145,14 @@ class Prepared:
     plan: Plan
     opts: LaunchOptions
     address: str | None
+    tracking: str | None = None  # the MLflow tracking URI the transfer stage logs to
 
 
 def prepare_launch(spec: SweepSpec, paths: Paths, opts: LaunchOptions | None = None) -> Prepared:
     """Every check (options, names, paths, methods, the resources asked for) before anything is written: a
     caller opens the store only after this."""
     opts = (opts or LaunchOptions()).check()
+    tracking = check_tracking(spec, paths.home) if opts.until == "transfer" else None  # only transfers are logged
     address = resolve_address(opts.address)
     if address:
         check_reachable(address)
@@ -158,7 +161,7 @@ def prepare_launch(spec: SweepSpec, paths: Paths, opts: LaunchOptions | None = N
     plan = make_plan(spec, paths)
     if address and opts.gpus > 0:  # a cluster's GPUs are known once joined
         connect(address, opts.cpus, opts.gpus)
-    return Prepared(plan, opts, address)
+    return Prepared(plan, opts, address, tracking)
 
 
 def launch_sweep(spec: SweepSpec, store: Store, paths: Paths, opts: LaunchOptions | None = None,
@@ -177,7 +180,7 @@ def measure_sweep(spec: SweepSpec, store: Store, paths: Paths, opts: LaunchOptio
 
 
 def run_launch(prep: Prepared, store: Store, paths: Paths, console: Console | None = None) -> _Run:
-    run = _Run(prep.plan, store, paths, prep.opts, console or Console(stderr=True), prep.address)
+    run = _Run(prep.plan, store, paths, prep.opts, console or Console(stderr=True), prep.address, prep.tracking)
     store.on_locked = lambda line: run.console.print(f"[yellow]warning:[/] {escape(line)}")
     if _replaced:  # prepare_launch may have joined Ray, which replaced our SIGTERM handler
         _install_stop_handlers()
@@ -192,7 +195,8 @@ def run_launch(prep: Prepared, store: Store, paths: Paths, console: Console | No
 
 
 class _Run:
-    def __init__(self, plan: Plan, store: Store, paths: Paths, opts: LaunchOptions, console: Console, address):
+    def __init__(self, plan: Plan, store: Store, paths: Paths, opts: LaunchOptions, console: Console, address,
+                 tracking: str | None = None):
         self.plan, self.store, self.paths, self.opts, self.console = plan, store, paths, opts, console
         self.address = address
         self.spec = plan.spec
@@ -208,6 +212,8 @@ class _Run:
         self._predict_id = {j.payload.model.name: j.id for j in plan.predict_jobs}
         self._correct: dict[str, np.ndarray] = {}
         self._seen: dict[str, Job] = {}  # every job a stage read: outcome lines describe them
+        # started now: importing MLflow and reaching its server overlap the stages before transfer
+        self.tracker = Tracker(tracking, self.spec.name).start() if tracking else None
 
     # ------------------------------------------------------------------ stages
     def execute(self) -> LaunchReport:
@@ -422,8 +428,15 @@ class _Run:
         jobs = self._jobs("transfer")
         todo = self._filter(jobs, limit=self.opts.limit)
         self.report.reused["transfer jobs"] = sum(j.state is DONE for j in jobs)
-        if not todo and not self._others_running("transfer"):
-            return
+        settled = self._track_earlier(jobs, START_WAIT_S)
+        if todo or self._others_running("transfer"):
+            self._run_transfers(todo)
+        end = time.monotonic() + CLOSE_WAIT_S  # the most the stage's end waits for the tracker, all told
+        if not settled:
+            self._track_earlier(jobs, CLOSE_WAIT_S)
+        self._close_tracker(max(0.0, end - time.monotonic()))  # a launch stopped before this waits less (close)
+
+    def _run_transfers(self, todo: list[Job]):
         streams = self._plan_streams(todo)
         by_id = {j.id: j for j in todo}
         todo = [by_id[d["id"]] for d in streams.order([{"id": i} for i in by_id])]
@@ -439,6 +452,8 @@ class _Run:
 
         def on_result(job: Job, res: dict):
             record_transfer(self.store, job, res, owner=self.lease.owner)
+            if self.tracker is not None and res["state"] == DONE:  # queued: never waits for MLflow
+                self.tracker.log(job, res["rows"], res.get("seconds"))
             streams.release(job.id, self.paths.logits)
             if res.get("logits_read"):  # epochs of teacher / s0 logits read back instead of recomputed
                 r = self.report.reused
@@ -446,6 +461,40 @@ class _Run:
 
         self._run_jobs("transfer", todo, inputs, on_result,
                        on_final_error=lambda job: streams.release(job.id, self.paths.logits))
+
+    def _track_earlier(self, jobs: list[Job], wait_s: float) -> bool:
+        """Log the finished ``jobs`` of this shard that the sweep's experiment lacks (done by a launch without
+        tracking, or while the tracker was down), from the store. Waits ``wait_s`` at most to learn whether the
+        tracker answers; False: not known yet. A tracker that cannot be reached is one warning, and is not tried
+        again in this launch."""
+        t = self.tracker
+        if t is None:
+            return True
+        if not t.ready(wait_s):
+            if t.error is None:
+                return False
+            self.tracker = None
+            self._warn(t.close(0) or f"MLflow at {t.where} is not reachable ({t.error}): this launch logs no runs "
+                                     "there; the store has every result, and the next launch with tracking logs them")
+            return True
+        done = {j.id: j for j in jobs if j.state is DONE and in_shard(j.id, self.opts.shard)}
+        missing = set(t.missing(done))
+        if missing:
+            rows = self.store.query("select r.* from transfer_results r join sweep_jobs sj on sj.job_id = r.job_id "
+                                    "where sj.sweep = :s order by r.job_id, r.epoch", {"s": self.spec.name})
+            for job_id, g in rows[rows["job_id"].isin(missing)].groupby("job_id", sort=False):
+                t.log(done[job_id], g.to_dict("records"))
+        return True
+
+    def _close_tracker(self, wait_s: float) -> None:
+        if self.tracker is not None:
+            line = self.tracker.close(wait_s)
+            self.tracker = None
+            if line:
+                self._warn(line)
+
+    def _warn(self, line: str) -> None:
+        self.console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
     def _convergence(self) -> None:
         """Name the students whose labels control improved them by more than their seed noise: their gains in
@@ -642,6 +691,7 @@ class _Run:
             pass
 
     def close(self):
+        self._close_tracker(5.0)  # a launch that stopped early: what the tracker sends in a few seconds
         self.lease.stop()
         if self._pool is not None:
             self._pool.close()

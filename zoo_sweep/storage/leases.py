@@ -26,16 +26,26 @@ LEASE_ENV = "ZOO_SWEEP_LEASE_S"
 DEFAULT_LEASE_S = 60.0
 
 
+def env_seconds(name: str, default: float, *, zero_ok: bool = False) -> float:
+    """A length of time from the environment variable ``name`` (seconds), else ``default``; anything but a finite
+    number above 0 (or 0 itself where ``zero_ok``) is one clear error."""
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 <= value if zero_ok else 0 < value) or value == float("inf") or value != value:
+        least = "0 or more" if zero_ok else "above 0"
+        raise UserError(f"{name} must be a number of seconds ({least}), got {text!r}")
+    return value
+
+
 def lease_seconds(value: float | None = None) -> float:
     """The lease length: ``value``, else $ZOO_SWEEP_LEASE_S, else the default."""
     if value is None:
-        text = os.environ.get(LEASE_ENV)
-        if not text:
-            return DEFAULT_LEASE_S
-        try:
-            value = float(text)
-        except ValueError:
-            raise UserError(f"{LEASE_ENV} must be a number of seconds, got {text!r}") from None
+        return env_seconds(LEASE_ENV, DEFAULT_LEASE_S)
     if not value > 0 or value == float("inf"):
         raise UserError(f"the lease length must be a positive number of seconds, got {value}")
     return float(value)

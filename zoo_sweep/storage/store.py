@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 from zoo_sweep.errors import UserError
 from zoo_sweep.paths import refuse_folders, writable_dir, write_atomic
 from zoo_sweep.storage import migrate
-from zoo_sweep.storage.leases import owner_dead
+from zoo_sweep.storage.leases import env_seconds, owner_dead
 from zoo_sweep.storage.readonly import readonly_engine, run_query
 from zoo_sweep.storage.schema import (  # noqa: F401  (the tables, re-exported for callers of the store)
     JOB_STATES,
@@ -71,16 +71,7 @@ class StoreLocked(UserError):
 
 def lock_wait_seconds() -> float:
     """How long a write retries a locked store: $ZOO_SWEEP_LOCK_WAIT_S, else the default."""
-    text = os.environ.get(LOCK_WAIT_ENV)
-    if not text:
-        return DEFAULT_LOCK_WAIT_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value < float("inf"):
-        raise UserError(f"{LOCK_WAIT_ENV} must be a number of seconds (0 or more), got {text!r}")
-    return value
+    return env_seconds(LOCK_WAIT_ENV, DEFAULT_LOCK_WAIT_S, zero_ok=True)
 
 
 def _retried(write: Callable) -> Callable:

@@ -2,9 +2,10 @@
 
 Each model is a recipe (architecture, size overrides, data config, training recipe). The default zoo's
 recipes train to a plateau on a validation split and vary in architecture, width, seed, input size,
-augmentation and label smoothing, so that models make different mistakes without being undertrained: what one
-knows and another lacks is then complementary knowledge, not missing training. A trained model is cached under ``CACHE/zoo/`` keyed by its own recipe, so changing
-one recipe rebuilds one model. The recipe key names the weights in job ids (they do not exist yet when a sweep
+augmentation and label smoothing, so that models make different mistakes without being undertrained: what
+one knows and another lacks is then complementary knowledge, not missing training. The package ships their
+weights (SHIPPED). A trained model is cached under ``CACHE/zoo/`` keyed by its own recipe, so changing one
+recipe rebuilds one model. The recipe key names the weights in job ids (they do not exist yet when a sweep
 is planned); the sha256 recorded beside each file when it is built guards it: a file that no longer matches
 (truncated, altered) is rebuilt from its recipe before anything uses it.
 """

@@ -1,0 +1,209 @@
+"""Transfer runs in a real MLflow tracking server (`mlflow server` on loopback, SQLite in tmp_path), from micro
+launches on the session's Ray cluster: every run read back with MlflowClient holds what the store holds; a
+tracker that cannot be reached is one warning and the launch completes; a later launch logs what it left out,
+and no launch logs a job twice. tests/unit/test_tracking.py covers the URIs refused and MLflow missing."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+
+import pytest
+from conftest import BIN, micro_spec, run_cli
+from real_cluster import free_port
+from rich.console import Console
+
+from zoo_sweep import __version__
+from zoo_sweep.config.params import TransferParams
+from zoo_sweep.config.spec import parse_spec
+from zoo_sweep.paths import Paths
+from zoo_sweep.pipeline.jobs import Job
+from zoo_sweep.pipeline.launch import LaunchOptions, launch_sweep
+from zoo_sweep.pipeline.plan import TRANSFER_HP
+from zoo_sweep.storage.store import Store
+from zoo_sweep.transfer.catalog import CATALOG
+from zoo_sweep.transfer.result_metrics import TRANSFER_METRICS
+
+pytest.importorskip("mlflow", reason="MLflow not installed (pip install 'zoo-sweep[mlflow]', or '.[test]')")
+SERVER_START_S = 300  # `mlflow server` creates its tables and imports Flask and FastAPI: 30 s on a busy 2-core box
+SECRET = "s3cret-pw"
+# a transfer job, the labels control of each student, a multi-teacher job: every kind of run, two epochs each
+TRACKED = {"pairs": {"policy": "all", "max_pairs": 2},
+           "transfer": {"methods": ["kl"], "epochs": 2, "batch_size": 256, "controls": ["labels"],
+                        "multi_teacher": ["parallel"], "multi_students": ["cnn_micro"]}}
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on a free loopback port, its runs in a SQLite file of its own."""
+    for module in ("flask", "flask_cors"):
+        pytest.importorskip(module, reason="`mlflow server` needs flask and flask-cors (pip install '.[test]')")
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    log = open(root / "server.log", "w")
+    # MLFLOW_SERVER_ENABLE_JOB_EXECUTION: no background job runner (a consumer process per job kind)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+                               "--default-artifact-root", str(root / "artifacts"), "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1"],
+                              stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + SERVER_START_S
+    while not _healthy(url):
+        if server.poll() is not None or time.time() > deadline:
+            os.killpg(server.pid, signal.SIGKILL)
+            pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield url
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=10)
+    log.close()
+
+
+def _home(micro, root):
+    """A results folder of its own holding a copy of the micro zoo (not trained again)."""
+    home = root / "home"
+    shutil.copytree(micro["paths"].cache / "zoo", home / "cache" / "zoo")
+    return home
+
+
+def _client(url):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=url)
+
+
+def _runs(url, sweep) -> list:
+    c = _client(url)
+    exp = c.get_experiment_by_name(sweep)
+    return [] if exp is None else list(c.search_runs([exp.experiment_id], max_results=1000))
+
+
+def assert_runs_hold_the_store(url: str, store: Store, sweep: str) -> list:
+    """One finished run per done transfer job of the sweep, holding what the store holds for it."""
+    c = _client(url)
+    jobs = {r["id"]: Job.from_row(r, "/unused") for r in store.sweep_jobs(sweep, "transfer") if r["state"] == "done"}
+    results = store.query("select r.* from transfer_results r join sweep_jobs sj on sj.job_id = r.job_id "
+                          "where sj.sweep = :s", {"s": sweep})
+    families = store.query("select name, family from models").set_index("name")["family"].to_dict()
+    runs = _runs(url, sweep)
+    by_job = {}
+    for run in runs:
+        job_id = run.data.params["job_id"]
+        assert job_id not in by_job, f"job {job_id} logged twice"
+        by_job[job_id] = run
+    assert set(by_job) == set(jobs) and jobs
+    for job_id, run in by_job.items():
+        p, rows = jobs[job_id].payload, results[results["job_id"] == job_id].sort_values("epoch")
+        teacher = rows["teacher"].iloc[0]
+        assert run.info.status == "FINISHED"
+        assert run.info.run_name == f"{p.student.name} <- {teacher} / {p.method} / {p.seed}"
+        # params: the job's resolved hyper-parameters, its id and zoo-sweep's version
+        hp = TransferParams.from_dict(p.hp)
+        names = TRANSFER_HP + CATALOG[p.multi_method if p.multi else p.method].params
+        assert run.data.params == {**{n: str(getattr(hp, n)) for n in names}, "seed": str(p.seed),
+                                   "job_id": job_id, "zoo_sweep_version": __version__}
+        assert run.data.params["epochs"] == "2" and run.data.params["batch_size"] == "256"
+        kind = "multi-teacher" if p.multi else "control" if CATALOG[p.method].control else "method"
+        tags = run.data.tags
+        assert (tags["student"], tags["teacher"], tags["method"], tags["kind"]) == (p.student.name, teacher,
+                                                                                  p.method, kind)
+        assert tags["student_family"] == families[p.student.name]
+        assert tags["teacher_family"] == "+".join(families[n] for n in p.teacher_names)
+        # metrics: every non-NULL value of every epoch, under the store's column names, the epoch as step
+        expected = {(k, int(r["epoch"])): float(r[k]) for r in rows.to_dict("records") for k in TRANSFER_METRICS
+                    if r[k] is not None and r[k] == r[k]}
+        logged = {(k, m.step): m.value for k in run.data.metrics for m in c.get_metric_history(run.info.run_id, k)}
+        assert logged == expected
+        assert {k for k, _ in expected} >= {"student_acc", "delta", "knowledge_gain", "knowledge_loss", "train_loss"}
+    assert {r.data.tags["kind"] for r in runs} == {"method", "control", "multi-teacher"}
+    return runs
+
+
+def test_every_run_of_a_tracked_launch_holds_what_the_store_holds(micro, mlflow_server, tmp_path):
+    """[tracking] in the spec; the Python API (launch_sweep), as a notebook runs it."""
+    spec = parse_spec({"name": "tracked", "zoo": {"source": "digits", "recipe": "micro"}, **TRACKED,
+                       "tracking": {"backend": "mlflow", "uri": mlflow_server}})
+    store = Store(f"sqlite:///{tmp_path / 'zoo.db'}")
+    out = io.StringIO()
+    rep = launch_sweep(spec, store, Paths(_home(micro, tmp_path)),
+                       LaunchOptions(address=micro["address"], progress=False), console=Console(file=out, width=200))
+    assert rep.ok, rep.failed
+    assert "MLflow" not in out.getvalue() and "mlflow" not in out.getvalue(), out.getvalue()
+    runs = assert_runs_hold_the_store(mlflow_server, store, "tracked")
+    assert rep.ran["transfer"] == len(runs)
+
+
+@pytest.fixture(scope="module")
+def launched_while_down(micro, tmp_path_factory):
+    """A CLI launch (a real process) told to log to a server that is not there, its password in the URI."""
+    root = tmp_path_factory.mktemp("tracking-down")
+    spec = root / "outage.toml"
+    spec.write_text(micro_spec("outage", **TRACKED))
+    db, home = f"sqlite:///{root / 'zoo.db'}", _home(micro, root)
+    down = f"http://zoo:{SECRET}@127.0.0.1:{free_port()}"
+    r = run_cli("--db", db, "--home", str(home), "launch", str(spec), "--address", micro["address"],
+                "--no-progress", "--tracking", down, timeout=900)
+    return {"r": r, "spec": spec, "db": db, "home": home, "store": Store(db)}
+
+
+def test_an_unreachable_tracker_is_one_warning_and_the_launch_completes(launched_while_down):
+    r = launched_while_down["r"]
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = [ln for ln in (r.stdout + r.stderr).splitlines() if "MLflow" in ln or "mlflow" in ln]
+    assert len(lines) == 1 and lines[0].startswith("warning: MLflow at http://zoo:***@127.0.0.1:"), lines
+    assert "cannot connect: Connection refused" in lines[0] and "the store has every result" in lines[0]
+    assert SECRET not in r.stdout + r.stderr
+    store = launched_while_down["store"]
+    done = store.job_states("outage", "transfer", states=("done",))
+    assert done and len(done) == len(store.job_states("outage", "transfer"))
+
+
+def test_a_later_launch_logs_what_an_outage_left_out_and_no_job_twice(launched_while_down, mlflow_server, micro):
+    w = launched_while_down
+    for _ in range(2):  # the first logs every job from the store; the second finds them all there
+        r = run_cli("--db", w["db"], "--home", str(w["home"]), "launch", str(w["spec"]), "--address", micro["address"],
+                    "--no-progress", "--tracking", mlflow_server, timeout=900)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "ran nothing (all done)" in r.stdout, r.stdout + r.stderr
+        noise = [ln for ln in (r.stdout + r.stderr).splitlines() if "mlflow" in ln.lower() or "View run" in ln]
+        assert not noise, r.stdout + r.stderr  # neither warnings nor MLflow's own lines (run URLs, retries)
+        assert_runs_hold_the_store(mlflow_server, w["store"], "outage")
+
+
+def test_without_a_uri_runs_go_to_a_sqlite_file_in_the_results_folder(tmp_path, monkeypatch, capfd):
+    from zoo_sweep.pipeline.jobs import TransferPayload
+    from zoo_sweep.pipeline.tracking import Tracker, tracking_uri
+    from zoo_sweep.zoo.entry import ModelEntry
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    spec = parse_spec({"name": "local", "tracking": {"backend": "mlflow"}})
+    uri = tracking_uri(spec, tmp_path)
+    s, t = ModelEntry("cnn_a", "resnet", "cnn", None), ModelEntry("vit_a", "vit", "transformer", None)
+    job = Job.new({"x": 1}, TransferPayload(s, t, "kl", 0, {"epochs": 1}, "digits:eval", "digits:transfer", 32, None))
+    tracker = Tracker(uri, "local").start()
+    assert tracker.ready(SERVER_START_S), tracker.error
+    tracker.log(job, [{"epoch": 1, "student_acc": 93.25, "delta": 0.5}], seconds=2.0)
+    assert tracker.close(SERVER_START_S) is None
+    assert (tmp_path / "mlflow.db").is_file()
+    (run,) = _runs(uri, "local")
+    assert run.info.run_name == "cnn_a <- vit_a / kl / 0" and run.data.metrics == {"student_acc": 93.25, "delta": 0.5}
+    out = capfd.readouterr()
+    assert "mlflow" not in (out.out + out.err).lower(), out  # the local store's table creation says nothing
