@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from zoo_sweep.data.images import load_image_set
 from zoo_sweep.zoo.build_shipped import IMAGE_SIZE, build_portably
 from zoo_sweep.zoo.digits import SHIPPED, recipes
 
 
+@pytest.mark.timeout(3600)  # 27 minutes on 2 idle cores: the suite's 900 s per test is for everything else
 def test_rebuilding_the_shipped_zoo_from_its_recipes_gives_the_same_accuracies(tmp_path):
     info = {r.name: json.loads(next(SHIPPED.glob(f"{r.name}-*.json")).read_text()) for r in recipes("default")}
     for split in ("transfer", "val", "eval"):  # decoded once, before the workers read them
