@@ -233,3 +233,13 @@ def test_every_spec_method_has_a_description_and_known_params():
     fields = set(TransferParams.__dataclass_fields__)
     for name, m in METHODS.items():
         assert m.description and set(m.params) <= fields and m.lr_param in fields, name
+
+
+def test_every_declared_method_has_a_loss_and_a_missing_one_fails_at_import(monkeypatch):
+    from zoo_sweep.transfer import methods
+    from zoo_sweep.transfer.catalog import CATALOG, MethodInfo
+
+    assert set(methods.METHODS) == set(CATALOG)
+    monkeypatch.setitem(CATALOG, "toy", MethodInfo("toy", False, "declared, never given a loss"))
+    with pytest.raises(ImportError, match="declared without a loss: toy"):
+        methods.check_registry()

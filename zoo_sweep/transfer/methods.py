@@ -550,3 +550,15 @@ def _parallel(labelled: bool):
 
 register("parallel")(_parallel(True))
 register("parallel_unsup")(_parallel(False))
+
+
+def check_registry() -> None:
+    """Every method the catalog declares has a loss here, and nothing has a loss without its declaration: a
+    declared name without one would pass ``plan`` and fail on a worker."""
+    missing, undeclared = sorted(set(CATALOG) - set(METHODS)), sorted(set(METHODS) - set(CATALOG))
+    if missing or undeclared:
+        raise ImportError(f"transfer methods out of step: declared without a loss: {', '.join(missing) or 'none'}; "
+                          f"a loss without a declaration: {', '.join(undeclared) or 'none'}")
+
+
+check_registry()
