@@ -3,45 +3,19 @@ one `error:` line on stderr, exit code 2, the store unchanged (a full dump befor
 every case fails before a cluster is needed. docs/bad-input.md lists each case with its message."""
 
 import json
-import sqlite3
 
 import pytest
 import torch  # imported at collection: its first import runs ldconfig, which the unit tier's process guard refuses
+from cli_helpers import dump, invoke, one_error_line, plan_store
 from conftest import micro_spec
-from typer.testing import CliRunner
 
-from zoo_sweep.cli.main import app
 
 SPEC = micro_spec(transfer={"methods": ["kl"]})
 
 
-def invoke(*args: str, env: dict | None = None):
-    return CliRunner(env=env).invoke(app, list(args), catch_exceptions=False)
-
-
-def dump(db) -> str:
-    with sqlite3.connect(db) as c:
-        return "\n".join(c.iterdump())
-
-
-def one_error_line(r, code: int = 2, warnings: bool = False) -> str:
-    """The one `error:` line (``warnings``: `warning:` lines before it are allowed)."""
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not (warnings and ln.startswith("warning: "))]
-    assert r.exit_code == code, (r.exit_code, r.stdout, r.stderr)
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    return lines[0]
-
-
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    spec = root / "micro.toml"
-    spec.write_text(SPEC)
-    db = root / "zoo.db"
-    base = ["--db", f"sqlite:///{db}", "--home", str(root / "home")]
-    r = invoke(*base, "plan", str(spec))
-    assert r.exit_code == 0, r.output
-    return {"root": root, "spec": str(spec), "db": db, "base": base}
+    return plan_store(tmp_path_factory.mktemp("cli"), SPEC)
 
 
 def _no_gpu():

@@ -4,15 +4,13 @@ tracker that fails (never an exception, one warning line). tests/integration/tes
 MLflow server."""
 
 import json
-import sqlite3
 import sys
 
 import pytest
 import torch  # noqa: F401  (imported at collection: its first import runs ldconfig, which the unit tier refuses)
+from cli_helpers import dump, invoke, one_error_line, plan_store
 from conftest import micro_spec
-from typer.testing import CliRunner
 
-from zoo_sweep.cli.main import app
 from zoo_sweep.config.spec import parse_spec
 from zoo_sweep.errors import UserError
 from zoo_sweep.paths import Paths
@@ -117,32 +115,9 @@ def test_mlflow_missing_is_one_line_naming_the_extra(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------- the command line
 
 
-def invoke(*args: str):
-    return CliRunner().invoke(app, list(args), catch_exceptions=False)
-
-
-def dump(db) -> str:
-    with sqlite3.connect(db) as c:
-        return "\n".join(c.iterdump())
-
-
-def one_error_line(r) -> str:
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert r.exit_code == 2, (r.exit_code, r.stdout, r.stderr)
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    return lines[0]
-
-
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tracking-cli")
-    spec = root / "micro.toml"
-    spec.write_text(MICRO)
-    db = root / "zoo.db"
-    base = ["--db", f"sqlite:///{db}", "--home", str(root / "home")]
-    r = invoke(*base, "plan", str(spec))
-    assert r.exit_code == 0, r.output
-    return {"root": root, "spec": str(spec), "db": db, "base": base}
+    return plan_store(tmp_path_factory.mktemp("tracking-cli"), MICRO)
 
 
 @pytest.mark.parametrize("uri", ["localhost:5000", "http://127.0.0.1:port", "sqlite://"])
