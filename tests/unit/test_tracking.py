@@ -1,6 +1,6 @@
 """[tracking] and `launch --tracking` without an MLflow server: the URIs refused (one line, exit 2, nothing written,
 never a password), MLflow missing, job ids and the stored spec untouched by tracking, what a run holds, and a
-tracker that fails (never an exception, one warning line). tests/integration/test_tracking.py logs to a real
+tracker that fails (never an exception, one warning line). tests/integration/test_tracking_launch.py logs to a real
 MLflow server."""
 
 import json
