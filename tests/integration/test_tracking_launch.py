@@ -207,3 +207,25 @@ def test_without_a_uri_runs_go_to_a_sqlite_file_in_the_results_folder(tmp_path, 
     assert run.info.run_name == "cnn_a <- vit_a / kl / 0" and run.data.metrics == {"student_acc": 93.25, "delta": 0.5}
     out = capfd.readouterr()
     assert "mlflow" not in (out.out + out.err).lower(), out  # the local store's table creation says nothing
+
+
+def test_track_logs_a_stored_sweep_afterwards_once_and_refuses_a_tracker_it_cannot_reach(launched_while_down,
+                                                                                         tmp_path):
+    """`zoo-sweep track SWEEP` (a real process) from the outage's store into an experiment of its own (a SQLite
+    tracking store): every finished job once, nothing the second time; a tracker that is not there is one line."""
+    w = launched_while_down
+    base = ("--db", w["db"], "--home", str(w["home"]), "track", "outage")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = len(w["store"].job_states("outage", "transfer", states=("done",)))
+    for already in (0, done):
+        r = run_cli(*base, "--tracking", uri, "--no-progress", timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.strip() == (f"outage: {done} finished transfer job(s); {already} already in MLflow at {uri}, "
+                                    f"{done - already} logged now"), r.stdout + r.stderr
+        assert_runs_hold_the_store(uri, w["store"], "outage")
+    down = f"http://zoo:{SECRET}@127.0.0.1:{free_port()}"
+    r = run_cli(*base, "--tracking", down, timeout=600)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stdout + r.stderr
+    assert lines[0].startswith("error: MLflow at http://zoo:***@127.0.0.1:") and "nothing was logged" in lines[0]
+    assert SECRET not in r.stdout + r.stderr

@@ -149,7 +149,9 @@ def test_reset_and_cancel_bad_input(planned):
     before = dump(planned["db"])
     cases = [(["reset", "nosuch"], "no sweep named 'nosuch'"),
              (["reset", "micro", "--state", "done"], "--state must be failed, diverged, cancelled or interrupted"),
-             (["cancel", "nosuch"], "no sweep named 'nosuch'")]
+             (["cancel", "nosuch"], "no sweep named 'nosuch'"),
+             (["track", "nosuch", "--tracking", "sqlite:///unused.db"], "no sweep named 'nosuch'"),
+             (["track", "micro", "--tracking", "localhost:5000"], "--tracking 'localhost:5000' is not an MLflow")]
     for args, message in cases:
         assert message in one_error_line(invoke(*planned["base"], *args)), args
     assert dump(planned["db"]) == before
@@ -168,7 +170,7 @@ def test_no_command_prints_a_store_password(planned, tmp_path, url):
     spec, home = planned["spec"], str(tmp_path / "home")
     commands = [["plan", spec], ["plan", spec, "--dry-run"], ["launch", spec, "--no-progress"],
                 ["measure", spec, "--no-progress"], ["status"], ["reset", "micro"], ["cancel", "micro"],
-                ["query", "select 1"], ["export", "--out", str(tmp_path / "export")],
+                ["track", "micro", "--tracking", "sqlite:///unused.db"], ["query", "select 1"], ["export", "--out", str(tmp_path / "export")],
                 ["report", spec, "--out", str(tmp_path / "report")], ["tune", spec, "--method", "kl"],
                 ["demo", "--spec", spec, "--no-progress"],
                 ["submit", "slurm", spec, "--dry-run", "--out", str(tmp_path / "slurm")],

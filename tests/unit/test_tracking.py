@@ -236,7 +236,7 @@ def test_a_tracker_that_fails_never_raises_and_says_so_in_one_line(fail_from):
     line = t.close(30)
     assert line.startswith("MLflow at http://zoo:***@127.0.0.1:5000: 3 of 3 run(s) not logged, the first "
                            "'cnn_a <- vit_a / kl / 3' (cannot connect: Connection refused); the store has every "
-                           "result, and the next launch with tracking logs them"), line
+                           "result, and `zoo-sweep track sweep` logs them"), line
     assert SECRET not in line and "\n" not in line
     assert t.close() is None and t.log(jobs[0], ROWS) is None  # closed: nothing more, never an exception
 
@@ -247,3 +247,29 @@ def test_a_job_whose_result_cannot_be_described_is_counted_not_raised():
     t.log(_job(), [{"student_acc": 1.0}])  # no epoch
     assert t.close(30).startswith(f"MLflow at http://127.0.0.1:5000: 1 of 1 run(s) not logged: 'job {_job().id}' "
                                   "(KeyError: 'epoch')")
+
+
+def test_track_logs_where_the_flag_then_the_spec_then_the_environment_then_the_results_folder_say(tmp_path,
+                                                                                                monkeypatch):
+    from zoo_sweep.pipeline.tracking import track_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    spec = spec_with({"backend": "mlflow", "uri": "http://127.0.0.1:5000"})
+    off = spec_with({})
+    assert track_uri(tmp_path, "file:/tmp/mlruns", spec) == "file:/tmp/mlruns"
+    assert track_uri(tmp_path, None, spec) == "http://127.0.0.1:5000"
+    default = f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert track_uri(tmp_path, None, off) == track_uri(tmp_path) == default  # tracking off in the spec: still logs
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://10.0.0.1:5000")
+    assert track_uri(tmp_path, None, off) == "http://10.0.0.1:5000"
+    with pytest.raises(UserError, match="^--tracking 'localhost:5000' is not an MLflow tracking URI"):
+        track_uri(tmp_path, "localhost:5000")
+
+
+def test_track_without_mlflow_names_the_extra(tmp_path, monkeypatch):
+    from zoo_sweep.pipeline.tracking import track_uri
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed: importing it fails
+    with pytest.raises(UserError) as e:
+        track_uri(tmp_path, "http://127.0.0.1:5000")
+    assert str(e.value).endswith(f"needs MLflow, which is not installed here: {INSTALL}")

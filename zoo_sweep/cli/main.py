@@ -473,6 +473,36 @@ def cancel(ctx: typer.Context, sweep: str = typer.Argument(..., help="Sweep name
 
 
 @app.command()
+def track(ctx: typer.Context, sweep: str = typer.Argument(..., help="Sweep name or spec."),
+          tracking: Optional[str] = typer.Option(
+              None, "--tracking", help="MLflow tracking URI (default: the spec's [tracking] uri, else "
+                                       "$MLFLOW_TRACKING_URI, else mlflow.db in the results folder)."),
+          progress: bool = _PROG):
+    """Log to MLflow the finished transfer runs of a stored sweep that its experiment lacks (launched without
+    tracking, or while the tracker was down); runs already there are left as they are."""
+    from zoo_sweep.pipeline.plan import load_sweep
+    from zoo_sweep.pipeline.tracking import track_sweep, track_uri
+
+    spec = load_sweep(sweep) if sweep.endswith(".toml") else None
+    uri = track_uri(ctx.obj.paths().home, tracking, spec)
+    store = ctx.obj.store(create=False)
+    name = _sweep_name(store, sweep)
+    shown = [time.monotonic()]
+
+    def on_progress(sent: int, queued: int) -> None:
+        if progress and time.monotonic() - shown[0] >= 5:
+            shown[0] = time.monotonic()
+            err.print(f"{name}: {sent} of {queued} run(s) sent", highlight=False)
+
+    res = track_sweep(store, name, uri, ctx.obj.paths().home, on_progress)
+    say(f"{name}: {res.finished} finished transfer job(s); {res.already} already in MLflow at {res.where}, "
+        f"{res.logged} logged now")
+    if res.warning:
+        err.print(f"[yellow]warning:[/] {escape(res.warning)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+@app.command()
 def tune(ctx: typer.Context, spec: Path = typer.Argument(..., help="Sweep spec (TOML)."),
          method: str = typer.Option(..., "--method", help="Transfer method to tune, e.g. kl_dp."),
          samples: int = typer.Option(8, "--samples", help="Configurations to try."),

@@ -58,7 +58,7 @@ from zoo_sweep.pipeline.options import (  # noqa: F401  (LaunchOptions, parse_sh
 from zoo_sweep.pipeline.plan import Plan, make_plan, run_order, select_transfers, write_plan
 from zoo_sweep.pipeline.pool import Handlers, Pool, actor_shape
 from zoo_sweep.pipeline.results import plain, record_transfer  # noqa: F401  (re-exported)
-from zoo_sweep.pipeline.tracking import CLOSE_WAIT_S, START_WAIT_S, Tracker, check_tracking
+from zoo_sweep.pipeline.tracking import CLOSE_WAIT_S, START_WAIT_S, Tracker, check_tracking, log_missing
 from zoo_sweep.science.records import load_record, save_record
 from zoo_sweep.storage.leases import Lease
 from zoo_sweep.storage.store import Store, final_results, jobs_of
@@ -475,15 +475,11 @@ class _Run:
                 return False
             self.tracker = None
             self._warn(t.close(0) or f"MLflow at {t.where} is not reachable ({t.error}): this launch logs no runs "
-                                     "there; the store has every result, and the next launch with tracking logs them")
+                                     f"there; the store has every result, and `zoo-sweep track {self.spec.name}` "
+                                     "logs them")
             return True
-        done = {j.id: j for j in jobs if j.state is DONE and in_shard(j.id, self.opts.shard)}
-        missing = set(t.missing(done))
-        if missing:
-            rows = self.store.query("select r.* from transfer_results r join sweep_jobs sj on sj.job_id = r.job_id "
-                                    "where sj.sweep = :s order by r.job_id, r.epoch", {"s": self.spec.name})
-            for job_id, g in rows[rows["job_id"].isin(missing)].groupby("job_id", sort=False):
-                t.log(done[job_id], g.to_dict("records"))
+        log_missing(t, self.store, self.spec.name,
+                    {j.id: j for j in jobs if j.state is DONE and in_shard(j.id, self.opts.shard)})
         return True
 
     def _close_tracker(self, wait_s: float) -> None:

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zoo_sweep.config.spec import SweepSpec, check_tracking_uri
+from zoo_sweep.config.spec import SweepSpec, TrackingSpec, check_tracking_uri
 from zoo_sweep.errors import UserError
 from zoo_sweep.urls import scrub
 
@@ -57,7 +57,10 @@ MAX_PARAMS, MAX_ENTITIES = 100, 1000  # what one MLflow log_batch call takes
 def tracking_uri(spec: SweepSpec, home: str | Path) -> str | None:
     """Where a launch of ``spec`` logs its runs (None: nowhere): [tracking] uri, else $MLFLOW_TRACKING_URI (as
     MLflow itself reads it), else a SQLite file in the results folder, beside the default store."""
-    t = spec.tracking
+    return _uri(spec.tracking, home)
+
+
+def _uri(t: TrackingSpec, home: str | Path) -> str | None:
     if t.backend == "none":
         return None
     if t.uri:
@@ -68,15 +71,21 @@ def tracking_uri(spec: SweepSpec, home: str | Path) -> str | None:
     return f"sqlite:///{Path(home).resolve() / 'mlflow.db'}"
 
 
-def check_tracking(spec: SweepSpec, home: str | Path) -> str | None:
-    """The URI a launch logs to, checked before anything is written: a UserError where mlflow is not installed
-    (looked up, not imported: the import takes seconds, and happens on the tracker's thread)."""
+def _need_mlflow() -> None:
+    """A UserError where mlflow is not installed (looked up, not imported: the import takes seconds, and happens
+    on the tracker's thread)."""
     import importlib.util
 
-    uri = tracking_uri(spec, home)
-    if uri is not None and importlib.util.find_spec("mlflow") is None:
+    if importlib.util.find_spec("mlflow") is None:
         raise UserError(f'[tracking] backend = "mlflow" (or --tracking) needs MLflow, which is not installed here: '
                         f"{INSTALL}")
+
+
+def check_tracking(spec: SweepSpec, home: str | Path) -> str | None:
+    """The URI a launch logs to, checked before anything is written."""
+    uri = tracking_uri(spec, home)
+    if uri is not None:
+        _need_mlflow()
     return uri
 
 
@@ -224,16 +233,27 @@ class Tracker:
             return
         self._queue.put(rec)
 
-    def close(self, timeout: float = CLOSE_WAIT_S) -> str | None:
-        """Stop once the queued runs are sent, waiting ``timeout`` seconds at most; returns the one warning line
-        about the runs not logged, or None."""
+    def close(self, timeout: float | None = CLOSE_WAIT_S,
+              on_progress: Callable[[int, int], None] | None = None) -> str | None:
+        """Stop once the queued runs are sent, waiting ``timeout`` seconds at most (None: until they are), calling
+        ``on_progress(sent, queued)`` about once a second meanwhile; returns the one warning line about the runs
+        not logged, or None."""
         with self._lock:
             if self._closed:
                 return None
             self._closed = True
         self._queue.put(None)
         if self.counts.queued:  # else nothing to wait for (the thread may still be importing MLflow)
-            self._thread.join(timeout)
+            end = None if timeout is None else time.monotonic() + timeout
+            while self._thread.is_alive():
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._thread.join(1.0 if left is None else min(1.0, left))
+                if on_progress is not None:
+                    with self._lock:
+                        sent = self.counts.logged + len(self.counts.not_logged)
+                    on_progress(sent, self.counts.queued)
         with self._lock:
             c = self.counts
             missed = c.queued - c.logged
@@ -243,7 +263,7 @@ class Tracker:
             return None
         return (f"MLflow at {self.where}: {missed} of {c.queued} run(s) not logged"
                 + (f", the first '{first}'" if first and missed > 1 else f": '{first}'" if first else "")
-                + f" ({why}); the store has every result, and the next launch with tracking logs them")
+                + f" ({why}); the store has every result, and `zoo-sweep track {self.experiment}` logs them")
 
     # ------------------------------------------------------------------ the background thread
     def _main(self) -> None:
@@ -337,3 +357,63 @@ class Tracker:
         with self._lock:
             self.logged.add(rec.job_id)
             self.counts.logged += 1
+
+
+def log_missing(tracker: Tracker, store, sweep: str, done: dict) -> int:
+    """Queue the runs of ``done`` (job id -> finished transfer job of ``sweep``) that the experiment lacks, each
+    with its epochs as the store holds them; call after ``tracker.ready``. Returns how many were queued."""
+    missing = set(tracker.missing(done))
+    if not missing:
+        return 0
+    rows = store.query("select r.* from transfer_results r join sweep_jobs sj on sj.job_id = r.job_id "
+                       "where sj.sweep = :s order by r.job_id, r.epoch", {"s": sweep})
+    n = 0
+    for job_id, g in rows[rows["job_id"].isin(missing)].groupby("job_id", sort=False):
+        tracker.log(done[job_id], g.to_dict("records"))
+        n += 1
+    return n
+
+
+def track_uri(home: str | Path, uri: str | None = None, spec: SweepSpec | None = None) -> str:
+    """Where ``zoo-sweep track`` logs: ``uri`` (--tracking), else the spec's [tracking] as a launch of it would
+    log, else $MLFLOW_TRACKING_URI, else the results folder's SQLite file (where a launch logs by default)."""
+    if uri is not None:
+        found = check_tracking_uri(uri, "--tracking")
+    else:
+        on = spec.tracking if spec is not None and spec.tracking.backend != "none" else TrackingSpec("mlflow")
+        found = str(_uri(on, home))
+    _need_mlflow()
+    return found
+
+
+@dataclass
+class TrackOutcome:
+    where: str  # the tracking URI, its password masked
+    finished: int  # the sweep's finished transfer jobs
+    already: int  # of those, with a run in the experiment before
+    logged: int  # logged now
+    warning: str | None  # the runs tried and not logged, and why
+
+
+# How long ``track`` waits to reach the tracker: the MLflow import, and a local store's table creation
+TRACK_CONNECT_S = 120.0
+
+
+def track_sweep(store, sweep: str, uri: str, home: str | Path,
+                on_progress: Callable[[int, int], None] | None = None,
+                client_factory: Callable | None = None) -> TrackOutcome:
+    """Log the finished transfer jobs of a stored ``sweep`` that its MLflow experiment lacks, from the store
+    (``zoo-sweep track``): a sweep launched without tracking, or whose tracker was down. Waits until every run is
+    sent. A tracker that cannot be reached is a UserError: nothing was logged."""
+    from zoo_sweep.pipeline.jobs import Job
+
+    done = {r["id"]: Job.from_row(r, str(home)) for r in store.sweep_jobs(sweep, "transfer") if r["state"] == "done"}
+    t = Tracker(uri, sweep, client_factory).start()
+    if not t.ready(TRACK_CONNECT_S):
+        why = t.error or f"no answer in {TRACK_CONNECT_S:.0f} s"
+        t.close(0)
+        raise UserError(f"MLflow at {t.where} is not reachable ({why}); nothing was logged: start the tracking "
+                        "server, or give the URI it listens on with --tracking")
+    queued = log_missing(t, store, sweep, done)
+    warning = t.close(None, on_progress)
+    return TrackOutcome(t.where, len(done), len(done) - queued, t.counts.logged, warning)
