@@ -37,7 +37,7 @@ digits-weights: $(STAMP)
 # node without network (docs/gpus.md, "Offline GPU nodes"): .whl/parts-1 and .whl/parts-2 (the Ray wheel in two
 # halves); SLIM=1: Ray without its Java jar, everything in .whl/parts-1
 gpu-wheels: $(STAMP)
-	$(BIN)/python bench/gpu_wheels.py --versions-from $(BIN)/python --dest .whl $(if $(SLIM),--without-java)
+	$(BIN)/python tools/gpu_wheels.py --versions-from $(BIN)/python --dest .whl $(if $(SLIM),--without-java)
 
 clean-results:
 	rm -rf results/cache results/records results/reports results/export results/zoo.db

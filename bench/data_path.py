@@ -9,9 +9,8 @@ synthetic photos-like JPEGs of ImageNet val's shapes (500 x 375, 375 x 500, 500 
 in ``--classes`` class folders. Sections (``--only``):
 
     decoders     ms per image of each decoder of data/decode.py, one process, at --size and at --size / 2
-    decode       the old single-process path (git 0bc89fc, kept below as ``old_decode``) against the sharded cache
-                 with 1 worker, on the same --old-images files, alternating; then the whole folder with 1 and 2
-                 workers, alternating; peak RSS of the decoding process and of its largest worker
+    decode       the sharded cache built from the whole folder with 1 and with 2 workers, alternating; peak RSS
+                 of the decoding process and of its largest worker
     share        two processes map the finished cache at once and read every image: RSS, its anonymous and
                  file-backed parts, PSS, and the node's available memory, before and after
     transfer     one transfer epoch (digits, tiny timm models, CPU, 1 thread) from the memory map and from an
@@ -151,64 +150,6 @@ def _make_class(job) -> list[int]:
         Image.fromarray(x.clip(0, 255).astype(np.uint8)).save(path, quality=90)
         sizes.append(path.stat().st_size)
     return sizes
-
-
-def head_folder(root: Path, n: int) -> Path:
-    """A folder of symlinks to the first ``n`` files (ImageFolder order): the old path's share of the work."""
-    from zoo_sweep.data.sets import folder_items
-
-    out = root.with_name(f"{root.name}-head{n}")
-    if out.is_dir() and sum(1 for _ in out.rglob("*.JPEG")) == n:
-        return out
-    shutil.rmtree(out, ignore_errors=True)
-    _, files, _ = folder_items(root, None)
-    for f in files[:n]:
-        (out / f.parent.name).mkdir(parents=True, exist_ok=True)
-        (out / f.parent.name / f.name).symlink_to(f)
-    return out
-
-
-# ---------------------------------------------------------------- the old path (git 0bc89fc), for reference
-def old_decode(root: str, size: int, out: str) -> dict:
-    """0bc89fc's imagefolder decode and cache write, verbatim but for the timing: one process decodes every file
-    into a list, stacks, permutes and torch.save-s the whole set."""
-    import torch
-    from PIL import Image
-
-    from zoo_sweep.data.sets import image_files
-    from zoo_sweep.paths import write_atomic
-
-    def _square(im, size: int) -> np.ndarray:
-        w, h = im.size
-        s = size / min(w, h)
-        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
-        w, h = im.size
-        left, top = (w - size) // 2, (h - size) // 2
-        return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
-
-    torch.set_num_threads(1)
-    base = status()["VmRSS"]
-    t0, c0 = time.perf_counter(), cpu_seconds()
-    root = Path(root)
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
-    index = {c: i for i, c in enumerate(folders)}
-    imgs, labels, skipped = [], [], 0
-    for cls in folders:
-        for f in sorted(image_files(root / cls)):
-            try:
-                with Image.open(f) as im:
-                    imgs.append(_square(im.convert("RGB"), size))
-                labels.append(index[cls])
-            except Exception:
-                skipped += 1
-    images = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
-    lab = torch.tensor(labels, dtype=torch.int64)
-    d = {"ref": "", "images": images, "labels": lab, "classes": folders, "source_ids": torch.arange(len(lab)),
-         "skipped": skipped}
-    write_atomic(Path(out) / "old.pt", lambda tmp: torch.save(d, tmp))
-    dt = time.perf_counter() - t0
-    return {"n": len(lab), "seconds": dt, "rate": len(lab) / dt, "base": base, "peak": status()["VmHWM"],
-            "set_bytes": images.nbytes, "cpu_rate": len(lab) / (cpu_seconds() - c0)}
 
 
 def cpu_seconds() -> float:
@@ -381,9 +322,8 @@ def _time_decoders(files: list[str], size: int, repeat: int) -> dict:
     return {k: v * 1e3 for k, v in best.items()}
 
 
-def bench_decode(root: Path, size: int, old_images: int, repeat: int, workdir: Path) -> dict:
-    head = head_folder(root, old_images)
-    res: dict[str, list] = {"old": [], "new1_head": [], "new1": [], "new2": []}
+def bench_decode(root: Path, size: int, repeat: int, workdir: Path) -> dict:
+    res: dict[str, list] = {"new1": [], "new2": []}
 
     def run(name, fn, folder, *extra):
         cache = workdir / name
@@ -402,21 +342,15 @@ def bench_decode(root: Path, size: int, old_images: int, repeat: int, workdir: P
               f"({r['cpu_rate']:.0f} per CPU-second); peak RSS "
               f"{gb(r['peak'] - r['base'])} above baseline {gb(r['base'])}{extra} ({r['load']})", flush=True)
 
-    print(f"decode, same {old_images} files: old single-process path vs the sharded cache with 1 worker")
-    for _ in range(repeat):
-        run("old", old_decode, head)
-        run("new1_head", new_decode, head, 1)
     print(f"decode, all {sum(1 for _ in root.rglob('*.JPEG'))} files: 1 worker vs 2 workers")
     for _ in range(repeat):
         run("new1", new_decode, root, 1)
         run("new2", new_decode, root, 2)
     med = {k: statistics.median(r["rate"] for r in v) for k, v in res.items()}
     cpu = {k: statistics.median(r["cpu_rate"] for r in v) for k, v in res.items()}
-    print(f"  median img/s: old {med['old']:.0f}, new 1 worker (same files) {med['new1_head']:.0f} "
-          f"-> {med['new1_head'] / med['old']:.2f}x; whole folder 1 worker {med['new1']:.0f}, 2 workers "
-          f"{med['new2']:.0f} -> {med['new2'] / med['new1']:.2f}x", flush=True)
-    print(f"  median img per CPU-second (what a busy machine leaves intact): old {cpu['old']:.0f}, new 1 worker "
-          f"(same files) {cpu['new1_head']:.0f} -> {cpu['new1_head'] / cpu['old']:.2f}x; 1 worker {cpu['new1']:.0f}, "
+    print(f"  median img/s: whole folder 1 worker {med['new1']:.0f}, 2 workers {med['new2']:.0f} "
+          f"-> {med['new2'] / med['new1']:.2f}x", flush=True)
+    print(f"  median img per CPU-second (what a busy machine leaves intact): 1 worker {cpu['new1']:.0f}, "
           f"2 workers {cpu['new2']:.0f} (2 workers at this efficiency on 2 free cores: "
           f"{2 * cpu['new2'] / cpu['new1']:.2f}x one)", flush=True)
     med.update({f"cpu_{k}": v for k, v in cpu.items()})
@@ -537,13 +471,14 @@ def extrapolate(decode: dict, size: int, cores: int = 64) -> None:
           f"~55 KB JPEGs and writes {n * row / 1e9:.0f} GB: {write_s:.0f} s at 1 GB/s, so the disk or a network "
           f"file system, not the CPUs, sets the time there; plus the fork server's start "
           f"(~{max(r['startup'] for r in runs['new2']):.0f} s here) and listing the folders. At the wall-clock "
-          f"efficiency this run saw at 2 workers ({wall_eff:.2f}) the CPU part is {cpu_s / wall_eff:.0f} s. "
-          f"The old single-process path: {n / med['cpu_old'] / 3600:.1f} h")
+          f"efficiency this run saw at 2 workers ({wall_eff:.2f}) the CPU part is {cpu_s / wall_eff:.0f} s")
     print(f"  RAM while decoding: the decoding process +{gb(main_peak)}; fork server {gb(server)} PSS; each worker "
           f"{gb(worker)} PSS (at most, here), so {cores} workers ~{gb(cores * worker + server + main_peak)}, "
-          f"whatever the set size; the old path: ~4 x the set = {gb(4 * n * row)} in one process")
+          f"whatever the set size; an in-process decode that stacks and saves the whole set (the old path, "
+          f"estimated): ~4 x the set = {gb(4 * n * row)} in one process")
     print(f"  RAM holding it: {gb(n * row)} of page cache per node, shared by every actor on it (each adds only "
-          f"its batches); the old path: {gb(n * row)} per actor, {gb(8 * n * row)} for 8 GPU actors")
+          f"its batches); an in-RAM copy per actor (the old path): {gb(n * row)} per actor, {gb(8 * n * row)} "
+          f"for 8 GPU actors")
 
 
 def main() -> None:
@@ -552,7 +487,6 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=20_000)
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--old-images", type=int, default=1500)
     ap.add_argument("--decoder-images", type=int, default=400)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--workdir", default="/tmp/zs-data-path-bench")
@@ -568,7 +502,7 @@ def main() -> None:
     if "decoders" in only:
         results["decoders"] = bench_decoders(root, a.size, a.decoder_images, 3)
     if "decode" in only or "extrapolate" in only:
-        results["decode"] = bench_decode(root, a.size, a.old_images, a.repeat, work)
+        results["decode"] = bench_decode(root, a.size, a.repeat, work)
     if "share" in only:
         results["share"] = bench_share(root, a.size, work)
     if "transfer" in only:

@@ -29,9 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from teacher_cache import compare, forward_ms, reuse_floor, sync  # noqa: E402
+from teacher_cache import compare, forward_ms, sync  # noqa: E402
 
 from zoo_sweep.data.images import ImageSet  # noqa: E402
+from zoo_sweep.pipeline.reuse import reuse_floor  # noqa: E402
 from zoo_sweep.science.complementary import flip_counts  # noqa: E402
 from zoo_sweep.science.records import predict  # noqa: E402
 from zoo_sweep.transfer.train import TransferJob, TransferParams, run_transfer  # noqa: E402

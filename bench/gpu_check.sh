@@ -12,7 +12,7 @@
 # dispatch cost is measured on the CPU by bench/scheduler.py); the end-to-end part runs `zoo-sweep launch`
 # and needs both, and Alembic. Those missing are installed from the wheels `make gpu-wheels` wrote into
 # $ZOO_WHEELS (default: .whl; *.whl there or in parts-1/ and parts-2/) into /tmp/zoo-site, which then goes on
-# PYTHONPATH (bench/install_wheels.sh). Prints one "RESULT ..." line per figure; BENCHMARKS.md ("GPU")
+# PYTHONPATH (tools/install_wheels.sh). Prints one "RESULT ..." line per figure; BENCHMARKS.md ("GPU")
 # records them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +26,7 @@ launcher_deps() { $PY -c "import ray, sqlalchemy, alembic" 2>/dev/null; }
 if launcher_deps; then
   echo "optional: ray, sqlalchemy and alembic present"
 elif compgen -G "$WHEELS/*.whl" >/dev/null || compgen -G "$WHEELS/parts-*/*" >/dev/null; then
-  if bash bench/install_wheels.sh "$WHEELS" /tmp/zoo-site "$PY"; then
+  if bash tools/install_wheels.sh "$WHEELS" /tmp/zoo-site "$PY"; then
     export PYTHONPATH=/tmp/zoo-site${PYTHONPATH:+:$PYTHONPATH}
   fi
   launcher_deps && echo "optional: ray, sqlalchemy and alembic installed from $WHEELS" \

@@ -15,10 +15,10 @@ A model that is both a student and a teacher (``--models``, or overlapping lists
 two roles, as in the launcher's all-pairs sweeps; a model never learns from itself.
 
 Reuse only removes teacher and s0 forward passes; every student still trains in every job. So besides the
-ratio the script prints an estimate of its floor: the ratio if the saved forward passes (timed separately,
-``forward_ms``) were the only difference. A ratio near the estimate means the cache costs nothing of its
-own; one below it means the forward passes cost more inside the sweep than timed alone (noise, on a shared
-machine).
+ratio the script prints an estimate of its floor (``zoo_sweep.pipeline.reuse.reuse_floor``): the ratio if the
+saved forward passes (timed separately, ``forward_ms``) were the only difference. A ratio near the estimate
+means the cache costs nothing of its own; one below it means the forward passes cost more inside the sweep than
+timed alone (noise, on a shared machine).
 
 On a GPU, bench/gpu_check.py calls ``sweep`` with ImageNet-sized timm architectures.
 """
@@ -32,13 +32,13 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from zoo_sweep.pipeline.reuse import pairs, reuse_floor  # noqa: E402
 from zoo_sweep.science.records import predict  # noqa: E402
 from zoo_sweep.transfer.logit_store import LogitCache, device_kind, plan_streams  # noqa: E402
 from zoo_sweep.transfer.train import (  # noqa: E402
@@ -53,21 +53,6 @@ def sync(device: str) -> None:
     """Wait for the GPU's queued work (timings on CUDA end when the work does); nothing on the CPU."""
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
-
-
-def pairs(students: list[str], teachers: list[str]) -> list[tuple[str, str]]:
-    return [(s, t) for s in students for t in teachers if s != t]
-
-
-def reuse_floor(students, teachers, method: str, cost_ms: dict[str, float], steps_per_job: int, off_s: float) -> float:
-    """The lowest auto/off a sweep can reach, estimated: the "off" time less the forward passes the cache saves
-    (``cost_ms``: one forward pass over one batch per model; a model's one stream serves both its roles)."""
-    from zoo_sweep.transfer.methods import METHODS
-
-    roles = [[t] + ([s] if METHODS[method].needs_s0 else []) for s, t in pairs(students, teachers)]
-    uses = Counter(m for r in roles for m in r)  # a model's stream serves its uses in either role
-    saved_ms = sum(cost_ms[m] * (n - 1) for m, n in uses.items()) * steps_per_job
-    return 1 - saved_ms / 1000 / off_s
 
 
 def sweep(models: dict[str, torch.nn.Module], cfgs: dict[str, dict], students: list[str], teachers: list[str],

@@ -422,7 +422,7 @@ class TcpRelay:
         while not self._stop.is_set():
             try:
                 client, _ = self.server.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             try:
                 upstream = socket.create_connection(self.target, timeout=10)

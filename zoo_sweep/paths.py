@@ -9,9 +9,9 @@ import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from zoo_sweep.errors import UserError
 
@@ -85,7 +85,7 @@ class Paths:
     home: Path
 
     @classmethod
-    def default(cls, home: str | Path | None = None) -> "Paths":
+    def default(cls, home: str | Path | None = None) -> Paths:
         return cls(Path(home or os.environ.get("ZOO_SWEEP_HOME") or "results").absolute())
 
     @property

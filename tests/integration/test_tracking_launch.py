@@ -222,10 +222,58 @@ def test_track_logs_a_stored_sweep_afterwards_once_and_refuses_a_tracker_it_cann
         assert r.returncode == 0, r.stdout + r.stderr
         assert r.stdout.strip() == (f"outage: {done} finished transfer job(s); {already} already in MLflow at {uri}, "
                                     f"{done - already} logged now"), r.stdout + r.stderr
-        assert_runs_hold_the_store(uri, w["store"], "outage")
+        runs = assert_runs_hold_the_store(uri, w["store"], "outage")
+    seconds = w["store"].query("select id, seconds from jobs").set_index("id")["seconds"]
+    for run in runs:  # each run lasts as long as its job did
+        assert abs(run.info.end_time - run.info.start_time - seconds[run.data.params["job_id"]] * 1000) <= 1
     down = f"http://zoo:{SECRET}@127.0.0.1:{free_port()}"
     r = run_cli(*base, "--tracking", down, timeout=600)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1, r.stdout + r.stderr
     assert lines[0].startswith("error: MLflow at http://zoo:***@127.0.0.1:") and "nothing was logged" in lines[0]
     assert SECRET not in r.stdout + r.stderr
+
+
+def test_wandb_offline_run_folders_hold_what_the_store_holds(launched_while_down, tmp_path):
+    """[tracking] backend = "wandb" (offline: no network) through `zoo-sweep track SPEC`, a real process: one run
+    folder per finished job under the results folder's wandb/, read back from W&B's own transaction log."""
+    pytest.importorskip("wandb", reason="W&B not installed (pip install 'zoo-sweep[wandb]', or '.[test]')")
+    from wandb_reader import read_run
+
+    w = launched_while_down
+    spec = tmp_path / "outage.toml"
+    spec.write_text(w["spec"].read_text() + '\n[tracking]\nbackend = "wandb"\nproject = "zoo-tests"\n')
+    home = tmp_path / "home"
+    base = ("--db", w["db"], "--home", str(home), "track", str(spec), "--no-progress")
+    store = w["store"]
+    jobs = {r["id"]: Job.from_row(r, "/unused") for r in store.sweep_jobs("outage", "transfer") if r["state"] == "done"}
+    where = f"zoo-tests (offline, {home.resolve() / 'wandb'})"
+    for already in (0, len(jobs)):
+        r = run_cli(*base, timeout=600)
+        assert r.returncode == 0 and "wandb" not in r.stderr.lower(), r.stdout + r.stderr
+        assert r.stdout.strip() == (f"outage: {len(jobs)} finished transfer job(s); {already} already in W&B at "
+                                    f"{where}, {len(jobs) - already} logged now"), r.stdout + r.stderr
+    results = store.query("select r.* from transfer_results r join sweep_jobs sj on sj.job_id = r.job_id "
+                          "where sj.sweep = :s", {"s": "outage"})
+    runs = [read_run(f) for f in sorted((home / "wandb").glob("offline-run-*"))]
+    assert sorted(run.config["job_id"] for run in runs) == sorted(jobs)  # each job once
+    for run in runs:
+        job_id = run.config["job_id"]
+        p, rows = jobs[job_id].payload, results[results["job_id"] == job_id].sort_values("epoch")
+        teacher = rows["teacher"].iloc[0]
+        kind = "multi-teacher" if p.multi else "control" if CATALOG[p.method].control else "method"
+        assert (run.name, run.group, run.project, run.job_type, run.exit_code) == (
+            f"{p.student.name} <- {teacher} / {p.method} / {p.seed}", "outage", "zoo-tests", kind, 0)
+        assert run.run_id.startswith(job_id) and run.tags == [kind, p.method]
+        assert run.config["seed"] == str(p.seed) and run.config["zoo_sweep_version"] == __version__
+        assert run.config["student"] == p.student.name and run.config["kind"] == kind
+        expected = {int(r["epoch"]): {**{k: float(r[k]) for k in TRANSFER_METRICS if r[k] is not None and r[k] == r[k]},
+                                      "epoch": int(r["epoch"])} for r in rows.to_dict("records")}
+        assert sorted(run.history) == sorted(expected), job_id
+        for step, values in expected.items():
+            assert run.history[step] == pytest.approx(values), (job_id, step)
+    assert {run.job_type for run in runs} == {"method", "control", "multi-teacher"}
+    # W&B's own sync finds every run to upload
+    sync = subprocess.run([str(BIN / "wandb"), "sync", "--dry-run"], cwd=home, capture_output=True, text=True,
+                          timeout=120)
+    assert f"Would sync {len(jobs)} run(s)" in sync.stdout + sync.stderr, sync.stdout + sync.stderr

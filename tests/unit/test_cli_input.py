@@ -9,7 +9,6 @@ import torch  # imported at collection: its first import runs ldconfig, which th
 from cli_helpers import dump, invoke, one_error_line, plan_store
 from conftest import micro_spec
 
-
 SPEC = micro_spec(transfer={"methods": ["kl"]})
 
 

@@ -237,3 +237,9 @@ def test_a_stopping_launcher_marks_exactly_the_jobs_it_runs(tmp_path, monkeypatc
         assert c.execute("select owner, lease_until from jobs where id = 'j2'").fetchone() == (None, None)
     assert got == {"j1": "done", "j2": "interrupted", "j3": "running", "j4": "pending"}
     store.dispose()
+
+
+def test_a_query_stopped_by_the_servers_own_statement_timeout_is_one_line_too():
+    from zoo_sweep.storage.readonly import QueryTimeout
+
+    assert str(QueryTimeout(None)).startswith("the query ran longer than the server's statement_timeout; narrow it")

@@ -61,10 +61,11 @@ def test_the_uris_mlflow_logs_to_are_taken(uri):
     assert spec_with({"backend": "mlflow", "uri": uri}).tracking.uri == uri
 
 
-def test_backend_is_none_or_mlflow():
+def test_backend_is_none_mlflow_or_wandb():
     assert spec_with({}).tracking.backend == "none"
-    with pytest.raises(UserError, match=r"\[tracking\] backend must be one of 'none', 'mlflow', got 'wandb'"):
-        spec_with({"backend": "wandb"})
+    assert spec_with({"backend": "wandb"}).tracking.mode == "offline"  # W&B never reaches the network unasked
+    with pytest.raises(UserError, match=r"\[tracking\] backend must be one of 'none', 'mlflow', 'wandb', got 'tb'"):
+        spec_with({"backend": "tb"})
     with pytest.raises(UserError, match=r"unknown key\(s\) url in \[tracking\]"):
         spec_with({"url": "http://h:1"})
 
@@ -251,25 +252,46 @@ def test_a_job_whose_result_cannot_be_described_is_counted_not_raised():
 
 def test_track_logs_where_the_flag_then_the_spec_then_the_environment_then_the_results_folder_say(tmp_path,
                                                                                                 monkeypatch):
-    from zoo_sweep.pipeline.tracking import track_uri
+    from zoo_sweep.pipeline.tracking import Destination, track_destination
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     spec = spec_with({"backend": "mlflow", "uri": "http://127.0.0.1:5000"})
     off = spec_with({})
-    assert track_uri(tmp_path, "file:/tmp/mlruns", spec) == "file:/tmp/mlruns"
-    assert track_uri(tmp_path, None, spec) == "http://127.0.0.1:5000"
+    assert track_destination(tmp_path, "file:/tmp/mlruns", spec) == Destination("mlflow", "file:/tmp/mlruns")
+    assert track_destination(tmp_path, None, spec).uri == "http://127.0.0.1:5000"
     default = f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
-    assert track_uri(tmp_path, None, off) == track_uri(tmp_path) == default  # tracking off in the spec: still logs
+    assert track_destination(tmp_path, None, off).uri == track_destination(tmp_path).uri == default  # still logs
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://10.0.0.1:5000")
-    assert track_uri(tmp_path, None, off) == "http://10.0.0.1:5000"
+    assert track_destination(tmp_path, None, off).uri == "http://10.0.0.1:5000"
+    wandb = track_destination(tmp_path, None, spec_with({"backend": "wandb", "project": "digits"}))
+    assert wandb == Destination("wandb", None, "digits", None, "offline", str(tmp_path.resolve()))
     with pytest.raises(UserError, match="^--tracking 'localhost:5000' is not an MLflow tracking URI"):
-        track_uri(tmp_path, "localhost:5000")
+        track_destination(tmp_path, "localhost:5000")
 
 
-def test_track_without_mlflow_names_the_extra(tmp_path, monkeypatch):
-    from zoo_sweep.pipeline.tracking import track_uri
+@pytest.mark.parametrize(("backend", "module", "extra"), [("mlflow", "mlflow", "mlflow"), ("wandb", "wandb", "wandb")])
+def test_a_tracker_not_installed_is_one_line_naming_its_extra(tmp_path, monkeypatch, backend, module, extra):
+    from zoo_sweep.pipeline.tracking import track_destination
 
-    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed: importing it fails
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed: importing it fails
     with pytest.raises(UserError) as e:
-        track_uri(tmp_path, "http://127.0.0.1:5000")
-    assert str(e.value).endswith(f"needs MLflow, which is not installed here: {INSTALL}")
+        track_destination(tmp_path, None, spec_with({"backend": backend}))
+    assert str(e.value).endswith(f"which is not installed here: pip install 'zoo-sweep[{extra}]'")
+    with pytest.raises(UserError) as e:
+        check_tracking(spec_with({"backend": backend}), tmp_path)
+    assert str(e.value).endswith(f"which is not installed here: pip install 'zoo-sweep[{extra}]'")
+
+
+BAD_WANDB = {(("backend", "wandb"), ("uri", "http://127.0.0.1:5000")):
+             "[tracking] uri is where MLflow logs; W&B takes project, entity and mode instead",
+             (("backend", "wandb"), ("mode", "dryrun")):
+             "[tracking] mode must be one of 'offline', 'online', got 'dryrun'",
+             (("backend", "wandb"), ("project", "a/b")): "[tracking] project 'a/b' is not a W&B name",
+             (("backend", "wandb"), ("entity", "")): "[tracking] entity '' is not a W&B name"}
+
+
+@pytest.mark.parametrize("keys", list(BAD_WANDB))
+def test_bad_wandb_settings_are_one_line(keys):
+    with pytest.raises(UserError) as e:
+        spec_with(dict(keys))
+    assert str(e.value).startswith(BAD_WANDB[keys])

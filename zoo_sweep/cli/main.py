@@ -478,13 +478,13 @@ def track(ctx: typer.Context, sweep: str = typer.Argument(..., help="Sweep name 
               None, "--tracking", help="MLflow tracking URI (default: the spec's [tracking] uri, else "
                                        "$MLFLOW_TRACKING_URI, else mlflow.db in the results folder)."),
           progress: bool = _PROG):
-    """Log to MLflow the finished transfer runs of a stored sweep that its experiment lacks (launched without
-    tracking, or while the tracker was down); runs already there are left as they are."""
+    """Log to MLflow (or the spec's [tracking]) the finished transfer runs of a stored sweep that its experiment
+    lacks (launched without tracking, or while the tracker was down); runs already there are left as they are."""
     from zoo_sweep.pipeline.plan import load_sweep
-    from zoo_sweep.pipeline.tracking import track_sweep, track_uri
+    from zoo_sweep.pipeline.tracking import track_destination, track_sweep
 
     spec = load_sweep(sweep) if sweep.endswith(".toml") else None
-    uri = track_uri(ctx.obj.paths().home, tracking, spec)
+    dest = track_destination(ctx.obj.paths().home, tracking, spec)
     store = ctx.obj.store(create=False)
     name = _sweep_name(store, sweep)
     shown = [time.monotonic()]
@@ -494,8 +494,8 @@ def track(ctx: typer.Context, sweep: str = typer.Argument(..., help="Sweep name 
             shown[0] = time.monotonic()
             err.print(f"{name}: {sent} of {queued} run(s) sent", highlight=False)
 
-    res = track_sweep(store, name, uri, ctx.obj.paths().home, on_progress)
-    say(f"{name}: {res.finished} finished transfer job(s); {res.already} already in MLflow at {res.where}, "
+    res = track_sweep(store, name, dest, ctx.obj.paths().home, on_progress)
+    say(f"{name}: {res.finished} finished transfer job(s); {res.already} already in {dest.name} at {res.where}, "
         f"{res.logged} logged now")
     if res.warning:
         err.print(f"[yellow]warning:[/] {escape(res.warning)}", highlight=False, soft_wrap=True)

@@ -7,7 +7,9 @@ by commands that never train.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
+from typing import Any
 
 from zoo_sweep.config.schema import key
 from zoo_sweep.errors import UserError
@@ -107,7 +109,7 @@ class TransferParams:
     teacher_bn: str = key("eval", 'cd, crd: the teacher in "eval" mode, or in "train" mode (BatchNorm on '
                                   'batch statistics, as the authors\' code leaves it)')
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if isinstance(self.augment, bool):  # older specs and job payloads: augment = true / false
             object.__setattr__(self, "augment", "shift" if self.augment else "none")
         for name, allowed in CHOICES.items():
@@ -117,17 +119,17 @@ class TransferParams:
 
     def lr_of(self, field: str) -> float:
         """The learning rate the optimizer uses: ``field`` (lr or mcl_lr) after lr_scaling."""
-        lr = getattr(self, field)
+        lr: float = getattr(self, field)
         return lr * self.batch_size / 256 if self.lr_scaling == "linear" else lr
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TransferParams":
+    def from_dict(cls, d: dict[str, Any]) -> TransferParams:
         """Parameters from a job payload's ``hp`` (see ``job_hp``): options it leaves out read as LEGACY."""
         names = {f.name for f in fields(cls)}
         return cls(**{**{k: v for k, v in LEGACY.items() if k in names}, **{k: v for k, v in d.items() if k in names}})
 
 
-def job_hp(params: TransferParams, names) -> dict:
+def job_hp(params: TransferParams, names: Iterable[str]) -> dict[str, Any]:
     """The hyper-parameters ``names`` of a job, as its payload (and so its id) carries them: options at their
     LEGACY value are left out and augment "shift" / "none" is written true / false, so a spec that uses none
     of the newer options plans the very jobs it planned before they existed."""

@@ -20,15 +20,21 @@ import dataclasses
 import math
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from zoo_sweep.errors import UserError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    _Section = TypeVar("_Section", bound=DataclassInstance)
 
 
 def key(default: Any = dataclasses.MISSING, doc: str = "", *, ge: float | None = None, gt: float | None = None,
         le: float | None = None, lt: float | None = None, factory: Any = None, expect: str | None = None,
-        unique: bool = False):
+        unique: bool = False) -> Any:  # Any, as dataclasses.field: the default of a field of any type
     """A spec key: ``default`` (or ``factory`` for mutable ones), a one-line meaning, and bounds for numbers
     (``ge``/``gt``/``le``/``lt``; for lists, every element). Every numeric key has both a lower and an upper
     bound, one a real sweep could use: a value past it is a typo or a unit mistake, and would run for days or
@@ -135,7 +141,7 @@ def _bound(b: float) -> str:
     return str(b) if isinstance(b, int) else f"{b:g}"
 
 
-def _check_range(value: Any, meta: dict) -> str | None:
+def _check_range(value: Any, meta: Mapping[str, Any]) -> str | None:
     for bound, word in _BOUNDS:
         b = meta.get(bound)
         if b is None or isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -146,7 +152,7 @@ def _check_range(value: Any, meta: dict) -> str | None:
     return None
 
 
-def _section_of(cls, kind: str, elem: str):
+def _section_of(cls: type[DataclassInstance], kind: str, elem: str) -> type[DataclassInstance] | None:
     """The section class a field's annotation names (a nested table), looked up where ``cls`` is defined."""
     if kind not in ("scalar", "dict"):
         return None
@@ -154,7 +160,7 @@ def _section_of(cls, kind: str, elem: str):
     return found if isinstance(found, type) and dataclasses.is_dataclass(found) else None
 
 
-def _nested(sub, kind: str, value: Any, where: str, name: str) -> Any:
+def _nested(sub: type[DataclassInstance], kind: str, value: Any, where: str, name: str) -> Any:
     """A sub-table built as its own section, or (``dict[str, Section]``) one per key."""
     if kind == "scalar":
         return build(sub, value, f"{where}.{name}")
@@ -167,7 +173,7 @@ def _nested(sub, kind: str, value: Any, where: str, name: str) -> Any:
     return {str(k): build(sub, v, f"{where}.{name}.{k}") for k, v in value.items()}
 
 
-def check_value(cls, name: str, value: Any, where: str) -> Any:
+def check_value(cls: type[DataclassInstance], name: str, value: Any, where: str) -> Any:
     """One key's value converted and checked against its declaration; a UserError names key and rule."""
     f = {x.name: x for x in dataclasses.fields(cls)}[name]
     kind, elem, optional = _parse_type(str(f.type))
@@ -221,7 +227,7 @@ def check_value(cls, name: str, value: Any, where: str) -> Any:
         if problem:
             raise UserError(f"{label} {problem}, got {show(v)}")
     if f.metadata.get("unique"):
-        seen: set = set()
+        seen: set[Any] = set()
         for v in items:
             if v in seen:
                 raise UserError(f"{label} lists {show(v)} twice; list each once")
@@ -229,7 +235,7 @@ def check_value(cls, name: str, value: Any, where: str) -> Any:
     return value
 
 
-def build(cls, table: Any, where: str):
+def build(cls: type[_Section], table: Any, where: str) -> _Section:
     """An instance of the section ``cls`` from a TOML table, every key checked."""
     if not isinstance(table, dict):
         raise UserError(f"{where} must be a table ([{where}]) in the spec, got {table!r}")
@@ -255,7 +261,7 @@ def _toml(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def describe(cls, where: str = "") -> list[dict[str, str]]:
+def describe(cls: type[DataclassInstance], where: str = "") -> list[dict[str, str]]:
     """The reference rows of a section: key, type, default, allowed range, meaning. ``where`` (the section's
     path, e.g. "zoo") names nested tables in the type column."""
     rows = []
@@ -281,7 +287,7 @@ def describe(cls, where: str = "") -> list[dict[str, str]]:
     return rows
 
 
-def sections(cls, where: str) -> list[tuple[str, type]]:
+def sections(cls: type[DataclassInstance], where: str) -> list[tuple[str, type[DataclassInstance]]]:
     """``(path, section class)`` of a section and of every table nested in it, depth first, for the reference
     docs: ``sections(ZooSpec, "zoo")`` gives zoo, zoo.defaults, zoo.defaults.data, zoo.model.NAME, ..."""
     out = [(where, cls)]

@@ -47,7 +47,7 @@ class DataOverrides:
     crop_pct: float | None = key(None, "centre crop: resize to input_size / crop_pct, then crop input_size "
                                        f"(1.0: no crop); the resize is at most {MAX_RESIZE} px", ge=0.05, le=1)
 
-    def given(self) -> dict:
+    def given(self) -> dict[str, Any]:
         """The keys this table sets (lists as tuples, the form timm's configs use)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
@@ -110,7 +110,7 @@ class DataSpec:
     subset_seed: int = key(1234, "random_state of the stratified subsets (scikit-learn's StratifiedShuffleSplit)",
                            ge=0, le=MAX_SEED)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("eval_subset", "transfer_subset"):
             v = getattr(self, name)
             if isinstance(v, float) and not 0 < v < 1:
@@ -161,13 +161,16 @@ class RunSpec:
     topk: int = key(5, "logits kept per sample in prediction records", ge=1, le=MAX_CLASSES)
     max_retries: int = key(2, "retries of a failed job before it stays failed", ge=0, le=100)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if isinstance(self.predict_batch_size, str) and self.predict_batch_size != "auto":
             raise UserError(f'[run] predict_batch_size must be a positive integer or "auto", '
                             f"got {self.predict_batch_size!r}")
 
 
-TRACKING_BACKENDS = ("none", "mlflow")
+TRACKING_BACKENDS = ("none", "mlflow", "wandb")
+WANDB_MODES = ("offline", "online")
+# W&B refuses these in a project or entity name (and a name becomes a folder): letters, digits, '.', '_', '-'
+WANDB_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 # what MLflow logs to: its server over HTTP(S), a local folder or SQLite file, or a database of its own. A URI without
 # one of these schemes (``localhost:5000``) MLflow would take for a folder name and quietly log there
 TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql")
@@ -177,17 +180,28 @@ TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "m
 class TrackingSpec:
     """[tracking]: where a launch logs its transfer runs besides the store (docs/launch.md). Not part of the sweep's
     identity: it changes no job id and is not written to the store, where a password in its URI would be kept."""
-    backend: str = key("none", '"none" or "mlflow": one MLflow run per transfer, control and multi-teacher job '
-                               "(pip install 'zoo-sweep[mlflow]')")
+    backend: str = key("none", '"none", "mlflow" or "wandb": one run per transfer, control and multi-teacher job '
+                               "(pip install 'zoo-sweep[mlflow]' or 'zoo-sweep[wandb]')")
     uri: str | None = key(None, "MLflow tracking URI: http://HOST:PORT, https://HOST, file:/PATH or sqlite:///PATH; "
                                 "unset: $MLFLOW_TRACKING_URI, else mlflow.db (SQLite) in the results folder (--home)")
+    project: str = key("zoo-sweep", "W&B project; each sweep is a group in it")
+    entity: str | None = key(None, "W&B entity (user or team); unset: your default entity")
+    mode: str = key("offline", '"offline" (W&B run folders under the results folder, for `wandb sync`) or "online"')
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.backend not in TRACKING_BACKENDS:
             raise UserError(f"[tracking] backend must be one of {', '.join(map(repr, TRACKING_BACKENDS))}, "
                             f"got {self.backend!r}")
         if self.uri is not None:
+            if self.backend == "wandb":
+                raise UserError('[tracking] uri is where MLflow logs; W&B takes project, entity and mode instead')
             check_tracking_uri(self.uri, "[tracking] uri")
+        if self.mode not in WANDB_MODES:
+            raise UserError(f"[tracking] mode must be one of {', '.join(map(repr, WANDB_MODES))}, got {self.mode!r}")
+        for k in ("project", "entity"):
+            v = getattr(self, k)
+            if v is not None and not WANDB_NAME.fullmatch(v):
+                raise UserError(f"[tracking] {k} {v!r} is not a W&B name: use 1-128 letters, digits, '.', '_' or '-'")
 
 
 def tracking_uri_problem(uri: str) -> str | None:
@@ -258,7 +272,7 @@ class SweepSpec:
         d.pop("tracking")
         return d
 
-    def with_tracking(self, uri: str, where: str = "--tracking") -> "SweepSpec":
+    def with_tracking(self, uri: str, where: str = "--tracking") -> SweepSpec:
         """This spec logging to MLflow at ``uri`` (``launch --tracking URI``), whatever its [tracking] says."""
         return dataclasses.replace(self, tracking=TrackingSpec("mlflow", check_tracking_uri(uri, where)))
 
@@ -275,7 +289,8 @@ def parse_spec(doc: dict[str, Any], path: str | None = None) -> SweepSpec:
     if not name:
         raise UserError("the spec has no name; add name = \"...\" at the top")
     check_name(name)
-    parts = {section: build(cls, doc.pop(section, {}), section) for section, cls in SECTIONS.items()}
+    # Any: each value is its own section class, the SweepSpec keyword of that name
+    parts: dict[str, Any] = {section: build(cls, doc.pop(section, {}), section) for section, cls in SECTIONS.items()}
     description = doc.pop("description", "")
     if not isinstance(description, str):
         raise UserError(f"description must be a string, got {description!r}")
@@ -344,7 +359,7 @@ def validate_zoo(z: ZooSpec) -> None:
         check_data(m.data.given(), f"[zoo.model.{alias}.data]")
 
 
-def check_data(cfg: dict, where: str) -> None:
+def check_data(cfg: dict[str, Any], where: str) -> None:
     """Preprocessing keys that go together (the schema checks each alone, DataOverrides' ranges); also run on
     configs read from a checkpoint's config.json, after the same schema checks (zoo/own.py)."""
     size = cfg.get("input_size")
@@ -371,7 +386,7 @@ def check_data(cfg: dict, where: str) -> None:
                         f"{math.floor(size[-1] / crop)} px before the crop; at most {MAX_RESIZE}: raise crop_pct")
 
 
-def data_notes(cfg: dict) -> list[str]:
+def data_notes(cfg: dict[str, Any]) -> list[str]:
     """Preprocessing that is allowed but almost always a mistake, as warning lines (checked: check_data)."""
     small = [s for s in cfg.get("std") or () if s < STD_WARN]
     if not small:
@@ -394,7 +409,7 @@ def check_model_name(name: str, where: str) -> str:
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 
 
-def check_name(name) -> str:
+def check_name(name: object) -> str:
     """A sweep name becomes a file name (reports, SLURM scripts) and a job name: letters, digits, '.', '_'
     and '-' only, at most 100, not starting with '.' (no hidden files, no '..', no path or shell syntax)."""
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):

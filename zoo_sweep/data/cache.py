@@ -30,9 +30,10 @@ import shutil
 import sys
 import time
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -243,7 +244,7 @@ def _worker_context():
     return ctx
 
 
-def _collect(folder: Path, results: Iterable[dict], bar: "_Bar") -> dict[int, dict]:
+def _collect(folder: Path, results: Iterable[dict], bar: _Bar) -> dict[int, dict]:
     """Markers of the shards in ``results``, written as they come."""
     done = {}
     for r in results:

@@ -57,12 +57,12 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def head(self, n: int) -> "ImageSet":
+    def head(self, n: int) -> ImageSet:
         """The first ``n`` samples (views, no copy): smaller sets for tests and benchmarks."""
         return dataclasses.replace(self, images=self.images[:n], labels=self.labels[:n],
                                    source_ids=self.source_ids[:n])
 
-    def in_memory(self) -> "ImageSet":
+    def in_memory(self) -> ImageSet:
         """A copy whose pixels are in this process's memory (not the shared map): for comparisons and sets
         written to."""
         return dataclasses.replace(self, images=self.images.clone())

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Self
 
 from zoo_sweep.errors import UserError
 from zoo_sweep.ids import content_id
@@ -40,9 +41,9 @@ class JobState(str, Enum):
 
 
 # ---------------------------------------------------------------------- model entries inside payloads
-def entry_from_dict(d: Mapping) -> ModelEntry:
+def entry_from_dict(d: Mapping[str, Any]) -> ModelEntry:
     """A ModelEntry from a payload; JSON turned its tuples into lists, timm wants them back."""
-    def tup(v):
+    def tup(v: Any) -> Any:
         return tuple(tup(x) for x in v) if isinstance(v, list) else v
 
     names = {f.name for f in dataclasses.fields(ModelEntry)}
@@ -52,19 +53,13 @@ def entry_from_dict(d: Mapping) -> ModelEntry:
     return ModelEntry(**d)
 
 
-def _model(**kw):
-    return field(metadata={"model": True}, **kw)
-
-
-def _models(**kw):
-    return field(metadata={"models": True}, **kw)
-
-
 class Payload:
     """A kind's payload: the dataclass fields are the JSON keys; model fields hold ModelEntry objects.
     Optional fields left at None are not written, so a payload's JSON is the same as before they existed."""
 
     kind: ClassVar[str]
+    # what @dataclass gives each kind, declared so that dataclasses.fields() takes a Payload
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
@@ -80,7 +75,7 @@ class Payload:
         return out
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]):
+    def from_dict(cls, d: Mapping[str, Any]) -> Self:
         kw = {}
         for f in dataclasses.fields(cls):
             if f.name not in d:
@@ -100,7 +95,8 @@ class Payload:
 class PredictPayload(Payload):
     """Stage 1: one forward pass of a model over the eval set."""
     kind: ClassVar[str] = "predict"
-    model: ModelEntry = _model()
+    # field() itself rather than a helper around it: mypy takes a helper's result for a default
+    model: ModelEntry = field(metadata={"model": True})
     eval: str
     image_size: int
     class_map: str | None
@@ -126,16 +122,16 @@ class TransferPayload(Payload):
     order; ``teacher`` is the first, so per-job inputs stay defined), ``method`` is its mode and
     ``multi_method`` the single-teacher method each stage uses."""
     kind: ClassVar[str] = "transfer"
-    student: ModelEntry = _model()
-    teacher: ModelEntry = _model()
+    student: ModelEntry = field(metadata={"model": True})
+    teacher: ModelEntry = field(metadata={"model": True})
     method: str
     seed: int
-    hp: dict
+    hp: dict[str, Any]
     eval: str
     transfer: str
     image_size: int
     class_map: str | None
-    teachers: tuple[ModelEntry, ...] | None = _models(default=None)
+    teachers: tuple[ModelEntry, ...] | None = field(default=None, metadata={"models": True})
     eval_subset: float | None = None
     transfer_subset: float | None = None
     subset_seed: int | None = None
@@ -147,7 +143,7 @@ class TransferPayload(Payload):
 
     @property
     def teacher_names(self) -> list[str]:
-        return [e.name for e in self.teachers] if self.multi else [self.teacher.name]
+        return [e.name for e in self.teachers] if self.teachers is not None else [self.teacher.name]
 
 
 @dataclass(frozen=True)
@@ -180,11 +176,11 @@ class Job:
         return self.payload.kind
 
     @classmethod
-    def new(cls, ident: Mapping[str, Any], payload: Payload) -> "Job":
+    def new(cls, ident: Mapping[str, Any], payload: Payload) -> Job:
         return cls(job_id(payload.kind, ident), payload)
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any], home: str | Path) -> "Job":
+    def from_row(cls, row: Mapping[str, Any], home: str | Path) -> Job:
         """A store row (id, kind, payload JSON, state, attempts, error) as a typed job."""
         kind = row["kind"]
         try:
@@ -202,15 +198,15 @@ class Job:
         text = json.dumps(_to_home(d, f"{Path(home)}/") if home else d, sort_keys=True, default=list)
         return {"id": self.id, "kind": self.kind, PAYLOAD_COLUMN: text}
 
-    def but(self, **changes) -> "Job":
+    def but(self, **changes: Any) -> Job:
         return dataclasses.replace(self, **changes)
 
 
-def job_rows(jobs, home: str | Path | None) -> list[dict[str, Any]]:
+def job_rows(jobs: Iterable[Job], home: str | Path | None) -> list[dict[str, Any]]:
     return [j.to_row(home) for j in jobs]
 
 
-def _to_home(v, prefix: str):
+def _to_home(v: Any, prefix: str) -> Any:
     if isinstance(v, str):
         return HOME + "/" + v[len(prefix):] if v.startswith(prefix) else v
     if isinstance(v, dict):
@@ -220,7 +216,7 @@ def _to_home(v, prefix: str):
     return v
 
 
-def _from_home(v, prefix: str):
+def _from_home(v: Any, prefix: str) -> Any:
     if isinstance(v, str):
         return prefix + v[len(HOME) + 1:] if v.startswith(HOME + "/") else v
     if isinstance(v, dict):

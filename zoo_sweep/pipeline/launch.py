@@ -22,8 +22,8 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -58,7 +58,14 @@ from zoo_sweep.pipeline.options import (  # noqa: F401  (LaunchOptions, parse_sh
 from zoo_sweep.pipeline.plan import Plan, make_plan, run_order, select_transfers, write_plan
 from zoo_sweep.pipeline.pool import Handlers, Pool, actor_shape
 from zoo_sweep.pipeline.results import plain, record_transfer  # noqa: F401  (re-exported)
-from zoo_sweep.pipeline.tracking import CLOSE_WAIT_S, START_WAIT_S, Tracker, check_tracking, log_missing
+from zoo_sweep.pipeline.tracking import (
+    CLOSE_WAIT_S,
+    START_WAIT_S,
+    Destination,
+    Tracker,
+    check_tracking,
+    log_missing,
+)
 from zoo_sweep.science.records import load_record, save_record
 from zoo_sweep.storage.leases import Lease
 from zoo_sweep.storage.store import Store, final_results, jobs_of
@@ -145,7 +152,7 @@ class Prepared:
     plan: Plan
     opts: LaunchOptions
     address: str | None
-    tracking: str | None = None  # the MLflow tracking URI the transfer stage logs to
+    tracking: Destination | None = None  # where the transfer stage logs its runs
 
 
 def prepare_launch(spec: SweepSpec, paths: Paths, opts: LaunchOptions | None = None) -> Prepared:
@@ -196,7 +203,7 @@ def run_launch(prep: Prepared, store: Store, paths: Paths, console: Console | No
 
 class _Run:
     def __init__(self, plan: Plan, store: Store, paths: Paths, opts: LaunchOptions, console: Console, address,
-                 tracking: str | None = None):
+                 tracking: Destination | None = None):
         self.plan, self.store, self.paths, self.opts, self.console = plan, store, paths, opts, console
         self.address = address
         self.spec = plan.spec
@@ -474,7 +481,7 @@ class _Run:
             if t.error is None:
                 return False
             self.tracker = None
-            self._warn(t.close(0) or f"MLflow at {t.where} is not reachable ({t.error}): this launch logs no runs "
+            self._warn(t.close(0) or f"{t.name} at {t.where} is not reachable ({t.error}): this launch logs no runs "
                                      f"there; the store has every result, and `zoo-sweep track {self.spec.name}` "
                                      "logs them")
             return True
@@ -495,7 +502,7 @@ class _Run:
     def _convergence(self) -> None:
         """Name the students whose labels control improved them by more than their seed noise: their gains in
         this sweep are mostly continued training (the report says the same, with intervals)."""
-        from zoo_sweep.science.controls import CANNOT_TELL, NOT_CONVERGED, convergence
+        from zoo_sweep.science.controls import NOT_CONVERGED, convergence
 
         if "labels" not in self.spec.transfer.controls:
             return

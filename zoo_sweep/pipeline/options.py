@@ -27,7 +27,7 @@ class LaunchOptions:
     wait_s: float = 6 * 3600  # sharded runs: how long to wait for other shards' predict jobs
     lease_s: float | None = None  # how long a claim on a job holds without renewal; default $ZOO_SWEEP_LEASE_S or 60
 
-    def check(self) -> "LaunchOptions":
+    def check(self) -> LaunchOptions:
         """Every value in range (one line naming the flag otherwise); no cluster is asked here."""
         _number("--gpus", self.gpus, lo=0)
         _number("--gpus-per-job", self.gpus_per_job, lo=0, strict=True)

@@ -8,8 +8,8 @@ process died, or that raised, is retried up to ``max_retries`` times, on a fresh
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from zoo_sweep.errors import UserError
 from zoo_sweep.paths import Paths

@@ -1,13 +1,14 @@
-"""Transfer runs in MLflow, beside the store ([tracking] backend = "mlflow", or ``launch --tracking URI``; off by
-default): one experiment per sweep, one run per finished transfer, control and multi-teacher job, holding the
-job's resolved hyper-parameters, its id and every per-epoch metric the store holds for it (docs/launch.md).
+"""Transfer runs in MLflow or Weights & Biases, beside the store ([tracking] backend = "mlflow" or "wandb", or
+``launch --tracking URI`` for MLflow; off by default): one experiment (MLflow) or group (W&B) per sweep, one run
+per finished transfer, control and multi-teacher job, holding the job's resolved hyper-parameters, its id and
+every per-epoch metric the store holds for it (docs/launch.md).
 
 The launcher logs, when it records a job's result, rather than the workers as they train:
 
 - a job's result carries all its epochs, those a resumed job read back from its checkpoint included, so each job
   is one run holding exactly what the store holds, however often it was retried or resumed (a worker would
   open a run per attempt, each with part of the epochs);
-- only the launcher's machine needs mlflow and a route to the tracking server; GPU nodes often have neither
+- only the launcher's machine needs the tracker's library and a route to its server; GPU nodes often have neither
   (docs/gpus.md, offline nodes), and a worker's Python environment is not always the launcher's;
 - the launcher knows what was logged, so what an outage or an earlier launch without tracking left out is
   logged by a later launch from the store (``missing``), and a job is logged once (but for two launchers of
@@ -15,19 +16,21 @@ The launcher logs, when it records a job's result, rather than the workers as th
 
 The cost: a job's metrics appear when the job ends, not epoch by epoch.
 
-A tracker must never hold a job or the launch up, nor end either: every MLflow call (the import, a few seconds,
+A tracker must never hold a job or the launch up, nor end either: every call to it (the import, a few seconds,
 included) runs on one background thread, a job's result only joins its queue, and a failure is counted, never
-raised. The launch says what was not logged in one warning line. MLflow's own log lines from that thread are
-dropped (its retries, a local store's table creation), since they would interleave with the launch's.
+raised. The launch says what was not logged in one warning line. The library's own log lines from that thread
+are dropped (MLflow's retries, a local store's table creation), since they would interleave with the launch's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import logging
 import os
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +42,7 @@ from zoo_sweep.errors import UserError
 from zoo_sweep.urls import scrub
 
 INSTALL = "pip install 'zoo-sweep[mlflow]'"
+INSTALL_WANDB = "pip install 'zoo-sweep[wandb]'"
 # Set for the launch's process where the user has not set them. MLflow's defaults retry a request 7 times over
 # minutes, each waiting up to 120 s: a server that is down would hold every run in the queue for the rest of the
 # launch. And it prints two lines (run and experiment URLs) to stdout for every run it ends, between the
@@ -54,39 +58,68 @@ GIVE_UP_AFTER = 3  # failures in a row after which the rest of the launch's runs
 MAX_PARAMS, MAX_ENTITIES = 100, 1000  # what one MLflow log_batch call takes
 
 
+@dataclass(frozen=True)
+class Destination:
+    """Where runs go: MLflow at ``uri``, or a W&B ``project`` (``entity``, ``mode``) whose offline run folders
+    are kept under ``folder``."""
+    backend: str
+    uri: str | None = None
+    project: str = "zoo-sweep"
+    entity: str | None = None
+    mode: str = "offline"
+    folder: str = "."
+
+    @property
+    def name(self) -> str:
+        return "MLflow" if self.backend == "mlflow" else "W&B"
+
+    @property
+    def where(self) -> str:
+        """For messages: the URI with its password masked, or the W&B project."""
+        if self.backend == "mlflow":
+            return scrub(str(self.uri), str(self.uri))
+        path = f"{self.entity}/{self.project}" if self.entity else self.project
+        return f"{path} ({self.mode}{', ' + str(Path(self.folder) / 'wandb') if self.mode == 'offline' else ''})"
+
+
 def tracking_uri(spec: SweepSpec, home: str | Path) -> str | None:
-    """Where a launch of ``spec`` logs its runs (None: nowhere): [tracking] uri, else $MLFLOW_TRACKING_URI (as
-    MLflow itself reads it), else a SQLite file in the results folder, beside the default store."""
-    return _uri(spec.tracking, home)
+    """Where a launch of ``spec`` logs its runs to MLflow (None: not to MLflow): [tracking] uri, else
+    $MLFLOW_TRACKING_URI (as MLflow itself reads it), else a SQLite file in the results folder, beside the
+    default store."""
+    d = destination(spec.tracking, home)
+    return d.uri if d is not None else None
 
 
-def _uri(t: TrackingSpec, home: str | Path) -> str | None:
+def destination(t: TrackingSpec, home: str | Path) -> Destination | None:
     if t.backend == "none":
         return None
+    if t.backend == "wandb":
+        return Destination("wandb", project=t.project, entity=t.entity, mode=t.mode, folder=str(Path(home).resolve()))
     if t.uri:
-        return t.uri
+        return Destination("mlflow", t.uri)
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
-        return check_tracking_uri(env, "MLFLOW_TRACKING_URI")
-    return f"sqlite:///{Path(home).resolve() / 'mlflow.db'}"
+        return Destination("mlflow", check_tracking_uri(env, "MLFLOW_TRACKING_URI"))
+    return Destination("mlflow", f"sqlite:///{Path(home).resolve() / 'mlflow.db'}")
 
 
-def _need_mlflow() -> None:
-    """A UserError where mlflow is not installed (looked up, not imported: the import takes seconds, and happens
-    on the tracker's thread)."""
+def _need(backend: str) -> None:
+    """A UserError where the backend's library is not installed (looked up, not imported: the import takes
+    seconds, and happens on the tracker's thread)."""
     import importlib.util
 
-    if importlib.util.find_spec("mlflow") is None:
-        raise UserError(f'[tracking] backend = "mlflow" (or --tracking) needs MLflow, which is not installed here: '
-                        f"{INSTALL}")
+    module, name, install = ("wandb", "W&B", INSTALL_WANDB) if backend == "wandb" else ("mlflow", "MLflow", INSTALL)
+    if importlib.util.find_spec(module) is None:
+        how = '[tracking] backend = "wandb"' if backend == "wandb" else '[tracking] backend = "mlflow" (or --tracking)'
+        raise UserError(f"{how} needs {name}, which is not installed here: {install}")
 
 
-def check_tracking(spec: SweepSpec, home: str | Path) -> str | None:
-    """The URI a launch logs to, checked before anything is written."""
-    uri = tracking_uri(spec, home)
-    if uri is not None:
-        _need_mlflow()
-    return uri
+def check_tracking(spec: SweepSpec, home: str | Path) -> Destination | None:
+    """Where a launch logs, checked before anything is written."""
+    d = destination(spec.tracking, home)
+    if d is not None:
+        _need(d.backend)
+    return d
 
 
 def run_name(student: str, teacher: str, method: str, seed: int) -> str:
@@ -168,12 +201,134 @@ def _line(e: BaseException, uri: str) -> str:
     return scrub(line, uri)
 
 
-def _mlflow_client(uri: str):
-    for k, v in MLFLOW_DEFAULTS.items():
-        os.environ.setdefault(k, v)
-    from mlflow.tracking import MlflowClient
+class _Mlflow:
+    """One sweep's MLflow experiment. ``client_factory(uri)`` gives an ``MlflowClient`` (or anything with its
+    methods: tests pass one that fails)."""
+    module = "mlflow"  # imported on the tracker's thread: MLflow sets its log handlers up when imported
+    loggers = ("mlflow", "alembic")
 
-    return MlflowClient(tracking_uri=uri)
+    def __init__(self, dest: Destination, experiment: str, client_factory: Callable | None = None):
+        self.dest, self.experiment = dest, experiment
+        self._factory = client_factory
+
+    def connect(self) -> None:
+        if self._factory is None:
+            for k, v in MLFLOW_DEFAULTS.items():
+                os.environ.setdefault(k, v)
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.dest.uri)
+        else:
+            self._client = self._factory(self.dest.uri)
+        self._experiment_id = self._find_experiment()
+
+    def _find_experiment(self) -> str:
+        c = self._client
+        exp = c.get_experiment_by_name(self.experiment)
+        if exp is None:
+            try:
+                return c.create_experiment(self.experiment)
+            except Exception:  # another launcher of the sweep created it meanwhile
+                exp = c.get_experiment_by_name(self.experiment)
+                if exp is None:
+                    raise
+        if exp.lifecycle_stage == "deleted":  # the name stays taken by a deleted experiment: bring it back
+            c.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+
+    def logged(self) -> set[str]:
+        """The jobs with a finished run in the experiment (a run that failed half-way is logged again)."""
+        ids, token = set(), None
+        while True:
+            page = self._client.search_runs([self._experiment_id], "attributes.status = 'FINISHED'",
+                                            max_results=1000, page_token=token)
+            ids.update(r.data.params["job_id"] for r in page if "job_id" in r.data.params)
+            token = page.token
+            if not token:
+                return ids
+
+    def send(self, rec: RunRecord) -> None:
+        c = self._client
+        end = int(time.time() * 1000)
+        start = end - int((rec.seconds or 0) * 1000)
+        run = c.create_run(self._experiment_id, start_time=start, tags=rec.tags, run_name=rec.name)
+        run_id = run.info.run_id
+        try:
+            from mlflow.entities import Metric, Param, RunStatus
+
+            params = [Param(k, v) for k, v in rec.params.items()]
+            for i in range(0, len(params), MAX_PARAMS):
+                c.log_batch(run_id, params=params[i:i + MAX_PARAMS])
+            metrics = [Metric(k, v, end, step) for k, v, step in rec.metrics]
+            for i in range(0, len(metrics), MAX_ENTITIES):
+                c.log_batch(run_id, metrics=metrics[i:i + MAX_ENTITIES])
+            c.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED), end_time=end)
+        except Exception:
+            # a half-written run is not counted as logged (``logged``): gone, the job's next run is its only one
+            with contextlib.suppress(Exception):
+                c.delete_run(run_id)
+            raise
+
+
+class _Wandb:
+    """One sweep as a group of runs in a W&B project. Each run's id is the job's id and a digest of the sweep
+    (a job shared by two sweeps is a run in each group); offline, a job counts as logged when its run folder is
+    under the results folder's wandb/, online when the project holds its finished run."""
+    module = "wandb"
+    loggers = ("wandb",)
+
+    def __init__(self, dest: Destination, experiment: str, client_factory: Callable | None = None):
+        self.dest, self.group = dest, experiment
+        self._factory = client_factory
+        self._suffix = "-" + hashlib.sha256(experiment.encode()).hexdigest()[:8]
+
+    def run_id(self, job_id: str) -> str:
+        return job_id + self._suffix
+
+    def connect(self) -> None:
+        self._wandb = self._factory() if self._factory is not None else importlib.import_module("wandb")
+        Path(self.dest.folder).mkdir(parents=True, exist_ok=True)
+        if self.dest.mode == "online":
+            self._api = self._wandb.Api(timeout=15)
+            self._path = f"{self.dest.entity or self._api.default_entity}/{self.dest.project}"
+
+    def logged(self) -> set[str]:
+        if self.dest.mode == "online":
+            runs = self._api.runs(self._path, filters={"group": self.group, "state": "finished"})
+            ids = [r.id for r in runs]
+        else:
+            ids = [p.name[len("offline-run-") + 16:] for p in self._runs_folder().glob("offline-run-*")]
+        return {i[:-len(self._suffix)] for i in ids if i.endswith(self._suffix)}
+
+    def _runs_folder(self) -> Path:
+        return Path(self.dest.folder) / "wandb"
+
+    def send(self, rec: RunRecord) -> None:
+        w = self._wandb
+        settings = w.Settings(silent=True, console="off", save_code=False, x_disable_stats=True,
+                              x_disable_meta=True, x_disable_machine_info=True)
+        run = w.init(project=self.dest.project, entity=self.dest.entity, group=self.group, name=rec.name,
+                     id=self.run_id(rec.job_id), job_type=rec.tags["kind"], tags=[rec.tags["kind"], rec.tags["method"]],
+                     config={**rec.params, **rec.tags}, dir=self.dest.folder, mode=self.dest.mode,
+                     reinit="create_new", settings=settings)
+        try:
+            by_epoch: dict[int, dict[str, float]] = {}
+            for k, v, step in rec.metrics:
+                by_epoch.setdefault(step, {})[k] = v
+            for step in sorted(by_epoch):
+                run.log({**by_epoch[step], "epoch": step}, step=step)
+            run.finish()
+        except Exception:
+            with contextlib.suppress(Exception):
+                run.finish(exit_code=1)
+            if self.dest.mode == "offline":  # a half-written run folder would count as logged, and be synced
+                for d in self._runs_folder().glob(f"offline-run-*-{self.run_id(rec.job_id)}"):
+                    shutil.rmtree(d, ignore_errors=True)
+            raise
+
+
+# what runs are logged to, by [tracking] backend
+BACKENDS = {"mlflow": _Mlflow, "wandb": _Wandb}
 
 
 @dataclass
@@ -185,12 +340,14 @@ class _Counts:
 
 
 class Tracker:
-    """One sweep's MLflow experiment, written from a background thread. ``client_factory(uri)`` gives an
-    ``MlflowClient`` (or anything with its methods: tests pass one that fails)."""
+    """One sweep's runs in a tracker (``dest``; a string is an MLflow tracking URI), written from a background
+    thread. ``client_factory`` stands in for the backend's client (tests)."""
 
-    def __init__(self, uri: str, experiment: str, client_factory: Callable | None = None):
-        self.uri, self.experiment = uri, experiment
-        self._factory = client_factory or _mlflow_client
+    def __init__(self, dest: Destination | str, experiment: str, client_factory: Callable | None = None):
+        self.dest = Destination("mlflow", dest) if isinstance(dest, str) else dest
+        self.experiment = experiment
+        self._backend = BACKENDS[self.dest.backend](self.dest, experiment, client_factory)
+        self._import = client_factory is None
         self._queue: queue.Queue = queue.Queue()
         self._connected = threading.Event()
         self.error: str | None = None  # why it could not reach the experiment
@@ -203,13 +360,17 @@ class Tracker:
 
     @property
     def where(self) -> str:
-        return scrub(self.uri, self.uri)
+        return self.dest.where
 
-    def start(self) -> "Tracker":
+    @property
+    def name(self) -> str:
+        return self.dest.name
+
+    def start(self) -> Tracker:
         self._thread.start()
         return self
 
-    def ready(self, timeout: float = START_WAIT_S) -> bool:
+    def ready(self, timeout: float | None = START_WAIT_S) -> bool:
         """Whether the experiment is reachable, waiting up to ``timeout`` seconds to learn it; False also when
         that is still not known (``error`` is None then)."""
         return self._connected.wait(timeout) and self.error is None
@@ -228,8 +389,8 @@ class Tracker:
             self.counts.queued += 1
         try:
             rec = run_record(job, rows, seconds)
-        except Exception as e:  # noqa: BLE001  (a job we cannot describe to MLflow is still in the store)
-            self._failed(f"job {job.id}", _line(e, self.uri))
+        except Exception as e:  # noqa: BLE001  (a job we cannot describe to the tracker is still in the store)
+            self._failed(f"job {job.id}", self._line(e))
             return
         self._queue.put(rec)
 
@@ -243,7 +404,7 @@ class Tracker:
                 return None
             self._closed = True
         self._queue.put(None)
-        if self.counts.queued:  # else nothing to wait for (the thread may still be importing MLflow)
+        if self.counts.queued:  # else nothing to wait for (the thread may still be importing the library)
             end = None if timeout is None else time.monotonic() + timeout
             while self._thread.is_alive():
                 left = None if end is None else end - time.monotonic()
@@ -258,31 +419,34 @@ class Tracker:
             c = self.counts
             missed = c.queued - c.logged
             first = c.not_logged[0] if c.not_logged else None
-            why = c.first_error or self.error or "MLflow did not answer in time"
+            why = c.first_error or self.error or f"{self.name} did not answer in time"
         if not missed:
             return None
-        return (f"MLflow at {self.where}: {missed} of {c.queued} run(s) not logged"
+        return (f"{self.name} at {self.where}: {missed} of {c.queued} run(s) not logged"
                 + (f", the first '{first}'" if first and missed > 1 else f": '{first}'" if first else "")
                 + f" ({why}); the store has every result, and `zoo-sweep track {self.experiment}` logs them")
+
+    def _line(self, e: BaseException) -> str:
+        return _line(e, str(self.dest.uri or ""))
 
     # ------------------------------------------------------------------ the background thread
     def _main(self) -> None:
         quiet = _FromThread(threading.get_ident())
         handlers = []
+        b = self._backend
         try:
-            if self._factory is _mlflow_client:  # MLflow sets its log handlers up when imported
-                importlib.import_module("mlflow")
-            for h in [h for name in ("mlflow", "alembic", "") for h in logging.getLogger(name).handlers] + \
+            if self._import:
+                importlib.import_module(b.module)
+            for h in [h for name in (*b.loggers, "") for h in logging.getLogger(name).handlers] + \
                     [logging.lastResort]:
                 if h is not None:
                     h.addFilter(quiet)
                     handlers.append(h)
-            self._client = self._factory(self.uri)
-            self._experiment_id = self._experiment()
+            b.connect()
             with self._lock:
-                self.logged |= self._logged_ids()
+                self.logged |= b.logged()
         except Exception as e:  # noqa: BLE001
-            self.error = _line(e, self.uri)
+            self.error = self._line(e)
         finally:
             self._connected.set()
         failures = 0
@@ -292,11 +456,15 @@ class Tracker:
                     self._failed(rec.name, self.error)
                     continue
                 try:
-                    self._send(rec)
+                    b.send(rec)
                     failures = 0
                 except Exception as e:  # noqa: BLE001
                     failures += 1
-                    self._failed(rec.name, _line(e, self.uri))
+                    self._failed(rec.name, self._line(e))
+                    continue
+                with self._lock:
+                    self.logged.add(rec.job_id)
+                    self.counts.logged += 1
         finally:
             for h in handlers:
                 h.removeFilter(quiet)
@@ -308,56 +476,6 @@ class Tracker:
             if self.counts.first_error is None:
                 self.counts.first_error = error
 
-    def _experiment(self) -> str:
-        c = self._client
-        exp = c.get_experiment_by_name(self.experiment)
-        if exp is None:
-            try:
-                return c.create_experiment(self.experiment)
-            except Exception:  # another launcher of the sweep created it meanwhile
-                exp = c.get_experiment_by_name(self.experiment)
-                if exp is None:
-                    raise
-        if exp.lifecycle_stage == "deleted":  # the name stays taken by a deleted experiment: bring it back
-            c.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-
-    def _logged_ids(self) -> set[str]:
-        """The jobs with a finished run in the experiment (a run that failed half-way is logged again)."""
-        ids, token = set(), None
-        while True:
-            page = self._client.search_runs([self._experiment_id], "attributes.status = 'FINISHED'",
-                                            max_results=1000, page_token=token)
-            ids.update(r.data.params["job_id"] for r in page if "job_id" in r.data.params)
-            token = page.token
-            if not token:
-                return ids
-
-    def _send(self, rec: RunRecord) -> None:
-        c = self._client
-        end = int(time.time() * 1000)
-        start = end - int((rec.seconds or 0) * 1000)
-        run = c.create_run(self._experiment_id, start_time=start, tags=rec.tags, run_name=rec.name)
-        run_id = run.info.run_id
-        try:
-            from mlflow.entities import Metric, Param, RunStatus
-
-            params = [Param(k, v) for k, v in rec.params.items()]
-            for i in range(0, len(params), MAX_PARAMS):
-                c.log_batch(run_id, params=params[i:i + MAX_PARAMS])
-            metrics = [Metric(k, v, end, step) for k, v, step in rec.metrics]
-            for i in range(0, len(metrics), MAX_ENTITIES):
-                c.log_batch(run_id, metrics=metrics[i:i + MAX_ENTITIES])
-            c.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED), end_time=end)
-        except Exception:
-            # a half-written run is not counted as logged (``_logged_ids``): gone, the job's next run is its only one
-            with contextlib.suppress(Exception):
-                c.delete_run(run_id)
-            raise
-        with self._lock:
-            self.logged.add(rec.job_id)
-            self.counts.logged += 1
-
 
 def log_missing(tracker: Tracker, store, sweep: str, done: dict) -> int:
     """Queue the runs of ``done`` (job id -> finished transfer job of ``sweep``) that the experiment lacks, each
@@ -365,54 +483,58 @@ def log_missing(tracker: Tracker, store, sweep: str, done: dict) -> int:
     missing = set(tracker.missing(done))
     if not missing:
         return 0
-    rows = store.query("select r.* from transfer_results r join sweep_jobs sj on sj.job_id = r.job_id "
+    rows = store.query("select r.*, j.seconds as job_seconds from transfer_results r "
+                       "join sweep_jobs sj on sj.job_id = r.job_id join jobs j on j.id = r.job_id "
                        "where sj.sweep = :s order by r.job_id, r.epoch", {"s": sweep})
     n = 0
     for job_id, g in rows[rows["job_id"].isin(missing)].groupby("job_id", sort=False):
-        tracker.log(done[job_id], g.to_dict("records"))
+        seconds = g["job_seconds"].iloc[0]
+        tracker.log(done[job_id], g.to_dict("records"), None if seconds is None or seconds != seconds else seconds)
         n += 1
     return n
 
 
-def track_uri(home: str | Path, uri: str | None = None, spec: SweepSpec | None = None) -> str:
-    """Where ``zoo-sweep track`` logs: ``uri`` (--tracking), else the spec's [tracking] as a launch of it would
-    log, else $MLFLOW_TRACKING_URI, else the results folder's SQLite file (where a launch logs by default)."""
+def track_destination(home: str | Path, uri: str | None = None, spec: SweepSpec | None = None) -> Destination:
+    """Where ``zoo-sweep track`` logs: MLflow at ``uri`` (--tracking), else the spec's [tracking] as a launch of it
+    would log, else MLflow at $MLFLOW_TRACKING_URI, else the results folder's SQLite file (where a launch logs by
+    default)."""
     if uri is not None:
-        found = check_tracking_uri(uri, "--tracking")
+        d: Destination | None = Destination("mlflow", check_tracking_uri(uri, "--tracking"))
     else:
         on = spec.tracking if spec is not None and spec.tracking.backend != "none" else TrackingSpec("mlflow")
-        found = str(_uri(on, home))
-    _need_mlflow()
-    return found
+        d = destination(on, home)
+    assert d is not None
+    _need(d.backend)
+    return d
 
 
 @dataclass
 class TrackOutcome:
-    where: str  # the tracking URI, its password masked
+    where: str  # the tracker, its password masked
     finished: int  # the sweep's finished transfer jobs
     already: int  # of those, with a run in the experiment before
     logged: int  # logged now
     warning: str | None  # the runs tried and not logged, and why
 
 
-# How long ``track`` waits to reach the tracker: the MLflow import, and a local store's table creation
+# How long ``track`` waits to reach the tracker: the library's import, and a local store's table creation
 TRACK_CONNECT_S = 120.0
 
 
-def track_sweep(store, sweep: str, uri: str, home: str | Path,
+def track_sweep(store, sweep: str, dest: Destination | str, home: str | Path,
                 on_progress: Callable[[int, int], None] | None = None,
                 client_factory: Callable | None = None) -> TrackOutcome:
-    """Log the finished transfer jobs of a stored ``sweep`` that its MLflow experiment lacks, from the store
+    """Log the finished transfer jobs of a stored ``sweep`` that its experiment lacks, from the store
     (``zoo-sweep track``): a sweep launched without tracking, or whose tracker was down. Waits until every run is
     sent. A tracker that cannot be reached is a UserError: nothing was logged."""
     from zoo_sweep.pipeline.jobs import Job
 
     done = {r["id"]: Job.from_row(r, str(home)) for r in store.sweep_jobs(sweep, "transfer") if r["state"] == "done"}
-    t = Tracker(uri, sweep, client_factory).start()
+    t = Tracker(dest, sweep, client_factory).start()
     if not t.ready(TRACK_CONNECT_S):
         why = t.error or f"no answer in {TRACK_CONNECT_S:.0f} s"
         t.close(0)
-        raise UserError(f"MLflow at {t.where} is not reachable ({why}); nothing was logged: start the tracking "
+        raise UserError(f"{t.name} at {t.where} is not reachable ({why}); nothing was logged: start the tracking "
                         "server, or give the URI it listens on with --tracking")
     queued = log_missing(t, store, sweep, done)
     warning = t.close(None, on_progress)

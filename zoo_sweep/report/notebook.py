@@ -109,7 +109,7 @@ class Results:
         """Close the store's connections (a notebook may keep a SQLite file open otherwise)."""
         self._store.dispose()
 
-    def __enter__(self) -> "Results":
+    def __enter__(self) -> Results:
         return self
 
     def __exit__(self, *exc) -> None:

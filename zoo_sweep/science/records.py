@@ -11,8 +11,8 @@ import contextlib
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

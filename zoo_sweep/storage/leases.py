@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 import uuid
+from typing import Protocol
 
 from zoo_sweep.errors import UserError
 
@@ -73,10 +74,18 @@ def owner_dead(owner: str | None) -> bool:
     return False
 
 
+class LeaseStore(Protocol):
+    """What a lease asks of the store (store.Store), named here since store.py imports this module."""
+
+    def claim_job(self, job_id: str, owner: str, lease_until: float, worker: str | None = None) -> bool: ...
+
+    def renew_leases(self, job_ids: list[str], owner: str, lease_until: float) -> int: ...
+
+
 class Lease:
     """This launcher's claims: which jobs it holds, and the thread that renews them."""
 
-    def __init__(self, store, seconds: float | None = None):
+    def __init__(self, store: LeaseStore, seconds: float | None = None):
         self.store = store
         self.seconds = lease_seconds(seconds)
         self.owner = new_owner()

@@ -12,13 +12,18 @@ the command that upgrades it, a newer one with a line saying so.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from zoo_sweep.errors import UserError
 from zoo_sweep.storage.schema import SCHEMA_VERSION, V1_TABLES, VERSION_TABLE, metadata
+
+if TYPE_CHECKING:  # alembic is imported where it is used, by the commands that need it
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _LOCK_KEY = 0x7A6F6F  # PostgreSQL advisory lock held while a store is created or upgraded
@@ -63,6 +68,7 @@ def inspect_store(conn: sa.Connection, where: str) -> Found:
 def check_current(conn: sa.Connection, found: Found, where: str) -> None:
     """UserError unless the store is at this code's version with every table and column it expects."""
     v = found.version
+    assert v is not None  # callers check for an empty database (no version) first
     if v < SCHEMA_VERSION:
         raise UserError(f"store schema is version {v}, this zoo-sweep needs {SCHEMA_VERSION}: run "
                         f"`zoo-sweep db upgrade` ({where})")
@@ -133,7 +139,7 @@ def upgrade(engine: sa.Engine, where: str) -> tuple[int, int]:
         return found.version, SCHEMA_VERSION
 
 
-def alembic_config(conn: sa.Connection):
+def alembic_config(conn: sa.Connection | None) -> Config:
     """An Alembic configuration without alembic.ini: the package's migrations, run on ``conn``."""
     from alembic.config import Config
 
@@ -147,17 +153,19 @@ def head_revision() -> str:
     """The newest migration script (tests hold SCHEMA_VERSION to it)."""
     from alembic.script import ScriptDirectory
 
-    cfg = alembic_config(None)
-    return ScriptDirectory.from_config(cfg).get_current_head()
+    cfg = alembic_config(None)  # no connection: the scripts are only read
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None  # None only without migration scripts, and the package ships them
+    return head
 
 
 @contextlib.contextmanager
-def _locked(engine: sa.Engine):
+def _locked(engine: sa.Engine) -> Iterator[sa.Connection]:
     """A connection in a transaction that no other creator or upgrader runs beside, committed at the end.
     SQLite: the driver's own transaction handling is switched off, so DDL is part of the transaction too."""
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
-            conn.connection.driver_connection.isolation_level = None  # we say when transactions begin
+            _driver(conn).isolation_level = None  # we say when transactions begin
             try:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
                 try:
@@ -167,9 +175,14 @@ def _locked(engine: sa.Engine):
                     raise
                 conn.exec_driver_sql("COMMIT")
             finally:
-                conn.connection.driver_connection.isolation_level = ""  # back to the driver's default
+                _driver(conn).isolation_level = ""  # back to the driver's default
             return
         with conn.begin():
             if engine.dialect.name == "postgresql":
                 conn.execute(sa.text("select pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
             yield conn
+
+
+def _driver(conn: sa.Connection) -> Any:
+    """The driver's own connection (sqlite3's), whose settings SQLAlchemy does not type."""
+    return conn.connection.driver_connection

@@ -22,7 +22,9 @@ import decimal
 import os
 import sqlite3
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
@@ -42,7 +44,7 @@ _SETTING_PRAGMAS = {"user_version", "schema_version", "application_id", "page_co
                     "read_uncommitted", "recursive_triggers", "secure_delete", "legacy_alter_table"}
 
 
-def _authorize(action, arg1, arg2, _db, _trigger):
+def _authorize(action: int, arg1: str | None, arg2: str | None, _db: str | None, _trigger: str | None) -> int:
     if action in _READS:
         return sqlite3.SQLITE_OK
     if action == sqlite3.SQLITE_PRAGMA:
@@ -58,8 +60,10 @@ def _authorize(action, arg1, arg2, _db, _trigger):
 class QueryTimeout(UserError):
     """A query stopped at its time limit."""
 
-    def __init__(self, seconds: float):
-        super().__init__(f"the query ran longer than {seconds:g} s (--timeout); narrow it down (a WHERE, a LIMIT) "
+    def __init__(self, seconds: float | None):
+        # None: no --timeout was given and the server's own statement_timeout stopped it
+        limit = f"{seconds:g} s (--timeout)" if seconds is not None else "the server's statement_timeout"
+        super().__init__(f"the query ran longer than {limit}; narrow it down (a WHERE, a LIMIT) "
                          "or give it more time with --timeout SECONDS")
 
 
@@ -93,6 +97,7 @@ def _wal_unopenable(path: Path) -> bool:
 def readonly_engine(url: sa.URL) -> sa.Engine:
     """An engine whose connections can only read the store at ``url``."""
     if url.get_backend_name() == "sqlite":
+        assert url.database is not None  # sqlite:// (in memory) gets no read-only engine (Store.readonly)
         path = Path(url.database).resolve()
         return sa.create_engine(url, creator=lambda: sqlite_readonly_connect(path))
     if url.get_backend_name() == "postgresql":
@@ -101,14 +106,15 @@ def readonly_engine(url: sa.URL) -> sa.Engine:
     return sa.create_engine(url)  # other databases: rolled back after each read, no more
 
 
-def run_query(engine: sa.Engine, sql: str, params: dict | None = None, timeout: float | None = None) -> pd.DataFrame:
+def run_query(engine: sa.Engine, sql: str, params: dict[str, Any] | None = None,
+              timeout: float | None = None) -> pd.DataFrame:
     """One read-only statement; its rows as a frame (SQL NUMERIC comes back as float). ``timeout``: seconds
     after which the database stops it (QueryTimeout); None: no limit."""
     dbapi = engine.dialect.loaded_dbapi
-    stopped = []  # SQLite: the progress handler fired
+    stopped: list[bool] = []  # SQLite: the progress handler fired
     try:
         with engine.connect() as conn:
-            raw = conn.connection.driver_connection
+            raw: Any = conn.connection.driver_connection  # the driver's own connection: untyped
             try:
                 if engine.dialect.name == "postgresql":
                     cols, rows = _pg_cursor_query(conn, sql, params, timeout)
@@ -132,7 +138,7 @@ def run_query(engine: sa.Engine, sql: str, params: dict | None = None, timeout: 
     return _numbers_as_floats(pd.DataFrame(rows, columns=cols))
 
 
-def _deadline(at: float, stopped: list):
+def _deadline(at: float, stopped: list[bool]) -> Callable[[], bool]:
     """A SQLite progress handler, called every few thousand steps of the statement: a true value aborts it.
     Inside the statement, so no other thread is needed and nothing outlives the query."""
 
@@ -145,17 +151,18 @@ def _deadline(at: float, stopped: list):
     return check
 
 
-def _timed_out(e: BaseException) -> bool:
+def _timed_out(e: BaseException | None) -> bool:
     """PostgreSQL's query_canceled (57014) from statement_timeout."""
     return getattr(e, "sqlstate", None) == "57014" and "statement timeout" in str(e)
 
 
-def _pg_cursor_query(conn: sa.Connection, sql: str, params: dict | None, timeout: float | None = None):
+def _pg_cursor_query(conn: sa.Connection, sql: str, params: dict[str, Any] | None,
+                     timeout: float | None = None) -> tuple[list[str], Sequence[Any]]:
     conn.exec_driver_sql("SET TRANSACTION READ ONLY")
     if timeout is not None:  # this transaction only (it is rolled back after the query)
         conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, round(timeout * 1000))}")
     compiled = sa.text(sql).compile(dialect=conn.dialect)
-    raw = conn.connection.driver_connection
+    raw: Any = conn.connection.driver_connection  # psycopg's connection: untyped here
     with raw.cursor(name="zoo_sweep_query") as cur:  # a server-side cursor: DECLARE ... CURSOR FOR <sql>
         cur.execute(str(compiled), compiled.construct_params(params or {}))
         rows = cur.fetchall()
@@ -163,12 +170,12 @@ def _pg_cursor_query(conn: sa.Connection, sql: str, params: dict | None, timeout
     return cols, rows
 
 
-def _first_line(e: BaseException) -> str:
+def _first_line(e: BaseException | None) -> str:
     lines = str(e).strip().splitlines()
     return lines[0] if lines else type(e).__name__
 
 
-def _hint(e: BaseException) -> str:
+def _hint(e: BaseException | None) -> str:
     text = str(e).lower()
     if "not authorized" in text or "authorization denied" in text or "read-only" in text or "readonly" in text or "syntax error at or near" in text:
         return " (queries are read-only: one SELECT statement)"

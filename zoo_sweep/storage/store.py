@@ -18,8 +18,9 @@ import os
 import sqlite3
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pandas as pd
 import sqlalchemy as sa
@@ -45,6 +46,14 @@ from zoo_sweep.storage.schema import (  # noqa: F401  (the tables, re-exported f
 )
 from zoo_sweep.transfer.result_metrics import TRANSFER_METRICS  # noqa: F401
 from zoo_sweep.urls import mask_url, scrub
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine.interfaces import DBAPIConnection
+    from sqlalchemy.pool import ConnectionPoolEntry
+
+_T = TypeVar("_T")
+_F = TypeVar("_F", bound=Callable[..., Any])
+_Q = TypeVar("_Q", bound="sa.Select[Any]")
 
 DEFAULT_DB = "sqlite:///results/zoo.db"
 # SQLite's own wait for a lock, per statement: short, so that a longer wait is said (Store._retry_locked)
@@ -74,14 +83,15 @@ def lock_wait_seconds() -> float:
     return env_seconds(LOCK_WAIT_ENV, DEFAULT_LOCK_WAIT_S, zero_ok=True)
 
 
-def _retried(write: Callable) -> Callable:
+def _retried(write: _F) -> _F:
     """A write method retried while the store is locked (Store._retry_locked)."""
 
     @functools.wraps(write)
-    def retried(self, *args, **kwargs):
+    def retried(self: Store, *args: Any, **kwargs: Any) -> Any:
         return self._retry_locked(lambda: write(self, *args, **kwargs))
 
-    return retried
+    # cast: wraps() gives it write's signature; a ParamSpec version trips on set_state's **fields
+    return cast(_F, retried)
 
 
 class Store:
@@ -97,9 +107,10 @@ class Store:
             raise UserError(f"not a database URL: {mask_url(self.url)!r} (e.g. sqlite:///results/zoo.db or "
                             "postgresql://user@host/db)") from None
         self._u = u
-        self.where = u.database if self.is_sqlite_file else mask_url(self.url)
+        # cast: is_sqlite_file means u.database is a file name, not None
+        self.where = cast(str, u.database) if self.is_sqlite_file else mask_url(self.url)
         # resolved once: a later chdir must not move the store
-        self._path = Path(u.database).resolve() if self.is_sqlite_file else None
+        self._path = Path(cast(str, u.database)).resolve() if self.is_sqlite_file else None
         self._file_id = self._open_sqlite_file(create) if self.is_sqlite_file else None
         self._ro: sa.Engine | None = None
         self.lock_wait_s = lock_wait_seconds()
@@ -125,6 +136,7 @@ class Store:
     def _open_sqlite_file(self, create: bool) -> tuple[int, int]:
         """The file's identity; a new empty file when ``create`` and there is none."""
         path = self._path
+        assert path is not None  # a SQLite file store
         if not path.exists():
             if not create:
                 raise UserError(f"no store at {self.where}; run `zoo-sweep plan SPEC` or `zoo-sweep demo` first")
@@ -142,6 +154,7 @@ class Store:
         if self.is_sqlite_file:
             # mode=rw: a store deleted while in use is never silently created again, empty, by a new connection
             path = self._path
+            assert path is not None  # a SQLite file store
             engine = sa.create_engine(self._u, creator=lambda: sqlite3_connect(path, "rw"))
             sa.event.listen(engine, "connect", self._sqlite_pragmas)
             return engine
@@ -150,7 +163,7 @@ class Store:
             sa.event.listen(engine, "connect", self._sqlite_pragmas)
         return engine
 
-    def _sqlite_pragmas(self, dbapi_conn, _record) -> None:
+    def _sqlite_pragmas(self, dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
         # another writer's commit takes a moment: SQLite waits for it, then _retry_locked, within lock_wait_s
         busy_ms = int(min(BUSY_TIMEOUT_S, self.lock_wait_s) * 1000)
         cur = dbapi_conn.cursor()
@@ -162,6 +175,7 @@ class Store:
         SQLite's default rollback journal a long read holds the launcher's commit until it gives up). On a
         network filesystem WAL is unsafe (its index is shared memory, which hosts do not share): the rollback
         journal stays there. The mode is kept in the file, so this runs once per opening for writing."""
+        assert self._path is not None  # a SQLite file store
         if network_fs(self._path):
             mode = "delete"
         elif os.environ.get(WAL_ENV) == "1":
@@ -171,7 +185,7 @@ class Store:
         with self.engine.connect() as conn:
             conn.exec_driver_sql(f"PRAGMA journal_mode = {mode}")
 
-    def _retry_locked(self, write: Callable):
+    def _retry_locked(self, write: Callable[[], _T]) -> _T:
         """Run ``write`` (one whole transaction); while SQLite says the store is locked, again after a pause
         that doubles up to 10 s, for up to ``lock_wait_s`` from the first lock met, saying so once. A store
         that stays locked ends in StoreLocked, one line; later writes then try once each until one passes."""
@@ -214,6 +228,7 @@ class Store:
         an unlinked file (SQLite keeps writing to it) or a new empty one."""
         if self._file_id is None:
             return
+        assert self._path is not None  # set with _file_id
         try:
             st = os.stat(self._path)
             same = (st.st_dev, st.st_ino) == self._file_id
@@ -224,7 +239,7 @@ class Store:
                             "had not yet written is lost: restore the store, or launch again on a new one")
 
     @contextlib.contextmanager
-    def begin(self):
+    def begin(self) -> Iterator[sa.Connection]:
         """A write transaction (the store checked first, and again when the database refuses)."""
         self._check_file()
         try:
@@ -235,7 +250,7 @@ class Store:
             raise
 
     @contextlib.contextmanager
-    def connect(self):
+    def connect(self) -> Iterator[sa.Connection]:
         self._check_file()
         try:
             with self.engine.connect() as conn:
@@ -259,7 +274,7 @@ class Store:
             self._ro.dispose()
 
     # ------------------------------------------------------------------ writes (driver only)
-    def _upsert(self, conn, table: sa.Table, rows: list[dict], update: bool = True) -> None:
+    def _upsert(self, conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], update: bool = True) -> None:
         """Insert rows; on a key conflict update the given columns (or keep the old row)."""
         if not rows:
             return
@@ -282,14 +297,15 @@ class Store:
             else:
                 conn.execute(table.insert().values(**row))
 
-    def _new_ids(self, conn, ids: list[str]) -> int:
-        existing = set()
+    def _new_ids(self, conn: sa.Connection, ids: list[str]) -> int:
+        existing: set[str] = set()
         for chunk in _chunks(ids, 500):
             existing.update(conn.execute(sa.select(jobs.c.id).where(jobs.c.id.in_(chunk))).scalars())
         return len(set(ids) - existing)
 
     @_retried
-    def write_plan(self, spec_row: dict, model_rows: list[dict], job_rows: list[dict], sweep: str) -> int:
+    def write_plan(self, spec_row: dict[str, Any], model_rows: list[dict[str, Any]], job_rows: list[dict[str, Any]],
+                   sweep: str) -> int:
         """Record a sweep, its models and its jobs in one transaction; returns the number of new jobs."""
         now = time.time()
         with self.begin() as conn:
@@ -299,7 +315,7 @@ class Store:
             self._set_idents(conn, model_rows)
             return self._add_jobs(conn, sweep, job_rows, now)
 
-    def _set_idents(self, conn, rows: list[dict]) -> None:
+    def _set_idents(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         """The model each name stands for now (plan rows keep the other columns a row already has)."""
         rows = [{"n": r["name"], "e": r["eval_set"], "i": r["ident"]} for r in rows if r.get("ident")]
         if rows:
@@ -317,12 +333,12 @@ class Store:
         return out
 
     @_retried
-    def add_jobs(self, sweep: str, job_rows: list[dict]) -> int:
+    def add_jobs(self, sweep: str, job_rows: list[dict[str, Any]]) -> int:
         """Link jobs to a sweep (new ones pending; existing ones keep their state); returns how many are new."""
         with self.begin() as conn:
             return self._add_jobs(conn, sweep, job_rows, time.time())
 
-    def _add_jobs(self, conn, sweep: str, job_rows: list[dict], now: float) -> int:
+    def _add_jobs(self, conn: sa.Connection, sweep: str, job_rows: list[dict[str, Any]], now: float) -> int:
         new = self._new_ids(conn, [j["id"] for j in job_rows])
         self._upsert(conn, jobs, [{**j, "state": "pending", "attempts": 0, "created_at": now} for j in job_rows],
                      update=False)
@@ -402,7 +418,7 @@ class Store:
 
     @_retried
     def finish_job(self, job_id: str, state: str = "done", error: str | None = None,
-                   results: list[dict] | None = None, model_rows: list[dict] | None = None,
+                   results: list[dict[str, Any]] | None = None, model_rows: list[dict[str, Any]] | None = None,
                    seconds: float | None = None, owner: str | None = None,
                    teachers: list[str] | None = None) -> bool:
         """A job's outcome and its result rows, atomically. ``seconds``: the worker's own run time (the
@@ -428,7 +444,7 @@ class Store:
         return True
 
     @_retried
-    def write_pairs(self, job_id: str, rows: list[dict]) -> None:
+    def write_pairs(self, job_id: str, rows: list[dict[str, Any]]) -> None:
         """The compare job's pairs and its state, in one transaction."""
         with self.begin() as conn:
             self._upsert(conn, pairs, rows)
@@ -436,7 +452,7 @@ class Store:
                 state="done", finished_at=time.time(), owner=None, lease_until=None))
 
     # ------------------------------------------------------------------ reads
-    def sweep_jobs(self, sweep: str, kind: str | None = None) -> list[dict]:
+    def sweep_jobs(self, sweep: str, kind: str | None = None) -> list[dict[str, Any]]:
         with self.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(_of_sweep(sa.select(jobs), sweep, kind))]
 
@@ -453,7 +469,7 @@ class Store:
         with self.connect() as conn:
             return [r[0] for r in conn.execute(sa.select(sweeps.c.name).order_by(sweeps.c.updated_at))]
 
-    def query(self, sql: str, params: dict | None = None, timeout: float | None = None) -> pd.DataFrame:
+    def query(self, sql: str, params: dict[str, Any] | None = None, timeout: float | None = None) -> pd.DataFrame:
         """One read-only statement (storage/readonly.py: the store cannot be changed through it), stopped
         after ``timeout`` seconds if given (QueryTimeout)."""
         self._check_file()
@@ -482,8 +498,7 @@ class Store:
         for name in names:
             df = self.table(name)
             # written beside the name, then renamed over it: a link at the name is replaced, never followed
-            p = write_atomic(out / f"{name}.parquet", lambda tmp, df=df: df.to_parquet(tmp, index=False),
-                             flag="--out")
+            p = write_atomic(out / f"{name}.parquet", functools.partial(df.to_parquet, index=False), flag="--out")
             written = pq.read_schema(p).names
             if written != list(df.columns):
                 raise UserError(f"export of {name} lost columns ({set(df.columns) - set(written)}); nothing is "
@@ -500,7 +515,7 @@ def jobs_of(store: Store, sweep: str | None = None) -> pd.DataFrame:
                        {"sweep": sweep} if sweep else None)
 
 
-def _of_sweep(q, sweep: str, kind: str | None):
+def _of_sweep(q: _Q, sweep: str, kind: str | None) -> _Q:
     """``q`` (a select over jobs) narrowed to one sweep's jobs, of one kind if given, oldest first."""
     q = q.join(sweep_jobs, sweep_jobs.c.job_id == jobs.c.id).where(sweep_jobs.c.sweep == sweep)
     if kind:
@@ -538,12 +553,12 @@ def final_results(store: Store, eval_set: str) -> pd.DataFrame:
                           from transfer_results r where r.eval_set = :e and r.final""", {"e": eval_set})
 
 
-def sqlite3_connect(path, mode: str):
+def sqlite3_connect(path: str | Path, mode: str) -> sqlite3.Connection:
     """A SQLite connection by URI: ``mode`` rw (the file must exist) or rwc (created when missing)."""
     return sqlite3.connect(Path(path).resolve().as_uri() + f"?mode={mode}", uri=True, check_same_thread=False)
 
 
-def _same(col, value):
+def _same(col: sa.ColumnElement[Any], value: Any) -> sa.ColumnElement[bool]:
     return col.is_(None) if value is None else col == value
 
 
@@ -552,7 +567,7 @@ def _is_locked(e: sa.exc.OperationalError) -> bool:
     return isinstance(e.orig, sqlite3.OperationalError) and "is locked" in str(e.orig)
 
 
-def network_fs(path: Path, mountinfo: str | None = None) -> bool:
+def network_fs(path: str | Path, mountinfo: str | None = None) -> bool:
     """Whether ``path`` lies on a network filesystem, by the type of the mount that holds it (Linux's
     /proc/self/mountinfo; elsewhere, or when it cannot be read, a local disk is assumed)."""
     if mountinfo is None:
@@ -574,6 +589,6 @@ def network_fs(path: Path, mountinfo: str | None = None) -> bool:
     return fstype in NETWORK_FS
 
 
-def _chunks(seq: list, n: int):
+def _chunks(seq: list[_T], n: int) -> Iterator[list[_T]]:
     for i in range(0, len(seq), n):
         yield seq[i:i + n]

@@ -25,11 +25,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from string import Template
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from zoo_sweep.errors import UserError
 from zoo_sweep.paths import writable_dir, write_atomic

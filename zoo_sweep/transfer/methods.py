@@ -23,8 +23,8 @@ transcription of that code.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +56,7 @@ class Extras:
     f_s: torch.Tensor | None = None  # student penultimate features (B x D_s), with gradient
     f_t: torch.Tensor | None = None  # teacher penultimate features (B x D_t), no gradient
     idx: torch.Tensor | None = None  # positions of the batch's samples in the transfer set (memory banks)
-    state: "MethodState | None" = None
+    state: MethodState | None = None
     gen: torch.Generator | None = None  # the run's generator: random draws stay reproducible on resume
 
 

@@ -13,7 +13,6 @@ import argparse
 import json
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from zoo_sweep.data.sets import DIGITS_VERSION
 from zoo_sweep.zoo import portable

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from zoo_sweep.config.spec import ZooSpec, check_data, data_notes
 from zoo_sweep.errors import UserError

@@ -1,4 +1,4 @@
-"""The timm facts shipped with the package (``_info/timm_params.json``, written by bench/make_timm_params.py):
+"""The timm facts shipped with the package (``_info/timm_params.json``, written by tools/make_timm_params.py):
 parameter counts of every pretrained architecture of one timm version. They let plans and dry runs name and
 size timm models without importing timm (and torch), as login nodes need; they hold only when the installed
 timm is that version."""

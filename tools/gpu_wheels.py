@@ -12,13 +12,13 @@ a per-copy size limit:
     .whl/parts-1/   the first half of each large wheel + every other wheel + each large wheel's sha256
     .whl/parts-2/   the second half of each large wheel + its sha256
 
-bench/install_wheels.sh puts them back together (checking the sha256) and installs what a node lacks.
+tools/install_wheels.sh puts them back together (checking the sha256) and installs what a node lacks.
 
 ``--without-java`` instead drops Ray's Java worker jar (ray/jars/, 32 of its 79 MB; Ray starts Java workers
 only when that folder exists, and zoo-sweep runs none): Ray then stays under the limit, nothing is split,
 and parts-1/ alone holds every wheel (~56 MB), for a node reached by one copy.
 
-    python bench/gpu_wheels.py --versions-from .venv/bin/python [--dest .whl] [--without-java]
+    python tools/gpu_wheels.py --versions-from .venv/bin/python [--dest .whl] [--without-java]
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
-"""The reuse floor that bench/teacher_cache.py and bench/gpu_check.py print next to each ratio:
-the closed forms of README "On GPUs" for disjoint S x T sweeps and for all ordered pairs of N models."""
-
-import sys
-from pathlib import Path
+"""The reuse floor (zoo_sweep.pipeline.reuse) that bench/teacher_cache.py and bench/gpu_check.py print next to
+each ratio: the closed forms of docs/gpus.md ("On GPUs") for disjoint S x T sweeps and for all ordered pairs of
+N models."""
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from teacher_cache import pairs, reuse_floor  # noqa: E402
+from zoo_sweep.pipeline.reuse import pairs, reuse_floor
 
 FWD, TRAIN, STEPS = 10.0, 30.0, 7  # ms per forward pass of any model, ms of a student's own step, steps per job
 

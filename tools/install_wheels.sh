@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Install the wheels `make gpu-wheels` brought (bench/gpu_wheels.py) into a folder, without network:
+# Install the wheels `make gpu-wheels` brought (tools/gpu_wheels.py) into a folder, without network:
 #
-#   bash bench/install_wheels.sh WHEELS TARGET [PYTHON]      then: export PYTHONPATH=TARGET:$PYTHONPATH
+#   bash tools/install_wheels.sh WHEELS TARGET [PYTHON]      then: export PYTHONPATH=TARGET:$PYTHONPATH
 #
 # WHEELS holds *.whl files, directly or in parts-1/ and parts-2/; a wheel cut in two (NAME.part in each, with
 # NAME.sha256) is put back together in a temporary folder and checked against its sha256 first. Only the
