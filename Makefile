@@ -4,12 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast bench clean-results gpu-wheels digits-weights
+.PHONY: demo test test-fast lint bench clean-results gpu-wheels digits-weights
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,cluster]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,cluster,lint]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -20,6 +20,10 @@ test: $(STAMP)  # every tier (what CI runs)
 
 test-fast: $(STAMP)  # the unit tier: no Ray, no subprocess, no server
 	$(BIN)/python -m pytest -q tests/unit
+
+lint: $(STAMP)  # ruff on everything, mypy --strict where pyproject.toml says (CI runs both)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: $(STAMP)  # every CPU benchmark once, quick settings; BENCHMARKS.md names the exact command of each figure
 	$(BIN)/python bench/pairs_at_scale.py --repeat 2

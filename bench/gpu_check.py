@@ -123,10 +123,12 @@ def part_a(archs, zoo, n, n_zoo, bs, device, repeat):
         plain_loop(model, x, cfg, bs, device)  # warm-up: cudnn autotuning, allocator
         predict(model, images, cfg, bs, 5, device)
         memo = Path(os.environ.get("TMPDIR", "/tmp")) / "zoo-gpu-check-bs.json"
-        t_plain = timed(lambda m=model: plain_loop(m, x, cfg, bs, device), device, repeat)
-        t_ours = timed(lambda m=model: predict(m, images, cfg, bs, 5, device), device, repeat)
-        t_auto = timed(lambda m=model: predict(m, images, cfg, "auto", 5, device, memo=memo, name=arch), device,
-                       repeat)
+        # timed() calls each closure at once, in this iteration: the defaults only make the binding explicit
+        t_plain = timed(lambda m=model, x=x, cfg=cfg: plain_loop(m, x, cfg, bs, device), device, repeat)
+        t_ours = timed(lambda m=model, cfg=cfg: predict(m, images, cfg, bs, 5, device), device, repeat)
+        t_auto = timed(lambda m=model, cfg=cfg, memo=memo, arch=arch: predict(m, images, cfg, "auto", 5, device,
+                                                                               memo=memo, name=arch),
+                       device, repeat)
         # the device pipeline (pinned side-stream copies, resize on the GPU, bf16) against the CPU's float32
         # path on the same images: a race or a wrong transform shows as agreement near chance (0.1 %)
         sub = images.head(256)
@@ -180,7 +182,9 @@ def part_b(student, teacher, n_steps, bs, size, device):
     for method in ("kl", "kl_dp"):
         run_transfer(TransferJob(s, t, method, hp, 0, warm, ev, s_cfg, t_cfg, ok, ok), device=device)
     for method in ("kl", "kl_dp", "kl", "kl_dp"):  # alternating: drift hits both alike
-        sec = timed(lambda: run_transfer(TransferJob(s, t, method, hp, 0, tr, ev, s_cfg, t_cfg, ok, ok), device=device),
+        # timed() calls the closure at once, in this iteration: the default only makes the binding explicit
+        sec = timed(lambda method=method: run_transfer(TransferJob(s, t, method, hp, 0, tr, ev, s_cfg, t_cfg, ok, ok),
+                                                       device=device),
                     device, 1)
         steps[method] = max(steps.get(method, 0.0), n_steps / sec)
     result("transfer_steps", student=student, teacher=teacher, batch=bs, kl_steps_s=steps["kl"],

@@ -155,7 +155,8 @@ def main() -> None:
     tr = tr.head(a.transfer)
     hp = TransferParams(epochs=a.epochs, batch_size=a.batch_size)
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"load avg {os.getloadavg()[0]:.1f}; weights: {'trained digits zoo' if trained else 'random (zoo not built)'}")
+          f"load avg {os.getloadavg()[0]:.1f}; "
+          f"weights: {'trained digits zoo' if trained else 'random (zoo not built)'}")
     cost = {n: forward_ms(models[n], cfgs[n], tr.images[:a.batch_size], "cpu") for n in models}
     for n, ms in cost.items():
         print(f"#   {n:12s} forward {ms:7.1f} ms/batch")
@@ -163,8 +164,10 @@ def main() -> None:
     steps = -(-used_rows(len(tr), hp.batch_size) // hp.batch_size) * hp.epochs
     floor = reuse_floor(students, teachers, a.method, cost, steps, r["off_s"])
     print(f"{len(pairs(students, teachers))} jobs ({len(students)} students x {len(teachers)} teachers) {a.method}, "
-          f"{a.epochs} epoch(s), {len(tr)} transfer samples, best of {a.rounds}: off {r['off_s']:.1f} s, auto {r['auto_s']:.1f} s, "
-          f"ratio auto/off {r['ratio']:.2f}, estimated floor {floor:.2f} (largest metric difference {r['max_metric_diff']:.2g}; "
+          f"{a.epochs} epoch(s), {len(tr)} transfer samples, best of {a.rounds}: "
+          f"off {r['off_s']:.1f} s, auto {r['auto_s']:.1f} s, "
+          f"ratio auto/off {r['ratio']:.2f}, estimated floor {floor:.2f} "
+          f"(largest metric difference {r['max_metric_diff']:.2g}; "
           f"off/auto s by round: {r['rounds']})")
 
 

@@ -498,9 +498,10 @@ class RayPair:
         self.wait_nodes(2, timeout)
 
     def alive_nodes(self) -> list[dict]:
-        code = ("import json, ray; ray.init(address=%r, logging_level='ERROR'); "
+        # only the first piece is an f-string: the braces of the others are the child's own Python
+        code = (f"import json, ray; ray.init(address={self.address!r}, logging_level='ERROR'); "
                 "print(json.dumps([{'id': n['NodeID'], 'resources': n['Resources']} for n in ray.nodes() "
-                "if n['Alive']]))" % self.address)
+                "if n['Alive']]))")
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=self.env, timeout=120)
         if r.returncode != 0:
             return []

@@ -45,7 +45,8 @@ checkpoint_dirs = ["{root}/ckpt/folders/*"]
 [zoo.defaults]
 # what a model gets unless its checkpoint's config.json or its own table says otherwise
 arch = "resnet10t"
-data = {{ input_size = [3, 32, 32], mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5], crop_pct = 1.0, interpolation = "bilinear" }}
+data = {{ input_size = [3, 32, 32], mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5], \
+crop_pct = 1.0, interpolation = "bilinear" }}
 
 [zoo.model.cnn-seed1]
 checkpoint = "{root}/ckpt/cnn-seed1.pth"

@@ -154,7 +154,8 @@ def test_changing_one_models_preprocessing_reruns_exactly_its_jobs(own_zoo, ray_
     z = own_zoo
     cli = ("--db", z["db"], "--home", z["home"])
     spec = z["spec"].read_text().replace('name = "own-zoo"', 'name = "own-zoo-fixed"')
-    spec = spec.replace("data = { mean = [1.0, 1.0, 1.0], std = [10.0, 10.0, 10.0] }", "data = { std = [0.5, 0.5, 0.5] }")
+    spec = spec.replace("data = { mean = [1.0, 1.0, 1.0], std = [10.0, 10.0, 10.0] }",
+                        "data = { std = [0.5, 0.5, 0.5] }")
     changed = z["root"] / "own-zoo-fixed.toml"
     changed.write_text(spec)
     r = run_cli(*cli, "launch", str(changed), "--address", ray_address, "--no-progress", timeout=900)

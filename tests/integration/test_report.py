@@ -58,7 +58,8 @@ def synth_store(path: Path | str, n_models: int = 8, methods=("kl", "kl_dp"), mu
             for mode, shift in (("parallel", 0.0), ("soup", -1.0)):
                 results.append(_result(f"{s}-multi-{mode}", s, f"{t1}+{t2}", mode, rng.normal(1.5 + shift, 0.3),
                                        acc[s]))
-                teachers += [{"job_id": f"{s}-multi-{mode}", "position": i, "teacher": t} for i, t in enumerate((t1, t2))]
+                teachers += [{"job_id": f"{s}-multi-{mode}", "position": i, "teacher": t}
+                             for i, t in enumerate((t1, t2))]
     _write(store, models, pairs, results, teachers)
     return store
 
@@ -180,7 +181,8 @@ def test_micro_report_writes_every_panel(micro, tmp_path):
     methods = pd.read_csv(tmp_path / "methods.csv")
     assert set(methods["method"]) == {"kl", "kl_dp"} and (methods["pairs"] == 6).all()
     for col in ("mean_delta", "success", "student_success", "mean_gain", "mean_loss"):
-        assert (methods[f"{col}_lo"] <= methods[col] + 1e-9).all() and (methods[col] <= methods[f"{col}_hi"] + 1e-9).all()
+        assert (methods[f"{col}_lo"] <= methods[col] + 1e-9).all()
+        assert (methods[col] <= methods[f"{col}_hi"] + 1e-9).all()
 
 
 def test_concentration_panel_draws_each_pairs_per_class_flips(micro, tmp_path):

@@ -40,7 +40,7 @@ def test_replanning_adds_only_new_jobs(store):
 
 def test_results_and_state_land_together(store):
     _plan(store, ["a"])
-    with pytest.raises(Exception):
+    with pytest.raises(sa.exc.IntegrityError):  # NOT NULL on the key column epoch, on SQLite and PostgreSQL alike
         store.finish_job("a", "done", results=[_row(), _row(epoch=None)])  # second row is invalid
     assert store.query("select state from jobs").iloc[0, 0] == "pending"
     assert store.query("select count(*) from transfer_results").iloc[0, 0] == 0

@@ -274,7 +274,8 @@ def jobs_head(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("jobs")
     token = _token_file(tmp)
     names = ("port", "dashboard-port", "ray-client-server-port", "node-manager-port", "object-manager-port",
-             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")
+             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+             "metrics-export-port")
     ports = dict(zip(names, free_ports(len(names))))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env.pop("RAY_ADDRESS", None)

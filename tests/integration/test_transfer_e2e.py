@@ -20,7 +20,8 @@ def spec_and_path(name, **transfer):
 
 
 def test_multi_teacher_jobs_land_in_the_store(micro, tmp_path):
-    spec = spec_and_path("micro-multi", multi_teacher=["parallel", "sequential_desc", "soup"], multi_students=["cnn_micro"])
+    spec = spec_and_path("micro-multi", multi_teacher=["parallel", "sequential_desc", "soup"],
+                         multi_students=["cnn_micro"])
     store = Store(f"sqlite:///{tmp_path / 'multi.db'}")
     rep = launch_sweep(spec, store, micro["paths"], LaunchOptions(address=micro["address"], progress=False))
     assert rep.ok, rep.failed

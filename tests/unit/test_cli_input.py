@@ -169,7 +169,8 @@ def test_no_command_prints_a_store_password(planned, tmp_path, url):
     spec, home = planned["spec"], str(tmp_path / "home")
     commands = [["plan", spec], ["plan", spec, "--dry-run"], ["launch", spec, "--no-progress"],
                 ["measure", spec, "--no-progress"], ["status"], ["reset", "micro"], ["cancel", "micro"],
-                ["track", "micro", "--tracking", "sqlite:///unused.db"], ["query", "select 1"], ["export", "--out", str(tmp_path / "export")],
+                ["track", "micro", "--tracking", "sqlite:///unused.db"], ["query", "select 1"],
+                ["export", "--out", str(tmp_path / "export")],
                 ["report", spec, "--out", str(tmp_path / "report")], ["tune", spec, "--method", "kl"],
                 ["demo", "--spec", spec, "--no-progress"],
                 ["submit", "slurm", spec, "--dry-run", "--out", str(tmp_path / "slurm")],

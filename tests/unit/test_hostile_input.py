@@ -221,7 +221,8 @@ def test_usage_errors_and_crashes_are_masked_too(monkeypatch, capsys):
     ("failed to resolve host 'ss@127.0.0.1'", ["p@ss", "ss", "p"], "failed to resolve host '***@127.0.0.1'"),
     (f"password authentication failed ({SECRET})", [SECRET], "password authentication failed (***)"),
     ("https://h/x?token=1&password=hunter2", [], "https://h/x?token=1&password=***"),
-    ("10:30 at user@host, time 12:00:00, [zoo.checkpoints]", ["a"], "10:30 at user@host, time 12:00:00, [zoo.checkpoints]"),
+    ("10:30 at user@host, time 12:00:00, [zoo.checkpoints]", ["a"],
+     "10:30 at user@host, time 12:00:00, [zoo.checkpoints]"),
     ("store postgresql+psycopg://zoo@127.0.0.1:5432/db", [], "store postgresql+psycopg://zoo@127.0.0.1:5432/db"),
 ])
 def test_redact(text, secrets, shown):

@@ -72,7 +72,8 @@ def test_nested_tables_parse_and_describe_themselves():
     paths = [p for p, _ in sections(ZooSpec, "zoo")]
     assert paths == ["zoo", "zoo.defaults", "zoo.defaults.data", "zoo.model.NAME", "zoo.model.NAME.data"]
     rows = {r["key"]: r for r in describe(ZooSpec, "zoo")}
-    assert rows["model"]["type"] == "tables ([zoo.model.NAME])" and rows["defaults"]["type"] == "a table ([zoo.defaults])"
+    assert rows["model"]["type"] == "tables ([zoo.model.NAME])"
+    assert rows["defaults"]["type"] == "a table ([zoo.defaults])"
     # the spec's identity covers the model tables: a changed preprocessing is a changed spec
     other = zoo({"defaults": {"data": HALF}, "model": {"a": {"arch": "resnet18", "data": {"crop_pct": 0.9}}}})
     assert parse_spec({"name": "x", "zoo": {"model": {"a": {"arch": "r"}}}}).digest != \
@@ -226,7 +227,8 @@ def test_a_mismatch_names_the_first_missing_and_unexpected_keys_and_shapes(tmp_p
     sd = {k: v for k, v in cnn().state_dict().items() if not k.startswith("fc.")}
     sd["extra.weight"] = torch.zeros(1)
     torch.save(sd, tmp_path / "odd.pth")
-    odd = resolve_zoo(zoo({"model": {"odd": {"arch": "resnet10t", "kwargs": CNN, "checkpoint": str(tmp_path / "odd.pth")},
+    odd = resolve_zoo(zoo({"model": {"odd": {"arch": "resnet10t", "kwargs": CNN,
+                                             "checkpoint": str(tmp_path / "odd.pth")},
                                      "x": {"arch": "resnet10t"}}, "allow_random_weights": True}), tmp_path, 10, 32)[0]
     with pytest.raises(UserError, match="2 missing key.s., first fc.weight; 1 unexpected key.s., first extra.weight"):
         create(odd)

@@ -222,16 +222,25 @@ def ref_color_and_gray(images, d):
             cosA = np.cos(hue_factor_radians)
             sinA = np.sin(hue_factor_radians)
             hue_rotation_matrix = \
-                [[cosA + (1.0 - cosA) / 3.0, 1./3. * (1.0 - cosA) - np.sqrt(1./3.) * sinA, 1./3. * (1.0 - cosA) + np.sqrt(1./3.) * sinA],
-                 [1./3. * (1.0 - cosA) + np.sqrt(1./3.) * sinA, cosA + 1./3.*(1.0 - cosA), 1./3. * (1.0 - cosA) - np.sqrt(1./3.) * sinA],
-                 [1./3. * (1.0 - cosA) - np.sqrt(1./3.) * sinA, 1./3. * (1.0 - cosA) + np.sqrt(1./3.) * sinA, cosA + 1./3. * (1.0 - cosA)]]
+                [[cosA + (1.0 - cosA) / 3.0,
+                  1./3. * (1.0 - cosA) - np.sqrt(1./3.) * sinA,
+                  1./3. * (1.0 - cosA) + np.sqrt(1./3.) * sinA],
+                 [1./3. * (1.0 - cosA) + np.sqrt(1./3.) * sinA,
+                  cosA + 1./3.*(1.0 - cosA),
+                  1./3. * (1.0 - cosA) - np.sqrt(1./3.) * sinA],
+                 [1./3. * (1.0 - cosA) - np.sqrt(1./3.) * sinA,
+                  1./3. * (1.0 - cosA) + np.sqrt(1./3.) * sinA,
+                  cosA + 1./3. * (1.0 - cosA)]]
             hue_rotation_matrix = np.array(hue_rotation_matrix, dtype=img.dtype)
             for row in range(img.shape[0]):
                 for col in range(img.shape[1]):
                     r, g, b = img[row, col, :]
-                    img[row, col, 0] = r * hue_rotation_matrix[0, 0] + g * hue_rotation_matrix[0, 1] + b * hue_rotation_matrix[0, 2]
-                    img[row, col, 1] = r * hue_rotation_matrix[1, 0] + g * hue_rotation_matrix[1, 1] + b * hue_rotation_matrix[1, 2]
-                    img[row, col, 2] = r * hue_rotation_matrix[2, 0] + g * hue_rotation_matrix[2, 1] + b * hue_rotation_matrix[2, 2]
+                    img[row, col, 0] = (r * hue_rotation_matrix[0, 0] + g * hue_rotation_matrix[0, 1]
+                                        + b * hue_rotation_matrix[0, 2])
+                    img[row, col, 1] = (r * hue_rotation_matrix[1, 0] + g * hue_rotation_matrix[1, 1]
+                                        + b * hue_rotation_matrix[1, 2])
+                    img[row, col, 2] = (r * hue_rotation_matrix[2, 0] + g * hue_rotation_matrix[2, 1]
+                                        + b * hue_rotation_matrix[2, 2])
             img = np.asarray(np.clip(img * 255., 0, 255), dtype=np.uint8)
             dst[i] = img
         else:
@@ -493,7 +502,8 @@ def test_cd_reference_is_the_reference_loss(seed):
     y = torch.randint(0, 10, (16,), generator=g)
     p = TransferParams(cd_form="reference", cd_weight=10.0, cd_xe=0.1)
     ours, _ = METHODS["cd"].loss(z_s, None, None, y, p, Extras(f_s=f_s, f_t=f_t))
-    ref = 0.1 * nn.CrossEntropyLoss()(z_s, y) + 0 * ref_distill_kl(z_s, z_s.detach(), 1) + 10 * ref_simple_contrast(f_s, f_t)
+    ref = (0.1 * nn.CrossEntropyLoss()(z_s, y) + 0 * ref_distill_kl(z_s, z_s.detach(), 1)
+           + 10 * ref_simple_contrast(f_s, f_t))
     g_ours = torch.autograd.grad(ours, (f_s, z_s))
     g_ref = torch.autograd.grad(ref, (f_s, z_s))
     assert torch.allclose(ours, ref, rtol=1e-5)

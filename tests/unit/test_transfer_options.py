@@ -95,7 +95,8 @@ def test_teacher_batchnorm_mode_for_cd(data, mode):
     with torch.no_grad():
         expected = twin.forward_head(twin.forward_features(model_input(x, run.model_cfg(CFG, x))), pre_logits=True)
         eval_twin = copy.deepcopy(teacher).eval()
-        in_eval = eval_twin.forward_head(eval_twin.forward_features(model_input(x, run.model_cfg(CFG, x))), pre_logits=True)
+        in_eval = eval_twin.forward_head(eval_twin.forward_features(model_input(x, run.model_cfg(CFG, x))),
+                                         pre_logits=True)
     before = copy.deepcopy(teacher.state_dict())
     _, f_t, _ = run.frozen_logits(x, slice(0, 16), _Frozen(None, None), _Frozen(None, None))
     assert torch.allclose(f_t, expected, atol=1e-6)

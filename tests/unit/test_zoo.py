@@ -30,8 +30,8 @@ def test_timm_models_load_from_a_checkpoint_and_a_weights_folder(tmp_path):
 
     save_file(ref.state_dict(), wdir / "resnet14t.safetensors")
     torch.save(timm.create_model("resnet14t", num_classes=5).state_dict(), wdir / "resnet14t.pth")
-    spec = ZooSpec(source="timm", models=("resnet10t", "resnet14t"), checkpoints={"resnet10t": str(tmp_path / "ck.pth")},
-                   weights_dir=str(wdir))
+    spec = ZooSpec(source="timm", models=("resnet10t", "resnet14t"),
+                   checkpoints={"resnet10t": str(tmp_path / "ck.pth")}, weights_dir=str(wdir))
     entries = {e.name: e for e in resolve_zoo(spec, tmp_path, num_classes=5, image_size=32)}
     assert entries["resnet10t"].weights.endswith("ck.pth")
     assert entries["resnet14t"].weights.endswith(".safetensors")

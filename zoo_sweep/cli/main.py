@@ -187,7 +187,8 @@ def _root(ctx: typer.Context,
           db: Optional[str] = typer.Option(None, "--db", envvar="ZOO_SWEEP_DB",
                                            help="Store URL (SQLAlchemy). Default: sqlite:///results/zoo.db"),
           home: Optional[str] = typer.Option(None, "--home", envvar="ZOO_SWEEP_HOME",
-                                             help="Folder for caches, prediction records and reports. Default: results")):
+                                             help="Folder for caches, prediction records and reports. "
+                                                  "Default: results")):
     ctx.obj = Ctx(db, home)
 
 
@@ -331,7 +332,7 @@ def _launch(ctx, spec, until, gpus, cpus, address, gpus_per_job, cpus_per_job, m
         sig = stop_signal()
         how = "interrupted" if sig == signal.SIGINT else f"stopped by {signal.Signals(sig).name}"
         err.print(f"{how}: jobs in flight are marked 'interrupted' and run again on the next launch", markup=False)
-        raise typer.Exit(128 + sig)  # the shell's code for a process ended by that signal: 130, 143, 129
+        raise typer.Exit(128 + sig) from None  # the shell's code for a process ended by that signal: 130, 143, 129
     _print_launch(rep, time.time() - t0)
     return s, rep
 
@@ -374,7 +375,8 @@ _CPJ = typer.Option(1, "--cpus-per-job", help="CPU threads per job.")
 _RETRY = typer.Option(None, "--max-retries", help="Retries of a failing job (default: the spec's).")
 _PROG = typer.Option(True, "--progress/--no-progress", help="Live progress bars.")
 _FAILED = typer.Option(False, "--only-failed", help="Rerun only failed jobs, each with a fresh retry budget.")
-_LIMIT = typer.Option(None, "--limit", help="Run at most this many transfer jobs (predict and compare always complete).")
+_LIMIT = typer.Option(None, "--limit",
+                      help="Run at most this many transfer jobs (predict and compare always complete).")
 _SHARD = typer.Option(None, "--shard", help="i/K: run only shard i of K (array jobs on a shared store).")
 _TRACK = typer.Option(None, "--tracking", help="Log every transfer run to MLflow at this tracking URI "
                                               "(http://HOST:PORT, file:/PATH, sqlite:///PATH), whatever the spec's "
@@ -545,7 +547,8 @@ def query(ctx: typer.Context, sql: str = typer.Argument(..., help='SQL, e.g. "se
 
 
 @app.command()
-def export(ctx: typer.Context, out_dir: Optional[str] = typer.Option(None, "--out", help="Default: results/export/all")):
+def export(ctx: typer.Context,
+           out_dir: Optional[str] = typer.Option(None, "--out", help="Default: results/export/all")):
     """Write every table of the store as Parquet, one file per table."""
     store = ctx.obj.store(create=False)  # a broken store fails before any folder is made
     # the folder is checked before anything is written ('' is refused there, not taken for the current folder)

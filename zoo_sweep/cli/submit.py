@@ -55,15 +55,19 @@ def slurm_cmd(ctx: typer.Context,
                                                           help="CPUs per node (default: what SLURM allocates)."),
               mem: Optional[str] = typer.Option(None, "--mem", help="Memory per node, e.g. 64G."),
               setup: Optional[list[str]] = typer.Option(None, "--setup",
-                                                        help="Shell line run first on every node (module load ...); repeatable."),
+                                                        help="Shell line run first on every node (module load ...); "
+                                                             "repeatable."),
               mode: Optional[str] = typer.Option(None, "--mode",
                                                  help="symmetric (ray symmetric-run) or classic (srun ray start); "
                                                       "default symmetric, classic with --port."),
               port: Optional[str] = typer.Option(None, "--port",
-                                                 help="Base of this job's Ray ports (PORT..PORT+999), for shared nodes."),
+                                                 help="Base of this job's Ray ports (PORT..PORT+999), "
+                                                      "for shared nodes."),
               array: Optional[str] = typer.Option(None, "--array",
-                                                  help="K: K array tasks, task i runs --shard i/K; no Ray across nodes."),
-              dashboard: bool = typer.Option(True, "--dashboard/--no-dashboard", help="Start the Ray dashboard on the head."),
+                                                  help="K: K array tasks, task i runs --shard i/K; "
+                                                       "no Ray across nodes."),
+              dashboard: bool = typer.Option(True, "--dashboard/--no-dashboard",
+                                             help="Start the Ray dashboard on the head."),
               launch_args: str = typer.Option("", "--launch-args", help="Extra options for `zoo-sweep launch`."),
               out_dir: str = typer.Option(str(SLURM_DIR), "--out", help="Folder for the script and its log."),
               dry_run: bool = typer.Option(False, "--dry-run", help="Write the script; do not submit it.")):
@@ -99,11 +103,14 @@ def ray_cmd(ctx: typer.Context,
                                                   help="The cluster's Ray Jobs address, e.g. http://HEAD:8265."),
             logs: Optional[str] = typer.Option(None, "--logs", metavar="ID", help="Print a submitted job's logs."),
             stop: Optional[str] = typer.Option(None, "--stop", metavar="ID", help="Stop a submitted job."),
-            follow: bool = typer.Option(False, "--follow", help="Stream the logs until the job ends; exit 1 unless it succeeded."),
+            follow: bool = typer.Option(False, "--follow",
+                                        help="Stream the logs until the job ends; exit 1 unless it succeeded."),
             gpus: str = typer.Option("0", "--gpus", help="GPUs the launch uses on the cluster (0: CPU)."),
             working_dir: Optional[Path] = typer.Option(None, "--working-dir",
-                                                       help="Folder shipped as the job's working dir (must hold the spec)."),
-            python: str = typer.Option("python", "--python", help="The cluster's Python that has zoo-sweep's dependencies."),
+                                                       help="Folder shipped as the job's working dir "
+                                                            "(must hold the spec)."),
+            python: str = typer.Option("python", "--python",
+                                       help="The cluster's Python that has zoo-sweep's dependencies."),
             launch_args: str = typer.Option("", "--launch-args", help="Extra options for `zoo-sweep launch`.")):
     """Submit the sweep as a Ray Job on an existing cluster, or show (--logs ID) / stop (--stop ID) one."""
     db, home = _root_obj(ctx)

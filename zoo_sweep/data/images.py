@@ -252,7 +252,8 @@ def model_input(batch: torch.Tensor, cfg: dict, device: torch.device | str = "cp
     size = cfg["input_size"][-1]
     crop_pct = cfg.get("crop_pct") or 1.0
     scale = int(math.floor(size / crop_pct))
-    mode = {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest"}.get(cfg.get("interpolation"), "bilinear")
+    mode = {"bicubic": "bicubic", "bilinear": "bilinear",
+            "nearest": "nearest"}.get(cfg.get("interpolation"), "bilinear")
     if x.shape[-1] != scale:
         x = F.interpolate(x, size=(scale, scale), mode=mode, align_corners=False if mode != "nearest" else None,
                           antialias=mode in ("bilinear", "bicubic") and scale < x.shape[-1])

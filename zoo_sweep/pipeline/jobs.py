@@ -15,29 +15,16 @@ import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 from zoo_sweep.errors import UserError
 from zoo_sweep.ids import content_id
+from zoo_sweep.storage.schema import JobState
 from zoo_sweep.zoo.entry import ModelEntry
 
 PAYLOAD_COLUMN = "payload"  # the jobs table's JSON column: the one name that knows it
 HOME = "<home>"
-
-
-class JobState(str, Enum):
-    PENDING = "pending"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    DIVERGED = "diverged"  # the loss became NaN/inf: a result of the hyper-parameters, not an error
-    INTERRUPTED = "interrupted"  # Ctrl-C while it ran: pending again on the next launch
-    CANCELLED = "cancelled"  # skipped until `zoo-sweep reset --state cancelled`
-
-    def __str__(self) -> str:
-        return self.value
 
 
 # ---------------------------------------------------------------------- model entries inside payloads

@@ -47,7 +47,7 @@ from zoo_sweep.pipeline.cluster import (
     local_gpus,
     resolve_address,
 )
-from zoo_sweep.pipeline.jobs import Job, JobState, job_rows
+from zoo_sweep.pipeline.jobs import Job, job_rows
 from zoo_sweep.pipeline.options import (  # noqa: F401  (LaunchOptions, parse_shard: re-exported)
     STAGES,
     LaunchOptions,
@@ -68,6 +68,7 @@ from zoo_sweep.pipeline.tracking import (
 )
 from zoo_sweep.science.records import load_record, save_record
 from zoo_sweep.storage.leases import Lease
+from zoo_sweep.storage.schema import JobState
 from zoo_sweep.storage.store import Store, final_results, jobs_of
 from zoo_sweep.transfer.logit_store import StreamPlan, plan_streams
 from zoo_sweep.zoo.entry import chance_note
@@ -538,9 +539,9 @@ class _Run:
     def _check_outcome(self) -> None:
         """Failed jobs of the stages this launch covers (this shard's), also those an earlier launch left
         failed, join the report; diverged and cancelled ones are noted."""
-        kinds = {k[0] for k in STAGES[:STAGES.index(self.opts.until) + 1]}  # job ids start with their kind's initial
-        states = {i: s for i, s in self.store.job_states(self.spec.name, states=("failed", "diverged", "cancelled"))
-                  .items() if i[0] in kinds and in_shard(i, self.opts.shard)}
+        states = {i: s for kind in STAGES[:STAGES.index(self.opts.until) + 1]  # a stage's jobs are of its kind
+                  for i, s in self.store.job_states(self.spec.name, kind, ("failed", "diverged", "cancelled")).items()
+                  if in_shard(i, self.opts.shard)}
         reported = {i for i, _ in self.report.failed}
         earlier = sorted(i for i, s in states.items() if s == FAILED.value and i not in reported)
         if earlier:

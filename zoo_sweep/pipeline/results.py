@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from zoo_sweep.pipeline.jobs import Job, JobState
+from zoo_sweep.pipeline.jobs import Job
+from zoo_sweep.storage.schema import JobState
 from zoo_sweep.storage.store import Store
 
 

@@ -26,7 +26,8 @@ def findings(pairs, summary, diffs, msum, held, ranks, convergence: ctl.Converge
     for r in summary.itertuples(index=False):
         f.append(f"{r.method}: mean Δ_transf {fmt_ci(r.mean_delta, r.mean_delta_lo, r.mean_delta_hi)} points; "
                  f"{fmt_ci(r.success, r.success_lo, r.success_hi, 0)} % of {r.pairs} pairs improve; "
-                 f"median per-student success {fmt_ci(r.student_success, r.student_success_lo, r.student_success_hi, 0)} %"
+                 "median per-student success "
+                 f"{fmt_ci(r.student_success, r.student_success_lo, r.student_success_hi, 0)} %"
                  + (over_labels(r) if labels else "") + _over_others(r._asdict()) + ".")
     for r in diffs.itertuples(index=False):
         d = fmt_ci(r.delta_diff, r.delta_diff_lo, r.delta_diff_hi)
@@ -35,7 +36,8 @@ def findings(pairs, summary, diffs, msum, held, ranks, convergence: ctl.Converge
             f.append(f"{r.method_a} vs {r.method_b}: mean Δ differs by {d} points over {r.pairs} pairs, but with "
                      f"its {r.students} students resampled the interval, {by}, covers 0: not firmly distinguishable.")
         elif r.delta == "distinguishable":
-            f.append(f"{r.method_a} vs {r.method_b}: mean Δ differs by {d} points over {r.pairs} pairs: distinguishable.")
+            f.append(f"{r.method_a} vs {r.method_b}: mean Δ differs by {d} points over {r.pairs} pairs: "
+                     "distinguishable.")
         elif r.delta == "not distinguishable":
             f.append(f"{r.method_a} vs {r.method_b}: not distinguishable: the 95 % interval of the difference in "
                      f"mean Δ, {d}, covers 0.")

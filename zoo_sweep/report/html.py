@@ -36,7 +36,8 @@ def write_html(rep, path: str | Path) -> Path:
     """Render a ``report.Report`` to ``path``."""
 
     e = html.escape
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>zoo-sweep report: {e(rep.sweep)}</title>"
+    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+             f"<title>zoo-sweep report: {e(rep.sweep)}</title>"
              f"<style>{CSS}</style></head><body><main>",
              f"<h1>Sweep {e(rep.sweep)}</h1>",
              f"<div class='meta'>eval set <code>{e(rep.eval_set)}</code> · store <code>{e(rep.db_url)}</code> · "
@@ -51,7 +52,8 @@ def write_html(rep, path: str | Path) -> Path:
             elif isinstance(it, Panel):
                 if it.path and Path(it.path).exists():
                     data = base64.b64encode(Path(it.path).read_bytes()).decode()
-                    parts.append(f"<figure id='{e(it.key)}'><img alt='{e(it.title)}' src='data:image/png;base64,{data}'>"
+                    parts.append(f"<figure id='{e(it.key)}'><img alt='{e(it.title)}' "
+                                 f"src='data:image/png;base64,{data}'>"
                                  f"<figcaption><b>{e(it.title)}.</b> {e(it.caption)} "
                                  f"(<code>{e(Path(it.path).name)}</code>)</figcaption></figure>")
                 else:
@@ -62,8 +64,9 @@ def write_html(rep, path: str | Path) -> Path:
                 if it.note:
                     parts.append(f"<div class='note'>{e(it.note)}</div>")
                 cmds = "\n\n".join(rep.sql_command(k) for k in it.sql)
-                shown = "\n\n".join(f"-- {k}  ({', '.join(f'{p} = {rep.params[p]!r}' for p in rep.params if ':' + p in SQL[k])})\n"
-                                    f"{_indent(SQL[k])}" for k in it.sql)
+                shown = "\n\n".join(
+                    f"-- {k}  ({', '.join(f'{p} = {rep.params[p]!r}' for p in rep.params if ':' + p in SQL[k])})\n"
+                    f"{_indent(SQL[k])}" for k in it.sql)
                 parts.append(f"<details><summary>SQL behind this table ({e(', '.join(it.sql))}); CSV: "
                              f"<code>{e(it.key)}.csv</code></summary><pre>{e(cmds)}</pre><pre>{e(shown)}</pre></details>")
     files = ", ".join(sorted({Path(p).name for p in rep.files}))

@@ -133,7 +133,8 @@ def transfer(d: ReportData) -> tuple[str, list]:
                        "labels as long).",
                        figures.plot_delta_vs_gap(tp, binned, colors, out / "delta_vs_gap.png") if len(tp) else None))
     items.append(report_table("delta_by_gap", "Transfer delta by accuracy-gap bin", binned,
-                              ["transfer_pairs", "transfers"], f"bins are quantiles of the accuracy gap; {d.boot_note}"))
+                              ["transfer_pairs", "transfers"],
+                              f"bins are quantiles of the accuracy gap; {d.boot_note}"))
     by_epoch = tables.over_control_by_epoch(d.epochs, controls=d.control_names, **kw)
     items.append(Panel("control_by_epoch", "Delta over the control against epoch, per method",
                        "Each method's mean delta over the control run of the same student, seed and epoch, with "

@@ -356,7 +356,8 @@ PROPERTIES = {"log10 student params": _log10("student_params"),
 # categorical properties: the correlation ratio η (how much of Δ's spread the category explains)
 CATEGORIES = {"student family": _family("student_family"),
               "teacher family": _family("teacher_family"),
-              "teacher x student family": lambda d: _family("teacher_family")(d) + " -> " + _family("student_family")(d)}
+              "teacher x student family": lambda d: (_family("teacher_family")(d) + " -> "
+                                                     + _family("student_family")(d))}
 
 
 def correlations(tp, kw) -> pd.DataFrame:

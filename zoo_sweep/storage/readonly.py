@@ -177,7 +177,8 @@ def _first_line(e: BaseException | None) -> str:
 
 def _hint(e: BaseException | None) -> str:
     text = str(e).lower()
-    if "not authorized" in text or "authorization denied" in text or "read-only" in text or "readonly" in text or "syntax error at or near" in text:
+    if ("not authorized" in text or "authorization denied" in text or "read-only" in text or "readonly" in text
+            or "syntax error at or near" in text):
         return " (queries are read-only: one SELECT statement)"
     if "multiple commands" in text or "one statement at a time" in text:
         return " (one statement per query)"

@@ -8,6 +8,8 @@ migration script, and another to ``metadata`` (a store upgraded step by step has
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import sqlalchemy as sa
 
 from zoo_sweep.science.pair_metrics import CLASS_COUNTS, PAIR_METRICS
@@ -15,7 +17,20 @@ from zoo_sweep.transfer.result_metrics import TRANSFER_METRICS
 
 SCHEMA_VERSION = 7
 VERSION_TABLE = "schema_version"  # Alembic's version table, under a name no other tool's store uses
-JOB_STATES = ("pending", "running", "done", "failed", "diverged", "interrupted", "cancelled")
+
+
+class JobState(StrEnum):
+    """A job's state, as the jobs table's ``state`` column holds it (the job model above the store uses it too)."""
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    DIVERGED = "diverged"  # the loss became NaN/inf: a result of the hyper-parameters, not an error
+    INTERRUPTED = "interrupted"  # Ctrl-C while it ran: pending again on the next launch
+    CANCELLED = "cancelled"  # skipped until `zoo-sweep reset --state cancelled`
+
+
+JOB_STATES = tuple(s.value for s in JobState)
 
 metadata = sa.MetaData()
 

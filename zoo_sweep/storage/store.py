@@ -171,10 +171,10 @@ class Store:
         cur.close()
 
     def _set_journal_mode(self) -> None:
-        """WAL (with ZOO_SWEEP_SQLITE_WAL=1) on a local disk: readers see the last commit and never block a write, nor a write them (in
-        SQLite's default rollback journal a long read holds the launcher's commit until it gives up). On a
-        network filesystem WAL is unsafe (its index is shared memory, which hosts do not share): the rollback
-        journal stays there. The mode is kept in the file, so this runs once per opening for writing."""
+        """WAL (with ZOO_SWEEP_SQLITE_WAL=1) on a local disk: readers see the last commit and never block a write,
+        nor a write them (in SQLite's default rollback journal a long read holds the launcher's commit until it
+        gives up). On a network filesystem WAL is unsafe (its index is shared memory, which hosts do not share):
+        the rollback journal stays there. The mode is kept in the file, so this runs once per opening for writing."""
         assert self._path is not None  # a SQLite file store
         if network_fs(self._path):
             mode = "delete"

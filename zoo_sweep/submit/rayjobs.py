@@ -42,7 +42,7 @@ def jobs_url(address: str | None) -> str:
     if u.scheme not in ("http", "https") or not u.hostname:
         raise UserError(f"not a Ray Jobs address: {mask_url(address)!r} (use http://HEAD:8265)")
     try:
-        u.port
+        _ = u.port  # read for its check only: raises ValueError on a port out of range or not a number
     except ValueError:
         raise UserError(f"not a Ray Jobs address: {mask_url(address)!r} (use http://HEAD:8265)") from None
     return a

@@ -143,8 +143,9 @@ _EXPONENT = {"F64": ("<u8", 0x7FF0000000000000), "F32": ("<u4", 0x7F800000), "F1
 def count_nonfinite(path: str | Path) -> tuple[int, int] | None:
     """(NaN or infinite values, floating-point values) of a weights file's state dict (a training checkpoint's
     optimizer state is not counted); None where it cannot be told here: a torch.save file in a process that has
-    not loaded torch, or a file torch cannot read (loading it at launch says why). A model with such weights computes NaN, so its
-    accuracy is that of always answering one class: worth its own warning at plan, not the chance-level one."""
+    not loaded torch, or a file torch cannot read (loading it at launch says why). A model with such weights
+    computes NaN, so its accuracy is that of always answering one class: worth its own warning at plan, not the
+    chance-level one."""
     import numpy as np
 
     p = Path(path)
