@@ -103,7 +103,9 @@ def assert_runs_hold_the_store(url: str, store: Store, sweep: str) -> list:
     results = store.query("select r.* from transfer_results r join sweep_jobs sj on sj.job_id = r.job_id "
                           "where sj.sweep = :s", {"s": sweep})
     families = store.query("select name, family from models").set_index("name")["family"].to_dict()
-    runs = _runs(url, sweep)
+    everything = _runs(url, sweep)
+    assert_predict_runs_hold_the_store([r for r in everything if r.data.tags["kind"] == "predict"], store, sweep)
+    runs = [r for r in everything if r.data.tags["kind"] != "predict"]
     by_job = {}
     for run in runs:
         job_id = run.data.params["job_id"]
@@ -137,6 +139,18 @@ def assert_runs_hold_the_store(url: str, store: Store, sweep: str) -> list:
     return runs
 
 
+def assert_predict_runs_hold_the_store(runs: list, store: Store, sweep: str) -> None:
+    """One finished run per done predict job of the sweep, holding its model's accuracy."""
+    jobs = {r["id"]: Job.from_row(r, "/unused") for r in store.sweep_jobs(sweep, "predict") if r["state"] == "done"}
+    acc = store.query("select name, eval_set, accuracy from models").set_index(["name", "eval_set"])["accuracy"]
+    assert sorted(r.data.params["job_id"] for r in runs) == sorted(jobs) and jobs
+    for run in runs:
+        p = jobs[run.data.params["job_id"]].payload
+        assert run.info.status == "FINISHED" and run.info.run_name == f"{p.model.name} / predict"
+        assert run.data.metrics == {"accuracy": pytest.approx(acc[(p.model.name, p.eval)])}
+        assert run.data.params["arch"] == p.model.arch and run.data.tags["family"] == p.model.family
+
+
 def test_every_run_of_a_tracked_launch_holds_what_the_store_holds(micro, mlflow_server, tmp_path):
     """[tracking] in the spec; the Python API (launch_sweep), as a notebook runs it."""
     spec = parse_spec({"name": "tracked", "zoo": {"source": "digits", "recipe": "micro"}, **TRACKED,
@@ -148,7 +162,7 @@ def test_every_run_of_a_tracked_launch_holds_what_the_store_holds(micro, mlflow_
     assert rep.ok, rep.failed
     assert "MLflow" not in out.getvalue() and "mlflow" not in out.getvalue(), out.getvalue()
     runs = assert_runs_hold_the_store(mlflow_server, store, "tracked")
-    assert rep.ran["transfer"] == len(runs)
+    assert rep.ran["transfer"] == len(runs) and len(_runs(mlflow_server, "tracked")) == len(runs) + rep.ran["predict"]
 
 
 @pytest.fixture(scope="module")
@@ -216,11 +230,11 @@ def test_track_logs_a_stored_sweep_afterwards_once_and_refuses_a_tracker_it_cann
     w = launched_while_down
     base = ("--db", w["db"], "--home", str(w["home"]), "track", "outage")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    done = len(w["store"].job_states("outage", "transfer", states=("done",)))
+    done = sum(len(w["store"].job_states("outage", kind, states=("done",))) for kind in ("predict", "transfer"))
     for already in (0, done):
         r = run_cli(*base, "--tracking", uri, "--no-progress", timeout=600)
         assert r.returncode == 0, r.stdout + r.stderr
-        assert r.stdout.strip() == (f"outage: {done} finished transfer job(s); {already} already in MLflow at {uri}, "
+        assert r.stdout.strip() == (f"outage: {done} finished job(s); {already} already in MLflow at {uri}, "
                                     f"{done - already} logged now"), r.stdout + r.stderr
         runs = assert_runs_hold_the_store(uri, w["store"], "outage")
     seconds = w["store"].query("select id, seconds from jobs").set_index("id")["seconds"]
@@ -247,16 +261,21 @@ def test_wandb_offline_run_folders_hold_what_the_store_holds(launched_while_down
     base = ("--db", w["db"], "--home", str(home), "track", str(spec), "--no-progress")
     store = w["store"]
     jobs = {r["id"]: Job.from_row(r, "/unused") for r in store.sweep_jobs("outage", "transfer") if r["state"] == "done"}
-    where = f"zoo-tests (offline, {home.resolve() / 'wandb'})"
-    for already in (0, len(jobs)):
+    predictions = store.job_states("outage", "predict", states=("done",))
+    where, done = f"zoo-tests (offline, {home.resolve() / 'wandb'})", len(jobs) + len(predictions)
+    for already in (0, done):
         r = run_cli(*base, timeout=600)
         assert r.returncode == 0 and "wandb" not in r.stderr.lower(), r.stdout + r.stderr
-        assert r.stdout.strip() == (f"outage: {len(jobs)} finished transfer job(s); {already} already in W&B at "
-                                    f"{where}, {len(jobs) - already} logged now"), r.stdout + r.stderr
+        assert r.stdout.strip() == (f"outage: {done} finished job(s); {already} already in W&B at "
+                                    f"{where}, {done - already} logged now"), r.stdout + r.stderr
     results = store.query("select r.* from transfer_results r join sweep_jobs sj on sj.job_id = r.job_id "
                           "where sj.sweep = :s", {"s": "outage"})
-    runs = [read_run(f) for f in sorted((home / "wandb").glob("offline-run-*"))]
+    everything = [read_run(f) for f in sorted((home / "wandb").glob("offline-run-*"))]
+    runs = [run for run in everything if run.job_type != "predict"]
+    predicted = [run for run in everything if run.job_type == "predict"]
     assert sorted(run.config["job_id"] for run in runs) == sorted(jobs)  # each job once
+    assert sorted(run.config["job_id"] for run in predicted) == sorted(predictions)
+    assert all(set(run.history) == {0} and "accuracy" in run.history[0] for run in predicted)
     for run in runs:
         job_id = run.config["job_id"]
         p, rows = jobs[job_id].payload, results[results["job_id"] == job_id].sort_values("epoch")
@@ -276,4 +295,4 @@ def test_wandb_offline_run_folders_hold_what_the_store_holds(launched_while_down
     # W&B's own sync finds every run to upload
     sync = subprocess.run([str(BIN / "wandb"), "sync", "--dry-run"], cwd=home, capture_output=True, text=True,
                           timeout=120)
-    assert f"Would sync {len(jobs)} run(s)" in sync.stdout + sync.stderr, sync.stdout + sync.stderr
+    assert f"Would sync {done} run(s)" in sync.stdout + sync.stderr, sync.stdout + sync.stderr

@@ -193,6 +193,20 @@ def test_a_run_holds_the_resolved_hyper_parameters_the_id_and_every_metric():
     assert all(k in TRANSFER_METRICS for k, _, _ in rec.metrics)
 
 
+def test_a_predict_run_holds_the_model_and_its_accuracy():
+    from zoo_sweep import __version__
+    from zoo_sweep.pipeline.jobs import PredictPayload
+    from zoo_sweep.pipeline.tracking import predict_record
+
+    job = Job.new({"m": 1}, PredictPayload(ModelEntry("vit_a", "vit", "transformer", None), "digits:eval", 32, None, 5))
+    rec = predict_record(job, 89.71, seconds=3.0)
+    assert (rec.name, rec.job_id, rec.seconds) == ("vit_a / predict", job.id, 3.0)
+    assert rec.metrics == [("accuracy", 89.71, 0)]
+    assert rec.params == {"model": "vit_a", "arch": "vit", "family": "transformer", "eval_set": "digits:eval",
+                          "job_id": job.id, "zoo_sweep_version": __version__}
+    assert rec.tags == {"kind": "predict", "model": "vit_a", "family": "transformer", "eval_set": "digits:eval"}
+
+
 def test_control_and_multi_teacher_runs_are_named_as_the_store_names_them():
     control = run_record(_job("labels"), ROWS)
     assert control.name == "cnn_a <- cnn_a / labels / 3" and control.tags["kind"] == "control"

@@ -480,8 +480,9 @@ def track(ctx: typer.Context, sweep: str = typer.Argument(..., help="Sweep name 
               None, "--tracking", help="MLflow tracking URI (default: the spec's [tracking] uri, else "
                                        "$MLFLOW_TRACKING_URI, else mlflow.db in the results folder)."),
           progress: bool = _PROG):
-    """Log to MLflow (or the spec's [tracking]) the finished transfer runs of a stored sweep that its experiment
-    lacks (launched without tracking, or while the tracker was down); runs already there are left as they are."""
+    """Log to MLflow (or the spec's [tracking]) the finished transfer and predict jobs of a stored sweep that its
+    experiment lacks (launched without tracking, or while the tracker was down); runs already there stay as they
+    are."""
     from zoo_sweep.pipeline.plan import load_sweep
     from zoo_sweep.pipeline.tracking import track_destination, track_sweep
 
@@ -497,7 +498,7 @@ def track(ctx: typer.Context, sweep: str = typer.Argument(..., help="Sweep name 
             err.print(f"{name}: {sent} of {queued} run(s) sent", highlight=False)
 
     res = track_sweep(store, name, dest, ctx.obj.paths().home, on_progress)
-    say(f"{name}: {res.finished} finished transfer job(s); {res.already} already in {dest.name} at {res.where}, "
+    say(f"{name}: {res.finished} finished job(s); {res.already} already in {dest.name} at {res.where}, "
         f"{res.logged} logged now")
     if res.warning:
         err.print(f"[yellow]warning:[/] {escape(res.warning)}", highlight=False, soft_wrap=True)

@@ -65,6 +65,7 @@ from zoo_sweep.pipeline.tracking import (
     Tracker,
     check_tracking,
     log_missing,
+    log_missing_predictions,
 )
 from zoo_sweep.science.records import load_record, save_record
 from zoo_sweep.storage.leases import Lease
@@ -471,10 +472,10 @@ class _Run:
                        on_final_error=lambda job: streams.release(job.id, self.paths.logits))
 
     def _track_earlier(self, jobs: list[Job], wait_s: float) -> bool:
-        """Log the finished ``jobs`` of this shard that the sweep's experiment lacks (done by a launch without
-        tracking, or while the tracker was down), from the store. Waits ``wait_s`` at most to learn whether the
-        tracker answers; False: not known yet. A tracker that cannot be reached is one warning, and is not tried
-        again in this launch."""
+        """Log the finished ``jobs`` of this shard, and its finished predict jobs, that the sweep's experiment lacks
+        (done by this launch's predict stage, by a launch without tracking, or while the tracker was down), from
+        the store. Waits ``wait_s`` at most to learn whether the tracker answers; False: not known yet. A tracker
+        that cannot be reached is one warning, and is not tried again in this launch."""
         t = self.tracker
         if t is None:
             return True
@@ -486,8 +487,11 @@ class _Run:
                                      f"there; the store has every result, and `zoo-sweep track {self.spec.name}` "
                                      "logs them")
             return True
-        log_missing(t, self.store, self.spec.name,
-                    {j.id: j for j in jobs if j.state is DONE and in_shard(j.id, self.opts.shard)})
+        def done(of: list[Job]) -> dict[str, Job]:
+            return {j.id: j for j in of if j.state is DONE and in_shard(j.id, self.opts.shard)}
+
+        log_missing_predictions(t, self.store, done(self._jobs("predict")))
+        log_missing(t, self.store, self.spec.name, done(jobs))
         return True
 
     def _close_tracker(self, wait_s: float) -> None:

@@ -1,7 +1,8 @@
 """Transfer runs in MLflow or Weights & Biases, beside the store ([tracking] backend = "mlflow" or "wandb", or
 ``launch --tracking URI`` for MLflow; off by default): one experiment (MLflow) or group (W&B) per sweep, one run
 per finished transfer, control and multi-teacher job, holding the job's resolved hyper-parameters, its id and
-every per-epoch metric the store holds for it (docs/launch.md).
+every per-epoch metric the store holds for it, and one per predict job with the model's accuracy
+(docs/launch.md).
 
 The launcher logs, when it records a job's result, rather than the workers as they train:
 
@@ -173,6 +174,17 @@ def run_record(job, rows: list[dict], seconds: float | None = None) -> RunRecord
     return RunRecord(job.id, run_name(p.student.name, teacher, p.method, p.seed), params, tags, metrics, seconds)
 
 
+def predict_record(job, accuracy: float, seconds: float | None = None) -> RunRecord:
+    """A finished predict job as a run: the model and its accuracy on the eval set (step 0)."""
+    from zoo_sweep import __version__
+
+    e, ev = job.payload.model, job.payload.eval
+    params = {"model": e.name, "arch": e.arch, "family": e.family, "eval_set": ev, "job_id": job.id,
+              "zoo_sweep_version": __version__}
+    tags = {"kind": "predict", "model": e.name, "family": e.family, "eval_set": ev}
+    return RunRecord(job.id, f"{e.name} / predict", params, tags, [("accuracy", float(accuracy), 0)], seconds)
+
+
 class _FromThread(logging.Filter):
     """Drops the log records one thread emits."""
 
@@ -308,7 +320,8 @@ class _Wandb:
         settings = w.Settings(silent=True, console="off", save_code=False, x_disable_stats=True,
                               x_disable_meta=True, x_disable_machine_info=True)
         run = w.init(project=self.dest.project, entity=self.dest.entity, group=self.group, name=rec.name,
-                     id=self.run_id(rec.job_id), job_type=rec.tags["kind"], tags=[rec.tags["kind"], rec.tags["method"]],
+                     id=self.run_id(rec.job_id), job_type=rec.tags["kind"],
+                     tags=[rec.tags[k] for k in ("kind", "method") if k in rec.tags],
                      config={**rec.params, **rec.tags}, dir=self.dest.folder, mode=self.dest.mode,
                      reinit="create_new", settings=settings)
         try:
@@ -381,16 +394,23 @@ class Tracker:
             return [i for i in job_ids if i not in self.logged]
 
     def log(self, job, rows: list[dict], seconds: float | None = None) -> None:
-        """Queue a finished job's run; returns at once and never raises."""
+        """Queue a finished transfer job's run (``rows``: its epochs); returns at once and never raises."""
+        self._enqueue(job.id, lambda: run_record(job, rows, seconds))
+
+    def log_prediction(self, job, accuracy: float, seconds: float | None = None) -> None:
+        """Queue a finished predict job's run; returns at once and never raises."""
+        self._enqueue(job.id, lambda: predict_record(job, accuracy, seconds))
+
+    def _enqueue(self, job_id: str, record: Callable[[], RunRecord]) -> None:
         with self._lock:
-            if self._closed or job.id in self.logged or job.id in self._queued:
+            if self._closed or job_id in self.logged or job_id in self._queued:
                 return
-            self._queued.add(job.id)
+            self._queued.add(job_id)
             self.counts.queued += 1
         try:
-            rec = run_record(job, rows, seconds)
+            rec = record()
         except Exception as e:  # noqa: BLE001  (a job we cannot describe to the tracker is still in the store)
-            self._failed(f"job {job.id}", self._line(e))
+            self._failed(f"job {job_id}", self._line(e))
             return
         self._queue.put(rec)
 
@@ -488,10 +508,31 @@ def log_missing(tracker: Tracker, store, sweep: str, done: dict) -> int:
                        "where sj.sweep = :s order by r.job_id, r.epoch", {"s": sweep})
     n = 0
     for job_id, g in rows[rows["job_id"].isin(missing)].groupby("job_id", sort=False):
-        seconds = g["job_seconds"].iloc[0]
-        tracker.log(done[job_id], g.to_dict("records"), None if seconds is None or seconds != seconds else seconds)
+        tracker.log(done[job_id], g.to_dict("records"), _seconds(g["job_seconds"].iloc[0]))
         n += 1
     return n
+
+
+def log_missing_predictions(tracker: Tracker, store, done: dict) -> int:
+    """Queue the runs of ``done`` (job id -> finished predict job) that the experiment lacks, each with its
+    model's accuracy as the store holds it. Returns how many were queued."""
+    missing = tracker.missing(done)
+    if not missing:
+        return 0
+    acc = store.query("select name, eval_set, accuracy from models").set_index(["name", "eval_set"])["accuracy"]
+    seconds = store.query("select id, seconds from jobs where kind = 'predict'").set_index("id")["seconds"]
+    n = 0
+    for job_id in missing:
+        p = done[job_id].payload
+        a = acc.get((p.model.name, p.eval))
+        if a is not None and a == a:  # a done job's model has its accuracy; NULL only if the store was edited
+            tracker.log_prediction(done[job_id], a, _seconds(seconds.get(job_id)))
+            n += 1
+    return n
+
+
+def _seconds(v) -> float | None:
+    return None if v is None or v != v else float(v)
 
 
 def track_destination(home: str | Path, uri: str | None = None, spec: SweepSpec | None = None) -> Destination:
@@ -511,7 +552,7 @@ def track_destination(home: str | Path, uri: str | None = None, spec: SweepSpec 
 @dataclass
 class TrackOutcome:
     where: str  # the tracker, its password masked
-    finished: int  # the sweep's finished transfer jobs
+    finished: int  # the sweep's finished transfer and predict jobs
     already: int  # of those, with a run in the experiment before
     logged: int  # logged now
     warning: str | None  # the runs tried and not logged, and why
@@ -524,18 +565,22 @@ TRACK_CONNECT_S = 120.0
 def track_sweep(store, sweep: str, dest: Destination | str, home: str | Path,
                 on_progress: Callable[[int, int], None] | None = None,
                 client_factory: Callable | None = None) -> TrackOutcome:
-    """Log the finished transfer jobs of a stored ``sweep`` that its experiment lacks, from the store
+    """Log the finished transfer and predict jobs of a stored ``sweep`` that its experiment lacks, from the store
     (``zoo-sweep track``): a sweep launched without tracking, or whose tracker was down. Waits until every run is
     sent. A tracker that cannot be reached is a UserError: nothing was logged."""
     from zoo_sweep.pipeline.jobs import Job
 
-    done = {r["id"]: Job.from_row(r, str(home)) for r in store.sweep_jobs(sweep, "transfer") if r["state"] == "done"}
+    def done(kind: str) -> dict:
+        return {r["id"]: Job.from_row(r, str(home)) for r in store.sweep_jobs(sweep, kind) if r["state"] == "done"}
+
+    transfers, predictions = done("transfer"), done("predict")
     t = Tracker(dest, sweep, client_factory).start()
     if not t.ready(TRACK_CONNECT_S):
         why = t.error or f"no answer in {TRACK_CONNECT_S:.0f} s"
         t.close(0)
         raise UserError(f"{t.name} at {t.where} is not reachable ({why}); nothing was logged: start the tracking "
                         "server, or give the URI it listens on with --tracking")
-    queued = log_missing(t, store, sweep, done)
+    queued = log_missing_predictions(t, store, predictions) + log_missing(t, store, sweep, transfers)
     warning = t.close(None, on_progress)
-    return TrackOutcome(t.where, len(done), len(done) - queued, t.counts.logged, warning)
+    finished = len(transfers) + len(predictions)
+    return TrackOutcome(t.where, finished, finished - queued, t.counts.logged, warning)
