@@ -16,6 +16,9 @@ def invoke(*args: str, env: dict | None = None):
 
 
 def dump(db) -> str:
+    """Every row of a SQLite store as SQL: equal before and after means the store is unchanged."""
+    if not Path(db).exists():
+        return "(no store)"
     with sqlite3.connect(db) as c:
         return "\n".join(c.iterdump())
 

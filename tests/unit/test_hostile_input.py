@@ -12,11 +12,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch  # imported at collection: its first import runs ldconfig, which the unit tier's process guard refuses
+from cli_helpers import invoke, one_error_line
 from conftest import micro_spec
 from PIL import Image
-from typer.testing import CliRunner
 
-from zoo_sweep.cli.main import app, main
+from zoo_sweep.cli.main import main
 from zoo_sweep.data.decode import decode_file
 from zoo_sweep.data.images import load_image_set
 from zoo_sweep.data.sets import check_same_classes, image_set_key
@@ -25,17 +25,6 @@ from zoo_sweep.storage.store import Store
 from zoo_sweep.urls import redact
 
 SECRET = "Secr3tPw"
-
-
-def invoke(*args: str, env: dict | None = None):
-    return CliRunner(env=env).invoke(app, list(args), catch_exceptions=False)
-
-
-def one_error_line(r, code: int = 2) -> str:
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert r.exit_code == code, (r.exit_code, r.stdout, r.stderr)
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    return lines[0]
 
 
 @pytest.fixture

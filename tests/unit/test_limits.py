@@ -18,11 +18,10 @@ from pathlib import Path
 import pytest
 import timm
 import torch  # imported at collection: its first import runs ldconfig, which the unit tier's process guard refuses
+from cli_helpers import dump, invoke, one_error_line, plan_store
 from conftest import micro_spec
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
-from zoo_sweep.cli.main import app
 from zoo_sweep.config import params, spec
 from zoo_sweep.config.schema import _parse_type
 from zoo_sweep.storage import store as store_module
@@ -30,24 +29,6 @@ from zoo_sweep.zoo import weights as W
 
 CNN = {"channels": [8, 16, 24, 32], "stem_width": 8}  # resnet10t at a tiny width: milliseconds to build
 HALF = {"input_size": [3, 32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "crop_pct": 1.0}
-
-
-def invoke(*args: str, env: dict | None = None):
-    return CliRunner(env=env).invoke(app, list(args), catch_exceptions=False)
-
-
-def dump(db: Path) -> str:
-    if not db.exists():
-        return "(no store)"
-    with sqlite3.connect(db) as c:
-        return "\n".join(c.iterdump())
-
-
-def one_error_line(r, code: int = 2) -> str:
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert r.exit_code == code, (r.exit_code, r.stdout, r.stderr)
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    return lines[0]
 
 
 def with_line(text: str, section: str, line: str) -> str:
@@ -58,14 +39,7 @@ def with_line(text: str, section: str, line: str) -> str:
 
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory):
-    root = tmp_path_factory.mktemp("limits")
-    path = root / "micro.toml"
-    path.write_text(micro_spec(transfer={"methods": ["kl"]}))
-    db = root / "zoo.db"
-    base = ["--db", f"sqlite:///{db}", "--home", str(root / "home")]
-    r = invoke(*base, "plan", str(path))
-    assert r.exit_code == 0, r.output
-    return {"root": root, "spec": str(path), "db": db, "base": base}
+    return plan_store(tmp_path_factory.mktemp("limits"), micro_spec(transfer={"methods": ["kl"]}))
 
 
 # ---------------------------------------------------------------------- 1. values without limits
