@@ -378,7 +378,7 @@ _FAILED = typer.Option(False, "--only-failed", help="Rerun only failed jobs, eac
 _LIMIT = typer.Option(None, "--limit",
                       help="Run at most this many transfer jobs (predict and compare always complete).")
 _SHARD = typer.Option(None, "--shard", help="i/K: run only shard i of K (array jobs on a shared store).")
-_TRACK = typer.Option(None, "--tracking", help="Log every transfer run to MLflow at this tracking URI "
+_TRACK = typer.Option(None, "--tracking", help="Log every transfer and predict run to MLflow at this tracking URI "
                                               "(http://HOST:PORT, file:/PATH, sqlite:///PATH), whatever the spec's "
                                               "[tracking] says; needs pip install 'zoo-sweep[mlflow]'.")
 

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from zoo_sweep.config.spec import SweepSpec, TrackingSpec, check_tracking_uri
 from zoo_sweep.errors import UserError
+from zoo_sweep.pipeline.results import plain
 from zoo_sweep.urls import scrub
 
 INSTALL = "pip install 'zoo-sweep[mlflow]'"
@@ -145,7 +146,6 @@ def run_record(job, rows: list[dict], seconds: float | None = None) -> RunRecord
     from zoo_sweep import __version__
     from zoo_sweep.config.params import TransferParams
     from zoo_sweep.pipeline.plan import TRANSFER_HP
-    from zoo_sweep.pipeline.results import plain
     from zoo_sweep.transfer.catalog import CATALOG
     from zoo_sweep.transfer.result_metrics import TRANSFER_METRICS
 
@@ -508,7 +508,7 @@ def log_missing(tracker: Tracker, store, sweep: str, done: dict) -> int:
                        "where sj.sweep = :s order by r.job_id, r.epoch", {"s": sweep})
     n = 0
     for job_id, g in rows[rows["job_id"].isin(missing)].groupby("job_id", sort=False):
-        tracker.log(done[job_id], g.to_dict("records"), _seconds(g["job_seconds"].iloc[0]))
+        tracker.log(done[job_id], g.to_dict("records"), plain(g["job_seconds"].iloc[0]))
         n += 1
     return n
 
@@ -524,15 +524,11 @@ def log_missing_predictions(tracker: Tracker, store, done: dict) -> int:
     n = 0
     for job_id in missing:
         p = done[job_id].payload
-        a = acc.get((p.model.name, p.eval))
-        if a is not None and a == a:  # a done job's model has its accuracy; NULL only if the store was edited
-            tracker.log_prediction(done[job_id], a, _seconds(seconds.get(job_id)))
+        a = plain(acc.get((p.model.name, p.eval)))
+        if a is not None:  # a done job's model has its accuracy; NULL only if the store was edited
+            tracker.log_prediction(done[job_id], a, plain(seconds.get(job_id)))
             n += 1
     return n
-
-
-def _seconds(v) -> float | None:
-    return None if v is None or v != v else float(v)
 
 
 def track_destination(home: str | Path, uri: str | None = None, spec: SweepSpec | None = None) -> Destination:
