@@ -161,7 +161,7 @@ def prepare_launch(spec: SweepSpec, paths: Paths, opts: LaunchOptions | None = N
     """Every check (options, names, paths, methods, the resources asked for) before anything is written: a
     caller opens the store only after this."""
     opts = (opts or LaunchOptions()).check()
-    tracking = check_tracking(spec, paths.home) if opts.until == "transfer" else None  # only transfers are logged
+    tracking = check_tracking(spec, paths.home) if opts.until == "transfer" else None  # logged at the transfer stage
     address = resolve_address(opts.address)
     if address:
         check_reachable(address)
@@ -461,7 +461,7 @@ class _Run:
 
         def on_result(job: Job, res: dict):
             record_transfer(self.store, job, res, owner=self.lease.owner)
-            if self.tracker is not None and res["state"] == DONE:  # queued: never waits for MLflow
+            if self.tracker is not None and res["state"] == DONE:  # queued: never waits for the tracker
                 self.tracker.log(job, res["rows"], res.get("seconds"))
             streams.release(job.id, self.paths.logits)
             if res.get("logits_read"):  # epochs of teacher / s0 logits read back instead of recomputed
@@ -487,6 +487,7 @@ class _Run:
                                      f"there; the store has every result, and `zoo-sweep track {self.spec.name}` "
                                      "logs them")
             return True
+
         def done(of: list[Job]) -> dict[str, Job]:
             return {j.id: j for j in of if j.state is DONE and in_shard(j.id, self.opts.shard)}
 
