@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from conftest import BIN, micro_spec, run_cli
@@ -96,8 +97,9 @@ def _runs(url, sweep) -> list:
     return [] if exp is None else list(c.search_runs([exp.experiment_id], max_results=1000))
 
 
-def assert_runs_hold_the_store(url: str, store: Store, sweep: str) -> list:
-    """One finished run per done transfer job of the sweep, holding what the store holds for it."""
+def assert_runs_hold_the_store(url: str, store: Store, sweep: str, home=None) -> list:
+    """One finished run per done transfer job of the sweep, holding what the store holds for it, with its log
+    (the results folder ``home``'s, as the launch wrote it) attached; and the sweep's own run."""
     c = _client(url)
     jobs = {r["id"]: Job.from_row(r, "/unused") for r in store.sweep_jobs(sweep, "transfer") if r["state"] == "done"}
     results = store.query("select r.* from transfer_results r join sweep_jobs sj on sj.job_id = r.job_id "
@@ -105,7 +107,8 @@ def assert_runs_hold_the_store(url: str, store: Store, sweep: str) -> list:
     families = store.query("select name, family from models").set_index("name")["family"].to_dict()
     everything = _runs(url, sweep)
     assert_predict_runs_hold_the_store([r for r in everything if r.data.tags["kind"] == "predict"], store, sweep)
-    runs = [r for r in everything if r.data.tags["kind"] != "predict"]
+    assert_sweep_run([r for r in everything if r.data.tags["kind"] == "sweep"], c, store, sweep)
+    runs = [r for r in everything if r.data.tags["kind"] not in ("predict", "sweep")]
     by_job = {}
     for run in runs:
         job_id = run.data.params["job_id"]
@@ -135,8 +138,32 @@ def assert_runs_hold_the_store(url: str, store: Store, sweep: str) -> list:
         logged = {(k, m.step): m.value for k in run.data.metrics for m in c.get_metric_history(run.info.run_id, k)}
         assert logged == expected
         assert {k for k, _ in expected} >= {"student_acc", "delta", "knowledge_gain", "knowledge_loss", "train_loss"}
+        if home is not None:  # the job's log, as the launch wrote it: the worker's lines, one per epoch
+            (art,) = c.list_artifacts(run.info.run_id)
+            assert art.path == f"{job_id}.log"
+            text = Path(c.download_artifacts(run.info.run_id, art.path, str(home / "dl"))).read_text()
+            assert text == (home / "logs" / "jobs" / f"{job_id}.log").read_text()
+            assert "started on" in text and "epoch 1/2: train loss" in text and "epoch 2/2" in text
+            assert "done in" in text
     assert {r.data.tags["kind"] for r in runs} == {"method", "control", "multi-teacher"}
     return runs
+
+
+def assert_sweep_run(runs: list, c, store: Store, sweep: str) -> None:
+    """The sweep's one run: its job counts and the compare stage's summary, as the store has them."""
+    (run,) = runs
+    assert run.info.status == "FINISHED" and run.info.run_name == f"{sweep} / sweep"
+    m = run.data.metrics
+    states = store.query("select j.kind, j.state, count(*) as n from jobs j join sweep_jobs sj on sj.job_id = j.id "
+                         "where sj.sweep = :s group by j.kind, j.state", {"s": sweep})
+    assert {k: v for k, v in m.items() if k.startswith("jobs_")} == {
+        f"jobs_{r.kind}_{r.state}": r.n for r in states.itertuples()}
+    pairs = store.query("select rho_pos from pairs")["rho_pos"]
+    assert m["pairs"] == len(pairs) and m["rho_pos_mean"] == pytest.approx(pairs.mean())
+    finals = store.query("select r.method, r.delta from transfer_results r join sweep_jobs sj on sj.job_id = r.job_id "
+                         "where sj.sweep = :s and r.final and r.teacher = r.student", {"s": sweep})
+    assert m["delta_mean/labels"] == pytest.approx(finals[finals["method"] == "labels"]["delta"].mean())
+    assert "delta_mean/kl" in m and "delta_over_labels_mean/kl" in m
 
 
 def assert_predict_runs_hold_the_store(runs: list, store: Store, sweep: str) -> None:
@@ -161,8 +188,9 @@ def test_every_run_of_a_tracked_launch_holds_what_the_store_holds(micro, mlflow_
                        LaunchOptions(address=micro["address"], progress=False), console=Console(file=out, width=200))
     assert rep.ok, rep.failed
     assert "MLflow" not in out.getvalue() and "mlflow" not in out.getvalue(), out.getvalue()
-    runs = assert_runs_hold_the_store(mlflow_server, store, "tracked")
-    assert rep.ran["transfer"] == len(runs) and len(_runs(mlflow_server, "tracked")) == len(runs) + rep.ran["predict"]
+    runs = assert_runs_hold_the_store(mlflow_server, store, "tracked", tmp_path / "home")
+    assert rep.ran["transfer"] == len(runs)
+    assert len(_runs(mlflow_server, "tracked")) == len(runs) + rep.ran["predict"] + 1  # and the sweep's own run
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +251,38 @@ def test_without_a_uri_runs_go_to_a_sqlite_file_in_the_results_folder(tmp_path, 
     assert "mlflow" not in (out.out + out.err).lower(), out  # the local store's table creation says nothing
 
 
+def test_a_diverged_job_is_a_failed_run_with_its_log_and_a_later_finish_a_run_of_its_own(tmp_path):
+    from zoo_sweep.pipeline.joblog import append, job_log_path
+    from zoo_sweep.pipeline.jobs import TransferPayload
+    from zoo_sweep.pipeline.tracking import Tracker
+    from zoo_sweep.zoo.entry import ModelEntry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    s, t = ModelEntry("cnn_a", "resnet", "cnn", None), ModelEntry("vit_a", "vit", "transformer", None)
+    job = Job.new({"x": 2}, TransferPayload(s, t, "kl", 0, {"epochs": 1}, "digits:eval", "digits:transfer", 32, None))
+    paths = Paths(tmp_path)
+    append(paths, job.id, ["2026-12-07 10:00:00  started on host:1:cpu", "2026-12-07 10:00:09  diverged in 9.0 s"])
+    first = Tracker(uri, "diverging", home=tmp_path).start()
+    assert first.ready(SERVER_START_S), first.error
+    first.log_failed(job, "diverged", "Traceback ...\nDiverged: loss became nan in epoch 1", seconds=9.0)
+    assert first.close(SERVER_START_S) is None and first.logged == set()  # a failure never counts as logged
+    (run,) = _runs(uri, "diverging")
+    assert run.info.status == "FAILED" and run.info.run_name == "cnn_a <- vit_a / kl / 0 (diverged)"
+    assert run.data.tags["state"] == "diverged" and run.data.tags["error"] == "Diverged: loss became nan in epoch 1"
+    # its files beside the tracking database, not in whatever folder the command ran in (MLflow's default)
+    assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts" / "diverging").as_uri() + "/")
+    c = _client(uri)
+    (art,) = c.list_artifacts(run.info.run_id)
+    got = Path(c.download_artifacts(run.info.run_id, art.path, str(tmp_path / "dl")))
+    assert got.read_text() == job_log_path(paths, job.id).read_text()
+    # run again (a later launch, other settings of the store): the finished run beside the failed one
+    second = Tracker(uri, "diverging", home=tmp_path).start()
+    assert second.ready(SERVER_START_S) and second.missing([job.id]) == [job.id]
+    second.log(job, [{"epoch": 1, "student_acc": 93.0, "delta": 0.25}], seconds=3.0)
+    assert second.close(SERVER_START_S) is None
+    assert sorted(r.info.status for r in _runs(uri, "diverging")) == ["FAILED", "FINISHED"]
+
+
 def test_track_logs_a_stored_sweep_afterwards_once_and_refuses_a_tracker_it_cannot_reach(launched_while_down,
                                                                                          tmp_path):
     """`zoo-sweep track SWEEP` (a real process) from the outage's store into an experiment of its own (a SQLite
@@ -236,7 +296,7 @@ def test_track_logs_a_stored_sweep_afterwards_once_and_refuses_a_tracker_it_cann
         assert r.returncode == 0, r.stdout + r.stderr
         assert r.stdout.strip() == (f"outage: {done} finished job(s); {already} already in MLflow at {uri}, "
                                     f"{done - already} logged now"), r.stdout + r.stderr
-        runs = assert_runs_hold_the_store(uri, w["store"], "outage")
+        runs = assert_runs_hold_the_store(uri, w["store"], "outage", w["home"])
     seconds = w["store"].query("select id, seconds from jobs").set_index("id")["seconds"]
     for run in runs:  # each run lasts as long as its job did
         assert abs(run.info.end_time - run.info.start_time - seconds[run.data.params["job_id"]] * 1000) <= 1
@@ -271,7 +331,9 @@ def test_wandb_offline_run_folders_hold_what_the_store_holds(launched_while_down
     results = store.query("select r.* from transfer_results r join sweep_jobs sj on sj.job_id = r.job_id "
                           "where sj.sweep = :s", {"s": "outage"})
     everything = [read_run(f) for f in sorted((home / "wandb").glob("offline-run-*"))]
-    runs = [run for run in everything if run.job_type != "predict"]
+    (sweep_run,) = [run for run in everything if run.job_type == "sweep"]  # the second track replaced the first
+    assert sweep_run.name == "outage / sweep" and sweep_run.history[0]["models"] == len(predictions)
+    runs = [run for run in everything if run.job_type not in ("predict", "sweep")]
     predicted = [run for run in everything if run.job_type == "predict"]
     assert sorted(run.config["job_id"] for run in runs) == sorted(jobs)  # each job once
     assert sorted(run.config["job_id"] for run in predicted) == sorted(predictions)
@@ -295,4 +357,4 @@ def test_wandb_offline_run_folders_hold_what_the_store_holds(launched_while_down
     # W&B's own sync finds every run to upload
     sync = subprocess.run([str(BIN / "wandb"), "sync", "--dry-run"], cwd=home, capture_output=True, text=True,
                           timeout=120)
-    assert f"Would sync {done} run(s)" in sync.stdout + sync.stderr, sync.stdout + sync.stderr
+    assert f"Would sync {done + 1} run(s)" in sync.stdout + sync.stderr, sync.stdout + sync.stderr

@@ -47,6 +47,8 @@ from zoo_sweep.pipeline.cluster import (
     local_gpus,
     resolve_address,
 )
+from zoo_sweep.pipeline.joblog import append as append_log
+from zoo_sweep.pipeline.joblog import stamp
 from zoo_sweep.pipeline.jobs import Job, job_rows
 from zoo_sweep.pipeline.options import (  # noqa: F401  (LaunchOptions, parse_shard: re-exported)
     STAGES,
@@ -222,7 +224,7 @@ class _Run:
         self._correct: dict[str, np.ndarray] = {}
         self._seen: dict[str, Job] = {}  # every job a stage read: outcome lines describe them
         # started now: importing MLflow and reaching its server overlap the stages before transfer
-        self.tracker = Tracker(tracking, self.spec.name).start() if tracking else None
+        self.tracker = Tracker(tracking, self.spec.name, home=paths.home).start() if tracking else None
 
     # ------------------------------------------------------------------ stages
     def execute(self) -> LaunchReport:
@@ -443,6 +445,8 @@ class _Run:
         end = time.monotonic() + CLOSE_WAIT_S  # the most the stage's end waits for the tracker, all told
         if not settled:
             self._track_earlier(jobs, CLOSE_WAIT_S)
+        if self.tracker is not None and self.opts.shard is None:  # a shard sees part of the sweep's results
+            self.tracker.log_sweep(self.store)
         self._close_tracker(max(0.0, end - time.monotonic()))  # a launch stopped before this waits less (close)
 
     def _run_transfers(self, todo: list[Job]):
@@ -461,8 +465,11 @@ class _Run:
 
         def on_result(job: Job, res: dict):
             record_transfer(self.store, job, res, owner=self.lease.owner)
-            if self.tracker is not None and res["state"] == DONE:  # queued: never waits for the tracker
-                self.tracker.log(job, res["rows"], res.get("seconds"))
+            if self.tracker is not None:  # queued: never waits for the tracker
+                if res["state"] == DONE:
+                    self.tracker.log(job, res["rows"], res.get("seconds"))
+                else:  # diverged: final, a run marked failed
+                    self.tracker.log_failed(job, str(res["state"]), res.get("error"), res.get("seconds"))
             streams.release(job.id, self.paths.logits)
             if res.get("logits_read"):  # epochs of teacher / s0 logits read back instead of recomputed
                 r = self.report.reused
@@ -651,16 +658,21 @@ class _Run:
                 return True
 
             def on_done(job: Job, res: dict):
+                append_log(self.paths, job.id, res.get("log", ()))  # before the tracker is asked to attach it
                 on_result(job, res)
                 self.lease.release(job.id)
                 bar.ended()
 
             def on_error(job: Job, err: str, final: bool):
+                append_log(self.paths, job.id, [stamp(f"attempt failed{'' if final else ', to be retried'}:"),
+                                                *str(err).rstrip().splitlines()])
                 self.store.finish_job(job.id, FAILED.value if final else PENDING.value, error=err,
                                       owner=self.lease.owner)
                 self.lease.release(job.id)
                 if final:
                     bar.failed.append((job.id, f"({describe(job)}) {_last_line(err)}"))
+                    if self.tracker is not None and kind == "transfer":
+                        self.tracker.log_failed(job, FAILED.value, err)
                     if on_final_error is not None:
                         on_final_error(job)
                 bar.ended(final)

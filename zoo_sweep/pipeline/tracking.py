@@ -40,6 +40,8 @@ from pathlib import Path
 
 from zoo_sweep.config.spec import SweepSpec, TrackingSpec, check_tracking_uri
 from zoo_sweep.errors import UserError
+from zoo_sweep.paths import Paths
+from zoo_sweep.pipeline.joblog import job_log_path
 from zoo_sweep.pipeline.results import plain
 from zoo_sweep.urls import scrub
 
@@ -137,6 +139,15 @@ class RunRecord:
     tags: dict[str, str]
     metrics: list[tuple[str, float, int]]  # (name, value, epoch)
     seconds: float | None = None
+    # files attached to the run (the job's log, the sweep's report), looked for when the run is sent
+    artifacts: tuple[Path, ...] = ()
+    failed: bool = False  # the run of a job that diverged or failed: marked failed, never counted as logged
+    replaces: bool = False  # the sweep's own run: replaces the one an earlier launch or command logged
+
+    @property
+    def key(self) -> str:
+        """What the tracker logs once per launch: a job's finished run, each failure's run, the sweep's run."""
+        return f"{self.job_id}:{self.tags.get('state', 'failed')}" if self.failed else self.job_id
 
 
 def run_record(job, rows: list[dict], seconds: float | None = None) -> RunRecord:
@@ -185,6 +196,73 @@ def predict_record(job, accuracy: float, seconds: float | None = None) -> RunRec
     return RunRecord(job.id, f"{e.name} / predict", params, tags, [("accuracy", float(accuracy), 0)], seconds)
 
 
+def failed_record(job, state: str, error: str | None, seconds: float | None = None) -> RunRecord:
+    """A transfer job that diverged or failed for good, as a failed run: its settings, why, and its log."""
+    rec = run_record(job, [], seconds)
+    rec.tags.update(state=state)
+    if error:
+        rec.tags["error"] = _last_line(error)[:500]
+    rec.name += f" ({state})"
+    rec.failed = True
+    return rec
+
+
+def _last_line(text: str) -> str:
+    lines = str(text).strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+SWEEP_RUN = "sweep"  # the job id the sweep's own run carries (no job's id is this short)
+
+
+def sweep_record(store, name: str, report: Path | None = None) -> RunRecord:
+    """The sweep's own run: what it is (the stored spec's main settings), the compare stage's summary over its
+    models' pairs, each method's mean final Δ (and over the labels control where the sweep has it), and its
+    report page (``report``) as an artifact."""
+    import json
+
+    from zoo_sweep import __version__
+    from zoo_sweep.science.controls import LABELS, delta_over_controls, over_column, split_controls
+
+    spec = json.loads(store.query("select spec from sweeps where name = :n", {"n": name})["spec"].iloc[0])
+    data, t = spec.get("data") or {}, spec.get("transfer") or {}
+    ev = data.get("eval", "")
+    params = {"sweep": name, "eval_set": ev, "transfer_set": str(data.get("transfer", "")),
+              **{k: ",".join(map(str, t.get(k) or ())) for k in ("methods", "controls", "seeds")},
+              "epochs": str(t.get("epochs", "")), "job_id": SWEEP_RUN, "zoo_sweep_version": __version__}
+    states = store.query("select j.kind, j.state, count(*) as n from jobs j join sweep_jobs sj on sj.job_id = j.id "
+                         "where sj.sweep = :s group by j.kind, j.state", {"s": name})
+    metrics = [(f"jobs_{r.kind}_{r.state}", float(r.n), 0) for r in states.itertuples(index=False)]
+    models = store.query("select distinct m.name, m.accuracy from models m join jobs j on j.kind = 'predict' "
+                         "join sweep_jobs sj on sj.job_id = j.id and sj.sweep = :s "
+                         "where m.eval_set = :e and m.accuracy is not null", {"s": name, "e": ev})
+    pairs = store.query("select rho_pos, rho_neg, acc_gap, student, teacher from pairs where eval_set = :e", {"e": ev})
+    pairs = pairs[pairs["student"].isin(models["name"]) & pairs["teacher"].isin(models["name"])]
+    summary = {"models": len(models), "pairs": len(pairs)}
+    if len(models):
+        summary.update(model_acc_mean=models["accuracy"].mean(), model_acc_max=models["accuracy"].max())
+    if len(pairs):
+        rho = pairs["rho_pos"].astype(float)
+        summary.update(rho_pos_mean=rho.mean(), rho_pos_median=rho.median(), rho_pos_min=rho.min(),
+                       rho_pos_max=rho.max())
+    rows = store.query("select r.student, r.teacher, r.method, r.seed, r.delta from transfer_results r "
+                       "join sweep_jobs sj on sj.job_id = r.job_id where sj.sweep = :s and r.final", {"s": name})
+    if len(rows):
+        methods, ctl = split_controls(rows, t.get("controls") or ())
+        for m, g in methods.groupby("method"):
+            summary[f"delta_mean/{m}"] = g["delta"].astype(float).mean()
+        for m, g in ctl.groupby("method"):
+            summary[f"delta_mean/{m}"] = g["delta"].astype(float).mean()
+        if LABELS in set(ctl["method"]):
+            over = delta_over_controls(rows, [LABELS])
+            for m, g in over.groupby("method"):
+                summary[f"delta_over_labels_mean/{m}"] = g[over_column(LABELS)].astype(float).mean()
+    metrics += [(k, float(v), 0) for k, v in summary.items() if plain(v) is not None]
+    tags = {"kind": "sweep", "sweep": name, "eval_set": ev}
+    return RunRecord(SWEEP_RUN, f"{name} / sweep", params, tags, metrics,
+                     artifacts=(report,) if report is not None else (), replaces=True)
+
+
 class _FromThread(logging.Filter):
     """Drops the log records one thread emits."""
 
@@ -213,6 +291,16 @@ def _line(e: BaseException, uri: str) -> str:
     return scrub(line, uri)
 
 
+def artifact_location(uri: str | None, experiment: str) -> str | None:
+    """Where a new experiment keeps its runs' files (job logs, the report) when MLflow's store is a local
+    database: beside it, in ``mlartifacts/``. MLflow's default is ``mlruns/`` in the current folder, wherever
+    the command happened to run. None: the server (or a ``file:`` store) decides."""
+    if not uri or not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    return (db.absolute().parent / "mlartifacts" / experiment).as_uri()
+
+
 class _Mlflow:
     """One sweep's MLflow experiment. ``client_factory(uri)`` gives an ``MlflowClient`` (or anything with its
     methods: tests pass one that fails)."""
@@ -239,7 +327,8 @@ class _Mlflow:
         exp = c.get_experiment_by_name(self.experiment)
         if exp is None:
             try:
-                return c.create_experiment(self.experiment)
+                return c.create_experiment(self.experiment, artifact_location=artifact_location(self.dest.uri,
+                                                                                                self.experiment))
             except Exception:  # another launcher of the sweep created it meanwhile
                 exp = c.get_experiment_by_name(self.experiment)
                 if exp is None:
@@ -263,6 +352,7 @@ class _Mlflow:
         c = self._client
         end = int(time.time() * 1000)
         start = end - int((rec.seconds or 0) * 1000)
+        earlier = self._runs_of(rec.job_id) if rec.replaces else []
         run = c.create_run(self._experiment_id, start_time=start, tags=rec.tags, run_name=rec.name)
         run_id = run.info.run_id
         try:
@@ -274,12 +364,22 @@ class _Mlflow:
             metrics = [Metric(k, v, end, step) for k, v, step in rec.metrics]
             for i in range(0, len(metrics), MAX_ENTITIES):
                 c.log_batch(run_id, metrics=metrics[i:i + MAX_ENTITIES])
-            c.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED), end_time=end)
+            for a in _existing(rec.artifacts):
+                c.log_artifact(run_id, str(a))
+            status = RunStatus.FAILED if rec.failed else RunStatus.FINISHED
+            c.set_terminated(run_id, RunStatus.to_string(status), end_time=end)
         except Exception:
             # a half-written run is not counted as logged (``logged``): gone, the job's next run is its only one
             with contextlib.suppress(Exception):
                 c.delete_run(run_id)
             raise
+        for r in earlier:  # the new one is complete: the sweep keeps one run of its own
+            with contextlib.suppress(Exception):
+                c.delete_run(r)
+
+    def _runs_of(self, job_id: str) -> list[str]:
+        page = self._client.search_runs([self._experiment_id], f"params.job_id = '{job_id}'", max_results=100)
+        return [r.info.run_id for r in page]
 
 
 class _Wandb:
@@ -315,12 +415,20 @@ class _Wandb:
     def _runs_folder(self) -> Path:
         return Path(self.dest.folder) / "wandb"
 
+    def _id(self, rec: RunRecord) -> str:
+        """A job's finished run has its job's id (found again by ``logged``); a failure's run and the sweep's
+        own run, logged again by later launches, get a new id each time (a W&B id is never reused)."""
+        if not (rec.failed or rec.replaces):
+            return self.run_id(rec.job_id)
+        return f"{self.run_id(rec.job_id)}-{rec.tags.get('state', 'sweep')}{time.time_ns() // 1000}"
+
     def send(self, rec: RunRecord) -> None:
         w = self._wandb
         settings = w.Settings(silent=True, console="off", save_code=False, x_disable_stats=True,
                               x_disable_meta=True, x_disable_machine_info=True)
+        run_id = self._id(rec)
         run = w.init(project=self.dest.project, entity=self.dest.entity, group=self.group, name=rec.name,
-                     id=self.run_id(rec.job_id), job_type=rec.tags["kind"],
+                     id=run_id, job_type=rec.tags["kind"],
                      tags=[rec.tags[k] for k in ("kind", "method") if k in rec.tags],
                      config={**rec.params, **rec.tags}, dir=self.dest.folder, mode=self.dest.mode,
                      reinit="create_new", settings=settings)
@@ -330,14 +438,25 @@ class _Wandb:
                 by_epoch.setdefault(step, {})[k] = v
             for step in sorted(by_epoch):
                 run.log({**by_epoch[step], "epoch": step}, step=step)
-            run.finish()
+            for a in _existing(rec.artifacts):
+                run.save(str(a), base_path=str(a.parent), policy="now")
+            run.finish(exit_code=1 if rec.failed else 0)
         except Exception:
             with contextlib.suppress(Exception):
                 run.finish(exit_code=1)
             if self.dest.mode == "offline":  # a half-written run folder would count as logged, and be synced
-                for d in self._runs_folder().glob(f"offline-run-*-{self.run_id(rec.job_id)}"):
+                for d in self._runs_folder().glob(f"offline-run-*-{run_id}"):
                     shutil.rmtree(d, ignore_errors=True)
             raise
+        if rec.replaces and self.dest.mode == "offline":  # the sweep keeps one run folder of its own
+            for d in self._runs_folder().glob(f"offline-run-*-{self.run_id(rec.job_id)}-sweep*"):
+                if not d.name.endswith(run_id):
+                    shutil.rmtree(d, ignore_errors=True)
+
+
+def _existing(paths) -> list[Path]:
+    """The artifacts there are when a run is sent (a job's log may not have been written: a full disk)."""
+    return [Path(a) for a in paths if Path(a).is_file()]
 
 
 # what runs are logged to, by [tracking] backend
@@ -354,11 +473,15 @@ class _Counts:
 
 class Tracker:
     """One sweep's runs in a tracker (``dest``; a string is an MLflow tracking URI), written from a background
-    thread. ``client_factory`` stands in for the backend's client (tests)."""
+    thread. ``client_factory`` stands in for the backend's client (tests). ``home``: the results folder, whose
+    job logs are attached to the jobs' runs."""
 
-    def __init__(self, dest: Destination | str, experiment: str, client_factory: Callable | None = None):
+    def __init__(self, dest: Destination | str, experiment: str, client_factory: Callable | None = None,
+                 home: str | Path | None = None):
         self.dest = Destination("mlflow", dest) if isinstance(dest, str) else dest
         self.experiment = experiment
+        self._paths = Paths(Path(home)) if home is not None else None
+        self.sent_sweep = False  # the sweep's own run was sent (it is not a job's: outcomes count jobs)
         self._backend = BACKENDS[self.dest.backend](self.dest, experiment, client_factory)
         self._import = client_factory is None
         self._queue: queue.Queue = queue.Queue()
@@ -395,22 +518,41 @@ class Tracker:
 
     def log(self, job, rows: list[dict], seconds: float | None = None) -> None:
         """Queue a finished transfer job's run (``rows``: its epochs); returns at once and never raises."""
-        self._enqueue(job.id, lambda: run_record(job, rows, seconds))
+        self._enqueue(job.id, lambda: self._with_log(run_record(job, rows, seconds)))
+
+    def log_failed(self, job, state: str, error: str | None, seconds: float | None = None) -> None:
+        """Queue the failed run of a transfer job that diverged or failed for good (each failure is a run: a
+        later launch that finishes the job logs its finished run beside them)."""
+        self._enqueue(f"{job.id}:{state}", lambda: self._with_log(failed_record(job, state, error, seconds)),
+                      once=False)
 
     def log_prediction(self, job, accuracy: float, seconds: float | None = None) -> None:
         """Queue a finished predict job's run; returns at once and never raises."""
-        self._enqueue(job.id, lambda: predict_record(job, accuracy, seconds))
+        self._enqueue(job.id, lambda: self._with_log(predict_record(job, accuracy, seconds)))
 
-    def _enqueue(self, job_id: str, record: Callable[[], RunRecord]) -> None:
+    def log_sweep(self, store) -> None:
+        """Queue the sweep's own run (``sweep_record``), replacing the one logged before, with the sweep's report
+        page where ``zoo-sweep report`` has written one in the results folder."""
+        page = self._paths.report(self.experiment) / "report.html" if self._paths is not None else None
+        self._enqueue(SWEEP_RUN, lambda: sweep_record(store, self.experiment, page), once=False)
+
+    def _with_log(self, rec: RunRecord) -> RunRecord:
+        if self._paths is not None:
+            rec.artifacts += (job_log_path(self._paths, rec.job_id),)
+        return rec
+
+    def _enqueue(self, key: str, record: Callable[[], RunRecord], once: bool = True) -> None:
+        """``once``: not when the experiment already has the run (a job's finished run); a key is queued once
+        per launch either way."""
         with self._lock:
-            if self._closed or job_id in self.logged or job_id in self._queued:
+            if self._closed or (once and key in self.logged) or key in self._queued:
                 return
-            self._queued.add(job_id)
+            self._queued.add(key)
             self.counts.queued += 1
         try:
             rec = record()
         except Exception as e:  # noqa: BLE001  (a job we cannot describe to the tracker is still in the store)
-            self._failed(f"job {job_id}", self._line(e))
+            self._failed(f"job {key}", self._line(e))
             return
         self._queue.put(rec)
 
@@ -483,7 +625,9 @@ class Tracker:
                     self._failed(rec.name, self._line(e))
                     continue
                 with self._lock:
-                    self.logged.add(rec.job_id)
+                    if not (rec.failed or rec.replaces):
+                        self.logged.add(rec.job_id)
+                    self.sent_sweep |= rec.replaces
                     self.counts.logged += 1
         finally:
             for h in handlers:
@@ -562,21 +706,23 @@ def track_sweep(store, sweep: str, dest: Destination | str, home: str | Path,
                 on_progress: Callable[[int, int], None] | None = None,
                 client_factory: Callable | None = None) -> TrackOutcome:
     """Log the finished transfer and predict jobs of a stored ``sweep`` that its experiment lacks, from the store
-    (``zoo-sweep track``): a sweep launched without tracking, or whose tracker was down. Waits until every run is
-    sent. A tracker that cannot be reached is a UserError: nothing was logged."""
+    (``zoo-sweep track``): a sweep launched without tracking, or whose tracker was down; then the sweep's own run
+    afresh, with its report page where one was written. Waits until every run is sent. A tracker that cannot be
+    reached is a UserError: nothing was logged."""
     from zoo_sweep.pipeline.jobs import Job
 
     def done(kind: str) -> dict:
         return {r["id"]: Job.from_row(r, str(home)) for r in store.sweep_jobs(sweep, kind) if r["state"] == "done"}
 
     transfers, predictions = done("transfer"), done("predict")
-    t = Tracker(dest, sweep, client_factory).start()
+    t = Tracker(dest, sweep, client_factory, home).start()
     if not t.ready(TRACK_CONNECT_S):
         why = t.error or f"no answer in {TRACK_CONNECT_S:.0f} s"
         t.close(0)
         raise UserError(f"{t.name} at {t.where} is not reachable ({why}); nothing was logged: start the tracking "
                         "server, or give the URI it listens on with --tracking")
     queued = log_missing_predictions(t, store, predictions) + log_missing(t, store, sweep, transfers)
+    t.log_sweep(store)  # last: the sweep's summary and report, as they are now
     warning = t.close(None, on_progress)
     finished = len(transfers) + len(predictions)
-    return TrackOutcome(t.where, finished, finished - queued, t.counts.logged, warning)
+    return TrackOutcome(t.where, finished, finished - queued, t.counts.logged - t.sent_sweep, warning)
