@@ -23,7 +23,8 @@ def _stored_trials(db: str, sweep: str) -> dict[tuple, float]:
 
 def test_tune_stores_trials_and_writes_back(micro, tmp_path):
     spec = tmp_path / "micro.toml"
-    spec.write_text(micro["spec_path"].read_text())
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec.write_text(micro["spec_path"].read_text() + f'\n[tracking]\nbackend = "mlflow"\nuri = "{uri}"\n')
     r = run_cli("--db", micro["db"], "--home", micro["home"], "tune", str(spec), "--method", "kl_dp",
                 "--samples", "2", "--pairs", "1", "--address", micro["address"], "--no-progress", "--write",
                 timeout=600)
@@ -41,6 +42,19 @@ def test_tune_stores_trials_and_writes_back(micro, tmp_path):
     assert doc["methods"] == ["kl", "kl_dp"]  # the rest of [transfer] is kept
     printed = json.loads(re.search(r"^best: (.*)$", r.stdout, re.M).group(1))
     assert printed == {"lr": doc["lr"], "temperature": doc["temperature"]}
+    assert "warning" not in r.stderr, r.stderr
+
+    # the spec's [tracking]: each trial's job a run of the trials' experiment, with its log, and the sweep's run
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(tracking_uri=uri)
+    runs = c.search_runs([c.get_experiment_by_name("micro.tune.kl_dp").experiment_id])
+    ids = set(Store(micro["db"]).query("select job_id from sweep_jobs where sweep = 'micro.tune.kl_dp'")["job_id"])
+    trial_runs = [run for run in runs if run.data.tags["kind"] == "method"]
+    assert {run.data.params["job_id"] for run in trial_runs} == ids and len(runs) == len(ids) + 1
+    assert {(float(run.data.params["lr"]), float(run.data.params["temperature"])) for run in trial_runs} == set(trials)
+    for run in trial_runs:
+        assert [a.path for a in c.list_artifacts(run.info.run_id)] == [f"{run.data.params['job_id']}.log"]
 
 
 def test_write_back_keeps_comments_and_other_tables(tmp_path):

@@ -524,6 +524,8 @@ def tune(ctx: typer.Context, spec: Path = typer.Argument(..., help="Sweep spec (
     out.print(_table(res.trials, f"{method}: {len(res.trials)} configuration(s) on {len(res.pairs)} pair(s), "
                                  f"stored as sweep {res.sweep}"))
     say(f"best: {json.dumps(res.best)}")
+    if res.tracking:
+        err.print(f"[yellow]warning:[/] {escape(res.tracking)}", highlight=False, soft_wrap=True)
     if write:
         write_back(spec, res.best)
         say(f"written into [transfer] of {spec}")
