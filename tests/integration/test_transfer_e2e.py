@@ -49,3 +49,6 @@ def test_exploding_learning_rate_is_a_diverged_job(micro):
               "teacher_correct": rec[job.payload.teacher.name]["pred"] == labels}
     out = Worker(str(micro["paths"].home)).run(job, inputs)
     assert out["state"] == "diverged" and "loss became" in out["error"]
+    # its log: where it ran, and why it ended (the launcher appends these lines to logs/jobs/<id>.log)
+    assert "started on" in out["log"][0] and out["log"][-1].split("  ", 1)[1].startswith("diverged in ")
+    assert "loss became" in out["log"][-1]

@@ -47,3 +47,11 @@ def test_the_spec_reference_in_the_docs_is_the_schema():
 
     page = (JOBS.parent / "docs" / "specs.md").read_text()
     assert markdown() in page, "docs/specs.md is stale: python -m zoo_sweep.config.reference --write docs/specs.md"
+
+
+def test_the_method_tables_in_the_docs_are_the_declarations():
+    from zoo_sweep.config.reference import COMMAND, controls_markdown, methods_markdown
+
+    page = (JOBS.parent / "docs" / "methods.md").read_text()
+    for block in (methods_markdown(), controls_markdown()):
+        assert block in page, f"docs/methods.md is stale: {COMMAND}"

@@ -43,11 +43,16 @@ def test_transfer_columns_are_what_a_transfer_reports():
     assert [c.name for c in transfer_results.columns] == keys + list(TRANSFER_METRICS)
 
 
-def test_common_hyper_parameters_are_derived_and_unchanged():
-    """TRANSFER_HP (part of every transfer job's id) is TransferParams' fields that no method declares as its
-    own. Options added later (inputs, lr_scaling) are left out of a job's hp at their older behaviour
-    (config.params.job_hp), so the ids of jobs planned before them stay (tests/unit/test_jobs.py)."""
+def test_common_hyper_parameters_are_declared_and_unchanged():
+    """TRANSFER_HP (part of every transfer job's id) is the keys every method reads (TrainingParams) and xekl's
+    alpha, in every id since before methods declared keys of their own. Options added later (inputs,
+    lr_scaling) are left out of a job's hp at their older behaviour (config.params.job_hp), so the ids of jobs
+    planned before them stay (tests/unit/test_job_ids_golden.py)."""
+    from dataclasses import fields
+
+    from zoo_sweep.config.methods import TrainingParams
     from zoo_sweep.pipeline.plan import TRANSFER_HP
 
     assert TRANSFER_HP == ("epochs", "batch_size", "lr", "momentum", "weight_decay", "temperature", "alpha", "augment",
                            "inputs", "lr_scaling")
+    assert set(TRANSFER_HP) == {f.name for f in fields(TrainingParams)} | {"alpha"}

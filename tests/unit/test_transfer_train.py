@@ -12,6 +12,7 @@ import pytest
 import torch
 from tiny import CFG, assert_same_rows, cnn, correct, digits_slices, mlp, one_thread  # noqa: F401  (one_thread: autouse)
 
+from zoo_sweep.config.params import with_plugins
 from zoo_sweep.transfer.catalog import controls, single_teacher
 from zoo_sweep.transfer.multi import MultiJob, run_multi
 from zoo_sweep.transfer.train import (
@@ -22,9 +23,11 @@ from zoo_sweep.transfer.train import (
     run_transfer,
 )
 
-HP = TransferParams(epochs=2, batch_size=32, lr=0.05, mcl_top_k=0, tau=0.9, crd_negatives=64)
-# every method and control a spec can name, from the registry: a method declared there is trained here too
+# every method and control a spec can name, from the registry (an installed plugin's too: single_teacher loads
+# the entry points): a method declared there is trained here too
 SPEC_METHODS = single_teacher() + controls()
+HP = with_plugins(TransferParams)(epochs=2, batch_size=32, lr=0.05, mcl_top_k=0, tau=0.9,
+                                  crd_negatives=64)  # a plugin's own keys at their defaults
 
 
 @pytest.fixture(scope="module")

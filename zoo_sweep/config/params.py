@@ -1,43 +1,35 @@
 """The hyper-parameters of one transfer job, with the paper's defaults.
 
 One definition serves both the spec's [transfer] table (``spec.TransferSpec`` extends it with what a sweep
-adds: methods, seeds, multi-teacher lists) and the training loop. No torch import here: specs are parsed
-by commands that never train.
+adds: methods, seeds, multi-teacher lists) and the training loop. ``TransferParams`` is the common keys
+(``TrainingParams``) composed with the parameter groups the built-in methods declare (config/methods.py), each
+key a flat attribute and a flat [transfer] key; ``with_plugins`` adds the groups of the plugin methods that are
+loaded. No torch import here: specs are parsed by commands that never train.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, SupportsIndex, TypeVar
 
-from zoo_sweep.config.schema import key
+from zoo_sweep.config.methods import (
+    CATALOG,
+    CDParams,
+    CRDParams,
+    FlipAvgParams,
+    MCLParams,
+    TeacherBNParams,
+    TopKParams,
+    TrainingParams,
+    XEKLParams,
+    XEOnParams,
+    builtin,
+    param_field,
+    plugin_groups,
+)
 from zoo_sweep.errors import UserError
-
-# The allowed values of the option keys below. For each, the authors' code (the paper's published numbers)
-# has one form and zoo-sweep's textbook form the other; docs/methods.md says which is which.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "augment": ("paper", "shift", "none"),
-    "inputs": ("own", "student"),
-    "lr_scaling": ("none", "linear"),
-    "xe_on": ("logits", "probs"),
-    "mcl_kl_mean": ("batch", "kept"),
-    "mcl_schedule": ("steps", "reference"),
-    "mcl_reset": ("none", "reference"),
-    "flip_avg_neutral": ("s0_probs", "student_logits"),
-    "cd_form": ("standard", "reference"),
-    "crd_form": ("infonce", "reference"),
-    "teacher_bn": ("eval", "train"),
-}
-
-# What a job did before each option existed. A job's hyper-parameters leave out an option at this value, so the
-# ids of jobs planned before the option was added stay the same (and their results are reused); a payload that
-# lacks the key reads back as this value, whatever the default becomes. Never change these.
-LEGACY = {"inputs": "own", "lr_scaling": "none", "xe_on": "logits", "mcl_kl_mean": "batch",
-          "mcl_schedule": "steps", "mcl_reset": "none", "flip_avg_neutral": "s0_probs", "cd_form": "standard",
-          "crd_form": "infonce", "teacher_bn": "eval"}
-# augment was a bool before it named its kind: "shift" and "none" are stored as true and false
-LEGACY_AUGMENT = {"shift": True, "none": False}
 
 
 def used_rows(n: int, batch_size: int) -> int:
@@ -47,96 +39,116 @@ def used_rows(n: int, batch_size: int) -> int:
     return n - n % batch_size if n > batch_size else n
 
 
-@dataclass(frozen=True)
-class TransferParams:
-    epochs: int = key(2, "passes over the transfer set", ge=1, le=10_000)
-    batch_size: int = key(128, "samples per optimizer step", ge=1, le=65_536)
-    lr: float = key(0.01, "SGD learning rate", gt=0, le=10)
-    momentum: float = key(0.9, "SGD momentum", ge=0, lt=1)
-    weight_decay: float = key(1e-4, "SGD weight decay", ge=0, le=1)
-    temperature: float = key(1.0, "distillation temperature T (KL is T^2 * KL(target || softmax(z_s / T)))",
-                              ge=0.01, le=100)
-    alpha: float = key(0.5, "xekl: weight of KL against cross-entropy", ge=0, le=1)
-    augment: str | bool = key("shift", "train-time augmentation, drawn from the job's seeded stream on the device: "
-                              '"paper" (flip p 0.5, colour distortion p 0.8, grayscale p 0.2, as the authors\' '
-                              'code), "shift" (random +-2 px shifts), "none"',
-                              expect='"paper", "shift" or "none" (true and false, as older specs say: "shift" '
-                                     'and "none")')
-    inputs: str = key("own", '"own": every model its own timm data config; "student": every model sees the '
-                             "student's resolution and crop, only mean/std per model (the authors' code)")
-    lr_scaling: str = key("none", '"linear": the learning rate (lr, mcl_lr) times batch_size / 256 (the authors\' '
-                                  'code); "none": as given')
-    xe_on: str = key("logits", 'xekl, xekl_mcl: cross-entropy on the student\'s "logits", or on its softmax '
-                               '"probs" (the authors\' code: a far weaker label term)')
-    top_k: int = key(0, "KL over the teacher's top-k classes only; 0 = all classes", ge=0, le=100_000)
-    # XE-KL-Dist + MCL (paper: alpha 0.68, top-k 100, tau 0.9999, every 2 steps, lr 0.01)
-    mcl_alpha: float = key(0.68, "xekl_mcl: weight of KL against cross-entropy", ge=0, le=1)
-    mcl_top_k: int = key(100, "xekl_mcl: KL over the teacher's top-k classes; 0 = all", ge=0,
-                        le=100_000)
-    tau: float = key(0.9999, "xekl_mcl: slow-weight momentum", gt=0, lt=1)
-    mcl_every: int = key(2, "xekl_mcl: optimizer steps between slow-weight updates (mcl_schedule "
-                            '"reference": at batch 256, scaled by 256 / batch_size)', ge=1,
-                    le=10_000)
-    mcl_lr: float = key(0.01, "xekl_mcl: learning rate", gt=0, le=10)
-    mcl_kl_mean: str = key("batch", 'xekl_mcl: the masked KL averaged over the whole "batch", or over the '
-                                    '"kept" samples only (the authors\' code)')
-    mcl_schedule: str = key("steps", 'xekl_mcl: "steps": slow weights updated every mcl_every optimizer steps; '
-                                     '"reference": after batch j of each epoch (from 0) when j % (mcl_every * 256 '
-                                     '/ batch_size) == 0, starting from the weights after the first step')
-    mcl_reset: str = key("none", 'xekl_mcl: the trained (fast) weights after each epoch\'s evaluation: "none": '
-                                 'they go on from where they are; "reference": they are set to the slow weights '
-                                 'just evaluated (the authors\' code)')
-    flip_avg_neutral: str = key("s0_probs", 'flip_avg: target where neither model flips: "s0_probs" (mean of '
-                                            'the teacher\'s and s0\'s probabilities) or "student_logits" (softmax '
-                                            'of the mean of the teacher\'s and the current student\'s logits, '
-                                            'gradient included: the authors\' code)')
-    # contrastive baselines (paper: CD weight 10, XE 0.1; CRD 128-d, 4096 negatives, weight 0.8, XE 1)
-    cd_weight: float = key(10.0, "cd: weight of the batch-similarity KL", ge=0, le=1000)
-    cd_xe: float = key(0.1, "cd: weight of cross-entropy", ge=0, le=1000)
-    cd_form: str = key("standard", 'cd: "standard" (cosine similarities / 0.1, self-pairs left out, KL per row '
-                                   'averaged) or "reference" (/ 1, self-pairs kept, KL summed over the B x B matrix)')
-    crd_weight: float = key(0.8, "crd: weight of the contrastive loss", ge=0, le=1000)
-    crd_xe: float = key(1.0, "crd: weight of cross-entropy", ge=0, le=1000)
-    crd_dim: int = key(128, "crd: embedding width", ge=1, le=65_536)
-    crd_negatives: int = key(4096, "crd: negatives per sample (infonce: capped at the other samples of the set; "
-                                   "reference: drawn with replacement)", ge=1,
-                              le=1_000_000)
-    crd_temperature: float = key(0.07, "crd: temperature of the contrastive softmax",
-                                  ge=0.001, le=100)
-    crd_form: str = key("infonce", 'crd: "infonce" (InfoNCE against uniform negatives) or "reference" (CRD\'s '
-                                   'NCE loss with its memory-bank positives, fixed Z and negatives drawn from '
-                                   'other classes)')
-    teacher_bn: str = key("eval", 'cd, crd: the teacher in "eval" mode, or in "train" mode (BatchNorm on '
-                                  'batch statistics, as the authors\' code leaves it)')
+# The keys every transfer job's id holds, whatever its method (a method's own keys are added to them: method_hp).
+# alpha is xekl's, yet in every id: it was there before methods declared keys of their own, and ids never move.
+COMMON_HP = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "temperature", "alpha", "augment", "inputs",
+             "lr_scaling")
 
+
+# the bases in reverse: a dataclass lists the fields of its last base first, so the common keys lead
+@dataclass(frozen=True)
+class TransferParams(TeacherBNParams, CRDParams, CDParams, FlipAvgParams, MCLParams, XEOnParams, TopKParams,
+                     XEKLParams, TrainingParams):
     def __post_init__(self) -> None:
         if isinstance(self.augment, bool):  # older specs and job payloads: augment = true / false
             object.__setattr__(self, "augment", "shift" if self.augment else "none")
-        for name, allowed in CHOICES.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise UserError(f"[transfer] {name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        for f in fields(self):  # a plugin's keys too, when its groups are composed in (with_plugins)
+            allowed, value = f.metadata.get("choices"), getattr(self, f.name)
+            if allowed and value not in allowed:
+                raise UserError(f"[transfer] {f.name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
 
     def lr_of(self, field: str) -> float:
-        """The learning rate the optimizer uses: ``field`` (lr or mcl_lr) after lr_scaling."""
+        """The learning rate the optimizer uses: ``field`` (lr, mcl_lr, a method's lr_param) after lr_scaling."""
         lr: float = getattr(self, field)
         return lr * self.batch_size / 256 if self.lr_scaling == "linear" else lr
 
+    def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
+        # a class composed with a plugin's groups cannot be found by its name: it is composed again where the
+        # parameters are unpickled (where the plugin is loaded too), from its base and its values
+        if type(self) not in _COMPOSED.values():
+            return super().__reduce_ex__(protocol)
+        return _recompose, (type(self).__bases__[-1], {f.name: getattr(self, f.name) for f in fields(self)})
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TransferParams:
-        """Parameters from a job payload's ``hp`` (see ``job_hp``): options it leaves out read as LEGACY."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{**{k: v for k, v in LEGACY.items() if k in names}, **{k: v for k, v in d.items() if k in names}})
+        """Parameters from a job payload's ``hp`` (see ``job_hp``): options it leaves out read as LEGACY. The keys
+        of a loaded plugin's method are kept (its groups composed in); a built-in method's payload gets this very
+        class, whatever plugins are loaded."""
+        full = with_plugins(cls, d)
+        names = {f.name for f in fields(full)}
+        return full(**{**{k: v for k, v in LEGACY.items() if k in names}, **{k: v for k, v in d.items() if k in names}})
+
+
+def _check_composition() -> None:
+    """Every parameter group a built-in method declares is part of TransferParams (and so a [transfer] key)."""
+    left_out = sorted({g.__name__ for m in CATALOG.values() if builtin(m) for g in m.groups
+                       if not issubclass(TransferParams, g)})
+    if left_out:
+        raise ImportError(f"parameter groups of built-in methods left out of TransferParams: {', '.join(left_out)}")
+
+
+_check_composition()
+
+# The allowed values of the option keys (config/methods.py declares them with their keys). For each, the
+# authors' code (the paper's published numbers) has one form and zoo-sweep's textbook form the other;
+# docs/methods.md says which is which.
+CHOICES: dict[str, tuple[str, ...]] = {f.name: f.metadata["choices"] for f in fields(TransferParams)
+                                       if f.metadata.get("choices")}
+# What a job did before each option existed. A job's hyper-parameters leave out an option at this value, so the ids of
+# jobs planned before the option was added stay the same (and their results are reused); a payload that lacks the
+# key reads back as this value, whatever the default becomes. Never change these (key(..., legacy=...)).
+LEGACY: dict[str, Any] = {f.name: f.metadata["legacy"] for f in fields(TransferParams) if "legacy" in f.metadata}
+# augment was a bool before it named its kind: "shift" and "none" are stored as true and false
+LEGACY_AUGMENT = {"shift": True, "none": False}
+
+_P = TypeVar("_P", bound=TransferParams)
+_COMPOSED: dict[tuple[type, ...], type] = {}
+
+
+def with_plugins(base: type[_P], names: Iterable[str] | None = None) -> type[_P]:
+    """``base`` (TransferParams or the spec's TransferSpec) with the parameter groups of the loaded plugins'
+    methods composed in: all of them, or (``names``) those that hold one of these keys. Without any, ``base``
+    itself. A plugin key that is already a key of ``base``, or of another plugin, is refused."""
+    wanted = None if names is None else set(names)
+    groups = [g for g in plugin_groups() if wanted is None or any(f.name in wanted for f in fields(g))]
+    if not groups:
+        return base
+    found = _COMPOSED.get((base, *groups))
+    if found is None:
+        taken = {f.name: base.__name__ for f in fields(base)}
+        for g in groups:
+            for f in fields(g):
+                if f.name in taken:
+                    raise UserError(f"[transfer] {f.name}: a key of {g.__module__}.{g.__name__} is already a key of "
+                                    f"{taken[f.name]}; give it a name of its own")
+                taken[f.name] = f"{g.__module__}.{g.__name__}"
+        # the groups' own fields after the base's: same class name, so messages and docs still say TransferParams
+        cls = type(base.__name__, (*reversed(groups), base), {"__module__": base.__module__,
+                                                              "__qualname__": base.__qualname__})
+        found = _COMPOSED[(base, *groups)] = dataclass(frozen=True)(cls)
+    return found
+
+
+def _recompose(base: type[TransferParams], values: dict[str, Any]) -> TransferParams:
+    return with_plugins(base, values)(**values)
 
 
 def job_hp(params: TransferParams, names: Iterable[str]) -> dict[str, Any]:
     """The hyper-parameters ``names`` of a job, as its payload (and so its id) carries them: options at their
     LEGACY value are left out and augment "shift" / "none" is written true / false, so a spec that uses none
-    of the newer options plans the very jobs it planned before they existed."""
+    of the newer options plans the very jobs it planned before they existed. A plugin key the parameters lack
+    (built without the plugin loaded) has its declared default."""
     out = {}
     for k in names:
-        v = getattr(params, k)
+        v = getattr(params, k) if hasattr(params, k) else _default(k)
         if k in LEGACY and v == LEGACY[k]:
             continue
         out[k] = LEGACY_AUGMENT.get(v, v) if k == "augment" else v
     return out
+
+
+def _default(name: str) -> Any:
+    f = param_field(name)
+    if f is None:
+        raise AttributeError(f"no transfer parameter {name!r} is declared")
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default

@@ -34,14 +34,22 @@ if TYPE_CHECKING:
 
 def key(default: Any = dataclasses.MISSING, doc: str = "", *, ge: float | None = None, gt: float | None = None,
         le: float | None = None, lt: float | None = None, factory: Any = None, expect: str | None = None,
-        unique: bool = False) -> Any:  # Any, as dataclasses.field: the default of a field of any type
+        unique: bool = False, choices: tuple[str, ...] | None = None,
+        legacy: Any = dataclasses.MISSING) -> Any:  # Any, as dataclasses.field: the default of a field of any type
     """A spec key: ``default`` (or ``factory`` for mutable ones), a one-line meaning, and bounds for numbers
     (``ge``/``gt``/``le``/``lt``; for lists, every element). Every numeric key has both a lower and an upper
     bound, one a real sweep could use: a value past it is a typo or a unit mistake, and would run for days or
     fail halfway through a launch. ``expect`` replaces the generated wording of what a value must be, where the
     type alone says it badly (``a positive integer or "auto"``). ``unique``: a list whose entries each count
-    once (methods, seeds, names), so a repeated entry is refused rather than run or counted twice."""
-    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt, "expect": expect, "unique": unique}
+    once (methods, seeds, names), so a repeated entry is refused rather than run or counted twice.
+
+    ``choices``: the values a string key allows (its section checks them: config/params.py). ``legacy``: what a
+    job did before the key existed; a job's hyper-parameters leave the key out at that value, so the ids of
+    jobs planned before it was added stay the same (config/params.py, ``job_hp``)."""
+    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt, "expect": expect, "unique": unique,
+            "choices": choices}
+    if legacy is not dataclasses.MISSING:
+        meta["legacy"] = legacy
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -261,6 +269,14 @@ def _toml(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _one_of(choices: tuple[str, ...] | None) -> str:
+    """'"a", "b" or "c"': the values a key with ``choices`` allows, as the reference's type column says them."""
+    if not choices:
+        return ""
+    shown = [f'"{c}"' for c in choices]
+    return ", ".join(shown[:-1]) + " or " + shown[-1] if len(shown) > 1 else shown[0]
+
+
 def describe(cls: type[DataclassInstance], where: str = "") -> list[dict[str, str]]:
     """The reference rows of a section: key, type, default, allowed range, meaning. ``where`` (the section's
     path, e.g. "zoo") names nested tables in the type column."""
@@ -280,7 +296,7 @@ def describe(cls: type[DataclassInstance], where: str = "") -> list[dict[str, st
             kind_name = f"a table ([{path}])" if kind == "scalar" else f"tables ([{path}.NAME])"
             default = {}
         else:
-            kind_name = m.get("expect") or _type_name(kind, elem)
+            kind_name = m.get("expect") or _one_of(m.get("choices")) or _type_name(kind, elem)
         rows.append({"key": f.name, "type": kind_name + (" (optional)" if optional else ""),
                      "default": _toml(default),
                      "range": ", ".join(bounds), "meaning": m["doc"]})

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zoo_sweep.config.params import TransferParams
-from zoo_sweep.config.schema import build, key
+from zoo_sweep.config.methods import load_plugins
+from zoo_sweep.config.params import TransferParams, with_plugins
+from zoo_sweep.config.schema import build, check_value, key
 from zoo_sweep.errors import UserError
 from zoo_sweep.ids import content_id
 from zoo_sweep.urls import redact
@@ -134,7 +135,8 @@ class PairSpec:
 
 @dataclass(frozen=True)
 class TransferSpec(TransferParams):
-    """[transfer]: every job hyper-parameter of ``TransferParams`` (paper defaults), plus what a sweep adds."""
+    """[transfer]: every job hyper-parameter of ``TransferParams`` (paper defaults), plus what a sweep adds. A
+    spec read while plugins are loaded is of ``with_plugins(TransferSpec)``: their keys too."""
     methods: tuple[str, ...] = key(("kl", "kl_dp"), "single-teacher methods, by name (docs/methods.md)", unique=True)
     seeds: tuple[int, ...] = key((0,), "one job per seed (controls too)", ge=0, le=MAX_SEED, unique=True)
     controls: tuple[str, ...] = key(("labels",), 'run once per student and seed beside the methods, the yardstick of '
@@ -150,6 +152,9 @@ class TransferSpec(TransferParams):
     teacher_cache: str = key("auto", 'reuse teacher and frozen-student logits across jobs: "auto" or "off"')
     teacher_cache_max_gb: float = key(20.0, "a logit stream (one model, all epochs) larger than this is not cached",
                                       ge=0, le=1_000_000)
+    plugins: tuple[str, ...] = key((), "modules that declare methods of your own (docs/methods.md, \"Add your own "
+                                       'method"), imported before the rest of the spec is read, and by every worker',
+                                   unique=True)
 
 
 @dataclass(frozen=True)
@@ -270,6 +275,13 @@ class SweepSpec:
         d = dataclasses.asdict(self)
         d.pop("path")
         d.pop("tracking")
+        # a spec that uses no plugin reads as it did before plugins existed, whatever plugins are installed
+        t = d["transfer"]
+        if not t["plugins"]:
+            del t["plugins"]
+        for f in dataclasses.fields(self.transfer):
+            if f.name not in TransferSpec.__dataclass_fields__ and t[f.name] == f.default:
+                del t[f.name]
         return d
 
     def with_tracking(self, uri: str, where: str = "--tracking") -> SweepSpec:
@@ -289,8 +301,15 @@ def parse_spec(doc: dict[str, Any], path: str | None = None) -> SweepSpec:
     if not name:
         raise UserError("the spec has no name; add name = \"...\" at the top")
     check_name(name)
+    # the methods a spec's plugins declare, and their keys, must be known before [transfer] is read
+    table = doc.get("transfer")
+    if isinstance(table, dict) and "plugins" in table:
+        load_plugins(check_value(TransferSpec, "plugins", table["plugins"], "transfer"))
+    else:
+        load_plugins()
+    sections = {**SECTIONS, "transfer": with_plugins(TransferSpec)}
     # Any: each value is its own section class, the SweepSpec keyword of that name
-    parts: dict[str, Any] = {section: build(cls, doc.pop(section, {}), section) for section, cls in SECTIONS.items()}
+    parts: dict[str, Any] = {section: build(cls, doc.pop(section, {}), section) for section, cls in sections.items()}
     description = doc.pop("description", "")
     if not isinstance(description, str):
         raise UserError(f"description must be a string, got {description!r}")

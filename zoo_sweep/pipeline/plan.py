@@ -9,7 +9,6 @@ stage 2; ``plan`` reports how many at most.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from zoo_sweep.config.params import TransferParams
+from zoo_sweep.config.params import COMMON_HP
 from zoo_sweep.config.spec import SweepSpec, load_spec
 from zoo_sweep.data.sets import (  # noqa: F401  (num_classes_of re-exported)
     check_same_classes,
@@ -46,14 +45,14 @@ from zoo_sweep.zoo.models import (
     select_names,
 )
 
-# the hyper-parameters every method reads: the TransferParams fields no method declares as its own
-TRANSFER_HP = tuple(f.name for f in dataclasses.fields(TransferParams)
-                    if not any(f.name in m.params for m in CATALOG.values()))
+# the hyper-parameters every transfer job's id holds, whatever its method (config/params.py)
+TRANSFER_HP = COMMON_HP
 
 
 def method_hp(t, method: str) -> dict:
-    """The hyper-parameters of one method's jobs: the common ones plus the method's own (Method.params), so a
-    changed CD weight re-runs CD jobs only (``job_hp``: options at their older behaviour are left out)."""
+    """The hyper-parameters of one method's jobs: the common ones plus the keys of the method's own parameter
+    groups (MethodInfo.params), so a changed CD weight re-runs CD jobs only, and a plugin's keys reach its own
+    jobs' ids only (``job_hp``: options at their older behaviour are left out)."""
     from zoo_sweep.config.params import job_hp
     from zoo_sweep.transfer.catalog import CATALOG
 
@@ -106,13 +105,14 @@ def load_sweep(path) -> SweepSpec:
 
 def check_transfer(spec: SweepSpec, models: list[ModelEntry], num_classes: int) -> None:
     """Plan-time checks of [transfer] that need the zoo or the class count (spec.validate has the rest)."""
+    from zoo_sweep.config.methods import zoo_problem
+
     t = spec.transfer
-    where = f"the {num_classes} classes of {spec.data.eval}"
-    if t.top_k > num_classes:
-        raise UserError(f"[transfer] top_k = {t.top_k} is larger than {where}; use <= {num_classes} (0 = all)")
-    if "xekl_mcl" in t.methods and t.mcl_top_k > num_classes:
-        raise UserError(f"[transfer] mcl_top_k = {t.mcl_top_k} (the paper's ImageNet value) is larger than {where};"
-                        f" set mcl_top_k <= {num_classes} (0 = all)")
+    # every method the sweep runs is checked by its own declaration (top_k, mcl_top_k against the class count)
+    runs = [*t.methods, *t.controls, *([t.multi_method] if t.multi_teacher else [])]
+    problem = zoo_problem(t, runs, num_classes, f"the {num_classes} classes of {spec.data.eval}")
+    if problem:
+        raise UserError(problem)
     names = {m.name for m in models}
     for key in ("multi_students", "teachers"):
         unknown = [n for n in getattr(t, key) if n not in names]

@@ -37,8 +37,12 @@ def actor_shape(cluster, gpus: float, gpus_per_job: float, cpus_per_job: int) ->
 
 
 def worker_args(shape: ActorShape, paths: Paths) -> tuple:
-    """Each actor's ``Worker(home, threads, gpu)``: an actor without a GPU share stays off the GPU."""
-    return str(paths.home), shape.num_cpus, shape.num_gpus > 0
+    """Each actor's ``Worker(home, threads, gpu, plugins)``: an actor without a GPU share stays off the GPU, and
+    every actor imports the plugin modules that declare this launch's methods of your own (the spec's
+    ``[transfer] plugins`` and the entry points, as loaded here)."""
+    from zoo_sweep.config.methods import plugin_sources
+
+    return str(paths.home), shape.num_cpus, shape.num_gpus > 0, plugin_sources()
 
 
 @dataclass

@@ -224,7 +224,8 @@ def sweep_record(store, name: str, report: Path | None = None) -> RunRecord:
     from zoo_sweep import __version__
     from zoo_sweep.science.controls import LABELS, delta_over_controls, over_column, split_controls
 
-    spec = json.loads(store.query("select spec from sweeps where name = :n", {"n": name})["spec"].iloc[0])
+    stored = store.query("select spec from sweeps where name = :n", {"n": name})["spec"]
+    spec = json.loads(stored.iloc[0]) if len(stored) else {}  # tune's trials are a sweep without a spec
     data, t = spec.get("data") or {}, spec.get("transfer") or {}
     ev = data.get("eval", "")
     params = {"sweep": name, "eval_set": ev, "transfer_set": str(data.get("transfer", "")),

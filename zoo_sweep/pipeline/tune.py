@@ -3,7 +3,8 @@
 Tune is the right tool for a few dozen trials, not for executing thousands of pairs, so the
 sweep itself keeps its own launcher. Each trial runs the method on the same calibration pairs with one
 configuration; every (configuration, pair) is an ordinary content-addressed transfer job, stored like any
-other under the sweep ``<spec name>.tune.<method>``.
+other under the sweep ``<spec name>.tune.<method>``, and logged, where the spec's [tracking] is on, as its own
+experiment.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from zoo_sweep.config.spec import PairSpec, SweepSpec
 from zoo_sweep.errors import UserError
 from zoo_sweep.paths import Paths
 from zoo_sweep.pipeline.cluster import connect
+from zoo_sweep.pipeline.joblog import append as append_log
 from zoo_sweep.pipeline.jobs import Job, job_rows
 from zoo_sweep.pipeline.launch import LaunchOptions, measure_sweep
 from zoo_sweep.pipeline.plan import transfer_jobs
 from zoo_sweep.pipeline.results import plain, record_transfer
 from zoo_sweep.pipeline.select import select_pairs
+from zoo_sweep.pipeline.tracking import check_tracking, track_sweep
 from zoo_sweep.storage.store import Store
 
 OBJECTIVES = {"delta": "mean_delta", "success": "success"}
@@ -46,6 +49,7 @@ class TuneResult:
     best: dict
     trials: pd.DataFrame  # one row per configuration: its values, mean_delta, success
     pairs: list[tuple[str, str]]
+    tracking: str | None = None  # what was not logged to the spec's [tracking], in one line
 
 
 def calibration_pairs(store: Store, spec: SweepSpec, n: int, families: dict[str, str]) -> list[tuple[str, str]]:
@@ -60,6 +64,7 @@ def tune_method(spec: SweepSpec, store: Store, paths: Paths, method: str, sample
     from ray import tune
 
     _check_args(method, objective, samples, pairs)
+    dest = check_tracking(spec, paths.home)  # a tracker's library missing: said before any trial runs
     opts = opts or LaunchOptions()
     measured = measure_sweep(spec, store, paths, opts)  # records + pairs (reused)
     plan = measured.plan
@@ -84,7 +89,18 @@ def tune_method(spec: SweepSpec, store: Store, paths: Paths, method: str, sample
     rows = _record_trials(tuner.fit(), store, sweep, paths)
     trials = pd.DataFrame(rows).sort_values(OBJECTIVES[objective], ascending=False).reset_index(drop=True)
     best = {k: plain(trials.iloc[0][k]) for k in search_space(method)}
-    return TuneResult(sweep, best, trials, calib)
+    return TuneResult(sweep, best, trials, calib, _track_trials(store, sweep, dest, paths))
+
+
+def _track_trials(store: Store, sweep: str, dest, paths: Paths) -> str | None:
+    """The trials' jobs as runs where the spec's [tracking] is on, as ``zoo-sweep track`` logs a sweep: the
+    trials' sweep is an experiment (group) of its own. Returns the line saying what was not logged, or None."""
+    if dest is None:
+        return None
+    try:
+        return track_sweep(store, sweep, dest, paths.home).warning
+    except UserError as e:  # not reachable: the trials are in the store all the same
+        return f"{e}; the trials are in the store, and `zoo-sweep track {sweep}` logs them"
 
 
 def _check_args(method: str, objective: str, samples: int, pairs: int) -> None:
@@ -101,12 +117,16 @@ def _check_args(method: str, objective: str, samples: int, pairs: int) -> None:
 def _trainable(jobs_for, correct: dict[str, np.ndarray], paths: Paths):
     """One trial: every calibration job of its configuration on one worker; the jobs and their outcomes go
     back to the driver as JSON (the driver stores them: trials never write the store)."""
+    from zoo_sweep.config.methods import plugin_sources
+
+    plugins = plugin_sources()  # the driver's: a trial imports them as a launch's workers do
+
     def trainable(config: dict):
         from ray import tune
 
         from zoo_sweep.pipeline.worker import Worker
 
-        worker = Worker(str(paths.home), threads=1)
+        worker = Worker(str(paths.home), threads=1, plugins=plugins)
         out = []
         for job in jobs_for(config):
             p = job.payload
@@ -136,6 +156,7 @@ def _store_trial(store: Store, sweep: str, out: list[dict], paths: Paths) -> Non
     jobs = [Job.from_row(o["job"], paths.home) for o in out]
     store.add_jobs(sweep, job_rows(jobs, paths.home))
     for job, o in zip(jobs, out):
+        append_log(paths, job.id, o["res"].get("log", ()))
         record_transfer(store, job, o["res"])
 
 

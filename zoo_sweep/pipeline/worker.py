@@ -32,15 +32,20 @@ def _ray_node() -> str | None:
 
 
 class Worker:
-    def __init__(self, home: str, threads: int | None = None, gpu: bool | None = None):
+    def __init__(self, home: str, threads: int | None = None, gpu: bool | None = None,
+                 plugins: dict[str, str | None] | None = None):
         """``gpu``: None uses a GPU when the process sees one; False never does. The launcher passes False to
         actors that hold no GPU: Ray leaves CUDA_VISIBLE_DEVICES as it is for them, so on a GPU machine a
-        `--gpus 0` launch would otherwise put every CPU actor on the GPU."""
+        `--gpus 0` launch would otherwise put every CPU actor on the GPU. ``plugins``: the driver's plugin
+        modules (``config.methods.plugin_sources``), imported here before any job asks for their methods."""
         if gpu is False:
             os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch first touches CUDA: no context, no memory
         import torch
 
+        from zoo_sweep.config.methods import load_plugins
         from zoo_sweep.paths import Paths
+
+        load_plugins(plugins or {})
 
         if threads:
             torch.set_num_threads(threads)
@@ -96,9 +101,15 @@ class Worker:
 
     def run(self, job, inputs: dict | None = None) -> dict:
         """Run one job (a ``pipeline.jobs.Job``) with the launcher's per-job ``inputs``; returns its outcome."""
+        from zoo_sweep.pipeline.joblog import JobLog
+
         t0 = time.time()
+        self.log = JobLog()  # one job at a time per worker: its lines go back with its outcome
+        self.log(f"started on {self.name}")
         out = getattr(self, f"_{job.kind}")(job, inputs or {})
-        out.update(worker=self.name, seconds=time.time() - t0)
+        seconds = time.time() - t0
+        self.log(f"{out['state']} in {seconds:.1f} s" + (f": {out['error']}" if out.get("error") else ""))
+        out.update(worker=self.name, seconds=seconds, log=self.log.lines)
         return out
 
     def _noop(self, job, _inputs: dict) -> dict:
@@ -140,6 +151,24 @@ class Worker:
         except Diverged as e:
             return {"state": "diverged", "error": str(e)}
 
+    def _epoch_logger(self, epochs: int):
+        """``on_epoch`` for the training loop: a line per epoch in the job's log; the first call also says which
+        epochs a resumed job read back from its checkpoint."""
+        from zoo_sweep.pipeline.joblog import epoch_line
+
+        last, first = time.time(), True
+
+        def on_epoch(epoch: int, rows: list[dict]) -> None:
+            nonlocal last, first
+            if first and len(rows) > 1:
+                self.log(f"resumed from its checkpoint after epoch {rows[-2]['epoch']}")
+            first = False
+            now = time.time()
+            self.log(epoch_line(rows[-1], epochs, now - last))
+            last = now
+
+        return on_epoch
+
     def _single(self, p, inputs: dict, hp, tr, ev, ckpt) -> dict:
         from zoo_sweep.transfer.train import RunOptions, TransferJob, run_transfer
         from zoo_sweep.zoo.models import data_config
@@ -149,7 +178,7 @@ class Worker:
         job = TransferJob(student, teacher, p.method, hp, p.seed, tr, ev, data_config(student), data_config(teacher),
                           np.asarray(inputs["s0_correct"]), np.asarray(inputs["teacher_correct"]))
         rows = run_transfer(job, RunOptions(self.device, ckpt_dir=ckpt, teacher_cache=caches.get("teacher"),
-                                            s0_cache=caches.get("s0")))
+                                            s0_cache=caches.get("s0"), on_epoch=self._epoch_logger(hp.epochs)))
         return {"state": "done", "rows": rows, "logits_read": sum(c.reads for c in caches.values())}
 
     def _multi(self, p, inputs: dict, hp, tr, ev, ckpt) -> dict:
@@ -168,7 +197,8 @@ class Worker:
                     for t, c in zip(teachers, cfgs)]]
         multi = MultiJob(student, teachers, [c.mean() for c in correct], hp, p.seed, tr, ev, data_config(student),
                          cfgs, np.asarray(inputs["s0_correct"]), correct, method=p.multi_method)
-        rows = run_multi(p.method, multi, RunOptions(self.device, ckpt_dir=ckpt))
+        rows = run_multi(p.method, multi, RunOptions(self.device, ckpt_dir=ckpt,
+                                                     on_epoch=self._epoch_logger(hp.epochs)))
         # the row's own teacher name wins over the launcher's (the payload's first teacher)
         name = "+".join(p.teacher_names)
         return {"state": "done", "rows": [{**r, "teacher": name} for r in rows]}

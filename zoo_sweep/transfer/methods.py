@@ -23,29 +23,49 @@ transcription of that code.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 
-from zoo_sweep.transfer.catalog import CATALOG, MethodInfo
+from zoo_sweep.config.methods import out_of_step
+from zoo_sweep.transfer.catalog import CATALOG, LOSSES, MethodInfo, attach
 
 
 @dataclass(frozen=True)
 class Method(MethodInfo):
-    """A catalogued method (catalog.py: what it reads and which parameters) with its loss attached."""
+    """A declared method (config/methods.py: what it reads and which parameters) with its loss attached."""
     loss: Callable | None = None  # (z_s, z_t, z_s0, labels, params, extras) -> (loss, share routed to teacher)
     make_state: Callable | None = None  # (student, teacher, params, info) -> MethodState
 
 
-METHODS: dict[str, Method] = {}
+class _Methods(Mapping[str, Method]):
+    """Every declared method that has its loss, looked up when asked: a plugin declares its methods after this
+    module is imported."""
+
+    def __getitem__(self, name: str) -> Method:
+        info, attached = CATALOG.get(name), LOSSES.get(name)
+        if info is None or attached is None:
+            raise KeyError(f"no transfer method {name!r} here: a method of your own is loaded by its module "
+                           "([transfer] plugins, or an entry point of group zoo_sweep.methods)")
+        return Method(**{f.name: getattr(info, f.name) for f in fields(info)}, loss=attached.fn,
+                      make_state=attached.make_state)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([n for n in CATALOG if n in LOSSES])
+
+    def __len__(self) -> int:
+        return sum(1 for n in CATALOG if n in LOSSES)
+
+
+METHODS: Mapping[str, Method] = _Methods()
 
 
 def register(name: str, make_state: Callable | None = None):
-    """Attach ``fn`` as the loss of the catalogued method ``name``."""
+    """Attach ``fn`` as the loss of the declared method ``name``."""
     def deco(fn):
-        METHODS[name] = Method(**vars(CATALOG[name]), loss=fn, make_state=make_state)
+        attach(name, fn, make_state, module=__name__)
         return fn
     return deco
 
@@ -553,12 +573,11 @@ register("parallel_unsup")(_parallel(False))
 
 
 def check_registry() -> None:
-    """Every method the catalog declares has a loss here, and nothing has a loss without its declaration: a
-    declared name without one would pass ``plan`` and fail on a worker."""
-    missing, undeclared = sorted(set(CATALOG) - set(METHODS)), sorted(set(METHODS) - set(CATALOG))
-    if missing or undeclared:
-        raise ImportError(f"transfer methods out of step: declared without a loss: {', '.join(missing) or 'none'}; "
-                          f"a loss without a declaration: {', '.join(undeclared) or 'none'}")
+    """Every declared method has a loss, and nothing has a loss without its declaration: a declared name without
+    one would pass ``plan`` and fail on a worker."""
+    problem = out_of_step()
+    if problem:
+        raise ImportError(problem)
 
 
 check_registry()
