@@ -507,9 +507,29 @@ def test_compare_job_on_a_worker_matches_the_driver(tmp_path):
     worker = Worker(str(tmp_path))
     worker.device = "cpu"
     res = worker.run(Job("c-test", ComparePayload("digits:eval", "key", names, [])), inputs)
-    assert res["state"] == "done" and res["kernel"].startswith("compare: ")
+    assert res.state == "done" and res.kernel.startswith("compare: ")
     direct = pairs_frame(names, preds, labels, pmax, 70)
-    pd.testing.assert_frame_equal(res["pairs"], direct)
+    pd.testing.assert_frame_equal(res.pairs, direct)
     again = compare_pairs(names, {**inputs, "kernel": "bf16"}, "cpu", tmp_path)
-    pd.testing.assert_frame_equal(again["pairs"], direct)
-    assert "bf16" in again["kernel"]
+    pd.testing.assert_frame_equal(again.pairs, direct)
+    assert "bf16" in again.kernel
+
+
+def test_each_metric_group_computes_exactly_its_declared_metrics():
+    """A metric declared in pair_metrics without its group's function computing it (or the reverse) fails here,
+    not as a missing column at a launch's end."""
+    from zoo_sweep.science.complementary import GROUP_FUNCTIONS
+    from zoo_sweep.science.pair_metrics import CLASS_COUNTS, PAIR_GROUPS, PAIR_METRICS, group_metrics
+
+    preds, labels, pmax = _records(0, 4, 300, 7)
+    assert list(GROUP_FUNCTIONS) == list(PAIR_GROUPS)
+    every = pair_matrices(torch.as_tensor(preds), torch.as_tensor(labels), torch.as_tensor(pmax), 7)
+    assert set(every) - {"both_right"} == set(PAIR_METRICS) | set(CLASS_COUNTS)
+    for group in PAIR_GROUPS[1:]:  # each optional group alone: its metrics are computed, the others' NaN
+        alone = pair_matrices(torch.as_tensor(preds), torch.as_tensor(labels), torch.as_tensor(pmax), 7,
+                              metrics=(group,))
+        for name in set(PAIR_METRICS) | set(CLASS_COUNTS):
+            computed = not torch.isnan(alone[name]).all()
+            assert computed == (name in group_metrics(group) or name in group_metrics("flips")), (group, name)
+            if computed:
+                assert torch.equal(alone[name], every[name])

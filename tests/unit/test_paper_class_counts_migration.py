@@ -20,7 +20,8 @@ def test_upgrade_fills_the_paper_counts_of_stored_pairs(tmp_path):
             conn.execute(sa.text("insert into pairs (eval_set, student, teacher, "
                                  + ", ".join(f"top{p}_classes" for p in TOP_P) + ") values ('e', 's', :t, "
                                  + ", ".join(":k" for _ in TOP_P) + ")"), {"t": teacher, "k": k})
-    assert migrate.upgrade(engine, "test store") == (6, 7)
+    u = migrate.upgrade(engine, "test store")
+    assert (u.before, u.after, u.added) == (6, 7, ())
     with engine.connect() as conn:
         got = dict(conn.execute(sa.text("select teacher, top2_classes_paper from pairs")).tuples().all())
         same = conn.execute(sa.text("select count(*) from pairs where " + " and ".join(

@@ -56,3 +56,12 @@ def test_common_hyper_parameters_are_declared_and_unchanged():
     assert TRANSFER_HP == ("epochs", "batch_size", "lr", "momentum", "weight_decay", "temperature", "alpha", "augment",
                            "inputs", "lr_scaling")
     assert set(TRANSFER_HP) == {f.name for f in fields(TrainingParams)} | {"alpha"}
+
+
+def test_docs_list_every_declared_metric_as_declared():
+    from pathlib import Path
+
+    from zoo_sweep.storage.schema import metric_tables
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "store.md").read_text()
+    assert metric_tables() in page, "docs/store.md is stale: python -m zoo_sweep.storage.schema --write docs/store.md"

@@ -30,3 +30,17 @@ def test_rates_are_undefined_without_flips():
     m = transfer_metrics(same, same, same)
     assert np.isnan(m["transfer_rate_sample"]) and np.isnan(m["damage_rate"])
     assert m["delta"] == 0 and m["knowledge_gain"] == 0 and m["knowledge_loss"] == 0
+
+
+def test_each_eval_group_computes_exactly_its_declared_metrics():
+    from zoo_sweep.transfer.metrics import GROUP_FUNCTIONS, transfer_metrics
+    from zoo_sweep.transfer.result_metrics import TRAINING_METRICS, TRANSFER_DECLARED, TRANSFER_METRICS
+
+    rng = np.random.default_rng(0)
+    s0, sT, t = (rng.random(500) < 0.7 for _ in range(3))
+    labels = rng.integers(0, 10, 500)
+    declared = {m.group for m in TRANSFER_DECLARED} - {"training"}  # the training loop fills those
+    assert set(GROUP_FUNCTIONS) == declared
+    for group, fn in GROUP_FUNCTIONS.items():
+        assert set(fn(s0, sT, t, labels, 10)) == {m.name for m in TRANSFER_DECLARED if m.group == group}, group
+    assert set(transfer_metrics(s0, sT, t, labels, 10)) == set(TRANSFER_METRICS) - set(TRAINING_METRICS)

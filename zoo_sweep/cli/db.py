@@ -46,8 +46,10 @@ def upgrade(ctx: typer.Context):
     from zoo_sweep.storage import migrate
 
     store = _open(ctx)
-    before, after = migrate.upgrade(store.engine, store.where)
-    if before == after:
-        out.print(f"store schema is version {after} already: nothing to do ({store.where})")
-    else:
-        out.print(f"upgraded the store from schema version {before} to {after} ({store.where})")
+    u = migrate.upgrade(store.engine, store.where)
+    if u.before == u.after and not u.added:
+        out.print(f"store schema is version {u.after} already: nothing to do ({store.where})")
+    elif u.before != u.after:
+        out.print(f"upgraded the store from schema version {u.before} to {u.after} ({store.where})")
+    if u.added:
+        out.print(f"added {len(u.added)} metric column(s): {', '.join(u.added)} (NULL for earlier results)")

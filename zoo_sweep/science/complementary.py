@@ -20,6 +20,8 @@ knowledge"); how and how fast: docs/compare.md.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -35,9 +37,9 @@ from zoo_sweep.science.classes import (  # re-exported: the per-class helpers li
 )
 from zoo_sweep.science.dominance import dominance_counts
 from zoo_sweep.science.kernels import Kernel, gram01, kernel
-from zoo_sweep.science.pair_metrics import CLASS_COUNTS
+from zoo_sweep.science.pair_metrics import PAIR_GROUPS, group_metrics
 
-METRIC_GROUPS = ("flips", "agreement", "ensemble", "classes")  # "flips" (accuracy, rho, oracle) is always on
+METRIC_GROUPS = PAIR_GROUPS  # "flips" (accuracy, rho, oracle) is always on
 DEFAULT_METRICS = METRIC_GROUPS
 __all__ = ["DEFAULT_METRICS", "METRIC_GROUPS", "TOP_P", "class_concentration", "compare_kernel", "concentration",
            "concentration_from_hist", "dominance_counts", "flip_counts", "pair_matrices", "pairs_frame",
@@ -62,14 +64,73 @@ def flip_counts(correct: torch.Tensor, k: Kernel | str | None = None) -> torch.T
 
 
 # ---------------------------------------------------------------------------------------------- all pairs
+@dataclass
+class PairInputs:
+    """What every group's function reads: the records on the compare device, and the correctness products."""
+    preds: torch.Tensor  # models x samples, predicted classes
+    labels: torch.Tensor
+    pmax: torch.Tensor  # models x samples, each prediction's probability
+    num_classes: int
+    correct: torch.Tensor  # models x samples, bool
+    both: torch.Tensor  # M x M: samples both models get right (the 0/1 product)
+    kern: Kernel
+    chunk_bytes: int
+
+    @property
+    def pct(self) -> float:
+        return 100.0 / self.preds.shape[1]
+
+
+PairGroup = Callable[[PairInputs], dict[str, torch.Tensor]]
+# the function of each metric group of pair_metrics.PAIR_GROUPS, in the order they run: each returns M x M
+# matrices (row: student, column: teacher) under exactly its group's declared names
+GROUP_FUNCTIONS: dict[str, PairGroup] = {}
+
+
+def pair_group(name: str) -> Callable[[PairGroup], PairGroup]:
+    def register(fn: PairGroup) -> PairGroup:
+        GROUP_FUNCTIONS[name] = fn
+        return fn
+    return register
+
+
+@pair_group("flips")
+def _flips(x: PairInputs) -> dict[str, torch.Tensor]:
+    m = x.both.shape[0]
+    right = x.both.diagonal().clone()  # each row's product with itself: a bool sum over M x N would copy it
+    acc = right.double() * x.pct
+    pos = (right.view(1, -1) - x.both).double() * x.pct
+    student, teacher = acc.view(-1, 1).expand(m, m), acc.view(1, -1).expand(m, m)
+    return {"acc_student": student, "acc_teacher": teacher, "acc_gap": teacher - student, "rho_pos": pos,
+            "rho_neg": pos.T, "oracle_acc": acc.view(-1, 1) + pos}
+
+
+@pair_group("agreement")
+def _agreement(x: PairInputs) -> dict[str, torch.Tensor]:
+    agree = x.both + same_wrong_counts(x.preds, x.labels, x.num_classes)
+    agree.fill_diagonal_(x.preds.shape[1])
+    return {"agreement": agree.double() * x.pct}
+
+
+@pair_group("ensemble")
+def _ensemble(x: PairInputs) -> dict[str, torch.Tensor]:
+    ge, gt = dominance_counts(x.correct, torch.as_tensor(x.pmax).to(x.correct.device))
+    return {"ensemble_acc": (x.both + ge + gt.T).double() * x.pct}
+
+
+@pair_group("classes")
+def _classes(x: PairInputs) -> dict[str, torch.Tensor]:
+    return class_concentration(x.correct, x.labels, x.num_classes, x.chunk_bytes, k=x.kern)
+
+
 def pair_matrices(preds: torch.Tensor, labels: torch.Tensor, pmax: torch.Tensor, num_classes: int,
                   chunk_bytes: int = 256 << 20, metrics=DEFAULT_METRICS, timings: dict | None = None,
                   kernel: Kernel | str | None = None, device: str | torch.device | None = None,
                   cpu_timings: dict | None = None) -> dict[str, torch.Tensor]:
     """Every pair metric as an M x M matrix (row: student, column: teacher), percentages of the eval set.
 
-    ``metrics`` picks the optional groups: "agreement", "ensemble" (ensemble_acc), "classes" (flip_entropy, top-p
-    class counts); accuracies, flips and the oracle are always computed. A group left out is NaN. ``timings``, when
+    ``metrics`` picks the optional groups (pair_metrics.PAIR_GROUPS: "agreement", "ensemble", "classes");
+    "flips" (accuracies, flips, the oracle) is always computed. A group left out is NaN. ``timings``, when
     given, receives the seconds spent per group (``cpu_timings``: the process's CPU seconds, every thread's, which a
     busy shared machine inflates far less than wall time). ``kernel`` forces a product kernel (int8, fp32, bf16,
     cuda; default: $ZOO_SWEEP_MATMUL, else the calibrated one); ``device`` the device the work runs on (default:
@@ -83,58 +144,37 @@ def pair_matrices(preds: torch.Tensor, labels: torch.Tensor, pmax: torch.Tensor,
     preds = torch.as_tensor(preds)
     preds = (preds if not preds.is_floating_point() else preds.long()).to(dev)
     labels = torch.as_tensor(labels).long().to(dev)
-    m, n = preds.shape
-    clock, cpu_clock = time.perf_counter(), time.process_time()
-
-    def lap(name):
-        nonlocal clock, cpu_clock
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        now, cpu_now = time.perf_counter(), time.process_time()
-        if timings is not None:
-            timings[name] = timings.get(name, 0.0) + now - clock
-        if cpu_timings is not None:
-            cpu_timings[name] = cpu_timings.get(name, 0.0) + cpu_now - cpu_clock
-        clock, cpu_clock = now, cpu_now
-
+    clock = _Clock(dev, timings, cpu_timings)
     correct = preds == labels.to(preds.dtype).view(1, -1)
-    both = gram01(correct, kern)
-    right = both.diagonal().clone()  # each row's product with itself: a bool sum over M x N would copy it as int64
-    pct = 100.0 / n
-    acc = right.double() * pct
-    pos = (right.view(1, -1) - both).double() * pct
-    out = {
-        "acc_student": acc.view(-1, 1).expand(m, m),
-        "acc_teacher": acc.view(1, -1).expand(m, m),
-        "rho_pos": pos,
-        "rho_neg": pos.T,
-        "oracle_acc": acc.view(-1, 1) + pos,
-        "both_right": both.double() * pct,
-    }
-    out["acc_gap"] = out["acc_teacher"] - out["acc_student"]
-    lap("flips")
-    nan = torch.full((m, m), float("nan"), dtype=torch.float64, device=dev)
-    if "agreement" in metrics:
-        agree = both + same_wrong_counts(preds, labels, num_classes)
-        agree.fill_diagonal_(n)
-        out["agreement"] = agree.double() * pct
-        lap("agreement")
-    else:
-        out["agreement"] = nan
-    if "ensemble" in metrics:
-        ge, gt = dominance_counts(correct, torch.as_tensor(pmax).to(dev))
-        out["ensemble_acc"] = (both + ge + gt.T).double() * pct
-        lap("ensemble")
-    else:
-        out["ensemble_acc"] = nan
-    if "classes" in metrics:
-        out.update(class_concentration(correct, labels, num_classes, chunk_bytes, k=kern))
-        lap("classes")
-    else:
-        out["flip_entropy"] = nan
-        for c in CLASS_COUNTS:
-            out[c] = nan
+    x = PairInputs(preds, labels, pmax, num_classes, correct, gram01(correct, kern), kern, chunk_bytes)
+    m = preds.shape[0]
+    out: dict[str, torch.Tensor] = {"both_right": x.both.double() * x.pct}
+    for group in METRIC_GROUPS:
+        if group == "flips" or group in metrics:
+            out.update(GROUP_FUNCTIONS[group](x))
+            clock.lap(group)
+        else:
+            nan = torch.full((m, m), float("nan"), dtype=torch.float64, device=dev)
+            out.update({name: nan for name in group_metrics(group)})
     return {key: v.cpu() for key, v in out.items()}
+
+
+class _Clock:
+    """Seconds per metric group, wall and CPU (benchmarks and docs/compare.md read them)."""
+
+    def __init__(self, dev: torch.device, timings: dict | None, cpu_timings: dict | None):
+        self.dev, self.timings, self.cpu_timings = dev, timings, cpu_timings
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def lap(self, name: str) -> None:
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+        now, cpu_now = time.perf_counter(), time.process_time()
+        if self.timings is not None:
+            self.timings[name] = self.timings.get(name, 0.0) + now - self.wall
+        if self.cpu_timings is not None:
+            self.cpu_timings[name] = self.cpu_timings.get(name, 0.0) + cpu_now - self.cpu
+        self.wall, self.cpu = now, cpu_now
 
 
 def pairs_frame(names: list[str], preds, labels, pmax, num_classes: int, metrics=DEFAULT_METRICS,

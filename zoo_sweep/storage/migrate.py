@@ -7,6 +7,11 @@ that open a new store at once create it once, and a failed upgrade leaves the st
 
 Opening a store never changes its schema except by creating an empty one: an older store is refused with
 the command that upgrades it, a newer one with a line saying so.
+
+Metric columns are not versioned: ``schema.METRIC_COLUMNS`` comes from the metrics the science and transfer
+layers declare, and ``upgrade`` adds each one a store lacks (a nullable column: NULL for results written before
+it), after the migration scripts. So a new metric needs no migration script, and a store that lacks its column
+is refused on open with the same one command, ``zoo-sweep db upgrade``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from zoo_sweep.errors import UserError
-from zoo_sweep.storage.schema import SCHEMA_VERSION, V1_TABLES, VERSION_TABLE, metadata
+from zoo_sweep.storage.schema import METRIC_COLUMNS, SCHEMA_VERSION, V1_TABLES, VERSION_TABLE, metadata
 
 if TYPE_CHECKING:  # alembic is imported where it is used, by the commands that need it
     from alembic.config import Config
@@ -76,6 +81,11 @@ def check_current(conn: sa.Connection, found: Found, where: str) -> None:
         raise UserError(f"store schema is version {v}, newer than this zoo-sweep knows ({SCHEMA_VERSION}): "
                         f"upgrade zoo-sweep to use {where}")
     missing = _missing_columns(conn, found.tables)
+    metrics = [m for m in missing if m in _metric_names()]
+    if metrics and len(metrics) == len(missing):
+        raise UserError(f"store {where} lacks the column(s) of metrics this zoo-sweep records "
+                        f"({', '.join(c.split(' ', 1)[1] for c in metrics[:4])}{' ...' if len(metrics) > 4 else ''}): "
+                        "run `zoo-sweep db upgrade` (it adds them; earlier results keep NULL there)")
     if missing:
         raise UserError(f"store schema is version {v} but {where} lacks {', '.join(missing[:4])}"
                         f"{' ...' if len(missing) > 4 else ''}: it was changed outside zoo-sweep; "
@@ -92,6 +102,31 @@ def _missing_columns(conn: sa.Connection, tables: frozenset[str]) -> list[str]:
         have = {c["name"] for c in insp.get_columns(name)}
         out += [f"column {name}.{c.name}" for c in table.columns if c.name not in have]
     return out
+
+
+def _metric_names() -> set[str]:
+    return {f"column {table}.{c}" for table, cols in METRIC_COLUMNS.items() for c in cols}
+
+
+def add_metric_columns(conn: sa.Connection) -> list[str]:
+    """Add the declared metric columns the store's tables lack (``table.column`` of each, returned)."""
+    insp = sa.inspect(conn)
+    added = []
+    for name, cols in METRIC_COLUMNS.items():
+        have = {c["name"] for c in insp.get_columns(name)}
+        for col in (metadata.tables[name].c[c] for c in cols if c not in have):
+            kind = col.type.compile(dialect=conn.dialect)
+            quote = conn.dialect.identifier_preparer.quote
+            conn.execute(sa.text(f"ALTER TABLE {quote(name)} ADD COLUMN {quote(col.name)} {kind}"))
+            added.append(f"{name}.{col.name}")
+    return added
+
+
+@dataclass(frozen=True)
+class Upgraded:
+    before: int
+    after: int
+    added: tuple[str, ...] = ()  # metric columns added (``table.column``)
 
 
 def create_or_check(engine: sa.Engine, where: str, create: bool) -> None:
@@ -115,8 +150,8 @@ def create_or_check(engine: sa.Engine, where: str, create: bool) -> None:
         check_current(conn, inspect_store(conn, where), where)
 
 
-def upgrade(engine: sa.Engine, where: str) -> tuple[int, int]:
-    """Upgrade the store in place to this code's version; returns (version before, version after)."""
+def upgrade(engine: sa.Engine, where: str) -> Upgraded:
+    """Upgrade the store in place to this code's version and metric columns."""
     from alembic import command
 
     with _locked(engine) as conn:
@@ -135,8 +170,9 @@ def upgrade(engine: sa.Engine, where: str) -> tuple[int, int]:
                 msg = (str(e.orig).strip().splitlines() or [type(e.orig).__name__])[0]
                 raise UserError(f"cannot upgrade {where} from schema version {found.version}: {msg}; the store "
                                 "is as it was (the upgrade is one transaction)") from None
+        added = tuple(add_metric_columns(conn))
         check_current(conn, inspect_store(conn, where), where)
-        return found.version, SCHEMA_VERSION
+        return Upgraded(found.version, SCHEMA_VERSION, added)
 
 
 def alembic_config(conn: sa.Connection | None) -> Config:

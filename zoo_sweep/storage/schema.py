@@ -1,6 +1,7 @@
-"""The store's tables. Metric columns come from the metric names the science and transfer layers declare
-(``science.pair_metrics``, ``transfer.result_metrics``), so a new metric is one name in one place plus a
-migration (storage/migrations/versions) that adds its column to existing stores.
+"""The store's tables. Metric columns come from the metrics the science and transfer layers declare
+(``science.pair_metrics``, ``transfer.result_metrics``), so a new metric is one declaration in one place:
+``zoo-sweep db upgrade`` adds the columns of declared metrics that an existing store lacks (``METRIC_COLUMNS``;
+migrate.py), without a migration script.
 
 ``SCHEMA_VERSION`` is the migration a store created by this code is at; a test holds it to the newest
 migration script, and another to ``metadata`` (a store upgraded step by step has exactly these tables).
@@ -31,6 +32,10 @@ class JobState(StrEnum):
 
 
 JOB_STATES = tuple(s.value for s in JobState)
+# the columns of declared metrics: added by `zoo-sweep db upgrade` where a store lacks them (never by a migration
+# script: one that added a metric column would clash with a store that already has it)
+METRIC_COLUMNS: dict[str, tuple[str, ...]] = {"pairs": PAIR_METRICS + CLASS_COUNTS,
+                                              "transfer_results": TRANSFER_METRICS}
 
 metadata = sa.MetaData()
 
@@ -120,3 +125,40 @@ sa.Index("ix_jobs_state", jobs.c.kind, jobs.c.state)
 # the tables of the first store layout (schema version 1, before the version table existed), for telling
 # such a store from a foreign database and for upgrading it
 V1_TABLES = ("sweeps", "models", "jobs", "sweep_jobs", "pairs", "transfer_results")
+
+
+# ---------------------------------------------------------------------- docs/store.md's metric tables
+DOC_BEGIN, DOC_END = "<!-- metric tables: generated -->", "<!-- end of generated metric tables -->"
+
+
+def metric_tables() -> str:
+    """The declared metrics as docs/store.md lists them (``python -m zoo_sweep.storage.schema --write
+    docs/store.md`` puts them between its markers; a test holds the page to it)."""
+    from zoo_sweep.science.pair_metrics import PAIR_DECLARED
+    from zoo_sweep.transfer.result_metrics import TRANSFER_DECLARED
+
+    out = [DOC_BEGIN]
+    for table, declared in (("pairs", PAIR_DECLARED), ("transfer_results", TRANSFER_DECLARED)):
+        out += ["", f"`{table}` metric columns:", "", "| column | unit | meaning | computed by |", "|---|---|---|---|"]
+        out += [f"| `{m.name}` | {m.unit or '-'} | {m.description} | {m.group} |" for m in declared]
+    return "\n".join([*out, "", DOC_END])
+
+
+def write_metric_tables(path: str) -> bool:
+    """Replace the generated part of ``path``; True when it changed."""
+    from pathlib import Path
+
+    text = Path(path).read_text()
+    head, rest = text.split(DOC_BEGIN, 1)
+    new = head + metric_tables() + rest.split(DOC_END, 1)[1]
+    Path(path).write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    import sys
+
+    for target in sys.argv[sys.argv.index("--write") + 1:] if "--write" in sys.argv else []:
+        print(f"{target}: {'written' if write_metric_tables(target) else 'unchanged'}")
+    if "--write" not in sys.argv:
+        print(metric_tables())

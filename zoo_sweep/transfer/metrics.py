@@ -29,16 +29,23 @@ TOP_P = RATE_TOP_P
 
 
 def transfer_metrics(s0_correct, sT_correct, t_correct, labels=None, num_classes: int | None = None) -> dict:
-    """The metrics of one evaluation (``EVAL_METRICS``); with ``labels`` (and the class count) the class-level
-    rates of ``CLASS_RATE_METRICS`` too."""
+    """The metrics of one evaluation: each eval group's (``result_metrics``); the class-level rates only with
+    ``labels`` (and the class count)."""
     s0, sT, t = (np.asarray(v, dtype=bool) for v in (s0_correct, sT_correct, t_correct))
-    n = len(s0)
-    pct = 100.0 / n
+    out: dict = {}
+    for group, fn in GROUP_FUNCTIONS.items():
+        if group == "class_rates" and labels is None:
+            continue
+        out.update(fn(s0, sT, t, labels, num_classes or (int(np.max(labels)) + 1 if labels is not None else 0)))
+    return out
+
+
+def _eval(s0, sT, t, _labels, _num_classes) -> dict[str, float]:
+    pct = 100.0 / len(s0)
     pos_set, neg_set = ~s0 & t, s0 & ~t
     rho_before = pos_set.sum() * pct
     rho_after = (~sT & t).sum() * pct
-    sample_rate = float(sT[pos_set].mean() * 100) if pos_set.any() else float("nan")
-    out = {
+    return {
         "student_acc": sT.mean() * 100,
         "s0_acc": s0.mean() * 100,
         "delta": (sT.mean() - s0.mean()) * 100,
@@ -47,12 +54,9 @@ def transfer_metrics(s0_correct, sT_correct, t_correct, labels=None, num_classes
         "rho_pos_before": rho_before,
         "rho_pos_after": rho_after,
         "rho_pos_change": rho_after - rho_before,
-        "transfer_rate_sample": sample_rate,
+        "transfer_rate_sample": float(sT[pos_set].mean() * 100) if pos_set.any() else float("nan"),
         "damage_rate": float((~sT[neg_set]).mean() * 100) if neg_set.any() else float("nan"),
     }
-    if labels is not None:
-        out.update(class_rates(s0, sT, t, labels, num_classes or int(np.max(labels)) + 1))
-    return out
 
 
 def per_class(mask: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -98,3 +102,8 @@ def class_rates(s0, sT, t, labels, num_classes: int) -> dict[str, float]:
 
 def _ratio(a: float, b: float) -> float:
     return float(a / b * 100) if b else float("nan")
+
+
+# the function of each eval group of result_metrics.TRANSFER_DECLARED: (s0, s_T, t correctness, labels, class
+# count) -> exactly that group's metrics
+GROUP_FUNCTIONS = {"eval": _eval, "class_rates": class_rates}
