@@ -236,7 +236,7 @@ def prepare(job, device: str, caches: dict) -> list[list[Step]]:
             x = run.batch_images(b, b_dev)
 
             def inp(cfg, x=x):
-                out = model_input(x, run.model_cfg(cfg, x), device)
+                out = model_input(x, train_mod.input_cfg(run.hp.inputs, cfg, x), device)
                 return out.contiguous(memory_format=fmt) if cuda else out  # as TransferRun.forward
 
             span = slice(at, at + len(b))

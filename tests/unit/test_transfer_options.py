@@ -21,6 +21,7 @@ from zoo_sweep.transfer.train import (
     TransferParams,
     TransferRun,
     _Frozen,
+    input_cfg,
     run_transfer,
     student_geometry,
 )
@@ -92,11 +93,11 @@ def test_teacher_batchnorm_mode_for_cd(data, mode):
     assert teacher.training == (mode == "train") and not run.job.student.training
     x = run.batch_images(torch.arange(16), torch.arange(16))
     twin = copy.deepcopy(teacher)
+    inp = model_input(x, input_cfg(run.hp.inputs, CFG, x))
     with torch.no_grad():
-        expected = twin.forward_head(twin.forward_features(model_input(x, run.model_cfg(CFG, x))), pre_logits=True)
+        expected = twin.forward_head(twin.forward_features(inp), pre_logits=True)
         eval_twin = copy.deepcopy(teacher).eval()
-        in_eval = eval_twin.forward_head(eval_twin.forward_features(model_input(x, run.model_cfg(CFG, x))),
-                                         pre_logits=True)
+        in_eval = eval_twin.forward_head(eval_twin.forward_features(inp), pre_logits=True)
     before = copy.deepcopy(teacher.state_dict())
     _, f_t, _ = run.frozen_logits(x, slice(0, 16), _Frozen(None, None), _Frozen(None, None))
     assert torch.allclose(f_t, expected, atol=1e-6)

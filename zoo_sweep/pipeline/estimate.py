@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo_sweep.config.params import TransferParams, used_rows
+from zoo_sweep.errors import UserError
 from zoo_sweep.pipeline.jobs import Job, TransferPayload
 from zoo_sweep.transfer.catalog import CATALOG
 from zoo_sweep.zoo.entry import ModelEntry
@@ -348,7 +349,11 @@ def finished_vs_estimated(store: Any, sweep: str | None, home: str | Path, gpu: 
         mine = done[done["sweep"] == name]
         seconds = float(pd.to_numeric(mine["seconds"], errors="coerce").fillna(0.0).sum())
         ids = set(mine["id"])
-        jobs = [Job.from_row(r, home) for r in store.sweep_jobs(name, "transfer") if r["id"] in ids]
+        try:
+            jobs = [Job.from_row(r, home) for r in store.sweep_jobs(name, "transfer") if r["id"] in ids]
+        except UserError as e:  # a payload of another version: `status` still shows the jobs themselves
+            out.append(Finished(name, len(mine), seconds, (), Estimate(gpu, note=f"not made ({e})")))
+            continue
         evals = sorted({j.payload.eval for j in jobs if isinstance(j.payload, TransferPayload)})
         params = {}
         for e in evals:

@@ -84,19 +84,20 @@ def lock_wait_seconds() -> float:
 
 
 def _retried(write: _F) -> _F:
-    """A write method retried while the store is locked (Store._retry_locked)."""
+    """A write method retried while the store is locked (Database._retry_locked)."""
 
     @functools.wraps(write)
-    def retried(self: Store, *args: Any, **kwargs: Any) -> Any:
+    def retried(self: Database, *args: Any, **kwargs: Any) -> Any:
         return self._retry_locked(lambda: write(self, *args, **kwargs))
 
     # cast: wraps() gives it write's signature; a ParamSpec version trips on set_state's **fields
     return cast(_F, retried)
 
 
-class Store:
-    """A store opened at this code's schema version. ``create``: make a new store where there is none
-    (commands that only read pass False). ``check``: refuse a store of another version (``db upgrade``
+class Database:
+    """The store's database, opened at this code's schema version: its URL, engines and connections, and writes
+    that wait out a lock (``Store`` adds what is read and written). ``create``: make a new store where there is
+    none (commands that only read pass False). ``check``: refuse a store of another version (``db upgrade``
     opens with False)."""
 
     def __init__(self, url: str | None = None, create: bool = True, check: bool = True):
@@ -272,6 +273,12 @@ class Store:
         self.engine.dispose()
         if self._ro is not None and self._ro is not self.engine:
             self._ro.dispose()
+
+
+
+class Store(Database):
+    """A sweep store: plans, the job ledger and its leases, results, and reads of them (``Database``: opening
+    it and its connections)."""
 
     # ------------------------------------------------------------------ writes (driver only)
     def _upsert(self, conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], update: bool = True) -> None:

@@ -251,16 +251,8 @@ class TransferRun:
             x = student_geometry(x, self.job.student_cfg, self.device)
         return augment_batch(self.hp.augment, x, self.gen)
 
-    def model_cfg(self, cfg: dict, x: torch.Tensor) -> dict:
-        """The data config a model's input is made with: its own, or (inputs = "student", the batch already at
-        the student's size) only its mean and std."""
-        if self.hp.inputs == "own":
-            return cfg
-        return {"input_size": (3, x.shape[-2], x.shape[-1]), "crop_pct": 1.0, "interpolation": "bilinear",
-                "mean": cfg["mean"], "std": cfg["std"]}
-
     def forward(self, model, x, cfg, features: bool):
-        inp = model_input(x, self.model_cfg(cfg, x), self.device)
+        inp = model_input(x, input_cfg(self.hp.inputs, cfg, x), self.device)
         if self.cuda:
             inp = inp.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else contextlib.nullcontext():
@@ -389,6 +381,15 @@ class TransferRun:
         if self.ckpt is not None:
             shutil.rmtree(self.ckpt.parent, ignore_errors=True)
 
+
+
+def input_cfg(inputs: str, cfg: dict, x: torch.Tensor) -> dict:
+    """The data config a model's input is made with: its own (inputs = "own"), or (inputs = "student", the batch
+    already at the student's size) only its mean and std."""
+    if inputs == "own":
+        return cfg
+    return {"input_size": (3, x.shape[-2], x.shape[-1]), "crop_pct": 1.0, "interpolation": "bilinear",
+            "mean": cfg["mean"], "std": cfg["std"]}
 
 
 def student_geometry(x: torch.Tensor, student_cfg: dict, device) -> torch.Tensor:
