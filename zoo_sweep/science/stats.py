@@ -223,7 +223,11 @@ def hierarchical_mean(x, students, pairs=None, seeds=None, n_boot: int = N_BOOT,
     if x.size == 0:
         return NAN_CI
     stud, pair, seeds = (None if v is None else v[keep] for v in labels)
-    sums, counts = _student_sums(x, stud, pair, seeds)
+    return _over_students(*_student_sums(x, stud, pair, seeds), n_boot, level, seed)
+
+
+def _over_students(sums: np.ndarray, counts: np.ndarray, n_boot: int, level: float, seed: int) -> CI:
+    """``hierarchical_mean``'s estimate and interval from each student's sum of pair means and number of pairs."""
     n = sums.size
     est = float(sums.sum() / counts.sum())
     if n == 1:
