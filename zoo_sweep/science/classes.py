@@ -198,7 +198,11 @@ def class_concentration(correct: torch.Tensor, labels: torch.Tensor, num_classes
                 out.append(concentration_from_hist(hist))
         return done
 
-    starts = list(range(0, m, rows))
+    return _in_chunks(worker, list(range(0, m, rows)), workers)
+
+
+def _in_chunks(worker, starts: list[int], workers: int) -> dict[str, torch.Tensor]:
+    """``worker(starts)`` over the chunks, on ``workers`` threads, its results joined in the chunks' order."""
     if workers > 1 and len(starts) > 1:
         with ThreadPoolExecutor(workers) as pool:
             done = [d for part in pool.map(worker, [starts[i::workers] for i in range(workers)]) for d in part]
