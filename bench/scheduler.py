@@ -42,12 +42,12 @@ def main() -> None:
 
     lease = Lease(store)  # the launcher's claim (compare-and-set) and release per job
 
-    def done(job, res):
-        store.finish_job(job.id, "done", seconds=res["seconds"], owner=lease.owner)
+    def done(job, out):
+        store.finish_job(job.id, "done", seconds=out.seconds, owner=lease.owner)
         lease.release(job.id)
 
     pool.run(jobs, Handlers(lambda job: {}, lambda job, worker: lease.claim(job.id, worker), done,
-                            lambda *a: None, lambda ids: None), 0)
+                            lambda *a: None), 0)
     lease.stop()
     t3 = time.perf_counter()
     n_done = store.query("select count(*) from jobs where state = 'done'").iloc[0, 0]

@@ -185,17 +185,17 @@ def run_job(worker, job, inputs: dict, store, clock: Clock) -> dict:
     t0 = time.perf_counter()
     res = worker.run(job, inputs)
     t1 = time.perf_counter()
-    store.start_job(job.id, res["worker"])
+    store.start_job(job.id, res.worker)
     record_transfer(store, job, res)
     wall = time.perf_counter() - t0
-    if res["state"] != "done":
-        raise SystemExit(f"{job.payload.method}: the job ended {res['state']}: {res.get('error')}")
+    if res.state != "done":
+        raise SystemExit(f"{job.payload.method}: the job ended {res.state}: {res.error}")
     parts = clock.take()
     parts["steps"] = parts.pop("epochs", 0.0) - parts.get("cache", 0.0)
     parts["steps_cpu"] = parts.pop("epochs_cpu", 0.0) - parts.get("cache_cpu", 0.0)
     parts["record"] = wall - (t1 - t0)
     parts["wall"] = wall
-    return {"parts": parts, "rows": res["rows"]}
+    return {"parts": parts, "rows": res.rows}
 
 
 # ---------------------------------------------------------------- the bare loop

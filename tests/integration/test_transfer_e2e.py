@@ -3,9 +3,11 @@ exploding learning rate recorded as 'diverged'. Uses the session's micro zoo and
 
 
 import dataclasses
+import json
 
 from zoo_sweep.config.spec import parse_spec
 from zoo_sweep.data.images import load_image_set
+from zoo_sweep.pipeline.jobs import JobState, Outcome
 from zoo_sweep.pipeline.launch import LaunchOptions, launch_sweep
 from zoo_sweep.pipeline.plan import make_plan
 from zoo_sweep.pipeline.worker import Worker
@@ -48,7 +50,9 @@ def test_exploding_learning_rate_is_a_diverged_job(micro):
     inputs = {"s0_correct": rec[job.payload.student.name]["pred"] == labels,
               "teacher_correct": rec[job.payload.teacher.name]["pred"] == labels}
     out = Worker(str(micro["paths"].home)).run(job, inputs)
-    assert out["state"] == "diverged" and "loss became" in out["error"]
+    assert out.state is JobState.DIVERGED and "loss became" in out.error and out.rows is None
     # its log: where it ran, and why it ended (the launcher appends these lines to logs/jobs/<id>.log)
-    assert "started on" in out["log"][0] and out["log"][-1].split("  ", 1)[1].startswith("diverged in ")
-    assert "loss became" in out["log"][-1]
+    assert "started on" in out.log[0] and out.log[-1].split("  ", 1)[1].startswith("diverged in ")
+    assert "loss became" in out.log[-1]
+    # as a Tune trial sends it to the driver: through JSON and back
+    assert Outcome.from_dict(json.loads(json.dumps(out.to_dict()))) == out

@@ -15,6 +15,7 @@ from zoo_sweep.pipeline.jobs import (
     ComparePayload,
     Job,
     JobState,
+    Outcome,
     PredictPayload,
     TransferPayload,
 )
@@ -104,6 +105,28 @@ def test_job_states_are_the_stores():
 
     assert tuple(s.value for s in JobState) == JOB_STATES
     assert JobState("failed") is JobState.FAILED and JobState.DONE == "done"
+
+
+def test_an_outcome_travels_by_pickle_and_by_json():
+    """Ray pickles a worker's outcome; a Tune trial sends its transfer outcomes to the driver as JSON."""
+    import pickle
+
+    import numpy as np
+
+    done = Outcome(JobState.DONE, worker="host:1:cpu", seconds=1.5, log=["a", "b"],
+                   rows=[{"epoch": 1, "delta": 0.25}], logits_read=2)
+    diverged = Outcome(JobState.DIVERGED, error="Diverged: loss became nan in epoch 1", seconds=0.5)
+    for out in (done, diverged):
+        assert pickle.loads(pickle.dumps(out)) == out
+        back = Outcome.from_dict(json.loads(json.dumps(out.to_dict())))
+        assert back == out and back.state is out.state
+    assert diverged.to_dict() == {"state": "diverged", "error": "Diverged: loss became nan in epoch 1",
+                                  "seconds": 0.5, "log": [], "logits_read": 0}
+    rec = {"pred": np.arange(3)}
+    predicted = pickle.loads(pickle.dumps(Outcome(JobState.DONE, record=rec, accuracy=50.0)))
+    assert predicted.record["pred"].tolist() == [0, 1, 2] and predicted.rows is None
+    with pytest.raises(ValueError):
+        Outcome.from_dict({"state": "finished"})
 
 
 def test_controls_run_once_per_student_and_seed_with_the_sweeps_training(tmp_path):

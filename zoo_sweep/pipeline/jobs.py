@@ -1,4 +1,4 @@
-"""A sweep's unit of work, typed: a job's state, its kind's payload, and its row in the store.
+"""A sweep's unit of work, typed: a job's state, its kind's payload, its row in the store, and its outcome.
 
 A job row keeps its payload as JSON text; ``Job.from_row`` parses it once into the payload dataclass of its
 kind, and every stage reads fields from there. A job's id is a content address (``job_id``): the hash of
@@ -16,12 +16,15 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from zoo_sweep.errors import UserError
 from zoo_sweep.ids import content_id
 from zoo_sweep.storage.schema import JobState
 from zoo_sweep.zoo.entry import ModelEntry
+
+if TYPE_CHECKING:  # a login node reads jobs without pandas' import cost
+    import pandas as pd
 
 PAYLOAD_COLUMN = "payload"  # the jobs table's JSON column: the one name that knows it
 HOME = "<home>"
@@ -191,6 +194,43 @@ class Job:
 
 def job_rows(jobs: Iterable[Job], home: str | Path | None) -> list[dict[str, Any]]:
     return [j.to_row(home) for j in jobs]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a worker returns for one job, to the launcher that records it (workers never write the store). Ray
+    pickles it; ``to_dict`` / ``from_dict`` carry a transfer or noop outcome through JSON (Tune's trials).
+
+    ``state`` is DONE or DIVERGED: a job that raised has no outcome, the launcher records its error instead.
+    Which of the other fields are set depends on the job's kind."""
+    state: JobState
+    error: str | None = None  # why it diverged
+    worker: str | None = None  # host:[ray node:]pid:device, kept in jobs.worker
+    seconds: float | None = None
+    log: list[str] = field(default_factory=list)  # the job's log lines, appended to logs/jobs/<id>.log
+    # predict: the prediction record (arrays by name, science/records.py) and the accuracy in percent; arrays
+    # and frames have no single truth value, so == leaves them out rather than raise
+    record: dict[str, Any] | None = field(default=None, compare=False)
+    accuracy: float | None = None
+    # compare: every ordered pair's metrics, and the kernel that computed them in one line
+    pairs: pd.DataFrame | None = field(default=None, compare=False)
+    kernel: str | None = None
+    # transfer: the per-epoch result rows, and how many epochs of shared logits were read back, not recomputed
+    rows: list[dict[str, Any]] | None = None
+    logits_read: int = 0
+
+    def but(self, **changes: Any) -> Outcome:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields set, the state as its text; JSON-ready for a transfer or noop outcome (a predict record's
+        arrays and compare's frame are left as they are)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {k: v.value if isinstance(v, JobState) else v for k, v in d.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Outcome:
+        return cls(**{**d, "state": JobState(d["state"])})
 
 
 def _to_home(v: Any, prefix: str) -> Any:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from zoo_sweep.errors import UserError
 from zoo_sweep.paths import Paths
-from zoo_sweep.pipeline.jobs import Job
+from zoo_sweep.pipeline.jobs import Job, Outcome
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Handlers:
     """The launcher's side of a stage: per-job inputs, and what to record when a job starts, ends or fails."""
     inputs: Callable[[Job], dict]
     on_start: Callable[[Job, str], bool]  # False: another launcher claimed the job first; skip it
-    on_done: Callable[[Job, dict], None]
+    on_done: Callable[[Job, Outcome], None]
     on_error: Callable[[Job, str, bool], None]  # (job, error text, final: no retry left)
 
 

@@ -23,7 +23,7 @@ from zoo_sweep.errors import UserError
 from zoo_sweep.paths import Paths
 from zoo_sweep.pipeline.cluster import connect
 from zoo_sweep.pipeline.joblog import append as append_log
-from zoo_sweep.pipeline.jobs import Job, job_rows
+from zoo_sweep.pipeline.jobs import Job, JobState, Outcome, job_rows
 from zoo_sweep.pipeline.launch import LaunchOptions, measure_sweep
 from zoo_sweep.pipeline.plan import transfer_jobs
 from zoo_sweep.pipeline.results import plain, record_transfer
@@ -131,11 +131,12 @@ def _trainable(jobs_for, correct: dict[str, np.ndarray], paths: Paths):
         for job in jobs_for(config):
             p = job.payload
             res = worker.run(job, {"s0_correct": correct[p.student.name], "teacher_correct": correct[p.teacher.name]})
-            out.append({"job": job.to_row(paths.home), "res": res})
-        final = [o["res"]["rows"][-1]["delta"] for o in out if o["res"]["state"] == "done"]
+            out.append((job, res))
+        final = [res.rows[-1]["delta"] for _, res in out if res.state is JobState.DONE and res.rows]
+        jobs = [{"job": job.to_row(paths.home), "res": res.to_dict()} for job, res in out]
         tune.report({"mean_delta": float(np.mean(final)) if final else float("-inf"),
                      "success": float(np.mean([d > 0 for d in final]) * 100) if final else 0.0,
-                     "jobs": json.dumps(out, default=_jsonable)})
+                     "jobs": json.dumps(jobs, default=_jsonable)})
     return trainable
 
 
@@ -156,8 +157,9 @@ def _store_trial(store: Store, sweep: str, out: list[dict], paths: Paths) -> Non
     jobs = [Job.from_row(o["job"], paths.home) for o in out]
     store.add_jobs(sweep, job_rows(jobs, paths.home))
     for job, o in zip(jobs, out):
-        append_log(paths, job.id, o["res"].get("log", ()))
-        record_transfer(store, job, o["res"])
+        res = Outcome.from_dict(o["res"])
+        append_log(paths, job.id, res.log)
+        record_transfer(store, job, res)
 
 
 def write_back(spec_path: str | Path, values: dict) -> None:

@@ -4,7 +4,7 @@
 ``pipeline.jobs.Job.from_row`` of a store row); the launcher wraps it
 in ``ray.remote`` so it lives on as an actor across jobs (one per GPU, GPU fraction or CPU slot), paying
 torch/timm import, data decoding and model loading once rather than per job. Workers never write the
-store: they return results to the driver.
+store: they return each job's ``pipeline.jobs.Outcome`` to the driver.
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+
+from zoo_sweep.pipeline.jobs import JobState, Outcome
+
+DONE, DIVERGED = JobState.DONE, JobState.DIVERGED
 
 
 def _ray_node() -> str | None:
@@ -99,30 +103,29 @@ class Worker:
 
         return {role: LogitCache(self.paths.logits / key / device_kind(self.device)) for role, key in streams.items()}
 
-    def run(self, job, inputs: dict | None = None) -> dict:
+    def run(self, job, inputs: dict | None = None) -> Outcome:
         """Run one job (a ``pipeline.jobs.Job``) with the launcher's per-job ``inputs``; returns its outcome."""
         from zoo_sweep.pipeline.joblog import JobLog
 
         t0 = time.time()
         self.log = JobLog()  # one job at a time per worker: its lines go back with its outcome
         self.log(f"started on {self.name}")
-        out = getattr(self, f"_{job.kind}")(job, inputs or {})
+        out: Outcome = getattr(self, f"_{job.kind}")(job, inputs or {})
         seconds = time.time() - t0
-        self.log(f"{out['state']} in {seconds:.1f} s" + (f": {out['error']}" if out.get("error") else ""))
-        out.update(worker=self.name, seconds=seconds, log=self.log.lines)
-        return out
+        self.log(f"{out.state} in {seconds:.1f} s" + (f": {out.error}" if out.error else ""))
+        return out.but(worker=self.name, seconds=seconds, log=self.log.lines)
 
-    def _noop(self, job, _inputs: dict) -> dict:
+    def _noop(self, job, _inputs: dict) -> Outcome:
         """Does nothing (optionally sleeps): measures the scheduler's own per-job cost (bench/scheduler.py)."""
         if job.payload.sleep:
             time.sleep(job.payload.sleep)
-        return {"state": "done"}
+        return Outcome(DONE)
 
-    def _compare(self, job, inputs: dict) -> dict:
+    def _compare(self, job, inputs: dict) -> Outcome:
         """All pairs of a compare job on this worker's device (the launcher sends the stacked records once)."""
         return compare_pairs(job.payload.models, inputs, self.device, self.paths.cache)
 
-    def _predict(self, job, inputs: dict) -> dict:
+    def _predict(self, job, inputs: dict) -> Outcome:
         from zoo_sweep.science.records import BATCH_MEMO, accuracy, predict
         from zoo_sweep.zoo.models import data_config
 
@@ -134,9 +137,9 @@ class Worker:
                              f"has {images.num_classes} classes")
         rec = predict(model, images, data_config(model), inputs.get("batch_size", "auto"), p.topk, self.device,
                       memo=self.paths.cache / BATCH_MEMO, name=p.model.name)
-        return {"state": "done", "record": rec, "accuracy": accuracy(rec, images.labels.numpy())}
+        return Outcome(DONE, record=rec, accuracy=accuracy(rec, images.labels.numpy()))
 
-    def _transfer(self, job, inputs: dict) -> dict:
+    def _transfer(self, job, inputs: dict) -> Outcome:
         from zoo_sweep.transfer.train import Diverged, TransferParams
 
         p = job.payload
@@ -149,7 +152,7 @@ class Worker:
                 return self._multi(p, inputs, hp, tr, ev, ckpt)
             return self._single(p, inputs, hp, tr, ev, ckpt)
         except Diverged as e:
-            return {"state": "diverged", "error": str(e)}
+            return Outcome(DIVERGED, error=str(e))
 
     def _epoch_logger(self, epochs: int):
         """``on_epoch`` for the training loop: a line per epoch in the job's log; the first call also says which
@@ -169,7 +172,7 @@ class Worker:
 
         return on_epoch
 
-    def _single(self, p, inputs: dict, hp, tr, ev, ckpt) -> dict:
+    def _single(self, p, inputs: dict, hp, tr, ev, ckpt) -> Outcome:
         from zoo_sweep.transfer.train import RunOptions, TransferJob, run_transfer
         from zoo_sweep.zoo.models import data_config
 
@@ -179,9 +182,9 @@ class Worker:
                           np.asarray(inputs["s0_correct"]), np.asarray(inputs["teacher_correct"]))
         rows = run_transfer(job, RunOptions(self.device, ckpt_dir=ckpt, teacher_cache=caches.get("teacher"),
                                             s0_cache=caches.get("s0"), on_epoch=self._epoch_logger(hp.epochs)))
-        return {"state": "done", "rows": rows, "logits_read": sum(c.reads for c in caches.values())}
+        return Outcome(DONE, rows=rows, logits_read=sum(c.reads for c in caches.values()))
 
-    def _multi(self, p, inputs: dict, hp, tr, ev, ckpt) -> dict:
+    def _multi(self, p, inputs: dict, hp, tr, ev, ckpt) -> Outcome:
         """Every teacher's correctness comes from its prediction record (the launcher sends them); a caller
         without records (a notebook) gets one evaluation pass per teacher instead."""
         from zoo_sweep.science.records import predict
@@ -201,10 +204,10 @@ class Worker:
                                                      on_epoch=self._epoch_logger(hp.epochs)))
         # the row's own teacher name wins over the launcher's (the payload's first teacher)
         name = "+".join(p.teacher_names)
-        return {"state": "done", "rows": [{**r, "teacher": name} for r in rows]}
+        return Outcome(DONE, rows=[{**r, "teacher": name} for r in rows])
 
 
-def compare_pairs(models: list[str], inputs: dict, device: str, cache_dir) -> dict:
+def compare_pairs(models: list[str], inputs: dict, device: str, cache_dir) -> Outcome:
     """The compare job: every ordered pair's metrics from the stacked records (``inputs``: preds, pmax,
     labels, num_classes; optional kernel). The launcher runs it in the driver, or on a GPU worker when the
     launch has GPUs: the same code, on CPU or CUDA tensors, with identical results."""
@@ -213,7 +216,7 @@ def compare_pairs(models: list[str], inputs: dict, device: str, cache_dir) -> di
     kern = compare_kernel(inputs.get("kernel"), device, cache_dir)
     df = pairs_frame(models, inputs["preds"], inputs["labels"], inputs["pmax"], inputs["num_classes"],
                      kernel=kern, device=device)
-    return {"state": "done", "pairs": df, "kernel": kern.describe()}
+    return Outcome(DONE, pairs=df, kernel=kern.describe())
 
 
 def build_zoo_model(recipe, cache_dir: str, image_size: int):
