@@ -144,11 +144,6 @@ class RunRecord:
     failed: bool = False  # the run of a job that diverged or failed: marked failed, never counted as logged
     replaces: bool = False  # the sweep's own run: replaces the one an earlier launch or command logged
 
-    @property
-    def key(self) -> str:
-        """What the tracker logs once per launch: a job's finished run, each failure's run, the sweep's run."""
-        return f"{self.job_id}:{self.tags.get('state', 'failed')}" if self.failed else self.job_id
-
 
 def run_record(job, rows: list[dict], seconds: float | None = None) -> RunRecord:
     """``rows``: the job's per-epoch results as the store has them (``results.record_transfer``), or the store's
