@@ -1,8 +1,9 @@
 """Transfer runs in MLflow or Weights & Biases, beside the store ([tracking] backend = "mlflow" or "wandb", or
 ``launch --tracking URI`` for MLflow; off by default): one experiment (MLflow) or group (W&B) per sweep, one run
-per finished transfer, control and multi-teacher job, holding the job's resolved hyper-parameters, its id and
-every per-epoch metric the store holds for it, and one per predict job with the model's accuracy
-(docs/launch.md).
+per finished transfer, control and multi-teacher job, holding the job's resolved hyper-parameters, its id,
+every per-epoch metric the store holds for it and its log (pipeline/joblog.py); one per predict job with the
+model's accuracy; a failed run per transfer job that diverged or failed for good; and the sweep's own run, its
+summary and report page, replaced each time it is logged (docs/launch.md).
 
 The launcher logs, when it records a job's result, rather than the workers as they train:
 
