@@ -217,8 +217,9 @@ def plan(ctx: typer.Context, spec: Path = typer.Argument(..., help="Sweep spec (
 
     s = load_sweep(spec)
     p = make_plan(s, ctx.obj.paths(), dry_run=dry_run)
-    _print_plan(p)
-    say(estimate_gpu_hours(p).line())
+    n_eval, n_transfer = _image_counts(p)  # counted once (a folder walk on ImageNet), read by both estimates
+    _print_plan(p, n_eval, n_transfer)
+    say(estimate_gpu_hours(p, n_transfer=n_transfer, n_eval=n_eval).line())
     if dry_run:
         say("dry run: nothing written")
         return
@@ -227,7 +228,14 @@ def plan(ctx: typer.Context, spec: Path = typer.Argument(..., help="Sweep spec (
     say(f"planned {s.name} in {mask_url(store.url)}: {new} new job(s), {len(p.all_jobs) - new} already in the ledger")
 
 
-def _print_plan(p) -> None:
+def _image_counts(p) -> tuple[int, int]:
+    """Images of the spec's eval and transfer sets (0: not reachable from here)."""
+    from zoo_sweep.data.sets import count_images, set_args
+
+    return count_images(**set_args(p.spec.data, "eval")), count_images(**set_args(p.spec.data, "transfer"))
+
+
+def _print_plan(p, n_eval: int, n_transfer: int) -> None:
     import pandas as pd
 
     from zoo_sweep.pipeline.plan import is_control, max_selected
@@ -280,15 +288,12 @@ def _print_plan(p) -> None:
                 f"{n_c} job(s), once per student (not per pair)")
     say(f"jobs: {len(p.predict_jobs)} predict, 1 compare, "
         f"{n_t if p.transfer_jobs is not None else '<= ' + str(n_t)} transfer (controls included)")
-    say(_estimate(p, n_t))
+    say(_estimate(p, n_t, n_eval, n_transfer))
 
 
-def _estimate(p, n_transfer: int) -> str:
-    """Rough compute from parameter counts (no timings are known before the first run)."""
-    from zoo_sweep.data.sets import count_images, set_args
-
-    n_eval = count_images(**set_args(p.spec.data, "eval"))
-    n_tr = count_images(**set_args(p.spec.data, "transfer")) if n_transfer else 0
+def _estimate(p, n_transfer: int, n_eval: int, n_tr: int) -> str:
+    """Rough compute from parameter counts (no timings are known before the first run): ``n_transfer`` transfer
+    jobs, ``n_eval`` and ``n_tr`` images in the eval and transfer sets."""
     if n_eval == 0:  # a dry run away from the data: nothing to count the images of
         return (f"estimate: the eval set {p.spec.data.eval} is not reachable from here, so no compute estimate; "
                 f"{sum(p.params.values()) / 1e6:,.0f} M parameters in all, one forward pass each per eval image")

@@ -219,6 +219,7 @@ def sweep_record(store, name: str, report: Path | None = None) -> RunRecord:
 
     from zoo_sweep import __version__
     from zoo_sweep.science.controls import LABELS, delta_over_controls, over_column, split_controls
+    from zoo_sweep.storage.store import job_summary
 
     stored = store.query("select spec from sweeps where name = :n", {"n": name})["spec"]
     spec = json.loads(stored.iloc[0]) if len(stored) else {}  # tune's trials are a sweep without a spec
@@ -227,9 +228,8 @@ def sweep_record(store, name: str, report: Path | None = None) -> RunRecord:
     params = {"sweep": name, "eval_set": ev, "transfer_set": str(data.get("transfer", "")),
               **{k: ",".join(map(str, t.get(k) or ())) for k in ("methods", "controls", "seeds")},
               "epochs": str(t.get("epochs", "")), "job_id": SWEEP_RUN, "zoo_sweep_version": __version__}
-    states = store.query("select j.kind, j.state, count(*) as n from jobs j join sweep_jobs sj on sj.job_id = j.id "
-                         "where sj.sweep = :s group by j.kind, j.state", {"s": name})
-    metrics = [(f"jobs_{r.kind}_{r.state}", float(r.n), 0) for r in states.itertuples(index=False)]
+    states = job_summary(store, name)  # the counts `zoo-sweep status` prints
+    metrics = [(f"jobs_{r.stage}_{r.state}", float(r.jobs), 0) for r in states.itertuples(index=False)]
     models = store.query("select distinct m.name, m.accuracy from models m join jobs j on j.kind = 'predict' "
                          "join sweep_jobs sj on sj.job_id = j.id and sj.sweep = :s "
                          "where m.eval_set = :e and m.accuracy is not null", {"s": name, "e": ev})
