@@ -4,6 +4,7 @@
 #   bash bench/gpu_check.sh                    # (a)-(c) of bench/gpu_check.py: under 5 minutes
 #   ZOO_GPU_E2E=only bash bench/gpu_check.sh   # only the launcher end to end (bench/gpu_e2e.py): about 5 minutes
 #   ZOO_GPU_E2E=1 bash bench/gpu_check.sh      # both, one after the other: about 10 minutes
+#   ZOO_GPU_THROUGHPUT=only bash bench/gpu_check.sh  # only transfer throughput (below): about 6 minutes
 #   bash bench/gpu_check.sh --smoke            # the same code, tiny and on the CPU: checks the scripts only
 #                                              # (with ZOO_GPU_E2E as above; the end-to-end smoke: ~2.5 min)
 #
@@ -38,7 +39,8 @@ $PY -c "import torch, timm" || { echo "error: python3 needs torch and timm"; exi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 export PYTHONUNBUFFERED=1
 rc=0
-if [ "$E2E" != only ]; then
+TP=${ZOO_GPU_THROUGHPUT:-0}
+if [ "$E2E" != only ] && [ "$TP" != only ]; then
   timeout "${ZOO_GPU_CHECK_TIMEOUT:-290}" $PY bench/gpu_check.py "$@"
   rc=$?
 fi
@@ -48,6 +50,28 @@ fi
 if [ "${ZOO_GPU_PAIRS:-0}" = 1 ]; then
   timeout "${ZOO_GPU_PAIRS_TIMEOUT:-240}" $PY bench/pairs_at_scale.py --kernel cuda --repeat 3 --ref-models 3 \
     --ref-samples 1000 | sed 's/^/pairs: /'
+fi
+# ZOO_GPU_THROUGHPUT=1 (after (a)-(c)) or only: transfer jobs against the hardware (about 6 minutes): kl_dp resnet50 <- convnext_tiny at
+# 224 px, bf16, as the worker runs it, against a bare loop and timm-style rates, plain and with [run] compile and
+# fused_optimizer (bench/transfer_throughput.py); 1, 2, 4 and 8 concurrent embedded-zoo jobs on the GPU and the
+# share gpus_per_job = "auto" would pick (bench/gpu_share.py); the compare stage on this host's CPU
+# (bench/pairs_at_scale.py --repeat 3). With --smoke: the same scripts, tiny and on the CPU.
+if [ "$TP" = 1 ] || [ "$TP" = only ]; then
+  if [ ${#SMOKE[@]} -eq 0 ]; then
+    TT=(--zoo timm --student resnet50 --teacher convnext_tiny --method kl_dp --image-size 224 --batch-size 128
+        --epochs 1 --repeat 2 --device cuda)
+    SHARE=(--device cuda)
+    PAIRS=(--repeat 3)
+  else
+    TT=(--method kl_dp --epochs 1 --repeat 1 --timm-rates)
+    SHARE=(--device cpu --max-jobs 2 --seconds 2)
+    PAIRS=(--models 50 --samples 2000 --repeat 1 --ref-models 3 --ref-samples 500)
+  fi
+  timeout "${ZOO_GPU_TT_TIMEOUT:-150}" $PY bench/transfer_throughput.py "${TT[@]}" | sed 's/^/throughput: /'
+  timeout "${ZOO_GPU_TT_TIMEOUT:-150}" $PY bench/transfer_throughput.py "${TT[@]}" --compile --fused \
+    | sed 's/^/throughput compiled: /'
+  timeout "${ZOO_GPU_SHARE_TIMEOUT:-150}" $PY bench/gpu_share.py "${SHARE[@]}" | sed 's/^/share: /'
+  timeout "${ZOO_GPU_PAIRS_CPU_TIMEOUT:-150}" $PY bench/pairs_at_scale.py "${PAIRS[@]}" | sed 's/^/pairs cpu: /'
 fi
 # ZOO_GPU_E2E=1 or only: `zoo-sweep launch --gpus 1` of a small timm sweep, then the same spec with --gpus 0,
 # compared (bench/gpu_e2e.py)

@@ -209,13 +209,10 @@ class Step:
     z_s0: torch.Tensor | None
 
 
-def fwd(model, inp, features: bool, cuda: bool):
+def fwd(model, inp, features: bool, cuda: bool, compiled: bool):
     """The product's forward pass (TransferRun.forward) without the input transform."""
     with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext():
-        if not features:
-            return model(inp).float(), None
-        f = model.forward_features(inp)
-        return model.forward_head(f).float(), model.forward_head(f, pre_logits=True).float()
+        return train_mod.forward_pass(features, compiled)(model, inp)
 
 
 def prepare(job, device: str, caches: dict) -> list[list[Step]]:
@@ -249,8 +246,10 @@ def prepare(job, device: str, caches: dict) -> list[list[Step]]:
     return epochs
 
 
-def bare_loop(job, epochs: list[list[Step]], device: str) -> tuple[tuple[float, float], list[float]]:
-    """(Wall, CPU) seconds of the training steps alone, and each epoch's mean loss."""
+def bare_loop(job, epochs: list[list[Step]], device: str, speed: dict[str, bool]) -> tuple[tuple[float, float],
+                                                                                          list[float]]:
+    """(Wall, CPU) seconds of the training steps alone, and each epoch's mean loss; ``speed``: the job's compile
+    and fused options (a compiled graph is the job's own, already made: the untimed first job compiled it)."""
     m, hp, cuda = METHODS[job.method], job.hp, device.startswith("cuda")
     fmt = torch.channels_last if cuda else torch.contiguous_format
     torch.manual_seed(job.seed)  # as TransferRun: the method's state (CRD's heads) draws from it
@@ -265,8 +264,10 @@ def bare_loop(job, epochs: list[list[Step]], device: str) -> tuple[tuple[float, 
     info = {"n_train": len(job.transfer_set), "device": device, "seed": job.seed, "labels": job.transfer_set.labels}
     state = m.make_state(student, teacher, hp, info) if m.make_state else None
     params = list(student.parameters()) + (state.parameters() if state else [])
-    opt = torch.optim.SGD(params, lr=hp.lr_of(m.lr_param), momentum=hp.momentum, weight_decay=hp.weight_decay)
+    opt = torch.optim.SGD(params, lr=hp.lr_of(m.lr_param), momentum=hp.momentum, weight_decay=hp.weight_decay,
+                          fused=speed["fused"] or None)
     gen = torch.Generator().manual_seed(job.seed + 1)
+    c = speed["compile"]
     feats, step, means = m.needs_features, 0, []
     sync(device)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -277,9 +278,10 @@ def bare_loop(job, epochs: list[list[Step]], device: str) -> tuple[tuple[float, 
         losses = []
         for i, st in enumerate(steps):
             with torch.no_grad():
-                z_t, f_t = (st.z_t, None) if st.z_t is not None else fwd(teacher, st.x_t, feats, cuda)
-                z_s0 = st.z_s0 if st.z_s0 is not None else fwd(s0, st.x_s, False, cuda)[0] if s0 is not None else None
-            z_s, f_s = fwd(student, st.x_s, feats, cuda)
+                z_t, f_t = (st.z_t, None) if st.z_t is not None else fwd(teacher, st.x_t, feats, cuda, c)
+                z_s0 = st.z_s0 if st.z_s0 is not None else fwd(s0, st.x_s, False, cuda, c)[0] if s0 is not None \
+                    else None
+            z_s, f_s = fwd(student, st.x_s, feats, cuda, c)
             loss, _ = m.loss(z_s, z_t, z_s0, st.y, hp, Extras(f_s=f_s, f_t=f_t, idx=st.idx, state=state, gen=gen))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -369,6 +371,8 @@ def main() -> None:
                     help="torch threads (default 1: a CPU launch runs one 1-thread worker per core)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--timm-rates", action="store_true", help="(c) also on the CPU (always on CUDA)")
+    ap.add_argument("--compile", action="store_true", help="[run] compile = true, in (a) and (b)")
+    ap.add_argument("--fused", action="store_true", help="[run] fused_optimizer = true, in (a) and (b)")
     ap.add_argument("--home", default=None, help="results folder for the caches (default: a temporary one)")
     a = ap.parse_args()
     if a.device.startswith("cuda") and not torch.cuda.is_available():
@@ -404,6 +408,7 @@ def run(a, home: Path) -> None:
     streams = job_streams(plan, n_tr)
 
     gpu = a.device.startswith("cuda")
+    speed = {"compile": a.compile, "fused": a.fused}
     worker = worker_mod.Worker(str(home), threads=a.threads if not gpu else None, gpu=gpu)
     if worker.device != ("cuda" if gpu else "cpu"):
         raise SystemExit(f"the worker chose {worker.device}, not {a.device}")
@@ -423,12 +428,13 @@ def run(a, home: Path) -> None:
     print(f"# load avg {os.getloadavg()[0]:.1f}; spec {Path(a.spec).name}, {spec.zoo.source} zoo; "
           f"{a.student} <- {a.teacher}, batch {t.batch_size}, {spec.data.image_size} px cache, {t.epochs} epoch(s), "
           f"seed {t.seeds[0]}, teacher_cache {t.teacher_cache}; {n_tr} transfer, {len(ev)} eval images; "
-          f"{a.device}; medians of {a.repeat} alternating rounds")
+          f"{a.device}; medians of {a.repeat} alternating rounds"
+          + "".join(f"; {k}" for k, v in speed.items() if v))
 
     def inputs(job) -> dict:
         p = job.payload
         return {"s0_correct": correct[p.student.name], "teacher_correct": correct[p.teacher.name],
-                "streams": streams.get(job.id, {})}
+                "streams": streams.get(job.id, {}), **speed}
 
     table = Table(streams, cuda=gpu or a.timm_rates)
     for m, job in jobs.items():  # one method at a time: its inputs (GBs at 224 px) are dropped after it
@@ -454,11 +460,14 @@ def run(a, home: Path) -> None:
                     res["a"].append(r["parts"])
                     res["rows"] = r["rows"]
                 else:
-                    sec, res["losses"] = bare_loop(tj, steps, worker.device)
+                    sec, res["losses"] = bare_loop(tj, steps, worker.device, speed)
                     res["b"].append(sec)
         del steps
         table.row(m, job, res)
-    print(f"# load avg {os.getloadavg()[0]:.1f} at the end")
+    print(f"# load avg {os.getloadavg()[0]:.1f} at the end"
+          + (f"; torch.compile: {train_mod.compiled_graphs()} graph(s), the steps that compiled them took "
+             f"{train_mod.COMPILE_SECONDS[0]:.1f} s in all (untimed first jobs: once per process and architecture)"
+             if a.compile else ""))
     print("\n".join(table.detail))
 
 

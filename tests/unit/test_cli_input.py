@@ -31,6 +31,8 @@ LAUNCH_CASES = {
     "--cpus -1": "--cpus must be >= 1, got -1",
     "--cpus 0": "--cpus must be >= 1, got 0",
     "--gpus-per-job 0": "--gpus-per-job must be a number > 0, got 0",
+    "--gpus-per-job fast": "--gpus-per-job must be a number > 0 or \"auto\", got 'fast'",
+    "--gpus-per-job -0.5": "--gpus-per-job must be a number > 0, got -0.5",
     "--cpus-per-job 0": "--cpus-per-job must be >= 1, got 0",
     "--cpus 1 --cpus-per-job 2": "--cpus-per-job 2 is more than --cpus 1",
     "--cpus-per-job 100000": "--cpus-per-job 100000 is more than the",

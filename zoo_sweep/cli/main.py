@@ -376,7 +376,8 @@ def _print_launch(rep, seconds: float) -> None:
 _GPUS = typer.Option(0, "--gpus", help="GPUs to use (0: run on CPU).")
 _CPUS = typer.Option(None, "--cpus", help="CPUs for a local Ray cluster (default: all cores).")
 _ADDR = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Existing Ray cluster (HOST:PORT or auto).")
-_GPJ = typer.Option(1.0, "--gpus-per-job", help="GPU share per job; fractions run several jobs per GPU.")
+_GPJ = typer.Option(None, "--gpus-per-job", help='GPU share per transfer job: fractions run several jobs per GPU; '
+                    '"auto" measures how many pay (default: the spec\'s [run] gpus_per_job, 1).')
 _CPJ = typer.Option(1, "--cpus-per-job", help="CPU threads per job.")
 _RETRY = typer.Option(None, "--max-retries", help="Retries of a failing job (default: the spec's).")
 _PROG = typer.Option(True, "--progress/--no-progress", help="Live progress bars.")
@@ -392,7 +393,7 @@ _TRACK = typer.Option(None, "--tracking", help="Log every transfer and predict r
 @app.command()
 def launch(ctx: typer.Context, spec: Path = typer.Argument(..., help="Sweep spec (TOML)."),
            gpus: float = _GPUS, cpus: Optional[int] = _CPUS, address: Optional[str] = _ADDR,
-           gpus_per_job: float = _GPJ, cpus_per_job: int = _CPJ, max_retries: Optional[int] = _RETRY,
+           gpus_per_job: Optional[str] = _GPJ, cpus_per_job: int = _CPJ, max_retries: Optional[int] = _RETRY,
            progress: bool = _PROG, only_failed: bool = _FAILED, limit: Optional[int] = _LIMIT,
            shard: Optional[str] = _SHARD, tracking: Optional[str] = _TRACK):
     """Run the sweep's pending jobs on Ray (plans first if needed); finished jobs are skipped."""
@@ -404,7 +405,7 @@ def launch(ctx: typer.Context, spec: Path = typer.Argument(..., help="Sweep spec
 @app.command()
 def measure(ctx: typer.Context, spec: Path = typer.Argument(..., help="Sweep spec (TOML)."),
             gpus: float = _GPUS, cpus: Optional[int] = _CPUS, address: Optional[str] = _ADDR,
-            gpus_per_job: float = _GPJ, cpus_per_job: int = _CPJ, max_retries: Optional[int] = _RETRY,
+            gpus_per_job: Optional[str] = _GPJ, cpus_per_job: int = _CPJ, max_retries: Optional[int] = _RETRY,
             progress: bool = _PROG, only_failed: bool = _FAILED, limit: Optional[int] = _LIMIT,
             shard: Optional[str] = _SHARD):
     """Stages 1-2 only: predict every model once and compare all pairs (no transfer)."""

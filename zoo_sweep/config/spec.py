@@ -165,11 +165,20 @@ class RunSpec:
                                         expect='a positive integer or "auto"')
     topk: int = key(5, "logits kept per sample in prediction records", ge=1, le=MAX_CLASSES)
     max_retries: int = key(2, "retries of a failed job before it stays failed", ge=0, le=100)
+    gpus_per_job: float | str = key(1.0, 'GPU share of a transfer job: 0.5 runs two jobs per GPU; "auto" measures '
+                                         "1, 2, 4 and 8 concurrent jobs on one GPU before the transfer stage and "
+                                         "takes the most that still pays (docs/gpus.md); `launch --gpus-per-job` "
+                                         "overrides it", gt=0, le=64, expect='a number > 0 or "auto"')
+    compile: bool = key(False, "torch.compile the transfer jobs' forward and backward passes, once per worker "
+                               "and architecture (on the CPU it needs a C++ compiler)")
+    fused_optimizer: bool = key(False, "the transfer jobs' SGD as one fused kernel (PyTorch's fused=True)")
 
     def __post_init__(self) -> None:
-        if isinstance(self.predict_batch_size, str) and self.predict_batch_size != "auto":
-            raise UserError(f'[run] predict_batch_size must be a positive integer or "auto", '
-                            f"got {self.predict_batch_size!r}")
+        for name in ("predict_batch_size", "gpus_per_job"):
+            v = getattr(self, name)
+            if isinstance(v, str) and v != "auto":
+                what = "a positive integer" if name == "predict_batch_size" else "a number > 0"
+                raise UserError(f'[run] {name} must be {what} or "auto", got {v!r}')
 
 
 TRACKING_BACKENDS = ("none", "mlflow", "wandb")

@@ -16,7 +16,8 @@ class LaunchOptions:
     gpus: float = 0
     cpus: int | None = None  # local cluster size; default: all cores
     address: str | None = None  # existing Ray cluster (or $RAY_ADDRESS)
-    gpus_per_job: float = 1.0  # fractions put several small jobs on one GPU
+    gpus_per_job: float | str | None = None  # fractions put several small jobs on one GPU; "auto" measures;
+    # None: the spec's [run] gpus_per_job
     cpus_per_job: int = 1
     max_retries: int | None = None  # default: the spec's [run] max_retries
     until: str = "transfer"  # last stage to run: "compare" measures only
@@ -30,7 +31,10 @@ class LaunchOptions:
     def check(self) -> LaunchOptions:
         """Every value in range (one line naming the flag otherwise); no cluster is asked here."""
         _number("--gpus", self.gpus, lo=0)
-        _number("--gpus-per-job", self.gpus_per_job, lo=0, strict=True)
+        if isinstance(self.gpus_per_job, str):
+            self.gpus_per_job = parse_share(self.gpus_per_job)
+        if self.gpus_per_job not in (None, "auto"):
+            _number("--gpus-per-job", self.gpus_per_job, lo=0, strict=True)
         for flag, v, lo in (("--cpus", self.cpus, 1), ("--cpus-per-job", self.cpus_per_job, 1),
                             ("--max-retries", self.max_retries, 0), ("--limit", self.limit, 0)):
             if v is not None and v < lo:
@@ -40,6 +44,16 @@ class LaunchOptions:
         if self.cpus is not None and self.cpus_per_job > self.cpus:
             raise UserError(f"--cpus-per-job {self.cpus_per_job} is more than --cpus {self.cpus}")
         return self
+
+
+def parse_share(text: str) -> float | str:
+    """``--gpus-per-job``: "auto" or a number (checked for range by ``LaunchOptions.check``)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f'--gpus-per-job must be a number > 0 or "auto", got {text!r}') from None
 
 
 def _number(flag: str, v: float, lo: float, strict: bool = False) -> None:

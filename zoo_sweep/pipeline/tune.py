@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from zoo_sweep.config.spec import PairSpec, SweepSpec
+from zoo_sweep.config.spec import PairSpec, RunSpec, SweepSpec
 from zoo_sweep.errors import UserError
 from zoo_sweep.paths import Paths
 from zoo_sweep.pipeline.cluster import connect
@@ -80,7 +80,7 @@ def tune_method(spec: SweepSpec, store: Store, paths: Paths, method: str, sample
     # /tmp/ray/ray_current_cluster names (the measure step above starts none when all is cached)
     connect(opts.address, opts.cpus, opts.gpus)
     tuner = tune.Tuner(
-        tune.with_resources(_trainable(jobs_for, measured.correct, paths), {"cpu": opts.cpus_per_job}),
+        tune.with_resources(_trainable(jobs_for, measured.correct, paths, spec.run), {"cpu": opts.cpus_per_job}),
         param_space=search_space(method),
         tune_config=tune.TuneConfig(metric=OBJECTIVES[objective], mode="max", num_samples=samples),
         run_config=tune.RunConfig(name=f"{spec.name}-{method}", storage_path=str(paths.home / "tune"), verbose=0),
@@ -114,7 +114,7 @@ def _check_args(method: str, objective: str, samples: int, pairs: int) -> None:
         raise UserError("--samples and --pairs must be >= 1")
 
 
-def _trainable(jobs_for, correct: dict[str, np.ndarray], paths: Paths):
+def _trainable(jobs_for, correct: dict[str, np.ndarray], paths: Paths, run: RunSpec):
     """One trial: every calibration job of its configuration on one worker; the jobs and their outcomes go
     back to the driver as JSON (the driver stores them: trials never write the store)."""
     from zoo_sweep.config.methods import plugin_sources
@@ -130,7 +130,8 @@ def _trainable(jobs_for, correct: dict[str, np.ndarray], paths: Paths):
         out = []
         for job in jobs_for(config):
             p = job.payload
-            res = worker.run(job, {"s0_correct": correct[p.student.name], "teacher_correct": correct[p.teacher.name]})
+            res = worker.run(job, {"s0_correct": correct[p.student.name], "teacher_correct": correct[p.teacher.name],
+                                   "compile": run.compile, "fused": run.fused_optimizer})
             out.append((job, res))
         final = [res.rows[-1]["delta"] for _, res in out if res.state is JobState.DONE and res.rows]
         jobs = [{"job": job.to_row(paths.home), "res": res.to_dict()} for job, res in out]

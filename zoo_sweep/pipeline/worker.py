@@ -9,6 +9,7 @@ store: they return each job's ``pipeline.jobs.Outcome`` to the driver.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -154,6 +155,25 @@ class Worker:
         except Diverged as e:
             return Outcome(DIVERGED, error=str(e))
 
+    def measure_start(self, job, inputs: dict, warmup: int) -> None:
+        """Set up a single-teacher transfer ``job`` for a throughput measurement and run ``warmup`` steps (the
+        compile, the allocator, the first kernels); ``measure_rate`` then times it. Nothing is stored."""
+        from zoo_sweep.transfer.train import RunOptions, TransferParams, TransferRun, time_steps
+
+        p = job.payload
+        tj = self._transfer_job(p, inputs, TransferParams.from_dict(p.hp), self.image_set(p, "transfer"),
+                                self.image_set(p, "eval"))
+        self._measured = TransferRun(tj, RunOptions(self.device, **speed_options(inputs)))
+        time_steps(self._measured, warmup)
+
+    def measure_rate(self, seconds: float) -> float:
+        """Images/s of the job ``measure_start`` set up, training for about ``seconds``."""
+        from zoo_sweep.transfer.train import time_steps
+
+        images, took = time_steps(self._measured, seconds=seconds)
+        self._measured = None
+        return images / took
+
     def _epoch_logger(self, epochs: int):
         """``on_epoch`` for the training loop: a line per epoch in the job's log; the first call also says which
         epochs a resumed job read back from its checkpoint."""
@@ -172,16 +192,40 @@ class Worker:
 
         return on_epoch
 
-    def _single(self, p, inputs: dict, hp, tr, ev, ckpt) -> Outcome:
-        from zoo_sweep.transfer.train import RunOptions, TransferJob, run_transfer
+    @contextlib.contextmanager
+    def _speed_log(self, inputs: dict):
+        """Says in the job's log which speed options it ran with, and what compiling cost it: a worker
+        compiles each architecture once, so the first job of one pays for every later one."""
+        from zoo_sweep.transfer.train import COMPILE_SECONDS, compiled_graphs
+
+        o = speed_options(inputs)
+        if o["compile"] or o["fused"]:
+            self.log("speed options: " + ", ".join(k for k in ("compile", "fused") if o[k]))
+        graphs, seconds = compiled_graphs() if o["compile"] else 0, COMPILE_SECONDS[0]
+        try:
+            yield
+        finally:
+            if o["compile"] and compiled_graphs() > graphs:
+                self.log(f"torch.compile: {compiled_graphs() - graphs} new graph(s); the steps that compiled "
+                         f"took {COMPILE_SECONDS[0] - seconds:.1f} s")
+
+    def _transfer_job(self, p, inputs: dict, hp, tr, ev):
+        from zoo_sweep.transfer.train import TransferJob
         from zoo_sweep.zoo.models import data_config
 
         student, teacher = self.model(p.student), self.model(p.teacher)
+        return TransferJob(student, teacher, p.method, hp, p.seed, tr, ev, data_config(student), data_config(teacher),
+                           np.asarray(inputs["s0_correct"]), np.asarray(inputs["teacher_correct"]))
+
+    def _single(self, p, inputs: dict, hp, tr, ev, ckpt) -> Outcome:
+        from zoo_sweep.transfer.train import RunOptions, run_transfer
+
+        job = self._transfer_job(p, inputs, hp, tr, ev)
         caches = self.logit_caches(inputs.get("streams") or {})
-        job = TransferJob(student, teacher, p.method, hp, p.seed, tr, ev, data_config(student), data_config(teacher),
-                          np.asarray(inputs["s0_correct"]), np.asarray(inputs["teacher_correct"]))
-        rows = run_transfer(job, RunOptions(self.device, ckpt_dir=ckpt, teacher_cache=caches.get("teacher"),
-                                            s0_cache=caches.get("s0"), on_epoch=self._epoch_logger(hp.epochs)))
+        with self._speed_log(inputs):
+            rows = run_transfer(job, RunOptions(self.device, ckpt_dir=ckpt, teacher_cache=caches.get("teacher"),
+                                                s0_cache=caches.get("s0"), on_epoch=self._epoch_logger(hp.epochs),
+                                                **speed_options(inputs)))
         return Outcome(DONE, rows=rows, logits_read=sum(c.reads for c in caches.values()))
 
     def _multi(self, p, inputs: dict, hp, tr, ev, ckpt) -> Outcome:
@@ -200,11 +244,17 @@ class Worker:
                     for t, c in zip(teachers, cfgs)]]
         multi = MultiJob(student, teachers, [c.mean() for c in correct], hp, p.seed, tr, ev, data_config(student),
                          cfgs, np.asarray(inputs["s0_correct"]), correct, method=p.multi_method)
-        rows = run_multi(p.method, multi, RunOptions(self.device, ckpt_dir=ckpt,
-                                                     on_epoch=self._epoch_logger(hp.epochs)))
+        with self._speed_log(inputs):
+            rows = run_multi(p.method, multi, RunOptions(self.device, ckpt_dir=ckpt, **speed_options(inputs),
+                                                         on_epoch=self._epoch_logger(hp.epochs)))
         # the row's own teacher name wins over the launcher's (the payload's first teacher)
         name = "+".join(p.teacher_names)
         return Outcome(DONE, rows=[{**r, "teacher": name} for r in rows])
+
+
+def speed_options(inputs: dict) -> dict[str, bool]:
+    """The spec's [run] compile and fused_optimizer, as the launcher sends them with each transfer job."""
+    return {"compile": bool(inputs.get("compile")), "fused": bool(inputs.get("fused"))}
 
 
 def compare_pairs(models: list[str], inputs: dict, device: str, cache_dir) -> Outcome:

@@ -10,7 +10,10 @@ s0's and the teacher's records, and a checkpoint is written; a rerun with the sa
 from the last finished epoch and ends with the same metrics.
 
 On CUDA the forward passes run in bf16 autocast with channels-last tensors; on the CPU everything stays in
-float32 (CPU bf16 is slow and changes results).
+float32 (CPU bf16 is slow and changes results). ``RunOptions.compile`` runs the forward passes (and so the
+student's backward) through ``torch.compile``, ``fused`` steps SGD with one fused kernel: both change the
+arithmetic's order only, and are held to the GPU check's tolerance against the plain run
+(tests/integration/test_transfer_speed.py).
 
 Batches and their augmentation come from a generator seeded by the seed alone and used for nothing else, so
 every job with the same transfer set, seed, batch size, augmentation and inputs feeds its models the same
@@ -28,6 +31,7 @@ import contextlib
 import copy
 import dataclasses
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -88,6 +92,8 @@ class RunOptions:
     epoch_fraction: float = 1.0
     teacher_cache: Any = None
     s0_cache: Any = None
+    compile: bool = False
+    fused: bool = False
 
 
 def _checkpoint_key(method: str, hp: TransferParams, seed: int, n_teachers: int, epoch_fraction: float) -> str:
@@ -182,7 +188,7 @@ class TransferRun:
     def _optimizer(self) -> None:
         params = list(self.job.student.parameters()) + (self.state.parameters() if self.state else [])
         self.opt = torch.optim.SGD(params, lr=self.hp.lr_of(self.m.lr_param), momentum=self.hp.momentum,
-                                   weight_decay=self.hp.weight_decay)
+                                   weight_decay=self.hp.weight_decay, fused=self.opts.fused or None)
         self.gen = torch.Generator().manual_seed(self.job.seed)  # the data stream: order and augmentation only
         self.method_gen = torch.Generator().manual_seed(self.job.seed + 1)  # the methods' own draws (CRD negatives)
 
@@ -256,10 +262,7 @@ class TransferRun:
         if self.cuda:
             inp = inp.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else contextlib.nullcontext():
-            if not features:
-                return model(inp).float(), None
-            f = model.forward_features(inp)
-            return model.forward_head(f).float(), model.forward_head(f, pre_logits=True).float()
+            return forward_pass(features, self.opts.compile)(model, inp)
 
     def frozen_forward(self, model, x, cfg, features: bool):
         try:
@@ -305,6 +308,10 @@ class TransferRun:
         return torch.stack(losses), share_sum
 
     def train_step(self, b, b_dev, i: int, span: slice, teacher: _Frozen, s0: _Frozen):
+        with compile_clock(self.opts.compile):
+            return self._step(b, b_dev, i, span, teacher, s0)
+
+    def _step(self, b, b_dev, i: int, span: slice, teacher: _Frozen, s0: _Frozen):
         x = self.batch_images(b, b_dev)
         y = self.train_labels[b_dev]
         z_t, f_t, z_s0 = self.frozen_logits(x, span, teacher, s0)
@@ -382,6 +389,25 @@ class TransferRun:
             shutil.rmtree(self.ckpt.parent, ignore_errors=True)
 
 
+def time_steps(run: TransferRun, steps: int = 0, seconds: float = 0.0) -> tuple[int, float]:
+    """(images, seconds) of ``steps`` training steps of ``run``, or of as many as start within ``seconds``, over
+    its first epoch's batches (from the first again when they run out); frozen models run, nothing is
+    evaluated, checked or stored. Measures a job's throughput (pipeline/share.py)."""
+    run.job.student.train()
+    teacher = _Frozen(*run.cached_or_run(None, 1, run.teachers))
+    s0 = _Frozen(*run.cached_or_run(None, 1, [run.s0] if run.s0 is not None else []))
+    order = torch.randperm(run.n, generator=run.gen)[:run.full].split(run.hp.batch_size)[:run.per_epoch]
+    on_device = [b.to(run.device) for b in order]
+    sync = torch.cuda.synchronize if run.cuda else (lambda: None)
+    sync()
+    t0, images, i = time.perf_counter(), 0, 0
+    while i < steps or (seconds and time.perf_counter() - t0 < seconds):
+        b = order[i % len(order)]
+        run.train_step(b, on_device[i % len(order)], i, slice(0, 0), teacher, s0)
+        images, i = images + len(b), i + 1
+    sync()
+    return images, time.perf_counter() - t0
+
 
 def input_cfg(inputs: str, cfg: dict, x: torch.Tensor) -> dict:
     """The data config a model's input is made with: its own (inputs = "own"), or (inputs = "student", the batch
@@ -397,3 +423,54 @@ def student_geometry(x: torch.Tensor, student_cfg: dict, device) -> torch.Tensor
     reference's decoder hands every model the student's crop)."""
     plain = {**student_cfg, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
     return model_input(x, plain, device).mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _logits(model, inp):
+    return model(inp).float(), None
+
+
+def _logits_and_features(model, inp):
+    f = model.forward_features(inp)
+    return model.forward_head(f).float(), model.forward_head(f, pre_logits=True).float()
+
+
+_COMPILED: dict[bool, Callable] = {}
+COMPILE_SECONDS = [0.0]  # this process's time in training steps that compiled a graph (the whole step)
+
+
+def forward_pass(features: bool, compiled: bool) -> Callable:
+    """(logits, pre-logit features or None) of ``model(inp)``. Compiled: one ``torch.compile`` function per
+    process, with the model as an argument, so a worker compiles each architecture (and grad mode and batch
+    shape) once and every later job's fresh model of it reuses the graph."""
+    fn = _logits_and_features if features else _logits
+    if not compiled:
+        return fn
+    if features not in _COMPILED:
+        import torch._dynamo
+
+        # a sweep's worker meets many architectures: past the default limit dynamo would run the rest eagerly
+        c = torch._dynamo.config
+        c.recompile_limit = max(c.recompile_limit, 64)
+        c.accumulated_recompile_limit = max(c.accumulated_recompile_limit, 4096)
+        _COMPILED[features] = torch.compile(fn)
+    return _COMPILED[features]
+
+
+@contextlib.contextmanager
+def compile_clock(on: bool):
+    """Around a training step: when it compiled a graph (a new architecture, grad mode or shape), its whole time
+    counts as compiling (COMPILE_SECONDS)."""
+    if not on:
+        yield
+        return
+    t0, before = time.perf_counter(), compiled_graphs()
+    yield
+    if compiled_graphs() > before:
+        COMPILE_SECONDS[0] += time.perf_counter() - t0
+
+
+def compiled_graphs() -> int:
+    """Graphs ``torch.compile`` has made in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])

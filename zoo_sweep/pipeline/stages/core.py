@@ -136,6 +136,8 @@ class Launch:
         self.records = Records(store, self.spec, paths, plan)
         self.seen: dict[str, Job] = {}  # every job a stage read: outcome lines describe them
         self._pool: Pool | None = None
+        # a number, or "auto" until the transfer stage has measured (stages/transfer.py); earlier stages use 1
+        self.share = opts.gpus_per_job if opts.gpus_per_job is not None else self.spec.run.gpus_per_job
         self._cluster_info = None
         # started now: importing MLflow and reaching its server overlap the stages before transfer
         self.tracker = Tracker(tracking, self.spec.name, home=paths.home).start() if tracking else None
@@ -189,6 +191,10 @@ class Launch:
         return todo
 
     # ------------------------------------------------------------------ the console
+    def say(self, line: str) -> None:
+        """One line as it is: unwrapped (scripts read it) and without markup."""
+        self.console.print(escape(line), highlight=False, soft_wrap=True)
+
     def warn(self, line: str) -> None:
         self.console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
@@ -206,8 +212,16 @@ class Launch:
         """The stage's warm actors, started on first use and kept for every later stage of the launch."""
         if self._pool is None:
             o = self.opts
-            self._pool = Pool(actor_shape(self.cluster(), o.gpus, o.gpus_per_job, o.cpus_per_job), self.paths)
+            per = 1.0 if self.share == "auto" else float(self.share)
+            self._pool = Pool(actor_shape(self.cluster(), o.gpus, per, o.cpus_per_job), self.paths)
         return self._pool
+
+    def close_workers(self) -> None:
+        """Stop the warm actors (the next stage starts its own): a new GPU share, or a measurement that needs the
+        GPUs they hold."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def run_jobs(self, kind: str, todo: list[Job], inputs: Inputs, on_result: OnResult,
                  on_failed: OnFailed | None = None) -> None:

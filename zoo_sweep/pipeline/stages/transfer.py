@@ -11,7 +11,7 @@ from zoo_sweep.pipeline.jobs import Job, Outcome
 from zoo_sweep.pipeline.options import in_shard
 from zoo_sweep.pipeline.plan import run_order
 from zoo_sweep.pipeline.results import record_transfer
-from zoo_sweep.pipeline.stages.core import DONE, FAILED, Launch
+from zoo_sweep.pipeline.stages.core import DONE, FAILED, Launch, describe
 from zoo_sweep.pipeline.tracking import CLOSE_WAIT_S, START_WAIT_S, log_missing, log_missing_predictions
 from zoo_sweep.transfer.logit_store import StreamPlan, plan_streams
 
@@ -42,7 +42,7 @@ def _run_transfers(run: Launch, todo: list[Job]) -> None:
     def inputs(job: Job) -> dict:
         p = job.payload
         out = {"s0_correct": correct_of(p.student.name), "teacher_correct": correct_of(p.teacher.name),
-               "streams": streams.streams.get(job.id, {})}
+               "streams": streams.streams.get(job.id, {}), **speed_inputs(run)}
         if p.multi:  # every teacher's, so the worker evaluates none of them again
             out["teachers_correct"] = [correct_of(n) for n in p.teacher_names]
         return out
@@ -64,7 +64,41 @@ def _run_transfers(run: Launch, todo: list[Job]) -> None:
             run.tracker.log_failed(job, FAILED.value, err)
         streams.release(job.id, run.paths.logits)
 
+    if todo and run.share == "auto":
+        _auto_share(run, todo, inputs)
     run.run_jobs("transfer", todo, inputs, on_result, on_failed)
+
+
+def speed_inputs(run: Launch) -> dict[str, bool]:
+    return {"compile": run.spec.run.compile, "fused": run.spec.run.fused_optimizer}
+
+
+def _auto_share(run: Launch, todo: list[Job], inputs) -> None:
+    """``gpus_per_job = "auto"``: how many transfer jobs share a GPU, measured on one GPU (or remembered from
+    an earlier launch) before they start (pipeline/share.py). A CPU launch has nothing to measure: its workers
+    are sized by --cpus-per-job."""
+    from zoo_sweep.pipeline import share
+
+    if run.opts.gpus <= 0:
+        run.share = 1.0
+        return
+    run.close_workers()  # the earlier stages' workers hold the GPUs the measurement needs
+    device = share.gpu_model()
+    if device is None:
+        run.share = 1.0
+        run.warn("gpus_per_job auto: no GPU came free to measure on (other launchers hold them): one job per GPU")
+        return
+    job = share.heaviest(run.jobs("transfer"), run.plan.params)  # of all, not of those left: the same each launch
+    key = share.memo_key(job, speed_inputs(run), device)
+    found = share.remembered(run.paths, key)
+    if found is None:
+        cluster = run.cluster()
+        max_jobs = int(cluster.cpus / max(cluster.gpus, 1) / run.opts.cpus_per_job)
+        found = share.measure(job, inputs(job), run.paths, run.opts.cpus_per_job, max_jobs, device, describe,
+                              say=run.say)
+        share.remember(run.paths, key, found)
+    run.say(found.line())
+    run.share = found.gpus_per_job
 
 
 def _plan_streams(run: Launch, jobs: list[Job]) -> StreamPlan:
