@@ -34,6 +34,10 @@ training step (forward, cross-entropy, backward, SGD) and the teacher's and s0's
 their harmonic combination (the models that the job runs, one after another per image) is what the job
 could reach, and (a) / (c) is printed beside it.
 
+``--compile`` and ``--fused`` run the job with ``[run] compile`` and ``fused_optimizer`` on, and (b) and (c)
+with the same compiled forward and fused SGD (timm's ``benchmark.py --torchcompile`` for (c)); the untimed first
+job compiles (its compile time, once per process and architecture, is printed at the end).
+
 The CPU model and its vector units come first (bench/pairs_at_scale.py's reader), then the load average.
 ``--home`` keeps the caches between runs (default: a temporary folder, removed at the end). A GPU host needs
 the project's dependencies besides torch and timm (the store's SQLAlchemy: ``make gpu-wheels``).
@@ -298,9 +302,11 @@ def bare_loop(job, epochs: list[list[Step]], device: str, speed: dict[str, bool]
 
 
 # ---------------------------------------------------------------- (c): timm-style rates, each model alone
-def timm_rates(job, epochs: list[list[Step]], device: str, n: int = 20) -> dict[str, float]:
+def timm_rates(job, epochs: list[list[Step]], device: str, compiled: bool, n: int = 20) -> dict[str, float]:
     """Images/s of the student's training step (forward, cross-entropy, backward, SGD) and of each frozen model's
-    inference, on the job's inputs, as timm's benchmark measures them (warm-up, then ``n`` batches, synced)."""
+    inference, on the job's inputs, as timm's benchmark measures them (warm-up, then ``n`` batches, synced);
+    ``compiled``: through the job's compiled forward, as timm's benchmark.py --torchcompile, so a compiled job is
+    compared with compiled rates."""
     cuda = device.startswith("cuda")
     steps = [s for e in epochs for s in e]
     steps = (steps * (-(-(n + 3) // len(steps))))[:n + 3]
@@ -321,7 +327,7 @@ def timm_rates(job, epochs: list[list[Step]], device: str, n: int = 20) -> dict[
     opt = torch.optim.SGD(student.parameters(), lr=job.hp.lr, momentum=job.hp.momentum)
 
     def train_step(s):
-        loss = torch.nn.functional.cross_entropy(fwd(student, s.x_s, False, cuda)[0], s.y)
+        loss = torch.nn.functional.cross_entropy(fwd(student, s.x_s, False, cuda, compiled)[0], s.y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -338,7 +344,7 @@ def timm_rates(job, epochs: list[list[Step]], device: str, n: int = 20) -> dict[
             continue
         frozen_model = copy.deepcopy(model).to(device, memory_format=fmt).eval()
         with torch.no_grad():
-            out[f"{role}_infer"] = clock(lambda s, fm=frozen_model, x=x: fwd(fm, getattr(s, x), False, cuda))
+            out[f"{role}_infer"] = clock(lambda s, fm=frozen_model, x=x: fwd(fm, getattr(s, x), False, cuda, compiled))
     out["combined"] = 1 / sum(1 / v for v in out.values())
     return out
 
@@ -451,7 +457,7 @@ def run(a, home: Path) -> None:
                                    correct[p.student.name], correct[p.teacher.name])
         steps = prepare(tj, worker.device, caches)
         res = {"a": [], "b": [], "rows": None, "losses": None,
-               "c": timm_rates(tj, steps, worker.device) if gpu or a.timm_rates else None,
+               "c": timm_rates(tj, steps, worker.device, a.compile) if gpu or a.timm_rates else None,
                "images": sum(len(s.y) for e in steps for s in e), "steps": sum(len(e) for e in steps)}
         for rnd in range(a.repeat):
             for kind in ("a", "b") if rnd % 2 == 0 else ("b", "a"):
