@@ -41,14 +41,21 @@ def test_a_measurement_is_remembered_per_job_speed_options_and_gpu(tmp_path):
         assert other != key and share.remembered(paths, other) is None
 
 
-def _job(method: str = "kl_dp"):
+def _job(method: str = "kl_dp", student: str = "a", teacher: str = "b", multi: bool = False):
     from zoo_sweep.pipeline.jobs import Job, TransferPayload
     from zoo_sweep.zoo.entry import ModelEntry
 
-    s, t = (ModelEntry(n, "resnet18", "digits", None) for n in ("a", "b"))
+    s, t = (ModelEntry(n, "resnet18", "digits", None) for n in (student, teacher))
     p = TransferPayload(student=s, teacher=t, method=method, seed=0, hp={"batch_size": 64}, eval="digits:eval",
-                        transfer="digits:transfer", image_size=32, class_map=None)
-    return Job.new({"student": "a", "teacher": "b", "method": method}, p)
+                        transfer="digits:transfer", image_size=32, class_map=None, teachers=(t,) if multi else None)
+    return Job.new({"student": student, "teacher": teacher, "method": method, "multi": multi}, p)
+
+
+def test_the_job_measured_is_the_single_teacher_job_with_the_most_work_per_image():
+    params = {"a": 1_000, "b": 2_000, "big": 50_000}
+    jobs = [_job(), _job(student="big", multi=True), _job(student="big"), _job(teacher="big", student="a")]
+    assert share.heaviest(jobs, params) is jobs[2]  # 52,000 units against 51,000; the multi-teacher one is not measured
+    assert share.heaviest([jobs[1]], params) is None
 
 
 def parse_spec(text: str):

@@ -98,13 +98,17 @@ def remember(paths: Paths, key: str, share: Share) -> None:
     write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(memo, indent=1, sort_keys=True)))
 
 
-def heaviest(jobs: list[Job], params: Mapping[str, int]) -> Job:
-    """The single-teacher job with the most work per image (pipeline/estimate.py's units)."""
+def heaviest(jobs: list[Job], params: Mapping[str, int]) -> Job | None:
+    """The single-teacher job with the most work per image (pipeline/estimate.py's units); None when there is
+    none (multi-teacher jobs are not measured)."""
     from zoo_sweep.pipeline.estimate import work
 
-    single = [j for j in jobs if not j.payload.multi] or jobs
-    return max(single, key=lambda j: work(j.payload.student, params) + work(j.payload.teacher, params)
-               if j.payload.student.name in params and j.payload.teacher.name in params else 0.0)
+    def per_image(j: Job) -> float:
+        s, t = j.payload.student, j.payload.teacher
+        return work(s, params) + work(t, params) if s.name in params and t.name in params else 0.0
+
+    single = [j for j in jobs if not j.payload.multi]
+    return max(single, key=per_image) if single else None
 
 
 def gpu_model(timeout_s: float = 120.0) -> str | None:

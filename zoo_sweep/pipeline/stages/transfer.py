@@ -23,7 +23,7 @@ def transfer(run: Launch) -> None:
     run.report.reused["transfer jobs"] = sum(j.state is DONE for j in jobs)
     settled = _track_earlier(run, jobs, START_WAIT_S)
     if todo or run.others_running("transfer"):
-        _run_transfers(run, todo)
+        _run_transfers(run, todo, jobs)
     end = time.monotonic() + CLOSE_WAIT_S  # the most the stage's end waits for the tracker, all told
     if not settled:
         _track_earlier(run, jobs, CLOSE_WAIT_S)
@@ -32,7 +32,7 @@ def transfer(run: Launch) -> None:
     run.close_tracker(max(0.0, end - time.monotonic()))  # a launch stopped before this waits less (close)
 
 
-def _run_transfers(run: Launch, todo: list[Job]) -> None:
+def _run_transfers(run: Launch, todo: list[Job], jobs: list[Job]) -> None:
     streams = _plan_streams(run, todo)
     by_id = {j.id: j for j in todo}
     todo = [by_id[d["id"]] for d in streams.order([{"id": i} for i in by_id])]
@@ -65,7 +65,7 @@ def _run_transfers(run: Launch, todo: list[Job]) -> None:
         streams.release(job.id, run.paths.logits)
 
     if todo and run.share == "auto":
-        _auto_share(run, todo, inputs)
+        _auto_share(run, jobs, inputs)
     run.run_jobs("transfer", todo, inputs, on_result, on_failed)
 
 
@@ -73,22 +73,25 @@ def speed_inputs(run: Launch) -> dict[str, bool]:
     return {"compile": run.spec.run.compile, "fused": run.spec.run.fused_optimizer}
 
 
-def _auto_share(run: Launch, todo: list[Job], inputs) -> None:
+def _auto_share(run: Launch, jobs: list[Job], inputs) -> None:
     """``gpus_per_job = "auto"``: how many transfer jobs share a GPU, measured on one GPU (or remembered from
-    an earlier launch) before they start (pipeline/share.py). A CPU launch has nothing to measure: its workers
-    are sized by --cpus-per-job."""
+    an earlier launch) before they start (pipeline/share.py), on the sweep's heaviest job (of all its jobs, not
+    of those left: the same each launch). A CPU launch has nothing to measure: --cpus-per-job sizes its
+    workers."""
     from zoo_sweep.pipeline import share
 
+    run.share = 1.0  # unless measured
     if run.opts.gpus <= 0:
-        run.share = 1.0
+        return
+    job = share.heaviest(jobs, run.plan.params)
+    if job is None:
+        run.warn("gpus_per_job auto: the sweep has no single-teacher job to measure: one job per GPU")
         return
     run.close_workers()  # the earlier stages' workers hold the GPUs the measurement needs
     device = share.gpu_model()
     if device is None:
-        run.share = 1.0
         run.warn("gpus_per_job auto: no GPU came free to measure on (other launchers hold them): one job per GPU")
         return
-    job = share.heaviest(run.jobs("transfer"), run.plan.params)  # of all, not of those left: the same each launch
     key = share.memo_key(job, speed_inputs(run), device)
     found = share.remembered(run.paths, key)
     if found is None:
