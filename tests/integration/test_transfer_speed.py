@@ -4,8 +4,10 @@ transfer metrics within the tolerance the GPU check holds bf16 runs to, against 
 Real launcher, real Ray workers, real tiny timm models."""
 
 import json
+import shutil
 from pathlib import Path
 
+import pytest
 from conftest import run_cli
 
 # bench/gpu_e2e.py's defaults (--tol-points, --tol-loss): a bf16 GPU run against a float32 CPU run
@@ -21,6 +23,8 @@ def _rows(db: str) -> list[dict]:
     return json.loads(q.stdout)
 
 
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on the CPU needs a C++ compiler: install g++ "
+                    "(.ci/run does)")
 def test_compiled_fused_micro_sweep_stays_within_the_bf16_tolerance_of_the_plain_one(micro, tmp_path):
     spec = tmp_path / "fast.toml"
     text = micro["spec_path"].read_text().replace('name = "micro"', 'name = "fast"')
