@@ -13,14 +13,13 @@ from conftest import run_cli
 # bench/gpu_e2e.py's defaults (--tol-points, --tol-loss): a bf16 GPU run against a float32 CPU run
 TOL_POINTS, TOL_LOSS = 2.0, 0.05
 POINT_METRICS = ("student_acc", "s0_acc", "delta", "knowledge_gain", "knowledge_loss")
-SQL = ("select student, teacher, method, seed, train_loss, " + ", ".join(POINT_METRICS) +
-       " from transfer_results where final order by student, teacher, method, seed")
+SQL = ("select job_id, train_loss, " + ", ".join(POINT_METRICS) + " from transfer_results where final")
 
 
-def _rows(db: str) -> list[dict]:
+def _rows(db: str) -> dict[str, dict]:
     q = run_cli("--db", db, "query", SQL, "-f", "json")
     assert q.returncode == 0, q.stderr
-    return json.loads(q.stdout)
+    return {r["job_id"]: r for r in json.loads(q.stdout)}
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on the CPU needs a C++ compiler: install g++ "
@@ -34,11 +33,12 @@ def test_compiled_fused_micro_sweep_stays_within_the_bf16_tolerance_of_the_plain
                   "--no-progress", timeout=900)
     assert out.returncode == 0, out.stdout + out.stderr
 
+    # the speed options are not in a job's id: the same 12 jobs (3 x 2 ordered pairs x 2 methods), which the
+    # session's micro store holds beside any other tests add to it
     fast, plain = _rows(db), _rows(micro["db"])
-    assert len(fast) == len(plain) == 12  # 3 x 2 ordered pairs x 2 methods, one epoch
-    for f, p in zip(fast, plain):
-        assert [f[k] for k in ("student", "teacher", "method", "seed")] == \
-            [p[k] for k in ("student", "teacher", "method", "seed")]
+    assert len(fast) == 12 and set(fast) <= set(plain)
+    for i, f in fast.items():
+        p = plain[i]
         for m in POINT_METRICS:
             assert abs(f[m] - p[m]) <= TOL_POINTS, (m, f, p)
         assert abs(f["train_loss"] - p["train_loss"]) <= TOL_LOSS * abs(p["train_loss"]), (f, p)
