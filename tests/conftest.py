@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from real_cluster import RAY_STOP_GRACE_S, free_port
+from real_cluster import free_port, ray_head
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -66,36 +66,16 @@ def _unit_tests_start_no_processes(request, monkeypatch):
 
 @pytest.fixture(scope="session")
 def ray_address(tmp_path_factory):
-    """A real local Ray head (2 CPUs) that every test and CLI call joins with --address.
-
-    Started with --block in its own process group and stopped by signalling that group, so concurrent test
-    sessions on one machine never stop each other's clusters (`ray stop` would stop every one). Without token
-    authentication, as `ray start` makes a head where no token file exists yet, whatever this machine holds:
-    every local cluster a test starts writes ~/.ray/auth_token, and launches must still join this head
-    (test_cluster.py runs clusters with tokens).
+    """A real local Ray head (2 CPUs, ``real_cluster.ray_head``) that every test and CLI call joins with
+    --address. Without token authentication, as `ray start` makes a head where no token file exists yet,
+    whatever this machine holds: every local cluster a test starts writes ~/.ray/auth_token, and launches must
+    still join this head (test_cluster.py runs clusters with tokens).
     """
-    port = free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")
-    head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-                             "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    deadline = time.time() + 60
-    while not _listening(port):
-        if head.poll() is not None or time.time() > deadline:
-            raise RuntimeError(f"ray head did not start: see {log.name}")
-        time.sleep(0.2)
-    yield f"127.0.0.1:{port}"
-    import ray
+    with ray_head(tmp_path_factory.mktemp("ray") / "head.log") as address:
+        yield address
+        import ray
 
-    ray.shutdown()
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(timeout=RAY_STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait(timeout=10)
-    log.close()
+        ray.shutdown()
 
 
 def _listening(port: int) -> bool:

@@ -17,6 +17,7 @@ end; ending a node's namespace init ends every process of that node. Nothing her
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -103,6 +104,30 @@ def _program(name: str) -> str:
 # SIGTERM to SIGKILL for the tests' Ray nodes: a graceful `ray start --block` stop takes about 30 s, and a
 # test cluster keeps nothing worth it (SIGKILL to the group leaves no process behind)
 RAY_STOP_GRACE_S = 5.0
+
+
+@contextlib.contextmanager
+def ray_head(log_path: Path, gpus: int = 0):
+    """A local Ray head of 2 CPUs and ``gpus`` *declared* GPUs (Ray counts what it is told: none need exist),
+    without token authentication; yields its address. Started with --block in its own process group and
+    stopped by signalling that group, so concurrent test sessions on one machine never stop each other's
+    clusters (`ray stop` would stop every one)."""
+    port = free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    with open(log_path, "w") as log:
+        head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                                 f"--port={port}", "--num-cpus=2", f"--num-gpus={gpus}", "--include-dashboard=false",
+                                 "--disable-usage-stats"],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            deadline = time.time() + 60
+            while not listening("127.0.0.1", port):
+                if head.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"ray head did not start: see {log_path}")
+                time.sleep(0.2)
+            yield f"127.0.0.1:{port}"
+        finally:
+            _stop_group(head, grace=RAY_STOP_GRACE_S)
 
 
 def _stop_group(proc: subprocess.Popen, grace: float = 20.0) -> None:

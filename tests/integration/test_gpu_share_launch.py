@@ -8,15 +8,11 @@ workers and their training steps (on the CPU: a worker given a GPU share with no
 What the numbers are is the host's business; what is checked is that the choice follows the rule from the
 numbers the launch printed, and that the jobs ran."""
 
-import os
 import re
-import signal
-import subprocess
-import time
 
 import pytest
-from conftest import BIN, _listening, run_cli
-from real_cluster import RAY_STOP_GRACE_S, free_port
+from conftest import run_cli
+from real_cluster import ray_head
 
 from zoo_sweep.pipeline.share import choose
 
@@ -26,24 +22,8 @@ LINE = re.compile(r"gpus_per_job auto: (\d+) job\(s\) per GPU \(gpus_per_job ([\
 
 @pytest.fixture(scope="module")
 def gpu_head(tmp_path_factory):
-    port = free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    log = open(tmp_path_factory.mktemp("gpu_head") / "head.log", "w")
-    head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-                             "--num-gpus=1", "--include-dashboard=false", "--disable-usage-stats"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    deadline = time.time() + 60
-    while not _listening(port):
-        assert head.poll() is None and time.time() < deadline, f"ray head did not start: see {log.name}"
-        time.sleep(0.2)
-    yield f"127.0.0.1:{port}"
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(timeout=RAY_STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait(timeout=10)
-    log.close()
+    with ray_head(tmp_path_factory.mktemp("gpu_head") / "head.log", gpus=1) as address:
+        yield address
 
 
 def _share_line(out: str) -> tuple[int, float, str, dict[int, float | None]]:

@@ -119,3 +119,15 @@ def test_rows_carry_every_column_of_the_store(data):
     job = TransferJob(cnn(), teacher, "kl", HP, 0, tr, ev, CFG, CFG, correct(cnn(), ev), correct(teacher, ev))
     rows = run_transfer(job)
     assert set(rows[0]) == {*TRANSFER_METRICS, "epoch"}
+
+
+def test_the_speed_options_reach_the_optimizer_and_the_forward_pass(data):
+    """[run] fused_optimizer and compile as a run gets them (their numerics: integration/test_transfer_speed.py)."""
+    from zoo_sweep.transfer.train import _logits, forward_pass
+
+    assert make_run(data, fused=True).opt.defaults["fused"] is True
+    assert not make_run(data).opt.defaults["fused"]
+    assert forward_pass(False, False) is _logits
+    compiled = forward_pass(False, True)  # made, not called: calling it would build C++ kernels
+    assert compiled is not _logits and compiled is forward_pass(False, True)  # one per process: graphs are shared
+    assert forward_pass(True, True) is not compiled

@@ -173,6 +173,10 @@ class RunSpec:
                                "and architecture (on the CPU it needs a C++ compiler)")
     fused_optimizer: bool = key(False, "the transfer jobs' SGD as one fused kernel (PyTorch's fused=True)")
 
+    def speed(self) -> dict[str, bool]:
+        """The speed options as each transfer job's inputs carry them (``pipeline.worker.speed_options``)."""
+        return {"compile": self.compile, "fused": self.fused_optimizer}
+
     def __post_init__(self) -> None:
         for name in ("predict_batch_size", "gpus_per_job"):
             v = getattr(self, name)

@@ -131,7 +131,7 @@ def _trainable(jobs_for, correct: dict[str, np.ndarray], paths: Paths, run: RunS
         for job in jobs_for(config):
             p = job.payload
             res = worker.run(job, {"s0_correct": correct[p.student.name], "teacher_correct": correct[p.teacher.name],
-                                   "compile": run.compile, "fused": run.fused_optimizer})
+                                   **run.speed()})
             out.append((job, res))
         final = [res.rows[-1]["delta"] for _, res in out if res.state is JobState.DONE and res.rows]
         jobs = [{"job": job.to_row(paths.home), "res": res.to_dict()} for job, res in out]

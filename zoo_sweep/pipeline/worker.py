@@ -253,7 +253,8 @@ class Worker:
 
 
 def speed_options(inputs: dict) -> dict[str, bool]:
-    """The spec's [run] compile and fused_optimizer, as the launcher sends them with each transfer job."""
+    """The spec's [run] compile and fused_optimizer, as the launcher sends them with each transfer job
+    (``RunSpec.speed``); a caller that sends neither (a notebook) gets both off."""
     return {"compile": bool(inputs.get("compile")), "fused": bool(inputs.get("fused"))}
 
 

@@ -42,7 +42,7 @@ def _run_transfers(run: Launch, todo: list[Job], jobs: list[Job]) -> None:
     def inputs(job: Job) -> dict:
         p = job.payload
         out = {"s0_correct": correct_of(p.student.name), "teacher_correct": correct_of(p.teacher.name),
-               "streams": streams.streams.get(job.id, {}), **speed_inputs(run)}
+               "streams": streams.streams.get(job.id, {}), **run.spec.run.speed()}
         if p.multi:  # every teacher's, so the worker evaluates none of them again
             out["teachers_correct"] = [correct_of(n) for n in p.teacher_names]
         return out
@@ -69,10 +69,6 @@ def _run_transfers(run: Launch, todo: list[Job], jobs: list[Job]) -> None:
     run.run_jobs("transfer", todo, inputs, on_result, on_failed)
 
 
-def speed_inputs(run: Launch) -> dict[str, bool]:
-    return {"compile": run.spec.run.compile, "fused": run.spec.run.fused_optimizer}
-
-
 def _auto_share(run: Launch, jobs: list[Job], inputs) -> None:
     """``gpus_per_job = "auto"``: how many transfer jobs share a GPU, measured on one GPU (or remembered from
     an earlier launch) before they start (pipeline/share.py), on the sweep's heaviest job (of all its jobs, not
@@ -92,7 +88,7 @@ def _auto_share(run: Launch, jobs: list[Job], inputs) -> None:
     if device is None:
         run.warn("gpus_per_job auto: no GPU came free to measure on (other launchers hold them): one job per GPU")
         return
-    key = share.memo_key(job, speed_inputs(run), device)
+    key = share.memo_key(job, run.spec.run.speed(), device)
     found = share.remembered(run.paths, key)
     if found is None:
         cluster = run.cluster()
