@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint bench clean-results gpu-wheels digits-weights
+.PHONY: demo test test-fast lint bench clean-results gpu-wheels digits-weights digits-weights-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ bench: $(STAMP)  # every CPU benchmark once, quick settings; BENCHMARKS.md names
 # the default digits zoo's weights, shipped in the package: rebuild after changing one of its recipes
 digits-weights: $(STAMP)
 	$(BIN)/python -m zoo_sweep.zoo.build_shipped --workers 2
+
+digits-weights-check: $(STAMP)  # rebuild every shipped model and compare (27 minutes on 2 cores); writes nothing
+	$(BIN)/python -m zoo_sweep.zoo.build_shipped --workers 2 --check
 
 # Ray, SQLAlchemy, Alembic and what they need, as CPython 3.12 manylinux wheels at this venv's versions, for a GPU
 # node without network (docs/gpus.md, "Offline GPU nodes"): .whl/parts-1 and .whl/parts-2 (the Ray wheel in two

@@ -1,4 +1,6 @@
-"""plan -> launch -> query on the micro zoo with the session's real Ray cluster, through the library and the CLI."""
+"""plan -> launch -> query on the micro zoo with the session's real Ray cluster, through the library and the CLI.
+Other test modules add sweeps of their own to the session's micro store (tuning trials, other methods), so rows
+are counted for the micro sweep's own jobs."""
 
 import json
 import math
@@ -6,6 +8,14 @@ import math
 import pandas as pd
 import pytest
 from conftest import assert_png, run_cli
+
+from zoo_sweep.storage.store import jobs_of
+
+
+def _micro_results(store, frame=None):
+    """Transfer results of the micro sweep's own jobs (of ``frame``, or of the store's table)."""
+    res = store.table("transfer_results") if frame is None else frame
+    return res[res["job_id"].isin(set(jobs_of(store, "micro")["id"]))]
 
 
 def test_launch_fills_every_table(micro):
@@ -17,12 +27,12 @@ def test_launch_fills_every_table(micro):
     # trained, not random: chance is 10 % (the micro models train a few epochs, so 30-65 %)
     assert models["accuracy"].between(25, 100).all() and models["params"].gt(0).all()
     assert len(store.table("pairs")) == 6  # 3 models: every ordered pair once
-    jobs = store.table("jobs")
+    jobs = jobs_of(store, "micro")
     assert set(jobs["state"]) == {"done"} and len(jobs) == 3 + 1 + 12
 
 
 def test_transfer_results_are_consistent(micro):
-    res = micro["store"].table("transfer_results")
+    res = _micro_results(micro["store"])
     final = res[res["final"]]
     assert len(final) == 12 and set(final["method"]) == {"kl", "kl_dp"}
     # identity of docs/methods.md on real runs: delta = gain - loss
@@ -79,7 +89,8 @@ def test_export_and_report(micro, tmp_path):
     r = run_cli("--db", micro["db"], "export", "--out", str(tmp_path / "pq"))
     assert r.returncode == 0, r.stderr
     assert len(pd.read_parquet(tmp_path / "pq" / "pairs.parquet")) == 6
-    assert len(pd.read_parquet(tmp_path / "pq" / "transfer_results.parquet")) == 12
+    exported = pd.read_parquet(tmp_path / "pq" / "transfer_results.parquet")
+    assert len(_micro_results(micro["store"], exported)) == 12
     r = run_cli("--db", micro["db"], "report", str(micro["spec_path"]), "--out", str(tmp_path / "rep"))
     assert r.returncode == 0, r.stderr
     for png in ("ck_vs_gap.png", "delta_vs_gap.png", "gain_loss.png"):

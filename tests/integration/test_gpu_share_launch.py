@@ -47,10 +47,14 @@ def test_auto_measures_once_chooses_by_the_rule_and_runs_the_jobs(micro, gpu_hea
         assert r.returncode == 0, r.stdout + r.stderr
         return r.stdout + r.stderr
 
-    k, per, how, rates = _share_line(launch(2))
+    out = launch(2)
+    k, per, how, rates = _share_line(out)
     assert how == "measured" and set(rates) <= {1, 2} and 1 in rates  # 2 CPUs for the one GPU: 2 workers at most
     assert rates[1] > 0 and k == choose(rates) and per == pytest.approx(1 / k, abs=1e-3)
     assert len(rates) == 2 or rates[1] is not None  # 2 was measured unless 1 already failed
+    # the transfer stage's workers (the last started) hold the share chosen
+    pools = re.findall(r"workers: (\d+) of ([\d.]+) GPU and 1 CPU\(s\) each", out)
+    assert pools and pools[-1] == (str(k), f"{1 / k:g}"), out
 
     k2, per2, how2, rates2 = _share_line(launch(2))  # two more jobs
     assert how2 == "remembered from an earlier launch" and (k2, rates2) == (k, rates)

@@ -181,7 +181,6 @@ def test_shipped_weights_are_installed_instead_of_trained(tmp_path, monkeypatch)
 def test_training_to_a_plateau_stops_by_its_rule(tmp_path, cap, patience, drops, expect):
     """A model that cannot improve (learning rate 0, no batch statistics) has its best validation loss after the
     first epoch: the rule then counts `patience` flat epochs before each drop and before it stops."""
-    import dataclasses
 
     from zoo_sweep.zoo.digits import recipes, train_recipe
 
@@ -190,6 +189,27 @@ def test_training_to_a_plateau_stops_by_its_rule(tmp_path, cap, patience, drops,
     state, info = train_recipe(frozen, str(tmp_path), 32)
     assert {k: info[k] for k in expect} == expect and info["best_epoch"] == 1
     assert 0 < info["val_accuracy"] < 100
+    assert len(info["epoch_sha256"]) == info["epochs"]
+
+
+def test_a_build_records_each_epochs_weights_and_a_shorter_one_retraces_them(tmp_path):
+    """The digests a rebuild check compares: one per epoch, and stopping early changes none of the earlier ones."""
+    from zoo_sweep.zoo.digits import recipes, state_digest, train_recipe
+
+    cnn = dataclasses.replace(recipes("micro")[0], train_fraction=0.1)  # a tenth of the images: quick
+    state, info = train_recipe(cnn, str(tmp_path), 16)
+    assert len(info["epoch_sha256"]) == info["epochs"] == cnn.epochs == 2
+    assert state_digest(state) == info["epoch_sha256"][-1] != info["epoch_sha256"][0]
+    _, first = train_recipe(cnn, str(tmp_path), 16, epochs=1)
+    assert first["epoch_sha256"] == info["epoch_sha256"][:1] and first["epochs"] == 1
+
+
+def test_the_shipped_zoo_check_names_an_unknown_model_and_builds_nothing(capsys):
+    from zoo_sweep.zoo.build_shipped import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--check", "--only", "resnet_z"])
+    assert exit_.value.code == 2 and "unknown model(s) resnet_z; known: resnet_a" in capsys.readouterr().out
 
 
 def test_every_default_recipe_ships_weights_made_from_it():
@@ -203,3 +223,29 @@ def test_every_default_recipe_ships_weights_made_from_it():
         info = json.loads(files[0].with_suffix(".json").read_text())
         assert info["recipe"] == json.loads(json.dumps(dataclasses.asdict(r)))
         assert info["digits_version"] == DIGITS_VERSION and 0 < info["eval_accuracy"] <= 100
+
+
+def test_shipping_the_same_weights_again_leaves_the_shipped_file_as_it_is(tmp_path, monkeypatch):
+    """A rebuild that gives the same bits changes only the sidecar; other weights replace the file."""
+    from zoo_sweep.paths import write_atomic
+    from zoo_sweep.zoo import build_shipped
+    from zoo_sweep.zoo.weights import file_sha256
+
+    monkeypatch.setattr(build_shipped, "SHIPPED", tmp_path / "shipped")
+    (tmp_path / "shipped").mkdir()
+    state = {"w": torch.arange(6.0).reshape(2, 3), "n": torch.tensor(3)}
+
+    def build(state: dict, note: str):
+        built = tmp_path / "cache" / "m-0123.pth"
+        built.parent.mkdir(exist_ok=True)
+        write_atomic(built, lambda tmp: torch.save(state, tmp))  # each save: another archive name and id
+        built.with_suffix(".json").write_text(json.dumps({"note": note, "sha256": file_sha256(built)}))
+        build_shipped.ship(built, state)
+        shipped = tmp_path / "shipped" / built.name
+        return shipped.read_bytes(), json.loads(shipped.with_suffix(".json").read_text()), file_sha256(shipped)
+
+    first, info, sha = build(state, "first")
+    again, info2, sha2 = build({k: v.clone() for k, v in state.items()}, "second")
+    assert again == first and info2 == {"note": "second", "sha256": sha} and sha2 == sha
+    other, info3, sha3 = build({**state, "w": state["w"] + 1}, "third")
+    assert other != first and info3["sha256"] == sha3 != sha

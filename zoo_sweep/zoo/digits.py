@@ -191,9 +191,11 @@ def _intact(path: Path, hashes, check_whole) -> bool:
     return True
 
 
-def train_recipe(recipe: Recipe, cache_dir: str, image_size: int) -> tuple[dict, dict]:
+def train_recipe(recipe: Recipe, cache_dir: str, image_size: int, epochs: int | None = None) -> tuple[dict, dict]:
     """Train one zoo model from scratch; returns (state_dict, info). Plain CPU torch, no Ray. In this process's
-    arithmetic; ``train_portably`` gives the weights any x86-64 processor rebuilds bit for bit."""
+    arithmetic; ``train_portably`` gives the weights any x86-64 processor rebuilds bit for bit. ``info
+    ["epoch_sha256"]`` is the weights' digest after each epoch (``state_digest``), so a rebuild can be checked
+    against a build epoch by epoch. ``epochs`` stops after that many (a rebuild check of the first ones)."""
     import timm
     import torch
 
@@ -209,22 +211,38 @@ def train_recipe(recipe: Recipe, cache_dir: str, image_size: int) -> tuple[dict,
     idx = torch.nonzero(torch.isin(data.source_ids, keep)).flatten()
     model = timm.create_model(recipe.arch, num_classes=10, **recipe.model_kwargs())
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.05)
+    cap = min(recipe.epochs, epochs or recipe.epochs)
+    trail: list[str] = []
     if recipe.patience:
-        info = _train_to_plateau(model, opt, recipe, data, idx, g, load_image_set("digits:val", image_size, cache_dir))
+        val = load_image_set("digits:val", image_size, cache_dir)
+        info = _train_to_plateau(model, opt, recipe, data, idx, g, val, cap, trail)
     else:
         steps = recipe.epochs * ((len(idx) + recipe.batch_size - 1) // recipe.batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=steps, pct_start=0.15)
-        for _ in range(recipe.epochs):
+        for _ in range(cap):
             _epoch(model, opt, recipe, data, idx, g, sched)
-        info = {"epochs": recipe.epochs}
-    info = {"recipe": dataclasses.asdict(recipe), "train_samples": len(idx), **info,
+            trail.append(state_digest(model.state_dict()))
+        info = {"epochs": cap}
+    info = {"recipe": dataclasses.asdict(recipe), "train_samples": len(idx), **info, "epoch_sha256": trail,
             "portable": portable.active(), "seconds": round(time.time() - t0, 1)}
     return model.state_dict(), info
 
 
-def train_portably(recipe: Recipe, cache_dir: str, image_size: int) -> tuple[dict, dict]:
+def train_portably(recipe: Recipe, cache_dir: str, image_size: int, epochs: int | None = None) -> tuple[dict, dict]:
     """``train_recipe`` in a new interpreter with the portable arithmetic (zoo/portable.py)."""
-    return portable.call("zoo_sweep.zoo.digits:train_recipe", recipe, str(cache_dir), image_size)
+    return portable.call("zoo_sweep.zoo.digits:train_recipe", recipe, str(cache_dir), image_size, epochs)
+
+
+def state_digest(state: dict) -> str:
+    """A short sha256 of a state dict's names and tensor bytes: equal digests, equal weights (the zoo's are
+    float32 and int64 tensors, so ``numpy`` holds their exact bytes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, value in state.items():
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _epoch(model, opt, recipe: Recipe, data, idx, g, sched=None) -> None:
@@ -247,11 +265,12 @@ def _epoch(model, opt, recipe: Recipe, data, idx, g, sched=None) -> None:
             sched.step()
 
 
-def _train_to_plateau(model, opt, recipe: Recipe, data, idx, g, val) -> dict:
+def _train_to_plateau(model, opt, recipe: Recipe, data, idx, g, val, cap: int, trail: list[str]) -> dict:
     """Train until the validation loss stops improving: after ``patience`` epochs without a lower loss on
     digits:val (source digits neither the eval split nor the transfer split has), the rate drops tenfold;
     at the next such plateau after ``lr_drops`` drops, or at the ``epochs`` cap, training stops and the
-    weights of the best validation loss are kept. The first epoch warms the rate up linearly."""
+    weights of the best validation loss are kept. The first epoch warms the rate up linearly. ``cap`` is the
+    recipe's cap or fewer (a rebuild check); each epoch's weights digest is appended to ``trail``."""
     import copy
 
     import torch
@@ -262,8 +281,9 @@ def _train_to_plateau(model, opt, recipe: Recipe, data, idx, g, val) -> dict:
     warmup = (len(idx) + recipe.batch_size - 1) // recipe.batch_size
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
     best, best_state, best_epoch, waited, drops, stop = math.inf, None, 0, 0, 0, "cap"
-    for epoch in range(1, recipe.epochs + 1):
+    for epoch in range(1, cap + 1):
         _epoch(model, opt, recipe, data, idx, g, sched if epoch == 1 else None)
+        trail.append(state_digest(model.state_dict()))
         model.eval()
         with torch.no_grad():
             logits = torch.cat([model(model_input(x, recipe.data_cfg)) for x in val.images.split(512)])

@@ -213,7 +213,10 @@ class Launch:
         if self._pool is None:
             o = self.opts
             per = 1.0 if self.share == "auto" else float(self.share)
-            self._pool = Pool(actor_shape(self.cluster(), o.gpus, per, o.cpus_per_job), self.paths)
+            shape = actor_shape(self.cluster(), o.gpus, per, o.cpus_per_job)
+            self._pool = Pool(shape, self.paths)
+            if shape.num_gpus:  # how the GPUs are shared, whether chosen, measured or remembered
+                self.say(f"workers: {self._pool.size} of {shape.num_gpus:g} GPU and {shape.num_cpus} CPU(s) each")
         return self._pool
 
     def close_workers(self) -> None:
