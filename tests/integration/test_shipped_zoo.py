@@ -1,7 +1,7 @@
 """The default digits zoo's shipped weights are what their recipes make, rebuilt here with the portable arithmetic
 (zoo/portable.py), which rounds the same on every x86-64 processor. Rebuilding all nine models takes 27 minutes
-on 2 cores (`make digits-weights-check` does it); the suite checks the two halves of that claim at a tenth of
-the cost: every model's first epochs give the very bits recorded when the shipped weights were built (the
+on 2 cores (`make digits-weights-check` does it); the suite checks the two halves of that claim in about 4
+minutes: every model's first epochs give the very bits recorded when the shipped weights were built (the
 recipe, the data, the initialisation and the arithmetic are the same), and the model quickest to rebuild,
 trained whole, reaches its shipped digits:eval accuracy within 0.5 points (the stopping rule and the
 evaluation are the same)."""
