@@ -18,8 +18,8 @@ demo: $(STAMP)
 test: $(STAMP)  # every tier (what CI runs)
 	$(BIN)/python -m pytest -q --durations=15
 
-test-fast: $(STAMP)  # the unit tier: no Ray, no subprocess, no server
-	$(BIN)/python -m pytest -q tests/unit
+test-fast: $(STAMP)  # the unit tier: no Ray, no subprocess, no server; so two test processes cannot collide
+	$(BIN)/python -m pytest -q -n 2 tests/unit
 
 lint: $(STAMP)  # ruff on everything, mypy --strict where pyproject.toml says (CI runs both)
 	$(BIN)/ruff check .

@@ -1,6 +1,7 @@
 """Ctrl-C, SIGTERM (SLURM, `timeout`, container runtimes) and SIGHUP (a closed terminal) stop a real launcher
 alike: the jobs in flight are marked interrupted, the exit code is the shell's for that signal, one
-line says so, no traceback or native stack dump, and the next launch finishes every job."""
+line says so, no traceback or native stack dump, and the next launch finishes every job (checked after SIGTERM:
+the jobs are left in the same states whichever signal stopped the launch)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ def test_a_stop_signal_ends_a_launch_like_ctrl_c(micro, tmp_path, sig):
         assert dump not in out, out
     states = dict(sqlite_rows(db, "select state, count(*) from jobs where kind = 'transfer' group by state"))
     assert states.get("interrupted", 0) >= 1 and "running" not in states, states
+    if sig != signal.SIGTERM:  # what a launch leaves is the same whatever stopped it: one relaunch checks it
+        return
     r = run_cli("--db", f"sqlite:///{db}", "--home", micro["home"], "launch", str(spec), "--address",
                 micro["address"], "--no-progress")
     assert r.returncode == 0, r.stdout + r.stderr
