@@ -64,9 +64,9 @@ def shipped_info(recipe) -> dict:
 
 
 def check_one(recipe, cache_dir: str, epochs: int | None = None) -> dict:
-    """Rebuild ``recipe`` (all of it, or its first ``epochs``) and compare with what the package ships: the
-    epochs whose weights are the same bits, the first that differs, and for a whole rebuild both digits:eval
-    accuracies (``ok``: same bits throughout, or a whole rebuild within ``ACCURACY_POINTS``)."""
+    """Rebuild ``recipe`` (all of it, or its first ``epochs``) and compare with what the package ships: how many
+    leading epochs gave the same bits, and for a whole rebuild both digits:eval accuracies (``ok``: a partial
+    rebuild the same bits throughout, a whole one within ``ACCURACY_POINTS``)."""
     shipped = shipped_info(recipe)
     _, info = build_portably(recipe, cache_dir, epochs)
     rebuilt, recorded = info["epoch_sha256"], shipped.get("epoch_sha256", [])
@@ -142,11 +142,11 @@ def check(todo, workers: int, epochs: int | None, only: list[str] | None) -> int
     todo = [r for r in todo if not only or r.name in only]
     with tempfile.TemporaryDirectory() as cache, ThreadPoolExecutor(workers) as pool:
         decode_images(cache)
-        results = [pool.submit(check_one, r, cache, epochs) for r in todo]
         failed = 0
-        for fut in results:
-            print(describe(fut.result()), flush=True)
-            failed += not fut.result()["ok"]
+        for fut in [pool.submit(check_one, r, cache, epochs) for r in todo]:
+            result = fut.result()
+            print(describe(result), flush=True)
+            failed += not result["ok"]
     return 1 if failed else 0
 
 
